@@ -1,0 +1,31 @@
+"""ngd_ref: reference implementations of second-order optimization for neural networks.
+
+* `ngd_ref.dense` -- the exact, framework-free reference (numpy/scipy float64, and the same
+  formulas in mpmath to certify it). Importing it never imports JAX.
+* `ngd_ref.jax` -- the scalable JAX twin (curvature-vector products, CG, Hessian-free, K-FAC).
+
+This top-level module holds what both share: the `Problem` contract (PROTOCOL section 1),
+the canonical parameter layout and the built-in problem zoo.
+"""
+
+from ngd_ref import _zoo as zoo
+from ngd_ref._layout import flatten, from_flax, from_torch, layer_slices, to_flax, to_torch, unflatten
+from ngd_ref._problem import ACTIVATIONS, LOSSES, Layer, Loss, Problem, ProblemError, Reduction
+
+__all__ = [
+    "ACTIVATIONS",
+    "LOSSES",
+    "Layer",
+    "Loss",
+    "Problem",
+    "ProblemError",
+    "Reduction",
+    "flatten",
+    "from_flax",
+    "from_torch",
+    "layer_slices",
+    "to_flax",
+    "to_torch",
+    "unflatten",
+    "zoo",
+]

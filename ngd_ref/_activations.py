@@ -1,0 +1,110 @@
+"""Activations phi with their exact first and second derivatives, on any backend.
+
+Every activation here has a symmetric Jacobian (diagonal for the elementwise ones,
+`diag(p) - p p^T` for softmax), so one `jacobian_apply` serves forward tangents (JVP) and
+backward cotangents (VJP). `second_order_apply` is the exact derivative of the VJP in the
+direction of a tangent of `s`: `sum_k g_k d^2 phi_k(s)[ds]`, the term that makes the
+hand-written forward-over-backward Hessian exact (no finite differences).
+
+ReLU uses the derivative 0 at s = 0 (the convention of JAX and PyTorch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from ngd_ref._backend import Backend
+
+__all__ = ["Activation", "get_activation"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """An activation function and its derivatives.
+
+    Attributes:
+        name: one of PROTOCOL section 1's activation names.
+        value: `phi(s)`.
+        derivatives: for elementwise activations, `(s, a) -> (phi'(s), phi''(s))`;
+            `None` for softmax, whose Jacobian is `diag(p) - p p^T`.
+    """
+
+    name: str
+    value: Callable[[Backend, np.ndarray], np.ndarray]
+    derivatives: Callable[[Backend, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None
+
+    def jacobian_apply(self, backend: Backend, s: np.ndarray, a: np.ndarray,
+                       t: np.ndarray) -> np.ndarray:
+        """`J_phi(s) @ t` for `t` of shape `(k,)` or `(k, m)` (J_phi is symmetric)."""
+        if self.derivatives is None:
+            p = a
+            return _col(p, t) * t - _col(p, t) * (p @ t)
+        d1, _ = self.derivatives(backend, s, a)
+        return _col(d1, t) * t
+
+    def second_order_apply(self, backend: Backend, s: np.ndarray, a: np.ndarray,
+                           ds: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """`sum_k g_k (d^2 phi_k / ds^2) @ ds`: the tangent of `J_phi(s)^T g` along `ds`.
+
+        Args:
+            s: pre-activation `(k,)`; `a = phi(s)`.
+            ds: tangent of `s`, `(k,)` or `(k, m)` (m directions at once).
+            g: fixed cotangent `(k,)`.
+        """
+        if self.derivatives is None:
+            p = a
+            dp = self.jacobian_apply(backend, s, a, ds)
+            return dp * _col(g, ds) - dp * (p @ g) - _col(p, ds) * (g @ dp)
+        _, d2 = self.derivatives(backend, s, a)
+        return _col(g * d2, ds) * ds
+
+
+def _col(v: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Broadcast a `(k,)` vector against `like` of shape `(k,)` or `(k, m)`."""
+    return v[:, None] if like.ndim == 2 else v
+
+
+def _identity_derivatives(backend: Backend, s: np.ndarray, a: np.ndarray):
+    return backend.asarray(np.ones(s.shape)), backend.zeros(s.shape)
+
+
+def _tanh_derivatives(backend: Backend, s: np.ndarray, a: np.ndarray):
+    d1 = 1 - a * a
+    return d1, -2 * a * d1
+
+
+def _sigmoid_derivatives(backend: Backend, s: np.ndarray, a: np.ndarray):
+    d1 = a * (1 - a)
+    return d1, d1 * (1 - 2 * a)
+
+
+def _relu_value(backend: Backend, s: np.ndarray) -> np.ndarray:
+    return np.where(s > 0, s, backend.zeros(s.shape))
+
+
+def _relu_derivatives(backend: Backend, s: np.ndarray, a: np.ndarray):
+    ones, zeros = backend.asarray(np.ones(s.shape)), backend.zeros(s.shape)
+    return np.where(s > 0, ones, zeros), zeros
+
+
+def _softplus_derivatives(backend: Backend, s: np.ndarray, a: np.ndarray):
+    sig = backend.sigmoid(s)
+    return sig, sig * (1 - sig)
+
+
+_ACTIVATIONS = {
+    "identity": Activation("identity", lambda bk, s: s, _identity_derivatives),
+    "tanh": Activation("tanh", lambda bk, s: bk.tanh(s), _tanh_derivatives),
+    "sigmoid": Activation("sigmoid", lambda bk, s: bk.sigmoid(s), _sigmoid_derivatives),
+    "relu": Activation("relu", _relu_value, _relu_derivatives),
+    "softplus": Activation("softplus", lambda bk, s: bk.softplus(s), _softplus_derivatives),
+    "softmax": Activation("softmax", lambda bk, s: bk.softmax(s), None),
+}
+
+
+def get_activation(name: str) -> Activation:
+    """The activation called `name` (validated problems only carry known names)."""
+    return _ACTIVATIONS[name]

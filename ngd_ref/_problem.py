@@ -1,0 +1,309 @@
+"""The `Problem` of PROTOCOL section 1: a tiny network, a batch and a loss, framework-neutral.
+
+A problem is validated once, where it is built; everything downstream trusts it. Arrays are
+stored as read-only float64 copies (targets as int64 class labels for the categorical
+losses), so no consumer -- the reference, a port under test -- can mutate a shared problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "ACTIVATIONS",
+    "LOSSES",
+    "Layer",
+    "Loss",
+    "Problem",
+    "ProblemError",
+    "Reduction",
+]
+
+
+class ProblemError(ValueError):
+    """A malformed problem; the message names the offending field and what to do instead."""
+
+
+class Loss(str, enum.Enum):
+    """The losses of PROTOCOL section 2, i.e. the output distributions r(y|z)."""
+
+    MSE = "mse"
+    SOFTMAX_CROSS_ENTROPY = "softmax_cross_entropy"
+    SIGMOID_CROSS_ENTROPY = "sigmoid_cross_entropy"
+    POISSON = "poisson"
+    NLL_PROBS = "nll_probs"
+    GAUSSIAN_LOGVAR = "gaussian_logvar"
+
+    @property
+    def has_class_labels(self) -> bool:
+        """Whether targets are `(B,)` integer class labels rather than `(B, C)` floats."""
+        return self in (Loss.SOFTMAX_CROSS_ENTROPY, Loss.NLL_PROBS)
+
+    @property
+    def outputs_are_natural_parameters(self) -> bool:
+        """Whether z is the natural parameter of r(y|z), so that F = G (Martens s9)."""
+        return self not in (Loss.NLL_PROBS, Loss.GAUSSIAN_LOGVAR)
+
+
+class Reduction(str, enum.Enum):
+    """How per-example losses are combined: h = c * sum_b L_b with c = 1/B or 1."""
+
+    MEAN = "mean"
+    SUM = "sum"
+
+
+LOSSES: tuple[str, ...] = tuple(loss.value for loss in Loss)
+ACTIVATIONS: tuple[str, ...] = ("identity", "tanh", "sigmoid", "relu", "softplus", "softmax")
+
+
+class Layer(NamedTuple):
+    """A dense layer `a = phi(W a_prev + b)` with `W` of shape `(n_out, n_in)`."""
+
+    n_in: int
+    n_out: int
+    activation: str
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    array = np.array(array, copy=True)
+    array.setflags(write=False)
+    return array
+
+
+def _as_float_array(field: str, value: Any, ndim: int) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ProblemError(f"{field}: expected numbers, got {type(value).__name__} ({exc})") from None
+    if array.ndim != ndim:
+        raise ProblemError(f"{field}: expected a {ndim}-d array, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ProblemError(f"{field}: contains non-finite values (NaN or inf)")
+    return array
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Problem:
+    """A supervised problem in framework-neutral form (PROTOCOL section 1).
+
+    Network: `a_0 = x`; `s_l = W_l a_{l-1} + b_l`; `a_l = phi_l(s_l)`; output `z = a_L`.
+    Parameters use the canonical layout: per layer, `vec([W_l b_l])` stacked column-major,
+    so each layer's bias is the last `n_out` entries of its block.
+    Objective: `h(theta) = c * sum_b L(y_b, f(x_b, theta))` with `c = 1/B` (mean) or 1 (sum).
+
+    Attributes:
+        name: Stable identifier, e.g. `mlp-3x4x3-tanh-softmax_cross_entropy-b3`.
+        layers: Dense layers in order.
+        loss: One of `LOSSES`.
+        reduction: `"mean"` or `"sum"`.
+        params: `(n,)` float64, canonical layout.
+        inputs: `(B, layers[0].n_in)` float64.
+        targets: `(B,)` int64 labels for `softmax_cross_entropy`/`nll_probs`, else `(B, C)`
+            float64 with `C` the number of targets per example.
+
+    Raises:
+        ProblemError: naming the field, for any malformed input.
+    """
+
+    name: str
+    layers: tuple[Layer, ...]
+    loss: str
+    params: np.ndarray
+    inputs: np.ndarray
+    targets: np.ndarray
+    reduction: str = "mean"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if not isinstance(self.name, str) or not self.name:
+            raise ProblemError(f"name: expected a non-empty string, got {self.name!r}")
+        set_(self, "layers", _validate_layers(self.layers))
+        try:
+            loss = Loss(self.loss)
+        except ValueError:
+            raise ProblemError(
+                f"loss: unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}"
+            ) from None
+        set_(self, "loss", loss.value)
+        try:
+            set_(self, "reduction", Reduction(self.reduction).value)
+        except ValueError:
+            raise ProblemError(
+                f"reduction: expected 'mean' or 'sum', got {self.reduction!r}"
+            ) from None
+        last = self.layers[-1]
+        if loss is Loss.NLL_PROBS and last.activation != "softmax":
+            raise ProblemError(
+                "layers: loss 'nll_probs' takes probabilities; the last layer's activation "
+                f"must be 'softmax', got {last.activation!r}"
+            )
+        if loss is Loss.GAUSSIAN_LOGVAR and last.n_out % 2:
+            raise ProblemError(
+                "layers: loss 'gaussian_logvar' needs an even output size (mean and "
+                f"log-variance halves), got n_out={last.n_out}"
+            )
+        params = _as_float_array("params", self.params, 1)
+        n = sum((layer.n_in + 1) * layer.n_out for layer in self.layers)
+        if params.shape != (n,):
+            raise ProblemError(
+                f"params: expected {n} parameters for layers {_describe(self.layers)} "
+                f"(sum of (n_in + 1) * n_out), got {params.shape[0]}"
+            )
+        inputs = _as_float_array("inputs", self.inputs, 2)
+        if inputs.shape[0] < 1 or inputs.shape[1] != self.layers[0].n_in:
+            raise ProblemError(
+                f"inputs: expected shape (B >= 1, {self.layers[0].n_in}), got {inputs.shape}"
+            )
+        set_(self, "params", _readonly(params))
+        set_(self, "inputs", _readonly(inputs))
+        set_(self, "targets", _readonly(_validate_targets(loss, self.targets, inputs.shape[0], last)))
+
+    # -- derived sizes ---------------------------------------------------------------------
+    @property
+    def n_params(self) -> int:
+        """Number of parameters `n`."""
+        return int(self.params.shape[0])
+
+    @property
+    def batch_size(self) -> int:
+        """Number of examples `B`."""
+        return int(self.inputs.shape[0])
+
+    @property
+    def output_dim(self) -> int:
+        """Network output size `C` (twice the target size for `gaussian_logvar`)."""
+        return self.layers[-1].n_out
+
+    @property
+    def scale(self) -> float:
+        """The reduction constant `c`: `1/B` for mean, `1` for sum."""
+        return 1.0 / self.batch_size if self.reduction == "mean" else 1.0
+
+    # -- conversion ------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> Problem:
+        """A validated copy with some fields changed (e.g. `params=...`)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (the `problem` object of the fixture format, PROTOCOL s8)."""
+        return {
+            "name": self.name,
+            "layers": [list(layer) for layer in self.layers],
+            "loss": self.loss,
+            "reduction": self.reduction,
+            "params": self.params.tolist(),
+            "inputs": self.inputs.tolist(),
+            "targets": self.targets.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Problem:
+        """Build from the JSON form; numbers may be JSON numbers or decimal strings."""
+        if not isinstance(data, Mapping):
+            raise ProblemError(f"problem: expected an object, got {type(data).__name__}")
+        required = ("name", "layers", "loss", "params", "inputs", "targets")
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise ProblemError(f"problem: missing field(s) {', '.join(missing)}")
+        return cls(
+            name=data["name"],
+            layers=data["layers"],
+            loss=data["loss"],
+            reduction=data.get("reduction", "mean"),
+            params=_parse_numbers("params", data["params"]),
+            inputs=_parse_numbers("inputs", data["inputs"]),
+            targets=_parse_numbers("targets", data["targets"]),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Problem({self.name!r}, layers={_describe(self.layers)}, loss={self.loss!r}, "
+            f"reduction={self.reduction!r}, n={self.n_params}, B={self.batch_size})"
+        )
+
+
+def _describe(layers: Sequence[Layer]) -> str:
+    sizes = [str(layers[0].n_in)] + [str(layer.n_out) for layer in layers]
+    return "x".join(sizes) + " " + "/".join(layer.activation for layer in layers)
+
+
+def _parse_numbers(field: str, value: Any) -> np.ndarray:
+    """Nested lists of numbers or decimal strings -> float64 array (never unpickles)."""
+    try:
+        return np.asarray(
+            value if not _contains_str(value) else _map_nested(value, float), dtype=np.float64
+        )
+    except (TypeError, ValueError) as exc:
+        raise ProblemError(f"{field}: expected numbers or decimal strings ({exc})") from None
+
+
+def _contains_str(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    if isinstance(value, list | tuple) and value:
+        return _contains_str(value[0])
+    return False
+
+
+def _map_nested(value: Any, fn: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_map_nested(item, fn) for item in value]
+    return fn(value)
+
+
+def _validate_layers(layers: Any) -> tuple[Layer, ...]:
+    if not isinstance(layers, Sequence) or isinstance(layers, str) or not layers:
+        raise ProblemError(f"layers: expected a non-empty sequence of Layer, got {layers!r}")
+    checked = []
+    for index, layer in enumerate(layers):
+        try:
+            n_in, n_out, activation = layer
+        except (TypeError, ValueError):
+            raise ProblemError(
+                f"layers[{index}]: expected (n_in, n_out, activation), got {layer!r}"
+            ) from None
+        for label, size in (("n_in", n_in), ("n_out", n_out)):
+            if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+                raise ProblemError(f"layers[{index}].{label}: expected a positive int, got {size!r}")
+        if activation not in ACTIVATIONS:
+            raise ProblemError(
+                f"layers[{index}].activation: unknown activation {activation!r}; expected one "
+                f"of {', '.join(ACTIVATIONS)}"
+            )
+        if activation == "softmax" and index != len(layers) - 1:
+            raise ProblemError(
+                f"layers[{index}].activation: 'softmax' is allowed only on the last layer"
+            )
+        if index and int(n_in) != checked[-1].n_out:
+            raise ProblemError(
+                f"layers[{index}].n_in: expected {checked[-1].n_out} (the previous layer's "
+                f"n_out), got {n_in}"
+            )
+        checked.append(Layer(int(n_in), int(n_out), str(activation)))
+    return tuple(checked)
+
+
+def _validate_targets(loss: Loss, targets: Any, batch: int, last: Layer) -> np.ndarray:
+    if loss.has_class_labels:
+        raw = _as_float_array("targets", targets, 1)
+        if raw.shape != (batch,):
+            raise ProblemError(f"targets: expected {batch} class labels, got shape {raw.shape}")
+        if np.any(raw != np.round(raw)) or np.any(raw < 0) or np.any(raw >= last.n_out):
+            raise ProblemError(
+                f"targets: class labels must be integers in [0, {last.n_out}), got {raw.tolist()}"
+            )
+        return raw.astype(np.int64)
+    n_targets = last.n_out // 2 if loss is Loss.GAUSSIAN_LOGVAR else last.n_out
+    array = _as_float_array("targets", targets, 2)
+    if array.shape != (batch, n_targets):
+        raise ProblemError(f"targets: expected shape ({batch}, {n_targets}), got {array.shape}")
+    if loss is Loss.SIGMOID_CROSS_ENTROPY and not np.all((array == 0) | (array == 1)):
+        raise ProblemError("targets: sigmoid_cross_entropy targets must be 0 or 1")
+    if loss is Loss.POISSON and (np.any(array < 0) or np.any(array != np.round(array))):
+        raise ProblemError("targets: poisson targets must be non-negative integer counts")
+    return array

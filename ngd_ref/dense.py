@@ -1,0 +1,38 @@
+"""The dense exact reference: explicit H, G, F, EF for tiny networks, without autodiff.
+
+Everything here is numpy/scipy (float64) or, with `backend=mp_backend(dps)`, mpmath at `dps`
+digits through the very same code. It never imports JAX: it is the independent oracle that
+the JAX implementation and third-party ports are checked against.
+
+Example:
+    >>> from ngd_ref import zoo, dense
+    >>> ref = dense.dense(zoo.get("mlp-3x4x3-tanh-mse-b1"))
+    >>> ref.hessian.shape, ref.ggn.shape
+    ((31, 31), (31, 31))
+"""
+
+from ngd_ref._backend import FLOAT64, Backend, mp_backend
+from ngd_ref._losses import OutputLoss, OutputMoments, get_loss
+from ngd_ref.curvature._dense import (
+    Curvature,
+    DenseCurvature,
+    ExampleTrace,
+    dense,
+    second_order_backward,
+    trace_example,
+)
+
+__all__ = [
+    "FLOAT64",
+    "Backend",
+    "Curvature",
+    "DenseCurvature",
+    "ExampleTrace",
+    "OutputLoss",
+    "OutputMoments",
+    "dense",
+    "get_loss",
+    "mp_backend",
+    "second_order_backward",
+    "trace_example",
+]
