@@ -1,0 +1,166 @@
+"""Tolerance policy: every tolerance in ngd-verify comes from here, derived, never tuned.
+
+The model (Higham, *Accuracy and Stability of Numerical Algorithms*, ch. 3-4): a quantity
+computed by a fixed sequence of floating-point operations with unit roundoff `u` satisfies
+
+    |fl(Q) - Q| <= gamma * u * MAG(Q),        gamma ~ sqrt(length) * (depth + 1)
+
+where `MAG(Q)` is the *magnitude* of the computation -- the same formula evaluated on
+absolute values (e.g. `c sum_b ||J_b||^2 ||H_L,b||` for `G = c sum_b J_b^T H_L,b J_b`) --
+`length` is the longest inner product and `depth` the number of layers of composition
+through which errors propagate. `sqrt(length)` is the probabilistic (not worst-case) growth
+that rounding errors show in practice (Higham & Mary 2019). So every exact comparison is
+
+    error = ||actual - desired||_F / max(||desired||_F, MAG)  <=  SAFETY * u * gamma
+
+with `SAFETY = 16` covering the constants the model omits. Measuring against `MAG` rather
+than `||desired||` makes exact zeros and heavy cancellation safe without loosening anything:
+the error a correct port can make is proportional to `MAG`, not to the (maybe tiny) result.
+
+Consequences, by design (tested in tests/test_tolerance.py):
+    * float64 (u = 2^-53 ~ 1.1e-16): tolerances are ~1e-13 on the zoo, so a port off by a
+      relative 1e-7 fails by six orders of magnitude;
+    * float32 (u = 2^-24 ~ 6e-8): ~1e-5, so a correct float32 port passes.
+
+Linear solves add the condition number: `(C + lambda I) x = g` computed in precision `u`
+from a matrix known to `u MAG(C)` has `||dx|| / ||x|| <= kappa * (u MAG(C)/||C + lambda I||)`
+(Higham Thm 7.2), hence `solve_rtol`. CG iterates follow the same bound per iterate.
+
+Statistical checks (sampled Fisher, Hutchinson, MC K-FAC) are hypothesis tests with a stated
+false-positive rate: `statistical_bound` turns a (bounded or sub-Gaussian) estimator's
+scale into a threshold exceeded with probability <= `FALSE_POSITIVE_RATE` (1e-6) under a
+correct implementation, via Hoeffding's or Bernstein's inequality -- never a CLT guess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+__all__ = [
+    "FALSE_POSITIVE_RATE",
+    "SAFETY",
+    "Comparison",
+    "compare",
+    "hoeffding_bound",
+    "rounding_rtol",
+    "solve_rtol",
+    "unit_roundoff",
+]
+
+SAFETY = 16.0
+FALSE_POSITIVE_RATE = 1e-6
+
+_UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24}
+
+
+def unit_roundoff(dtype: str) -> float:
+    """Unit roundoff `u` of `dtype` (`"float64"` or `"float32"`).
+
+    Raises:
+        ValueError: for any other dtype, naming the allowed values.
+    """
+    try:
+        return _UNIT_ROUNDOFF[str(dtype)]
+    except KeyError:
+        raise ValueError(f"dtype: expected 'float64' or 'float32', got {dtype!r}") from None
+
+
+def rounding_rtol(dtype: str, *, length: int, depth: int = 1) -> float:
+    """Relative (to magnitude) tolerance of a directly computed quantity.
+
+    Args:
+        dtype: precision of the computation under test.
+        length: the longest sum involved (e.g. number of parameters n, or B * C).
+        depth: layers of composition the errors travel through (network depth + 1 for the
+            loss, + 1 again for second-order quantities).
+    """
+    return SAFETY * unit_roundoff(dtype) * math.sqrt(max(length, 1)) * (depth + 1)
+
+
+def solve_rtol(dtype: str, *, length: int, depth: int, condition: float) -> float:
+    """Tolerance, relative to `||x||`, for `x` solving a system of condition number `condition`.
+
+    `condition` should be `kappa(M) * MAG(M) / ||M||` for the damped matrix M: the perturbation
+    a correct port makes in M, measured in the units of M, amplified by kappa.
+    """
+    return rounding_rtol(dtype, length=length, depth=depth) * max(condition, 1.0)
+
+
+def hoeffding_bound(range_width: float, num_samples: int, *, tests: int = 1,
+                    false_positive_rate: float = FALSE_POSITIVE_RATE) -> float:
+    """Threshold t with P(|mean - E| >= t) <= false_positive_rate / tests (Hoeffding).
+
+    For i.i.d. samples confined to an interval of width `range_width`,
+    `P(|mean - E| >= t) <= 2 exp(-2 N t^2 / range_width^2)`. With `tests` simultaneous
+    checks (e.g. every diagonal entry) the union bound splits the rate between them.
+    """
+    delta = false_positive_rate / max(tests, 1)
+    return range_width * math.sqrt(math.log(2.0 / delta) / (2.0 * num_samples))
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """The outcome of comparing an actual array with a desired one.
+
+    Attributes:
+        error: `||actual - desired||_F / scale` (inf when shapes differ or values are not finite).
+        tolerance: the threshold the error was held to.
+        scale: `max(||desired||_F, magnitude)`, the denominator of `error`.
+        max_abs: largest entrywise absolute difference.
+        where: index of that entry (a tuple), or None.
+        passed: `error <= tolerance`.
+        reason: why it failed without a number (shape or NaN), else "".
+    """
+
+    error: float
+    tolerance: float
+    scale: float
+    max_abs: float
+    where: tuple[int, ...] | None
+    passed: bool
+    reason: str = ""
+
+    def describe(self) -> str:
+        """A one-line summary such as `error 3.1e-15 <= tol 1.2e-13 (max |diff| 2e-16 at (3, 4))`."""
+        if self.reason:
+            return self.reason
+        rel = "<=" if self.passed else ">"
+        where = f" at {self.where}" if self.where is not None else ""
+        return f"error {self.error:.2e} {rel} tol {self.tolerance:.2e} (max |diff| {self.max_abs:.2e}{where})"
+
+
+def compare(actual, desired, *, tolerance: float, magnitude: float = 0.0) -> Comparison:
+    """Compare `actual` (from the code under test) with `desired` (from the reference).
+
+    Asymmetric like `numpy.testing.assert_allclose`: the scale comes from `desired` and the
+    computation's `magnitude`, never from `actual`, so a wildly wrong answer cannot enlarge
+    its own tolerance.
+
+    Args:
+        actual: anything `np.asarray` accepts.
+        desired: the reference values.
+        tolerance: from `rounding_rtol`, `solve_rtol`, ... (relative to the scale).
+        magnitude: `MAG` of the computation (see module docstring); 0 to use `||desired||`.
+    """
+    desired = np.asarray(desired, dtype=np.float64)
+    try:
+        actual = np.asarray(actual, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        return Comparison(math.inf, tolerance, 0.0, math.inf, None, False,
+                          f"result is not numeric ({type(actual).__name__}: {exc})")
+    if actual.shape != desired.shape:
+        return Comparison(math.inf, tolerance, 0.0, math.inf, None, False,
+                          f"wrong shape: got {actual.shape}, expected {desired.shape}")
+    if not np.all(np.isfinite(actual)):
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(actual))[0]) if actual.ndim else None
+        return Comparison(math.inf, tolerance, 0.0, math.inf, bad, False,
+                          f"non-finite value in result (first at {bad})")
+    scale = max(float(np.linalg.norm(desired)), float(magnitude), np.finfo(np.float64).tiny)
+    diff = np.abs(actual - desired)
+    error = float(np.linalg.norm(diff)) / scale
+    where = tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape)) if diff.size and diff.ndim else None
+    return Comparison(error, tolerance, scale, float(diff.max()) if diff.size else 0.0, where,
+                      error <= tolerance)

@@ -1,0 +1,83 @@
+"""The identity registry: each theorem of the seeds is one `Identity` in `IDENTITIES`.
+
+An identity is a small function of a `Problem` that computes both sides with the dense
+reference and returns `CheckResult`s. Negative controls are identities too: they state where
+the mathematics says an identity must *break* (F != G for non-natural parameters, gradient
+descent is not affine invariant, ...) and pass when the break is demonstrated beyond the
+rounding tolerance -- so a battery that silently compared nothing could not pass them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from ngd_ref import Problem
+from verify._report import CheckResult, Status
+from verify._tolerance import Comparison
+
+__all__ = ["IDENTITIES", "Identity", "identity", "result", "separated"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """A theorem turned into a check.
+
+    Attributes:
+        name: snake_case name, the `check` field of results.
+        source: where the theorem is stated, e.g. `"Martens s9 (seed 003)"`.
+        statement: the identity in one line, e.g. `"F = G when z are natural parameters"`.
+        run: `problem -> list[CheckResult]`.
+        applies: whether the theorem's hypotheses hold for a problem.
+        negative_control: True when the check demonstrates that something does NOT hold.
+    """
+
+    name: str
+    source: str
+    statement: str
+    run: Callable[[Problem], list[CheckResult]]
+    applies: Callable[[Problem], bool]
+    negative_control: bool = False
+
+
+IDENTITIES: list[Identity] = []
+
+
+def identity(name: str, *, source: str, statement: str,
+             applies: Callable[[Problem], bool] = lambda problem: True,
+             negative_control: bool = False):
+    """Register `fn(problem) -> CheckResult | list[CheckResult]` as an identity."""
+
+    def register(fn: Callable[[Problem], CheckResult | list[CheckResult]]):
+        def run(problem: Problem) -> list[CheckResult]:
+            out = fn(problem)
+            return out if isinstance(out, list) else [out]
+
+        IDENTITIES.append(Identity(name, source, statement, run, applies, negative_control))
+        return fn
+
+    return register
+
+
+def result(name: str, problem: Problem, comparison: Comparison, what: str, source: str) -> CheckResult:
+    """A `CheckResult` for "`what` holds" from a comparison (pass iff within tolerance)."""
+    status = Status.PASS if comparison.passed else Status.FAIL
+    return CheckResult(name, "identity", problem.name, status, comparison.error,
+                       comparison.tolerance, f"{what} [{source}]: {comparison.describe()}")
+
+
+def separated(name: str, problem: Problem, comparison: Comparison, what: str, source: str,
+              *, margin: float = 100.0) -> CheckResult:
+    """Negative control: pass iff the two sides differ by more than `margin` x tolerance.
+
+    `what` states the non-identity, e.g. "F != G for nll_probs". The reported error is the
+    measured difference and the tolerance is `margin * tolerance`: the difference must be
+    unmistakably beyond rounding, not merely above it.
+    """
+    threshold = margin * comparison.tolerance
+    held = comparison.error > threshold
+    status = Status.PASS if held else Status.FAIL
+    rel = ">" if held else "<="
+    return CheckResult(name, "negative_control", problem.name, status, comparison.error, threshold,
+                       f"{what} [{source}]: difference {comparison.error:.2e} {rel} "
+                       f"{margin:g} x tol = {threshold:.2e}")
