@@ -12,6 +12,7 @@ Example:
 """
 
 from ngd_ref._backend import FLOAT64, Backend, mp_backend
+from ngd_ref._certify import agreement_digits, certify, mp_self_agreement
 from ngd_ref._losses import OutputLoss, OutputMoments, get_loss
 from ngd_ref.curvature._dense import (
     Curvature,
@@ -30,9 +31,12 @@ __all__ = [
     "ExampleTrace",
     "OutputLoss",
     "OutputMoments",
+    "agreement_digits",
+    "certify",
     "dense",
     "get_loss",
     "mp_backend",
+    "mp_self_agreement",
     "second_order_backward",
     "trace_example",
 ]
