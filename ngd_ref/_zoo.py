@@ -20,7 +20,7 @@ import numpy as np
 
 from ngd_ref._problem import LOSSES, Layer, Problem
 
-__all__ = ["get", "make_problem", "names", "problems"]
+__all__ = ["HIDDEN_ACTIVATIONS", "LOSSES", "get", "make_problem", "names", "problems"]
 
 HIDDEN_ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "softplus")
 
