@@ -14,6 +14,7 @@ Example:
 from ngd_ref._backend import FLOAT64, Backend, mp_backend
 from ngd_ref._certify import agreement_digits, certify, mp_self_agreement
 from ngd_ref._losses import OutputLoss, OutputMoments, get_loss
+from ngd_ref.cg._dense import CGResult, cg, cg_iterates, cg_solve, krylov_optimal_iterate
 from ngd_ref.curvature._dense import (
     Curvature,
     DenseCurvature,
@@ -26,6 +27,7 @@ from ngd_ref.curvature._dense import (
 __all__ = [
     "FLOAT64",
     "Backend",
+    "CGResult",
     "Curvature",
     "DenseCurvature",
     "ExampleTrace",
@@ -33,8 +35,12 @@ __all__ = [
     "OutputMoments",
     "agreement_digits",
     "certify",
+    "cg",
+    "cg_iterates",
+    "cg_solve",
     "dense",
     "get_loss",
+    "krylov_optimal_iterate",
     "mp_backend",
     "mp_self_agreement",
     "second_order_backward",

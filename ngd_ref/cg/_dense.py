@@ -1,0 +1,273 @@
+"""Reference (preconditioned) conjugate gradient and the Krylov-optimality oracle.
+
+CG minimizes the quadratic `q(x) = 0.5 x^T A x - b^T x` for symmetric positive definite `A`
+(Grosse ch. 4 s4, seed 002, applied to eq. 12 with `A = G + lambda I`, `b = -grad J`). With a
+preconditioner `M ~ A^{-1}` (SPD), iteration k (Hestenes-Stiefel form) is
+
+    z_k = M r_k,   rho_k = r_k^T z_k,   p_k = z_k + (rho_k / rho_{k-1}) p_{k-1}   (p_0 = z_0)
+    alpha_k = rho_k / (p_k^T A p_k),    x_{k+1} = x_k + alpha_k p_k,   r_{k+1} = r_k - alpha_k A p_k
+
+with `r_0 = b - A x_0`. The k-th iterate `x_k` is the minimizer of the A-norm error
+`||x - A^{-1} b||_A` (equivalently of `q`) over the affine Krylov space
+
+    x_0 + K_k(M A, M r_0) = x_0 + span{M r_0, (M A) M r_0, ..., (M A)^{k-1} M r_0},
+
+which `krylov_optimal_iterate` computes directly -- a Krylov basis by Gram-Schmidt and a
+Galerkin solve, no CG recurrence -- so CG is checked iterate by iterate against its defining
+property rather than against another CG.
+
+Stopping rule (PROTOCOL section 5): `||b - A x|| <= max(tol ||b||, atol)`, or exactly
+`maxiter` iterations. The recurrence residual `r_k` drifts from the true residual
+`b - A x_k` in floating point, so when `r_k` meets the rule, the true residual is
+recomputed (one extra product, not counted as an iteration); if it does not meet the rule,
+CG restarts from `x_k` with the true residual ("residual replacement") and continues. So a
+returned `converged=True` is a statement about the true residual. (With `tol = atol = 0`
+only an exactly zero residual stops early, so `maxiter=k` gives the k-th iterate.)
+
+Only `+ - * / @`, comparisons and `np.sum` touch the numbers: the code runs unchanged on
+float64 arrays and on numpy object arrays of `mpmath.mpf` (use it inside
+`backend.precision()`), so the mpmath backend can certify the float64 iterates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CGResult", "cg", "cg_iterates", "cg_solve", "krylov_optimal_iterate"]
+
+Matvec = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class CGResult:
+    """Outcome of a CG solve.
+
+    Attributes:
+        x: the last iterate `x_k`.
+        iterations: k, the number of CG iterations (products with A inside the loop).
+        converged: whether the *true* residual `||b - A x||` met `max(tol ||b||, atol)`.
+        residual_norms: `||r_j||` of the recurrence residual for j = 0..k (after a residual
+            replacement the recomputed true residual), as backend scalars.
+        residual_norm: `||b - A x||`, recomputed from `x` at the end.
+        iterates: `(x_0, ..., x_k)` when requested (`keep_iterates=True`), else `None`.
+    """
+
+    x: np.ndarray
+    iterations: int
+    converged: bool
+    residual_norms: tuple[Any, ...]
+    residual_norm: Any
+    iterates: tuple[np.ndarray, ...] | None = None
+
+
+def _as_callable(operator: Any, name: str) -> Matvec:
+    """Turn a matrix (anything with `@`) or a callable into a callable."""
+    if callable(operator):
+        return operator
+    matrix = np.asarray(operator)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(
+            f"{name}: expected a callable or a square matrix, got shape {matrix.shape}"
+        )
+    return lambda v: matrix @ v
+
+
+def _dot(u: np.ndarray, v: np.ndarray) -> Any:
+    return np.sum(u * v)
+
+
+def _sqrt(value: Any) -> Any:
+    """Square root of a non-negative float or mpmath scalar (mpf ** 0.5 is mpf's sqrt)."""
+    return value**0.5
+
+
+def _check(
+    b: Any, x0: Any, tol: float, atol: float, maxiter: int | None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    b = np.asarray(b)
+    if b.ndim != 1:
+        raise ValueError(f"b: expected a vector (1-d array), got shape {b.shape}")
+    x = b * 0 if x0 is None else np.asarray(x0)
+    if x.shape != b.shape:
+        raise ValueError(f"x0: expected shape {b.shape} (like b), got {x.shape}")
+    if not tol >= 0 or not atol >= 0:
+        raise ValueError(f"tol/atol: expected non-negative numbers, got tol={tol!r}, atol={atol!r}")
+    if maxiter is None:
+        maxiter = 10 * b.shape[0]
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer) or maxiter < 0:
+        raise ValueError(f"maxiter: expected a non-negative int or None, got {maxiter!r}")
+    return b, x, int(maxiter)
+
+
+def cg_solve(
+    matvec: Matvec | np.ndarray,
+    b: np.ndarray,
+    x0: np.ndarray | None = None,
+    *,
+    tol: float = 1e-10,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    precond: Matvec | np.ndarray | None = None,
+    keep_iterates: bool = False,
+) -> CGResult:
+    """Preconditioned CG on SPD `A` (Grosse ch. 4 s4), with a true-residual convergence test.
+
+    Args:
+        matvec: `v -> A v` for symmetric positive definite A, or the matrix A.
+        b: right-hand side `(n,)`.
+        x0: starting point (default 0).
+        tol: relative tolerance on the true residual, `||b - A x|| <= tol ||b||`.
+        atol: absolute tolerance; the test is against `max(tol ||b||, atol)`.
+        maxiter: most iterations (default `10 n`); with `tol = atol = 0` exactly this many
+            are taken unless the residual becomes exactly zero.
+        precond: `r -> M r` with `M ~ A^{-1}` SPD, or the matrix M (default identity).
+        keep_iterates: also return every iterate.
+
+    Returns:
+        A `CGResult`.
+
+    Raises:
+        ValueError: for malformed arguments, or when `p^T A p <= 0` or `r^T M r < 0` shows
+            that A or M is not positive definite (naming which, with the value).
+    """
+    b, x, maxiter = _check(b, x0, tol, atol, maxiter)
+    apply_a = _as_callable(matvec, "matvec")
+    apply_m = (lambda r: r) if precond is None else _as_callable(precond, "precond")
+    threshold_sq = max(tol * tol * _dot(b, b), atol * atol)
+    r = b - apply_a(x)
+    iterates = [x] if keep_iterates else None
+    norms = [_sqrt(_dot(r, r))]
+    restart = True
+    converged = False
+    iterations = 0
+    p = rho = None
+    while True:
+        if _dot(r, r) <= threshold_sq:
+            true_r = b - apply_a(x)
+            if _dot(true_r, true_r) <= threshold_sq:
+                converged = True
+                break
+            r, restart = true_r, True  # residual replacement: the recurrence had drifted
+            norms[-1] = _sqrt(_dot(r, r))
+        if iterations >= maxiter:
+            break
+        z = apply_m(r)
+        rho_new = _dot(r, z)
+        if rho_new < 0:
+            raise ValueError(f"precond: not positive definite (r^T M r = {rho_new})")
+        p = z if restart else z + (rho_new / rho) * p
+        rho, restart = rho_new, False
+        ap = apply_a(p)
+        curvature = _dot(p, ap)
+        if not curvature > 0:
+            raise ValueError(f"matvec: not positive definite (p^T A p = {curvature})")
+        alpha = rho / curvature
+        x = x + alpha * p
+        r = r - alpha * ap
+        iterations += 1
+        norms.append(_sqrt(_dot(r, r)))
+        if keep_iterates:
+            iterates.append(x)
+    final = b - apply_a(x)
+    return CGResult(x, iterations, converged, tuple(norms), _sqrt(_dot(final, final)),
+                    None if iterates is None else tuple(iterates))
+
+
+def cg(
+    matvec: Matvec | np.ndarray,
+    b: np.ndarray,
+    x0: np.ndarray | None = None,
+    tol: float = 1e-10,
+    maxiter: int | None = None,
+    precond: Matvec | np.ndarray | None = None,
+) -> np.ndarray:
+    """`x` from (preconditioned) CG, with the signature of PROTOCOL section 5's `cg`.
+
+    Stops at `||b - A x|| <= tol ||b||` or after exactly `maxiter` iterations; with
+    `tol=0, maxiter=k` it returns the k-th iterate. See `cg_solve` for the details.
+    """
+    return cg_solve(matvec, b, x0, tol=tol, maxiter=maxiter, precond=precond).x
+
+
+def cg_iterates(
+    matvec: Matvec | np.ndarray,
+    b: np.ndarray,
+    x0: np.ndarray | None = None,
+    tol: float = 0.0,
+    maxiter: int | None = None,
+    precond: Matvec | np.ndarray | None = None,
+) -> tuple[np.ndarray, ...]:
+    """All iterates `(x_0, x_1, ..., x_k)` of `cg` (by default `tol=0`: every one up to maxiter)."""
+    return cg_solve(matvec, b, x0, tol=tol, maxiter=maxiter, precond=precond,
+                    keep_iterates=True).iterates
+
+
+def _solve_spd(k: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Solve `K y = f` for a small SPD `K` by LDL^T elimination (no square roots, no pivoting)."""
+    m = k.shape[0]
+    a = k * 1  # copy (object arrays included)
+    y = f * 1
+    for j in range(m):  # forward elimination; SPD guarantees nonzero pivots
+        for i in range(j + 1, m):
+            factor = a[i, j] / a[j, j]
+            a[i, j:] = a[i, j:] - factor * a[j, j:]
+            y[i] = y[i] - factor * y[j]
+    for j in reversed(range(m)):
+        y[j] = (y[j] - np.sum(a[j, j + 1:] * y[j + 1:])) / a[j, j]
+    return y
+
+
+def krylov_optimal_iterate(
+    a: np.ndarray,
+    b: np.ndarray,
+    x0: np.ndarray | None,
+    k: int,
+    precond: Matvec | np.ndarray | None = None,
+) -> np.ndarray:
+    """Compute the A-norm-optimal point of `x0 + K_k(M A, M r0)`: CG's k-th iterate.
+
+    Computed directly, independently of the CG recurrences: the Krylov vectors
+    `w_1 = M r0, w_{j+1} = M A v_j` are orthogonalized by Gram-Schmidt (twice, for
+    stability), giving a basis V of the space, and the Galerkin condition
+    `V^T (b - A (x0 + V y)) = 0` -- the normal equations of `min_y ||x0 + V y - A^{-1}b||_A` --
+    is solved, `y = (V^T A V)^{-1} V^T r0` (seed 002, Grosse ch. 4 s4: CG's k-th iterate is
+    the optimal point of the k-dimensional Krylov subspace).
+
+    Args:
+        a: the SPD matrix `(n, n)` (float64 or object array of mpmath numbers).
+        b: right-hand side `(n,)`.
+        x0: starting point (None for 0).
+        k: the Krylov dimension (iteration number), `0 <= k`. If the space stops growing
+            (an exactly zero new direction: `A^{-1} b` has been reached) the smaller space
+            is used, as CG would have stopped there too.
+        precond: M as a matrix or a callable (default identity).
+
+    Returns:
+        `x_k`, shape `(n,)`.
+    """
+    a = np.asarray(a)
+    b, x0, _ = _check(b, x0, 0.0, 0.0, None)
+    if a.shape != (b.shape[0], b.shape[0]):
+        raise ValueError(f"a: expected shape {(b.shape[0], b.shape[0])}, got {a.shape}")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+        raise ValueError(f"k: expected a non-negative int, got {k!r}")
+    apply_m = (lambda r: r) if precond is None else _as_callable(precond, "precond")
+    r0 = b - a @ x0
+    basis: list[np.ndarray] = []
+    w = apply_m(r0)
+    for _ in range(int(k)):
+        for _ in range(2):
+            for v in basis:
+                w = w - (_dot(v, w) / _dot(v, v)) * v
+        if not _dot(w, w) > 0:
+            break
+        basis.append(w / np.max(np.abs(w)))  # rescaled: powers of M A neither overflow nor vanish
+        w = apply_m(a @ basis[-1])
+    if not basis:
+        return x0
+    v = np.stack(basis, axis=1)
+    return x0 + v @ _solve_spd(v.T @ (a @ v), v.T @ r0)
