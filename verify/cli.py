@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         code = cli.main(args=argv, prog_name="ngd-verify", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        return EXIT_USAGE
     except click.UsageError as exc:
         click.echo(f"ngd-verify: error: {exc.format_message()}", err=True)
         return EXIT_USAGE
