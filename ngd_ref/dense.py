@@ -23,6 +23,17 @@ from ngd_ref.curvature._dense import (
     second_order_backward,
     trace_example,
 )
+from ngd_ref.diagonal._dense import (
+    diagonal_update,
+    ema_second_moment,
+    empirical_fisher_diag,
+    ggn_diag,
+    hessian_diag,
+    hutchinson_diag,
+    hutchinson_range,
+    hutchinson_variance,
+    squared_gradient,
+)
 from ngd_ref.kfac._dense import (
     DampingMethod,
     ExactnessRegime,
@@ -39,6 +50,28 @@ from ngd_ref.kfac._dense import (
     kfac_matrix,
     kfac_solve,
     kfac_solve_factors,
+)
+from ngd_ref.lowrank._dense import block_diagonal, lowrank_ggn_update
+from ngd_ref.newton._dense import (
+    absolute_hessian,
+    newton_update,
+    quadratic_model,
+    trust_region_update,
+)
+from ngd_ref.quasi_newton._dense import (
+    bfgs_update,
+    inverse_bfgs_matrix,
+    inverse_bfgs_update,
+    lbfgs_direction,
+    lbfgs_step,
+)
+from ngd_ref.shampoo._dense import (
+    InverseRootResult,
+    coupled_newton_inverse_root,
+    inverse_root,
+    polar_factor,
+    shampoo_direction,
+    shampoo_statistics,
 )
 
 __all__ = [
@@ -77,4 +110,30 @@ __all__ = [
     "mp_self_agreement",
     "second_order_backward",
     "trace_example",
+    "InverseRootResult",
+    "absolute_hessian",
+    "bfgs_update",
+    "block_diagonal",
+    "coupled_newton_inverse_root",
+    "diagonal_update",
+    "ema_second_moment",
+    "empirical_fisher_diag",
+    "ggn_diag",
+    "hessian_diag",
+    "hutchinson_diag",
+    "hutchinson_range",
+    "hutchinson_variance",
+    "inverse_bfgs_matrix",
+    "inverse_bfgs_update",
+    "inverse_root",
+    "lbfgs_direction",
+    "lbfgs_step",
+    "lowrank_ggn_update",
+    "newton_update",
+    "polar_factor",
+    "quadratic_model",
+    "shampoo_direction",
+    "shampoo_statistics",
+    "squared_gradient",
+    "trust_region_update",
 ]
