@@ -34,6 +34,14 @@ from ngd_ref.diagonal._dense import (
     hutchinson_variance,
     squared_gradient,
 )
+from ngd_ref.hf._dense import (
+    SubspaceStep,
+    hf_quadratic_model,
+    levenberg_marquardt,
+    momentum_subspace_step,
+    optimal_step_size,
+    reduction_ratio,
+)
 from ngd_ref.kfac._dense import (
     DampingMethod,
     ExactnessRegime,
@@ -85,6 +93,12 @@ __all__ = [
     "ExactnessRegime",
     "KfacApproximation",
     "KfacKind",
+    "SubspaceStep",
+    "hf_quadratic_model",
+    "levenberg_marquardt",
+    "momentum_subspace_step",
+    "optimal_step_size",
+    "reduction_ratio",
     "OutputLoss",
     "OutputMoments",
     "agreement_digits",
