@@ -53,8 +53,11 @@ __all__ = [
     "kfac_statistics",
     "layers_from_canonical",
     "layers_to_canonical",
+    "homogeneous",
+    "instrumented_vjp",
     "mlp_network",
     "problem_network",
+    "pseudo_gradient_factors",
 ]
 
 Array = jax.Array
@@ -281,26 +284,30 @@ def kfac_statistics(network: DenseNetwork, params, x: Array, y: Array, loss: str
     c = 1.0 / batch if scale is None else scale
     z, inputs, vjp = instrumented_vjp(network, params, x)
     a_factors = [homogeneous(a).T @ homogeneous(a) / batch for a in inputs]
+    s_factors = pseudo_gradient_factors(vjp, z, y, jloss, kind, estimator, key, c)
+    return list(zip(a_factors, s_factors, strict=True))
+
+
+def pseudo_gradient_factors(vjp, z: Array, y: Array, loss: JaxLoss, kind: KfacKind,
+                            estimator: Estimator, key: Array | None, c) -> list[Array]:
+    """Compute `S_l = c sum_b M_b` from an instrumented VJP (see the module docstring)."""
     if kind is KfacKind.EMPIRICAL or estimator is Estimator.SAMPLED:
         if kind is KfacKind.EMPIRICAL:
             targets = y
         else:
             if key is None:
                 raise ValueError("key: the sampled estimator needs a PRNG key")
-            if kind is KfacKind.GGN and not _natural(jloss):
+            if kind is KfacKind.GGN and not _natural(loss):
                 raise ValueError(f"estimator: 'sampled' estimates the GGN only when H_L = F_R "
-                                 f"(natural parameters); loss {jloss.name!r} is not; use 'exact'")
-            targets = jax.vmap(jloss.sample)(jax.random.split(key, batch), z)
-        dz = jax.vmap(jax.grad(jloss.value, argnums=1))(targets, z)
-        ds = vjp(dz)[1]
-        s_factors = [c * d.T @ d for d in ds]
-    else:
-        middles = _output_middles(jloss, kind, y, z)
-        eye = jnp.eye(z.shape[1], dtype=z.dtype)
-        # D_b rows: VJP of the unit cotangent e_k for every example at once -> (C, B, n_out).
-        rows = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, z.shape))[1])(eye)
-        s_factors = [c * jnp.einsum("kbi,bkj,jbl->il", d, middles, d) for d in rows]
-    return list(zip(a_factors, s_factors, strict=True))
+                                 f"(natural parameters); loss {loss.name!r} is not; use 'exact'")
+            targets = jax.vmap(loss.sample)(jax.random.split(key, z.shape[0]), z)
+        ds = vjp(jax.vmap(jax.grad(loss.value, argnums=1))(targets, z))[1]
+        return [c * d.T @ d for d in ds]
+    middles = _output_middles(loss, kind, y, z)
+    eye = jnp.eye(z.shape[1], dtype=z.dtype)
+    # D_b rows: VJP of the unit cotangent e_k for every example at once -> (C, B, n_out).
+    rows = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, z.shape))[1])(eye)
+    return [c * jnp.einsum("kbi,bkj,jbl->il", d, middles, d) for d in rows]
 
 
 def _natural(loss: JaxLoss) -> bool:
