@@ -1,0 +1,566 @@
+"""Identities of the seeds' other second-order methods (seed 004; Grosse ch. 4, seed 002).
+
+Each identity computes both sides with the dense reference (`ngd_ref.dense`) and holds them to
+a tolerance from `verify._tolerance`; every theorem has a negative control that shows where it
+breaks -- including each bug of seed 004's code, so the battery proves it can see them:
+
+* Newton (Grosse eqs. (1), (5), (6)): the damped Newton step is the stationary point, and with
+  `H + lambda I` positive definite the minimizer, of the quadratic model; the |H| step is a
+  descent direction; at an indefinite `H` the Newton step climbs along negative curvature.
+* BFGS / L-BFGS (seed 004; Nocedal & Wright (6.17), (6.19), Alg. 7.4): secant condition,
+  symmetry, positive definiteness iff `y^T s > 0`; two-loop == dense inverse BFGS; on a
+  quadratic with `A`-conjugate exact pairs `H_k A = I` on the span (and not without
+  conjugacy); seed 004's `y` from the overwritten gradient is not the secant pair.
+* Diagonals: exact diagonals without the `n x n` matrix; Hutchinson unbiased with variance
+  `sum_{j != i} A_ij^2` (Hoeffding tests, false-positive rate 1e-6); `vjp` with ones is `H @ 1`;
+  bias-corrected running averages; Adam's mean of squares vs square of the mean.
+* Low rank (push-through): output-space step == dense damped GGN step; the seed's coupled
+  flattened-softmax Hessian is not.
+* Shampoo: eigh and coupled-Newton inverse roots agree to the iteration's bound; one step
+  from zero statistics tends to the polar factor `U V^T` as `eps -> 0`; exponent `-1/2` does not.
+
+Damping used throughout: `lambda = |lambda_min(H)| + ||H||_2 / 10` for "positive definite"
+statements (so `H + lambda I` is safely positive definite) and `||H||_2 / 10` otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+
+from ngd_ref import Problem, layer_slices
+from ngd_ref import dense as ref
+from ngd_ref._problem import Loss
+from verify._report import CheckResult, Status
+from verify._tolerance import compare, hoeffding_bound, rounding_rtol, solve_rtol
+from verify.identities._registry import identity, result, separated
+
+__all__: list[str] = []
+
+_SEED_004 = "seed 004"
+_GROSSE = "Grosse ch.4 (seed 002)"
+_NW = "Nocedal & Wright (6.17), (6.19), Alg. 7.4"
+_HUTCHINSON_SAMPLES = 4000
+_EMA_BETA = 0.999
+_EMA_STEPS = 10
+
+
+# -- shared pieces ---------------------------------------------------------------------------
+def _depth(problem: Problem) -> int:
+    """Error-propagation depth of a second-order quantity: layers + loss + differentiation."""
+    return len(problem.layers) + 2
+
+
+def _rng(problem: Problem, salt: str) -> np.random.Generator:
+    """Return a generator seeded from the problem's name (reproducible checks)."""
+    return np.random.default_rng(zlib.crc32(f"{problem.name}/{salt}".encode()))
+
+
+def _spectrum(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    return np.linalg.eigh(ref.dense(problem).hessian)
+
+
+def _norm2(matrix: np.ndarray) -> float:
+    return float(np.linalg.norm(matrix, 2))
+
+
+def _condition(matrix: np.ndarray) -> float:
+    values = np.abs(np.linalg.eigvalsh(matrix))
+    return float(values.max() / values.min()) if values.min() > 0 else math.inf
+
+
+def _pd_damping(problem: Problem) -> float:
+    """`|lambda_min(H)| + ||H||_2 / 10`: makes `H + lambda I` positive definite."""
+    values, _ = _spectrum(problem)
+    return float(abs(min(values[0], 0.0)) + np.abs(values).max() / 10)
+
+
+def _quadratic(problem: Problem) -> np.ndarray:
+    """Return the SPD `A = G + (|lambda_min(G)| + ||G||_2 / 10) I` of a quadratic model.
+
+    (`G` is indefinite when the loss is not convex in `z`, e.g. `nll_probs`, `gaussian_logvar`.)
+    """
+    g = ref.dense(problem).ggn
+    values = np.linalg.eigvalsh(g)
+    shift = abs(min(float(values[0]), 0.0)) + float(np.abs(values).max()) / 10
+    return g + shift * np.eye(g.shape[0])
+
+
+def _holds(name: str, problem: Problem, margin: float, tolerance: float, what: str, source: str,
+           *, negative_control: bool = False) -> CheckResult:
+    """Pass iff the normalized `margin` of a strict inequality exceeds `tolerance`.
+
+    `margin` is the inequality's slack in the units of its own scale (e.g. `lambda_min(B)/||B||`
+    for "B is positive definite"), so rounding alone can never make it hold or fail.
+    """
+    held = margin > tolerance
+    return CheckResult(name, "negative_control" if negative_control else "identity", problem.name,
+                       Status.PASS if held else Status.FAIL, margin, tolerance,
+                       f"{what} [{source}]: margin {margin:.2e} {'>' if held else '<='} "
+                       f"tol {tolerance:.2e}")
+
+
+# -- Newton and the |H| trust region ---------------------------------------------------------
+@identity("newton_step_minimizes_quadratic_model", source=f"{_GROSSE} eqs. (1), (5); {_SEED_004}",
+          statement="(H + lam I) d_N = -grad h, and H + lam I > 0 makes d_N the model's minimizer")
+def _newton_minimizes(problem: Problem) -> list[CheckResult]:
+    name, source = "newton_step_minimizes_quadratic_model", f"{_GROSSE} eq. (5)"
+    d = ref.dense(problem)
+    lam = _pd_damping(problem)
+    damped = d.hessian + lam * np.eye(problem.n_params)
+    step = ref.newton_update(problem, lam)
+    rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
+    stationary = compare(damped @ step, -d.gradient, tolerance=rtol,
+                         magnitude=_norm2(damped) * float(np.linalg.norm(step)))
+    # m(d_N + e) - m(d_N) = e^T (H + lam I) e / 2 > 0 for all e != 0 iff lambda_min > 0.
+    curvature = float(np.linalg.eigvalsh(damped)[0]) / _norm2(damped)
+    return [result(name, problem, stationary, "model gradient vanishes at the damped Newton step",
+                   source),
+            _holds(name, problem, curvature, rtol, "model curvature lambda_min(H + lam I) > 0",
+                   source)]
+
+
+@identity("trust_region_step_is_descent",
+          source=f"{_SEED_004} 'Trust Region Newton'; {_GROSSE} eq. (6)",
+          statement="grad h^T d_TR <= -||grad h||^2 / (||H||_2 + lam) < 0")
+def _trust_region_descent(problem: Problem) -> CheckResult:
+    d = ref.dense(problem)
+    values, _ = _spectrum(problem)
+    lam = float(np.abs(values).max()) / 10
+    step = ref.trust_region_update(problem, lam)
+    g = d.gradient
+    bound = float(g @ g) / (float(np.abs(values).max()) + lam)
+    # Relative slack of -g^T d >= bound; exact arithmetic gives >= 0.
+    margin = (-float(g @ step) - bound) / bound + 1.0
+    rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
+    return _holds("trust_region_step_is_descent", problem, margin, rtol,
+                  "-g^T d_TR / (||g||^2 / (||H|| + lam)) >= 1 (descent)", f"{_GROSSE} eq. (6)")
+
+
+def _indefinite(problem: Problem) -> bool:
+    values, vectors = _spectrum(problem)
+    scale = np.abs(values).max()
+    rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
+    if values[0] >= -100 * rtol * scale:
+        return False
+    g = ref.dense(problem).gradient
+    return abs(float(vectors[:, 0] @ g)) > 100 * rtol * float(np.linalg.norm(g))
+
+
+@identity("newton_step_climbs_at_indefinite_hessian",
+          source=f"{_SEED_004} 'Trust Region Newton'", applies=_indefinite, negative_control=True,
+          statement="with lam < |lambda_min(H)|, d_N and d_TR point in opposite ways along "
+                    "negative curvature (Newton ascends, |H| descends)")
+def _newton_climbs(problem: Problem) -> CheckResult:
+    values, vectors = _spectrum(problem)
+    lam = abs(float(values[0])) / 2
+    negative = vectors[:, values + lam < 0]
+    newton = negative.T @ ref.newton_update(problem, lam)
+    trust = negative.T @ ref.trust_region_update(problem, lam)
+    g = negative.T @ ref.dense(problem).gradient
+    rtol = solve_rtol("float64", length=problem.n_params, depth=_depth(problem),
+                      condition=float(np.abs(values).max()) / float(np.abs(values + lam).min()))
+    check = separated("newton_step_climbs_at_indefinite_hessian", problem,
+                      compare(newton, trust, tolerance=rtol),
+                      "Newton and |H| steps differ on the negative eigenspace", _SEED_004)
+    if not (float(g @ newton) > 0 > float(g @ trust)):
+        return CheckResult(check.check, check.capability, check.problem, Status.FAIL, check.error,
+                           check.tolerance, f"expected g^T P d_N > 0 > g^T P d_TR, got "
+                           f"{float(g @ newton):.2e} and {float(g @ trust):.2e}")
+    return check
+
+
+# -- BFGS --------------------------------------------------------------------------------------
+def _secant_pair(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """`s = -grad h / ||H||_2`, `y = grad h(theta + s) - grad h(theta)` (a real secant pair)."""
+    d = ref.dense(problem)
+    s = -d.gradient / _norm2(d.hessian)
+    moved = ref.DenseCurvature(problem, params=d.theta + s)
+    return s, moved.gradient - d.gradient
+
+
+def _bfgs_tolerance(problem: Problem, B: np.ndarray, s: np.ndarray, y: np.ndarray) -> float:
+    # The update divides by y^T s and s^T B s: relative to the natural scales, cancellation
+    # amplifies rounding by ||y|| ||s|| / |y^T s| (the angle between s and y).
+    amplification = float(np.linalg.norm(y) * np.linalg.norm(s) / abs(y @ s))
+    return solve_rtol("float64", length=problem.n_params, depth=_depth(problem),
+                      condition=amplification * _condition(B))
+
+
+@identity("bfgs_secant_and_symmetry", source=f"{_SEED_004} 'BFGS'; {_NW}",
+          statement="B+ s = y and B+ = B+^T for B+ = bfgs_update(B, s, y)")
+def _bfgs_secant(problem: Problem) -> list[CheckResult]:
+    name = "bfgs_secant_and_symmetry"
+    B = _quadratic(problem)
+    s, y = _secant_pair(problem)
+    updated = ref.bfgs_update(B, s, y)
+    rtol = _bfgs_tolerance(problem, B, s, y)
+    magnitude = _norm2(updated) * float(np.linalg.norm(s)) + float(np.linalg.norm(y))
+    return [result(name, problem, compare(updated @ s, y, tolerance=rtol, magnitude=magnitude),
+                   "secant condition B+ s = y", _NW),
+            result(name, problem, compare(updated, updated.T, tolerance=rtol,
+                                          magnitude=_norm2(updated)), "symmetry of B+", _NW)]
+
+
+def _eigen_pair(problem: Problem, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact quadratic pair along an eigenvector of H: `s = v_index`, `y = H s`."""
+    values, vectors = _spectrum(problem)
+    s = vectors[:, index]
+    return s, ref.dense(problem).hessian @ s
+
+
+@identity("bfgs_preserves_positive_definiteness", source=_NW,
+          applies=lambda p: float(_spectrum(p)[0][-1]) > 0,
+          statement="B > 0 and y^T s > 0 imply bfgs_update(B, s, y) > 0")
+def _bfgs_pd(problem: Problem) -> CheckResult:
+    B = _quadratic(problem)
+    s, y = _eigen_pair(problem, -1)   # y^T s = lambda_max(H) > 0
+    updated = ref.bfgs_update(B, s, y)
+    margin = float(np.linalg.eigvalsh(updated)[0]) / _norm2(updated)
+    return _holds("bfgs_preserves_positive_definiteness", problem, margin,
+                  _bfgs_tolerance(problem, B, s, y), "lambda_min(B+)/||B+|| > 0 with y^T s > 0",
+                  _NW)
+
+
+@identity("bfgs_loses_definiteness_when_curvature_negative", source=_NW, applies=_indefinite,
+          negative_control=True,
+          statement="y^T s < 0 gives s^T B+ s = y^T s < 0: B+ is not positive definite")
+def _bfgs_not_pd(problem: Problem) -> CheckResult:
+    B = _quadratic(problem)
+    s, y = _eigen_pair(problem, 0)    # y^T s = lambda_min(H) < 0
+    updated = ref.bfgs_update(B, s, y)
+    margin = -float(np.linalg.eigvalsh(updated)[0]) / _norm2(updated)
+    return _holds("bfgs_loses_definiteness_when_curvature_negative", problem, margin,
+                  100 * _bfgs_tolerance(problem, B, s, y),
+                  "-lambda_min(B+)/||B+|| > 100 tol with y^T s < 0", _NW, negative_control=True)
+
+
+# -- L-BFGS ------------------------------------------------------------------------------------
+_MEMORY = 3
+
+
+def _pairs(problem: Problem, *, conjugate: bool) -> tuple[np.ndarray, list, list]:
+    """Return `A` and `_MEMORY` exact pairs `y_i = A s_i` (A-conjugate if asked)."""
+    A = _quadratic(problem)
+    raw = _rng(problem, "lbfgs").standard_normal((_MEMORY, problem.n_params))
+    steps: list[np.ndarray] = []
+    for v in raw:
+        if conjugate:
+            for s in steps:
+                v = v - (s @ A @ v) / (s @ A @ s) * s
+        steps.append(v)
+    return A, steps, [A @ s for s in steps]
+
+
+def _lbfgs_tolerance(problem: Problem, A: np.ndarray) -> float:
+    return solve_rtol("float64", length=problem.n_params, depth=2 * _MEMORY + 1,
+                      condition=_condition(A))
+
+
+@identity("lbfgs_two_loop_equals_dense_inverse_bfgs", source=f"{_SEED_004} 'L-BFGS'; {_NW}",
+          statement="lbfgs_direction(g, s, y, gamma) = H_k g, H_k = gamma I updated by each pair")
+def _lbfgs_dense(problem: Problem) -> CheckResult:
+    A, steps, ys = _pairs(problem, conjugate=False)
+    gamma = float(steps[-1] @ ys[-1] / (ys[-1] @ ys[-1]))
+    g = ref.dense(problem).gradient
+    dense_h = ref.inverse_bfgs_matrix(steps, ys, gamma, n=problem.n_params)
+    desired = dense_h @ g
+    rtol = _lbfgs_tolerance(problem, A)
+    return result("lbfgs_two_loop_equals_dense_inverse_bfgs", problem,
+                  compare(ref.lbfgs_direction(g, steps, ys, gamma), desired, tolerance=rtol,
+                          magnitude=_norm2(dense_h) * float(np.linalg.norm(g))),
+                  "two-loop recursion == dense inverse-BFGS matrix times g", _NW)
+
+
+@identity("lbfgs_inverts_quadratic_on_span", source=f"{_NW}; N&W s6.1 (quadratic termination)",
+          statement="A-conjugate exact pairs y_i = A s_i: H_k A s_j = s_j for every stored j")
+def _lbfgs_span(problem: Problem) -> CheckResult:
+    A, steps, ys = _pairs(problem, conjugate=True)
+    got = np.stack([ref.lbfgs_direction(y, steps, ys, 1.0) for y in ys])
+    return result("lbfgs_inverts_quadratic_on_span", problem,
+                  compare(got, np.stack(steps), tolerance=_lbfgs_tolerance(problem, A)),
+                  "L-BFGS reproduces A^{-1} on span{y_i}", _NW)
+
+
+@identity("lbfgs_span_needs_conjugate_pairs", source=_NW, negative_control=True,
+          statement="without A-conjugacy only the newest secant equation holds: H_k y_0 != s_0")
+def _lbfgs_span_control(problem: Problem) -> CheckResult:
+    A, steps, ys = _pairs(problem, conjugate=False)
+    return separated("lbfgs_span_needs_conjugate_pairs", problem,
+                     compare(ref.lbfgs_direction(ys[0], steps, ys, 1.0), steps[0],
+                             tolerance=_lbfgs_tolerance(problem, A)),
+                     "H_k y_0 != s_0 for non-conjugate pairs", _NW)
+
+
+@identity("lbfgs_seed_pair_uses_overwritten_gradient", source=f"{_SEED_004} `lbfgs`",
+          negative_control=True,
+          statement="seed 004 forms y = grad(theta + s) - q with q the two-loop's overwritten "
+                    "gradient; the secant pair needs y = grad(theta + s) - grad(theta)")
+def _lbfgs_seed_bug(problem: Problem) -> CheckResult:
+    A, steps, ys = _pairs(problem, conjugate=False)
+    d = ref.dense(problem)
+    g = d.gradient
+    s, y = ref.lbfgs_step(problem, steps, ys, learning_rate=1.0 / _norm2(A))
+    q = g.copy()                                          # the seed's rebound `grad_z`
+    for s_i, y_i in reversed(list(zip(steps, ys, strict=True))):
+        q = q - (s_i @ q) / (y_i @ s_i) * y_i
+    seed_y = (y + g) - q                                  # grad(theta + s) - q
+    rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
+    return separated("lbfgs_seed_pair_uses_overwritten_gradient", problem,
+                     compare(seed_y, y, tolerance=rtol,
+                             magnitude=float(np.linalg.norm(y + g) + np.linalg.norm(g))),
+                     "the seed's y differs from the secant pair", f"{_SEED_004} `lbfgs`")
+
+
+# -- diagonals ---------------------------------------------------------------------------------
+@identity("exact_diagonals", source="PROTOCOL s5; Martens s7 (seed 003)",
+          statement="diag(G) = c sum_b diag(J_b^T H_L J_b) and diag(EF) = c sum_b g_b^2, "
+                    "computed without the n x n matrices, equal the matrices' diagonals")
+def _exact_diagonals(problem: Problem) -> list[CheckResult]:
+    d = ref.dense(problem)
+    rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
+    out = []
+    for label, got, matrix in (("ggn", ref.ggn_diag(problem), d.ggn),
+                               ("empirical_fisher", ref.empirical_fisher_diag(problem),
+                                d.empirical_fisher)):
+        out.append(result("exact_diagonals", problem,
+                          compare(got, np.diagonal(matrix), tolerance=rtol,
+                                  magnitude=float(np.linalg.norm(np.abs(matrix)))),
+                          f"diag({label}) without the matrix", "PROTOCOL s5"))
+    return out
+
+
+@identity("hutchinson_unbiased", source="Hutchinson 1990; seed 004 'AdaHessian'",
+          statement="E[z * (A z)] = diag(A) and Var[z_i (A z)_i] = sum_{j != i} A_ij^2 "
+                    "(Rademacher z; Hoeffding tests, false-positive rate 1e-6)")
+def _hutchinson(problem: Problem) -> list[CheckResult]:
+    name, source = "hutchinson_unbiased", "Hutchinson; Hoeffding"
+    A = ref.dense(problem).hessian
+    n, samples = problem.n_params, _HUTCHINSON_SAMPLES
+    seed = zlib.crc32(problem.name.encode())
+    estimate = ref.hutchinson_diag(lambda v: A @ v, n, samples, seed=seed)
+    width = ref.hutchinson_range(A)
+    scale = float(width.max()) or 1.0
+    # Both tests share the 1e-6 budget: 2n simultaneous per-coordinate tests.
+    mean_bound = np.array([hoeffding_bound(w, samples, tests=2 * n) for w in width])
+    mean_excess = float(np.max((np.abs(estimate - np.diagonal(A)) - mean_bound) / scale))
+    # Variance: the squared deviations (x - A_ii)^2 lie in [0, R_i^2] and average to the variance.
+    probes = np.random.default_rng(zlib.crc32(f"{problem.name}/var".encode())) \
+        .integers(0, 2, size=(samples, n)) * 2.0 - 1.0
+    deviations = (probes * (probes @ A.T) - np.diagonal(A)) ** 2
+    var_bound = np.array([hoeffding_bound((w / 2) ** 2, samples, tests=2 * n) for w in width])
+    var_excess = float(np.max((np.abs(deviations.mean(axis=0) - ref.hutchinson_variance(A))
+                               - var_bound) / scale**2))
+    rtol = rounding_rtol("float64", length=n * samples, depth=_depth(problem))
+    return [_holds(name, problem, -mean_excess, -rtol,
+                   "|mean - diag(A)| within its Hoeffding bound for every i", source),
+            _holds(name, problem, -var_excess, -rtol,
+                   "sample variance within its Hoeffding bound of sum_{j != i} A_ij^2", source)]
+
+
+@identity("vjp_with_ones_is_not_the_diagonal",
+          source=f"{_SEED_004} 'Diagonal Newton', 'AdaHessian'",
+          negative_control=True, statement="vjp(grad)(ones) = H @ 1 != diag(H)")
+def _vjp_ones(problem: Problem) -> CheckResult:
+    H = ref.dense(problem).hessian
+    rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
+    return separated("vjp_with_ones_is_not_the_diagonal", problem,
+                     compare(H @ np.ones(problem.n_params), ref.hessian_diag(problem),
+                             tolerance=rtol, magnitude=float(np.linalg.norm(np.abs(H)))),
+                     "the seed's H @ 1 differs from diag(H)", _SEED_004)
+
+
+@identity("ema_bias_correction_exact", source=f"{_SEED_004} 'AdaHessian'; Adam",
+          statement="constant estimates D: v_T / (1 - beta^T) = D^2 for every T")
+def _ema(problem: Problem) -> CheckResult:
+    diag = ref.hessian_diag(problem)
+    got = ref.ema_second_moment([diag] * _EMA_STEPS, _EMA_BETA)
+    rtol = rounding_rtol("float64", length=_EMA_STEPS, depth=2)
+    return result("ema_bias_correction_exact", problem, compare(got, diag**2, tolerance=rtol),
+                  "bias-corrected running average of a constant", _SEED_004)
+
+
+@identity("ema_without_bias_correction_is_biased", source=f"{_SEED_004} 'AdaHessian'; Adam",
+          negative_control=True, statement="v_T = (1 - beta^T) D^2 != D^2 without the correction")
+def _ema_control(problem: Problem) -> CheckResult:
+    diag = ref.hessian_diag(problem)
+    corrected = ref.ema_second_moment([diag] * _EMA_STEPS, _EMA_BETA)
+    raw = corrected * (1 - _EMA_BETA**_EMA_STEPS)
+    rtol = rounding_rtol("float64", length=_EMA_STEPS, depth=2)
+    return separated("ema_without_bias_correction_is_biased", problem,
+                     compare(raw, diag**2, tolerance=rtol), "uncorrected v_T differs from D^2",
+                     _SEED_004)
+
+
+@identity("adam_second_moment_variance_decomposition", source=f"{_SEED_004} 'Adagrad and Adam'",
+          applies=lambda p: p.reduction == "mean",
+          statement="diag(EF) - (grad h)^2 = (1/B) sum_b (g_b - mean g)^2 (mean reduction)")
+def _adam_identity(problem: Problem) -> CheckResult:
+    g = ref.dense(problem).per_example_gradients
+    spread = np.mean((g - g.mean(axis=0)) ** 2, axis=0)
+    ef = ref.empirical_fisher_diag(problem)
+    rtol = rounding_rtol("float64", length=problem.batch_size, depth=_depth(problem))
+    return result("adam_second_moment_variance_decomposition", problem,
+                  compare(ef - ref.squared_gradient(problem), spread, tolerance=rtol,
+                          magnitude=float(np.linalg.norm(ef))),
+                  "mean of squares = square of mean + per-example variance", _SEED_004)
+
+
+def _gradients_differ(problem: Problem) -> bool:
+    """`B > 1` and the per-example gradients are not all equal (identical examples)."""
+    g = ref.dense(problem).per_example_gradients
+    rtol = rounding_rtol("float64", length=problem.batch_size, depth=_depth(problem))
+    spread = float(np.max(np.abs(g - g[0])))
+    return problem.batch_size > 1 and spread > 100 * rtol * float(np.max(np.abs(g)))
+
+
+@identity("adam_square_of_mean_is_not_empirical_fisher", source=f"{_SEED_004} 'Adagrad and Adam'",
+          applies=lambda p: _gradients_differ(p), negative_control=True,
+          statement="(grad h)^2 != c sum_b g_b^2 when B > 1 and the g_b differ")
+def _adam_control(problem: Problem) -> CheckResult:
+    ef = ref.empirical_fisher_diag(problem)
+    rtol = rounding_rtol("float64", length=problem.batch_size, depth=_depth(problem))
+    return separated("adam_square_of_mean_is_not_empirical_fisher", problem,
+                     compare(ref.squared_gradient(problem), ef, tolerance=rtol),
+                     "square of the mean gradient differs from diag(EF)", _SEED_004)
+
+
+# -- low-rank GGN ------------------------------------------------------------------------------
+_LOWRANK_DAMPING_FRACTION = 0.1
+
+
+def _ggn_solve_tolerance(problem: Problem, lam: float) -> float:
+    damped = ref.dense(problem).ggn + lam * np.eye(problem.n_params)
+    return solve_rtol("float64", length=problem.n_params, depth=_depth(problem),
+                      condition=_condition(damped))
+
+
+def _ggn_damping(problem: Problem) -> float:
+    return _LOWRANK_DAMPING_FRACTION * max(_norm2(ref.dense(problem).ggn), 1e-3)
+
+
+@identity("lowrank_ggn_push_through", source=f"{_SEED_004} 'Generalized Gauss-Newton'; "
+          f"{_GROSSE} eq. (13)",
+          statement="-J^T (c H_L J J^T + lam I)^{-1} c r = -(G + lam I)^{-1} grad h")
+def _lowrank(problem: Problem) -> CheckResult:
+    lam = _ggn_damping(problem)
+    return result("lowrank_ggn_push_through", problem,
+                  compare(ref.lowrank_ggn_update(problem, lam),
+                          ref.dense(problem).damped_update("ggn", lam),
+                          tolerance=_ggn_solve_tolerance(problem, lam)),
+                  "output-space step == dense damped GGN step", f"{_GROSSE} eq. (13)")
+
+
+@identity("lowrank_seed_coupled_softmax_differs", source=f"{_SEED_004} `gauss_newton`",
+          applies=lambda p: p.loss == Loss.SOFTMAX_CROSS_ENTROPY and p.batch_size > 1,
+          negative_control=True,
+          statement="one softmax Hessian over the flattened batch couples examples: its step "
+                    "is not the damped GGN step")
+def _lowrank_control(problem: Problem) -> CheckResult:
+    d = ref.dense(problem)
+    lam = _ggn_damping(problem)
+    jac = d.jacobians.reshape(-1, problem.n_params)
+    probs = np.concatenate([ref.get_loss(problem.loss).probabilities(ref.FLOAT64, z)
+                            for z in d.outputs])
+    coupled = np.diag(probs) - np.outer(probs, probs)
+    system = d.c * coupled @ (jac @ jac.T) + lam * np.eye(jac.shape[0])
+    seed_step = -(jac.T @ np.linalg.solve(system, d.c * d.loss_grads.reshape(-1)))
+    return separated("lowrank_seed_coupled_softmax_differs", problem,
+                     compare(seed_step, d.damped_update("ggn", lam),
+                             tolerance=_ggn_solve_tolerance(problem, lam)),
+                     "the seed's coupled step differs from the GGN step", _SEED_004)
+
+
+# -- Shampoo -----------------------------------------------------------------------------------
+_ROOTS = (1, 2, 4)
+
+
+@identity("inverse_root_eigh_equals_coupled_newton",
+          source=f"{_SEED_004} 'Shampoo'; Guo & Higham 2006",
+          statement="Q diag(mu^{-1/p}) Q^T and the coupled Newton iterate agree within "
+                    "||A^{-1/p}|| rho / (p (1 - rho)) plus rounding")
+def _roots(problem: Problem) -> list[CheckResult]:
+    A = _quadratic(problem)
+    n = problem.n_params
+    out = []
+    for p in _ROOTS:
+        eig = ref.inverse_root(A, p)
+        newton = ref.coupled_newton_inverse_root(A, p)
+        bound = newton.residual / (p * (1 - newton.residual)) if newton.residual < 1 else math.inf
+        rtol = bound + solve_rtol("float64", length=n, depth=newton.iterations + p,
+                                  condition=_condition(A))
+        out.append(result("inverse_root_eigh_equals_coupled_newton", problem,
+                          compare(newton.root, eig, tolerance=rtol),
+                          f"p = {p}: eigh vs coupled Newton ({newton.iterations} steps)",
+                          "Guo & Higham 2006"))
+    return out
+
+
+_POLAR_DPS = 50
+
+
+def _layer_gradients(problem: Problem, backend) -> list[np.ndarray]:
+    """Weight-shaped gradients `[dW db]` (n_out x (n_in + 1)) of every layer, in `backend`.
+
+    Computed at 50 digits so that a gradient of exact rank r (e.g. r <= B) has its other
+    singular values at ~1e-50, not at float64's 1e-16 rounding noise.
+    """
+    g = ref.dense(problem, backend).gradient
+    return [g[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
+            for layer, sl in zip(problem.layers, layer_slices(problem.layers), strict=True)]
+
+
+def _polar_cases(problem: Problem, root: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Per layer `(D, U_r V_r^T, bias bound)` at 50 digits with `eps = 10^-25 ||G||_F^2`.
+
+    `D = (L + eps I)^{-1/root} G (R + eps I)^{-1/root}` from one bias-corrected statistics step;
+    singular values below `10^-17 s_max` are the zero ones (they sit at ~1e-50 here), and the
+    kept ones contribute at most `eps / (2 s^2)` each to `||D - U_r V_r^T||_F` (root 4).
+    """
+    bk = ref.mp_backend(_POLAR_DPS)
+    out = []
+    with bk.precision():
+        for G in _layer_gradients(problem, bk):
+            eps = float(np.sum(G * G)) * 10.0 ** (-(_POLAR_DPS // 2))
+            L, R = ref.shampoo_statistics([G], 0.9, backend=bk)
+            direction = (ref.inverse_root(L, root, eps, backend=bk) @ G
+                         @ ref.inverse_root(R, root, eps, backend=bk))
+            polar, singular = ref.polar_factor(G, rank_tolerance=10.0 ** -(_POLAR_DPS // 3),
+                                               backend=bk)
+            s = bk.to_float64(singular)
+            bias = float(np.sqrt(np.sum((eps / (2 * s**2)) ** 2)))
+            out.append((bk.to_float64(direction), bk.to_float64(polar), bias))
+    return out
+
+
+@identity("shampoo_one_step_is_polar_factor", source=f"{_SEED_004} 'Shampoo'; Gupta et al. 2018",
+          statement="L = G G^T, R = G^T G: (L + eps I)^{-1/4} G (R + eps I)^{-1/4} -> U_r V_r^T "
+                    "as eps -> 0 (error <= eps / (2 s_r^2) per singular value)")
+def _polar(problem: Problem) -> list[CheckResult]:
+    out = []
+    for index, (direction, polar, bias) in enumerate(_polar_cases(problem, 4)):
+        rtol = bias / max(float(np.linalg.norm(polar)), 1.0) + rounding_rtol(
+            "float64", length=direction.size, depth=1)
+        out.append(result("shampoo_one_step_is_polar_factor", problem,
+                          compare(direction, polar, tolerance=rtol),
+                          f"layer {index}: one Shampoo step == polar factor (50-digit arithmetic)",
+                          "Gupta et al. 2018"))
+    return out
+
+
+@identity("shampoo_inverse_square_root_is_not_polar",
+          source=f"{_SEED_004} 'Shampoo' (text formula)",
+          negative_control=True,
+          statement="exponent -1/2 gives U S^{-1} V^T, not the polar factor (unless all s = 1)")
+def _polar_control(problem: Problem) -> list[CheckResult]:
+    out = []
+    for index, (direction, polar, bias) in enumerate(_polar_cases(problem, 2)):
+        rtol = bias / max(float(np.linalg.norm(polar)), 1.0) + rounding_rtol(
+            "float64", length=direction.size, depth=1)
+        out.append(separated("shampoo_inverse_square_root_is_not_polar", problem,
+                             compare(direction, polar, tolerance=rtol),
+                             f"layer {index}: L^{{-1/2}} G R^{{-1/2}} differs from U V^T",
+                             _SEED_004))
+    return out
