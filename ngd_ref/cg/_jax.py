@@ -1,0 +1,188 @@
+"""Jit-able (preconditioned) conjugate gradient on pytrees, with an honest convergence flag.
+
+The JAX twin of `ngd_ref.cg._dense` (same recurrences, same stopping rule; see there for the
+algorithm and seed 002, Grosse ch. 4 s4). Written with `jax.lax.while_loop`, so it runs
+inside `jit`, `vmap` (e.g. over `maxiter` to get every iterate) and `shard_map` bodies.
+
+Differences from `jax.scipy.sparse.linalg.cg`, which returns `info=None` and stops on the
+*recurrence* residual only:
+
+* the result is a `CGResult` with the iteration count, the residual-norm history, a
+  `converged` flag and a `status` (`CGStatus`: converged, maxiter reached, or a
+  non-positive curvature `p^T A p <= 0` detected -- A is not positive definite);
+* convergence is confirmed on the *true* residual `b - A x` (one extra product when the
+  recurrence claims convergence); when the recurrence has drifted, CG restarts from the
+  current iterate with the true residual (residual replacement) instead of returning an
+  unconverged answer flagged as converged;
+* relative and absolute tolerances: stop when `||b - A x|| <= max(tol ||b||, atol)`;
+* `maxiter` may be a traced value (the history length `history` is then static), and with
+  `tol = atol = 0` exactly `maxiter` iterations are taken: the k-th CG iterate, which
+  `ngd_ref.dense.krylov_optimal_iterate` computes independently.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+__all__ = ["CGResult", "CGStatus", "cg", "cg_solve"]
+
+Params = Any
+Operator = Callable[[Params], Params]
+
+
+class CGStatus(enum.IntEnum):
+    """Why CG stopped (the `status` field of `CGResult`)."""
+
+    CONVERGED = 0
+    MAX_ITERATIONS = 1
+    NOT_POSITIVE_DEFINITE = 2
+
+    @property
+    def message(self) -> str:
+        """A one-line explanation."""
+        return {
+            CGStatus.CONVERGED: "the true residual met max(tol ||b||, atol)",
+            CGStatus.MAX_ITERATIONS: "maxiter iterations taken without meeting the tolerance",
+            CGStatus.NOT_POSITIVE_DEFINITE: "p^T A p <= 0: the operator is not positive definite "
+                                            "(add damping, or use the GGN instead of the Hessian)",
+        }[self]
+
+
+class CGResult(NamedTuple):
+    """Outcome of `cg_solve` (a pytree: it can be returned from jit and vmapped).
+
+    Attributes:
+        x: the last iterate (a pytree like `b`).
+        iterations: number of CG iterations taken (int32 scalar).
+        converged: whether the true residual met the tolerance (bool scalar).
+        status: a `CGStatus` value (int32 scalar).
+        residual_norms: `(history,)` recurrence-residual norms `||r_0||, ||r_1||, ...`
+            (after a residual replacement, the recomputed true one); NaN after the last.
+        residual_norm: `||b - A x||`, recomputed at the end.
+    """
+
+    x: Params
+    iterations: jax.Array
+    converged: jax.Array
+    status: jax.Array
+    residual_norms: jax.Array
+    residual_norm: jax.Array
+
+
+def _dot(a: Params, b: Params) -> jax.Array:
+    return sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def _axpy(alpha: jax.Array, x: Params, y: Params) -> Params:
+    return jax.tree.map(lambda u, v: v + alpha.astype(v.dtype) * u, x, y)
+
+
+def _sub(a: Params, b: Params) -> Params:
+    return jax.tree.map(jnp.subtract, a, b)
+
+
+def _select(flag: jax.Array, a: Params, b: Params) -> Params:
+    return jax.tree.map(lambda u, v: jnp.where(flag, u, v), a, b)
+
+
+def cg_solve(
+    matvec: Operator,
+    b: Params,
+    x0: Params | None = None,
+    *,
+    tol: float = 1e-10,
+    atol: float = 0.0,
+    maxiter: int | jax.Array | None = None,
+    precond: Operator | None = None,
+    history: int | None = None,
+) -> CGResult:
+    """Preconditioned CG for `A x = b`, `A` symmetric positive definite, on pytrees.
+
+    Args:
+        matvec: `v -> A v` (e.g. a `curvature_operator` plus damping).
+        b: right-hand side, any pytree of float arrays.
+        x0: starting point like `b` (default zeros).
+        tol: relative tolerance: stop when `||b - A x|| <= max(tol ||b||, atol)`.
+        atol: absolute tolerance.
+        maxiter: most iterations (default `10 n`, n the size of b); may be a traced int.
+        precond: `r -> M r` with `M ~ A^{-1}` SPD (default identity).
+        history: length of `residual_norms` (static); default `maxiter + 1`, required when
+            `maxiter` is traced.
+
+    Returns:
+        A `CGResult`.
+    """
+    flat_b, _ = ravel_pytree(b)
+    n = flat_b.shape[0]
+    if maxiter is None:
+        maxiter = 10 * n
+    if history is None:
+        if not isinstance(maxiter, int):
+            raise ValueError("history: required (a static int) when maxiter is a traced value")
+        history = maxiter + 1
+    if isinstance(maxiter, int) and maxiter < 0:
+        raise ValueError(f"maxiter: expected a non-negative int, got {maxiter}")
+    if not (tol >= 0 and atol >= 0):
+        raise ValueError(f"tol/atol: expected non-negative numbers, got tol={tol!r}, atol={atol!r}")
+    dtype = flat_b.dtype
+    apply_m = precond if precond is not None else (lambda r: r)
+    x0 = jax.tree.map(jnp.zeros_like, b) if x0 is None else x0
+    bb = _dot(b, b)
+    threshold_sq = jnp.maximum(jnp.asarray(tol, dtype) ** 2 * bb, jnp.asarray(atol, dtype) ** 2)
+    r0 = _sub(b, matvec(x0))
+    norms0 = jnp.full((history,), jnp.nan, dtype)
+
+    def true_residual(x, r):
+        tr = _sub(b, matvec(x))
+        return tr, _dot(tr, tr) <= threshold_sq
+
+    def body(state):
+        k, x, r, p, rho, restart, _, _, norms = state
+        small = _dot(r, r) <= threshold_sq
+        r, confirmed = jax.lax.cond(small, true_residual, lambda x, r: (r, jnp.asarray(False)), x, r)
+        converged = small & confirmed
+        restart = restart | (small & ~confirmed)  # residual replacement
+        norms = norms.at[k].set(jnp.sqrt(_dot(r, r)))
+        stop = converged | (k >= maxiter)
+
+        def step(args):
+            k, x, r, p, rho, restart = args
+            z = apply_m(r)
+            rho_new = _dot(r, z)
+            p = _select(restart, z, _axpy(rho_new / jnp.where(restart, 1, rho), p, z))
+            ap = matvec(p)
+            curvature = _dot(p, ap)
+            positive = curvature > 0
+            alpha = jnp.where(positive, rho_new / jnp.where(positive, curvature, 1), 0)
+            x = _axpy(alpha, p, x)
+            r = _axpy(-alpha, ap, r)
+            return (k + 1, x, r, p, rho_new, jnp.asarray(False)), ~positive
+
+        (k, x, r, p, rho, restart), indefinite = jax.lax.cond(
+            stop, lambda args: (args, jnp.asarray(False)), step, (k, x, r, p, rho, restart))
+        status = jnp.where(converged, CGStatus.CONVERGED,
+                           jnp.where(indefinite, CGStatus.NOT_POSITIVE_DEFINITE,
+                                     CGStatus.MAX_ITERATIONS))
+        return k, x, r, p, rho, restart, stop | indefinite, status.astype(jnp.int32), norms
+
+    def cond(state):
+        return ~state[6]
+
+    zero = jnp.zeros((), dtype)
+    state = (jnp.asarray(0, jnp.int32), x0, r0, r0, zero, jnp.asarray(True), jnp.asarray(False),
+             jnp.asarray(CGStatus.MAX_ITERATIONS, jnp.int32), norms0)
+    k, x, _, _, _, _, _, status, norms = jax.lax.while_loop(cond, body, state)
+    final = _sub(b, matvec(x))
+    return CGResult(x, k, status == CGStatus.CONVERGED, status, norms, jnp.sqrt(_dot(final, final)))
+
+
+def cg(matvec: Operator, b: Params, x0: Params | None = None, tol: float = 1e-10,
+       maxiter: int | None = None, precond: Operator | None = None) -> Params:
+    """`x` from `cg_solve`, with the signature of PROTOCOL section 5's `cg`."""
+    return cg_solve(matvec, b, x0, tol=tol, maxiter=maxiter, precond=precond).x
