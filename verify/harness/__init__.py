@@ -1,0 +1,37 @@
+"""The port harness (PROTOCOL s5-s6): validate an adapter capability by capability.
+
+    from verify.harness import check_adapter
+    report = check_adapter("my_pkg.adapter:MyPort", source="quick")
+    report.passed, report.summary
+
+* `load_adapter(target)` -- `module:Class`, `file.py:Class`, a built-in short name
+  (`verify.adapters.BUILTIN`), a class or an instance -> `LoadedAdapter` (usage errors raise
+  `verify.UsageError`, exit status 2 on the command line).
+* `check_adapter(target, source=..., fuzz=..., seed=...)` -> `verify.Report`.
+* `run_checks(loaded, problems)` / `run_capability(adapter, capability, problem, dtype=)` --
+  the engine, for the pytest plugin and the mutation run.
+* `CHECKS` -- capability -> check function; `CAPABILITIES` -- the methods the harness knows.
+
+The checks per capability, their sources and tolerances are in docs/harness.md and in the
+docstrings of the private modules (`_matrices`, `_products`, `_diagonals`, `_updates`,
+`_kfac`, `_cg`, `_methods`); fault containment is `_faults`.
+"""
+
+from verify.harness._faults import call_port, fresh_problem, readonly
+from verify.harness._loading import CAPABILITIES, LoadedAdapter, capabilities_of, load_adapter
+from verify.harness._run import CHECKS, check_adapter, load_problems, run_capability, run_checks
+
+__all__ = [
+    "CAPABILITIES",
+    "CHECKS",
+    "LoadedAdapter",
+    "call_port",
+    "capabilities_of",
+    "check_adapter",
+    "fresh_problem",
+    "load_adapter",
+    "load_problems",
+    "readonly",
+    "run_capability",
+    "run_checks",
+]

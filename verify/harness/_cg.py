@@ -1,0 +1,140 @@
+"""Checks of conjugate gradient (PROTOCOL s5 `cg`; Grosse ch. 4 s4, seed 002).
+
+The system is built from the problem: `A = F + mu I` (the true Fisher, PSD for every loss,
+unlike G for `gaussian_logvar`) with `mu = ||F||_2 / 50` (so
+`kappa(A) <= 51`: the iterates are well determined in float32 too) and `b = -grad h` (a probe
+vector when the gradient vanishes). CG is checked *iterate by iterate* against its defining
+property -- the k-th iterate is the A-norm-optimal point of `x0 + K_k(M A, M r0)` -- computed
+directly by `ngd_ref.dense.krylov_optimal_iterate` (Krylov basis + Galerkin solve, no CG
+recurrence), for k = 1..min(n, 6):
+
+* `cg_iterates`: no preconditioner, `x0 = None` (zero start);
+* `cg_iterates_preconditioned`: Jacobi preconditioner `M = diag(A)^{-1}` passed as `precond`;
+* `cg_iterates_x0`: a nonzero starting point;
+* `cg_maxiter_zero`: `maxiter=0` returns `x0` unchanged;
+* `cg_converges`: with `tol` (1e-10 in float64, 1e-4 in float32) the true residual
+  `||b - A x||` is at most `tol ||b||` plus the rounding floor `rtol ||A|| ||x||`.
+
+Iterate tolerance: `solve_rtol(dtype, length=n, depth=k, condition=kappa(A) ||r_0||/||r_{k-1}||)`
+relative to `||x_k||`, with `r_j` the residuals of the exact iterates. Iteration k builds its
+new direction from `r_{k-1}`, so rounding errors of size `u ||r_0||` are amplified by
+`||r_0||/||r_{k-1}||` (finite-precision CG is exact CG on a nearby problem, Greenbaum 1989).
+Once `||r_{k-1}|| <= sqrt(u) ||r_0||` the remaining iterates are not determined by the data in
+precision u and are not compared (the convergence check covers them). The exact iterates
+are computed in 40-digit arithmetic, because the oracle's power-basis Krylov construction
+loses digits near convergence in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import functools
+
+from ngd_ref import Problem
+from ngd_ref.dense import krylov_optimal_iterate, mp_backend
+from verify._report import Status
+from verify._tolerance import solve_rtol, unit_roundoff
+from verify.harness._context import CheckContext
+from verify.harness._faults import readonly
+
+__all__ = ["MAX_ITERATES", "check_cg", "cg_system"]
+
+MAX_ITERATES = 6
+_CONVERGE_TOL = {"float64": 1e-10, "float32": 1e-4}
+#: iterate k is compared only while ||r_{k-1}|| > this x ||r_0|| (square root of u)
+_INFORMATIVE = {dtype: unit_roundoff(dtype) ** 0.5 for dtype in ("float64", "float32")}
+
+
+def cg_system(ctx: CheckContext) -> tuple[np.ndarray, np.ndarray]:
+    """`(A, b)` for the problem (see module docstring)."""
+    fisher = ctx.budget.matrix("fisher")
+    norm = float(np.linalg.norm(fisher, 2))
+    a = fisher + (norm / 50.0 if norm > 0 else 1.0) * np.eye(fisher.shape[0])
+    g = -ctx.budget.ref.gradient
+    b = g if np.any(g) else ctx.probe(g.shape[0])[0]
+    return a, b
+
+
+@functools.lru_cache(maxsize=1024)
+def _optimal_iterates(problem: Problem, variant: str,
+                      x0_bytes: bytes | None) -> tuple[tuple[np.ndarray, ...], tuple[float, ...]]:
+    """Krylov-optimal iterates 1..K and residual norms 0..K in 40 digits, as float64 (cached).
+
+    The Krylov basis of `krylov_optimal_iterate` is built from powers of `M A`; in float64 it
+    loses digits as the space nears invariance, so the oracle is evaluated in mpmath (the same
+    code on object arrays) and only its result is rounded.
+    """
+    a, b = _SYSTEMS[problem]
+    bk = mp_backend(40)
+    x0 = None if x0_bytes is None else np.frombuffer(x0_bytes, dtype=np.float64)
+    with bk.precision():
+        a_mp, b_mp = bk.asarray(a), bk.asarray(b)
+        x0_mp = None if x0 is None else bk.asarray(x0)
+        m_mp = bk.asarray(np.diag(1.0 / np.diag(a))) if variant == "preconditioned" else None
+        iterates = [x0_mp if x0_mp is not None else b_mp * 0]
+        for k in range(1, min(b.shape[0], MAX_ITERATES) + 1):
+            iterates.append(krylov_optimal_iterate(a_mp, b_mp, x0_mp, k, precond=m_mp))
+        residuals = tuple(float(np.sum((b_mp - a_mp @ x) ** 2) ** 0.5) for x in iterates)
+        return tuple(bk.to_float64(x) for x in iterates[1:]), residuals
+
+
+_SYSTEMS: dict[Problem, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _matvec(a: np.ndarray):
+    def matvec(v):
+        return a @ np.asarray(v, dtype=np.float64)
+    return matvec
+
+
+def check_cg(ctx: CheckContext) -> None:
+    """CG iterate by iterate, with and without preconditioner, from a nonzero x0; convergence."""
+    a, b = cg_system(ctx)
+    _SYSTEMS.setdefault(ctx.problem, (a, b))
+    n = b.shape[0]
+    kappa = float(np.linalg.cond(a))
+    diag_inv = 1.0 / np.diag(a)
+    (x0,) = ctx.probe(n)
+    b_ro = readonly(b)
+    variants = (
+        ("cg_iterates", None, "plain", "no preconditioner, x0 = 0"),
+        ("cg_iterates_preconditioned", None, "preconditioned", "Jacobi preconditioner"),
+        ("cg_iterates_x0", x0, "x0", "nonzero x0"),
+    )
+    for check, start, variant, what in variants:
+        precond = None if variant != "preconditioned" else (
+            lambda r, d=diag_inv: d * np.asarray(r, dtype=np.float64))
+        optimal, residuals = _optimal_iterates(ctx.problem, variant,
+                                               None if start is None else start.tobytes())
+        for k in range(1, min(n, MAX_ITERATES) + 1):
+            if residuals[k - 1] <= _INFORMATIVE[ctx.dtype] * residuals[0]:
+                break  # CG has (nearly) converged: later iterates are not determined by the data
+            ctx.begin(check)
+            value = ctx.port("cg", _matvec(a), b_ro, x0=start, tol=0.0, maxiter=k, precond=precond)
+            growth = residuals[0] / residuals[k - 1]
+            tolerance = solve_rtol(ctx.dtype, length=n, depth=k, condition=kappa * growth)
+            comparison = ctx.compare(
+                f"{check}", value, optimal[k - 1],
+                tolerance=tolerance,
+                what=f"iterate {k} = A-optimal point of x0 + K_{k} (Grosse s4; {what})")
+            if not comparison.passed:
+                break  # one failing iterate per variant is enough evidence
+    ctx.begin("cg_maxiter_zero")
+    value = ctx.port("cg", _matvec(a), b_ro, x0=x0, tol=0.0, maxiter=0)
+    ctx.compare("cg_maxiter_zero", value, x0, tolerance=0.0, what="maxiter=0 returns x0")
+    tol = _CONVERGE_TOL[ctx.dtype]
+    ctx.begin("cg_converges")
+    value = ctx.port("cg", _matvec(a), b_ro, tol=tol)
+    x = ctx.require_shape("cg_converges", value, (n,))
+    if x is None:
+        return
+    residual = float(np.linalg.norm(b - a @ x))
+    floor = solve_rtol(ctx.dtype, length=n, depth=1, condition=1.0) * float(
+        np.linalg.norm(a, 2) * np.linalg.norm(x))
+    bound = tol * float(np.linalg.norm(b)) + floor
+    ok = bool(np.isfinite(residual)) and residual <= bound
+    ctx.record("cg_converges", Status.PASS if ok else Status.FAIL,
+               f"||b - A x|| = {residual:.2e} {'<=' if ok else '>'} tol ||b|| + rounding floor "
+               f"= {bound:.2e} (PROTOCOL s5 stopping rule, tol={tol:g})",
+               residual / max(float(np.linalg.norm(b)), 1e-300), bound / max(float(np.linalg.norm(b)), 1e-300))

@@ -1,0 +1,105 @@
+"""Checks of K-FAC (PROTOCOL s4; Grosse ch. 4 s5, seed 002).
+
+* `kfac_factors(problem, kind)` for every kind (`fisher`, `ggn`, `empirical`): a list of one
+  `(A_l, S_l)` pair per layer with the right shapes, each factor equal to the exact reference
+  (`ngd_ref.kfac._dense.kfac_factors`; `A_l = mean_b abar abar^T`, `S_l = c sum_b M_b`),
+  tolerance `Budget.rtol` relative to the factor's magnitude (`kfac_magnitudes`), both
+  factors symmetric. Swapped factors, a missing bias row, a wrong batch constant or the
+  empirical statistics in place of the true ones all fail here.
+* `kfac_solve(problem, v, damping, method, kind)` for both methods (`eigen`, eq. 23;
+  `factored` with pi, eq. 24) and every kind, against `ngd_ref.kfac._dense.kfac_solve`, with
+  `solve_rtol` and the largest per-layer condition number of the damped Kronecker matrix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ngd_ref.kfac._dense import factored_damping_pi, kfac_factors, kfac_magnitudes, kfac_solve
+from verify._report import Status
+from verify._tolerance import solve_rtol
+from verify.harness._context import CheckContext
+
+__all__ = ["KINDS", "METHODS", "check_kfac_factors", "check_kfac_solve"]
+
+KINDS = ("fisher", "ggn", "empirical")
+METHODS = ("eigen", "factored")
+_SOLVE_CASES = tuple((kind, method, 0.1) for kind in KINDS for method in METHODS) + (
+    ("fisher", "eigen", 1.0), ("fisher", "factored", 1.0))
+
+
+def _pairs(ctx: CheckContext, check: str, value, expected: list) -> list | None:
+    try:
+        pairs = [tuple(pair) for pair in value]
+    except TypeError:
+        ctx.record(check, Status.FAIL, f"expected a list of (A, S) pairs, got {type(value).__name__}")
+        return None
+    if len(pairs) != len(expected) or any(len(p) != 2 for p in pairs):
+        ctx.record(check, Status.FAIL, f"expected {len(expected)} (A, S) pairs (one per layer), "
+                                       f"got {len(pairs)} items of lengths {[len(p) for p in pairs]}")
+        return None
+    return pairs
+
+
+def check_kfac_factors(ctx: CheckContext) -> None:
+    """Every kind's factors against the exact reference."""
+    b = ctx.budget
+    for kind in KINDS:
+        check = f"kfac_factors_{kind}"
+        expected = kfac_factors(ctx.problem, kind)
+        magnitudes = kfac_magnitudes(ctx.problem, kind)
+        ctx.begin(check)
+        pairs = _pairs(ctx, check, ctx.port("kfac_factors", ctx.problem, kind), expected)
+        if pairs is None:
+            continue
+        for index, ((a, s), (a_ref, s_ref), (a_mag, s_mag)) in enumerate(
+                zip(pairs, expected, magnitudes, strict=True)):
+            for label, actual, desired, mag, what in (
+                    ("A", a, a_ref, a_mag, "A_l = mean_b abar abar^T (Grosse eq. 18)"),
+                    ("S", s, s_ref, s_mag, f"S_l = c sum_b M_b, kind {kind} (PROTOCOL s4)")):
+                comparison = ctx.compare(f"{check}_{label}", actual, desired, tolerance=b.rtol,
+                                         magnitude=float(np.linalg.norm(mag)),
+                                         what=f"layer {index}: {what}")
+                if not comparison.reason:
+                    ctx.symmetric(f"{check}_{label}_symmetric", actual, tolerance=b.rtol,
+                                  magnitude=float(np.linalg.norm(mag)))
+
+
+def _condition(factors, magnitudes, damping: float, method: str) -> float:
+    """Largest per-layer condition of the damped Kronecker matrix, in the units of `_budget`."""
+    worst = 1.0
+    for (a, s), (a_mag, s_mag) in zip(factors, magnitudes, strict=True):
+        la = np.clip(np.linalg.eigvalsh(a), 0.0, None)
+        ls = np.clip(np.linalg.eigvalsh(s), 0.0, None)
+        if method == "eigen":
+            products = np.outer(ls, la)
+            kappa = (products.max() + damping) / (products.min() + damping)
+        else:
+            pi = float(factored_damping_pi(a, s))
+            root = np.sqrt(damping)
+            kappa = ((la.max() + pi * root) / (la.min() + pi * root)) * (
+                (ls.max() + root / pi) / (ls.min() + root / pi))
+        units = max(np.linalg.norm(a_mag) / max(np.linalg.norm(a), 1e-300),
+                    np.linalg.norm(s_mag) / max(np.linalg.norm(s), 1e-300))
+        worst = max(worst, kappa * max(units, 1.0))
+    return worst
+
+
+def check_kfac_solve(ctx: CheckContext) -> None:
+    """Damped K-FAC solves for every kind, both methods, two dampings."""
+    b = ctx.budget
+    (v,) = ctx.probe(ctx.problem.n_params)
+    for kind, method, damping in _SOLVE_CASES:
+        check = f"kfac_solve_{method}_{kind}"
+        factors = kfac_factors(ctx.problem, kind)
+        if method == "factored" and any(np.trace(s) <= 0 for _, s in factors):
+            ctx.record(check, Status.SKIP, "pi is undefined: tr(S_l) = 0 for this problem")
+            continue
+        condition = _condition(factors, kfac_magnitudes(ctx.problem, kind), damping, method)
+        tolerance = solve_rtol(ctx.dtype, length=b.length, depth=b.depth, condition=condition)
+        ctx.begin(check)
+        value = ctx.port("kfac_solve", ctx.problem, v, damping, method, kind)
+        ctx.compare(check, value, kfac_solve(ctx.problem, v, damping, method, kind),
+                    tolerance=tolerance,
+                    what=f"K-FAC {method} damped solve, kind {kind}, lambda {damping:g} "
+                         f"(Grosse eq. {23 if method == 'eigen' else 24}; condition {condition:.1e})")

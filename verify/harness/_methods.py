@@ -1,0 +1,179 @@
+"""Checks of the seeds' other second-order methods (PROTOCOL s9; seed 004 and seed 002).
+
+Every input is built from the problem so the checks run over the whole zoo:
+
+* `trust_region_update(problem, damping)`: `-(|H| + lambda I)^{-1} grad h` with
+  `|H| = Q |Lambda| Q^T`, against `ngd_ref.dense.trust_region_update`, lambda in {1, 1/10};
+* `lowrank_ggn_update(problem, damping)`: `-(G + lambda I)^{-1} grad h` (push-through),
+  against `ngd_ref.dense.lowrank_ggn_update`;
+* `bfgs_update(B, s, y)` with `B = F + I` (F the true Fisher, always PSD, unlike G for
+  `gaussian_logvar`), a probe `s` and `y = (F + I/2) s` (so `y^T s > 0`);
+* `lbfgs_direction(g, s_list, y_list, gamma=1/2)` with three such pairs, oldest first;
+* `inverse_root(M, p, ridge)` for `M = F`, `p` in {2, 4} and a ridge `||F||_2/100 + 1/64`;
+* `shampoo_direction(G, L, R, eps)` with the first layer's weight-shaped gradient `G`,
+  `L = G G^T`, `R = G^T G`, `eps = 1/10`;
+* `hutchinson_diag(matvec, n, num_samples, seed)` on the Hessian: a hypothesis test. Each
+  sample of entry i lies in an interval of width `2 sum_{j != i} |H_ij|` around `H_ii`
+  (`hutchinson_range`), so by Hoeffding with a union bound over the n entries a correct
+  estimator exceeds `hoeffding_bound(width_i, N, tests=n)` with probability <= 1e-6.
+  A different seed must not be required; the same seed twice must give identical results.
+Deterministic tolerances follow `verify._tolerance` as in `_budget`; the solves use the
+condition number of the system solved.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ngd_ref import layer_slices
+from ngd_ref.dense import (
+    absolute_hessian,
+    bfgs_update,
+    hutchinson_range,
+    inverse_root,
+    lbfgs_direction,
+    lowrank_ggn_update,
+    shampoo_direction,
+    trust_region_update,
+)
+from verify._report import Status
+from verify._tolerance import hoeffding_bound, solve_rtol
+from verify.harness._context import CheckContext
+from verify.harness._faults import readonly
+
+__all__ = ["HUTCHINSON_SAMPLES", "METHOD_CHECKS"]
+
+HUTCHINSON_SAMPLES = 2000
+_DAMPINGS = (1.0, 0.1)
+
+
+def _spd_pair(ctx: CheckContext) -> tuple[np.ndarray, np.ndarray]:
+    fisher = ctx.budget.matrix("fisher")
+    eye = np.eye(fisher.shape[0])
+    return fisher + eye, fisher + 0.5 * eye
+
+
+def check_trust_region_update(ctx: CheckContext) -> None:
+    """`-(|H| + lambda I)^{-1} grad h` against the reference."""
+    b = ctx.budget
+    abs_h = absolute_hessian(b.matrix("hessian"))
+    for damping in _DAMPINGS:
+        tolerance, kappa = b.solve_tolerance(abs_h, b.matrix_magnitude("hessian"), damping,
+                                             b.ref.gradient, b.gradient_magnitude)
+        ctx.begin("trust_region_update")
+        value = ctx.port("trust_region_update", ctx.problem, damping)
+        ctx.compare("trust_region_update", value, trust_region_update(ctx.problem, damping),
+                    tolerance=tolerance,
+                    what=f"-(|H| + {damping:g} I)^-1 grad h (PROTOCOL s9; kappa {kappa:.1e})")
+
+
+def check_lowrank_ggn_update(ctx: CheckContext) -> None:
+    """`-(G + lambda I)^{-1} grad h` in output space, against the reference."""
+    b = ctx.budget
+    for damping in _DAMPINGS:
+        tolerance, kappa = b.solve_tolerance(b.matrix("ggn"), b.matrix_magnitude("ggn"), damping,
+                                             b.ref.gradient, b.gradient_magnitude)
+        ctx.begin("lowrank_ggn_update")
+        value = ctx.port("lowrank_ggn_update", ctx.problem, damping)
+        ctx.compare("lowrank_ggn_update", value, lowrank_ggn_update(ctx.problem, damping),
+                    tolerance=tolerance,
+                    what=f"-(G + {damping:g} I)^-1 grad h by push-through (PROTOCOL s9; kappa {kappa:.1e})")
+
+
+def check_bfgs_update(ctx: CheckContext) -> None:
+    """The BFGS Hessian-approximation update against the reference."""
+    bmat, a2 = _spd_pair(ctx)
+    (s,) = ctx.probe(bmat.shape[0])
+    y = a2 @ s
+    bs = bmat @ s
+    magnitude = np.linalg.norm(np.abs(bmat) + np.outer(np.abs(y), np.abs(y)) / abs(y @ s)
+                               + np.outer(np.abs(bs), np.abs(bs)) / abs(s @ bs))
+    ctx.begin("bfgs_update")
+    value = ctx.port("bfgs_update", readonly(bmat), s, readonly(y))
+    ctx.compare("bfgs_update", value, bfgs_update(bmat, s, y), tolerance=ctx.budget.rtol,
+                magnitude=float(magnitude), what="B + y y^T/(y^T s) - B s s^T B/(s^T B s) (PROTOCOL s9)")
+
+
+def check_lbfgs_direction(ctx: CheckContext) -> None:
+    """The L-BFGS two-loop direction against the reference."""
+    _, a2 = _spd_pair(ctx)
+    n = a2.shape[0]
+    probes = ctx.probe(n, 4)
+    g, s_list = probes[0], probes[1:]
+    y_list = [readonly(a2 @ s) for s in s_list]
+    growth = float(np.prod([1.0 + np.linalg.norm(s) * np.linalg.norm(y) / abs(s @ y)
+                            for s, y in zip(s_list, y_list, strict=True)]))
+    tolerance = solve_rtol(ctx.dtype, length=n, depth=2 * len(s_list), condition=growth ** 2)
+    ctx.begin("lbfgs_direction")
+    value = ctx.port("lbfgs_direction", g, list(s_list), list(y_list), 0.5)
+    ctx.compare("lbfgs_direction", value, lbfgs_direction(g, s_list, y_list, 0.5),
+                tolerance=tolerance,
+                what="H_k g, BFGS inverse updates from gamma I, pairs oldest first (PROTOCOL s9)")
+
+
+def check_inverse_root(ctx: CheckContext) -> None:
+    """`(M + ridge I)^{-1/p}` for p = 2 and 4."""
+    m = ctx.budget.matrix("fisher")
+    ridge = float(np.linalg.norm(m, 2)) / 100.0 + 1.0 / 64.0
+    kappa = float(np.linalg.cond(m + ridge * np.eye(m.shape[0])))
+    for p in (2, 4):
+        ctx.begin("inverse_root")
+        value = ctx.port("inverse_root", readonly(m), p, ridge)
+        ctx.compare("inverse_root", value, inverse_root(m, p, ridge),
+                    tolerance=solve_rtol(ctx.dtype, length=m.shape[0], depth=2, condition=kappa),
+                    what=f"(M + {ridge:.3g} I)^(-1/{p}) (PROTOCOL s9; kappa {kappa:.1e})")
+
+
+def check_shampoo_direction(ctx: CheckContext) -> None:
+    """`(L + eps I)^{-1/4} G (R + eps I)^{-1/4}` with statistics of the first layer's gradient."""
+    layer = ctx.problem.layers[0]
+    sl = layer_slices(ctx.problem.layers)[0]
+    grad = ctx.budget.ref.gradient[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
+    left, right, eps = grad @ grad.T, grad.T @ grad, 0.1
+    condition = float(np.linalg.cond(left + eps * np.eye(left.shape[0]))
+                      + np.linalg.cond(right + eps * np.eye(right.shape[0])))
+    ctx.begin("shampoo_direction")
+    value = ctx.port("shampoo_direction", readonly(grad), readonly(left), readonly(right), eps)
+    ctx.compare("shampoo_direction", value, shampoo_direction(grad, left, right, eps),
+                tolerance=solve_rtol(ctx.dtype, length=grad.size, depth=3, condition=condition),
+                what="(L + eps I)^(-1/4) G (R + eps I)^(-1/4) (PROTOCOL s9; Shampoo)")
+
+
+def check_hutchinson_diag(ctx: CheckContext) -> None:
+    """Hutchinson's estimator on H: within Hoeffding bounds of diag(H); same seed, same result."""
+    h = ctx.budget.matrix("hessian")
+    n = h.shape[0]
+
+    def matvec(v):
+        return h @ np.asarray(v, dtype=np.float64)
+
+    ctx.begin("hutchinson_diag_unbiased")
+    value = ctx.port("hutchinson_diag", matvec, n, HUTCHINSON_SAMPLES, ctx.seed)
+    estimate = ctx.require_shape("hutchinson_diag_unbiased", value, (n,))
+    if estimate is None:
+        return
+    widths = hutchinson_range(h)
+    rounding = solve_rtol(ctx.dtype, length=n * HUTCHINSON_SAMPLES, depth=1, condition=1.0) * (
+        np.abs(np.diag(h)) + widths)
+    bounds = np.array([hoeffding_bound(w, HUTCHINSON_SAMPLES, tests=n) for w in widths]) + rounding
+    excess = np.abs(estimate - np.diag(h)) - bounds
+    worst = int(np.argmax(excess)) if n else 0
+    ok = bool(np.all(np.isfinite(estimate)) and np.all(excess <= 0))
+    ctx.record("hutchinson_diag_unbiased", Status.PASS if ok else Status.FAIL,
+               f"|estimate - diag(H)| within Hoeffding bounds (N={HUTCHINSON_SAMPLES}, union over "
+               f"{n} entries, false-positive rate 1e-6); worst entry {worst}: "
+               f"|diff| {abs(estimate[worst] - h[worst, worst]):.2e} vs bound {bounds[worst]:.2e}",
+               float(abs(estimate[worst] - h[worst, worst])), float(bounds[worst]))
+    ctx.deterministic("hutchinson_diag_deterministic", value,
+                      lambda: ctx.port("hutchinson_diag", matvec, n, HUTCHINSON_SAMPLES, ctx.seed))
+
+
+METHOD_CHECKS = {
+    "trust_region_update": check_trust_region_update,
+    "bfgs_update": check_bfgs_update,
+    "lbfgs_direction": check_lbfgs_direction,
+    "hutchinson_diag": check_hutchinson_diag,
+    "inverse_root": check_inverse_root,
+    "shampoo_direction": check_shampoo_direction,
+    "lowrank_ggn_update": check_lowrank_ggn_update,
+}
