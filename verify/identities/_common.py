@@ -1,0 +1,98 @@
+"""What the identity modules share: deterministic defaults, magnitudes and tolerances.
+
+Every tolerance here is a call to `verify._tolerance` with the sizes of the problem:
+
+* `exact_rtol(problem)` -- two float64 computations of the same exact quantity:
+  `rounding_rtol("float64", length=max(n, B C), depth=L + 2)` (L layers, +1 for the loss,
+  +1 for second-order quantities), relative to the computation's magnitude;
+* magnitudes (`gauss_newton_magnitude`, `magnitude`) follow the tolerance module's `MAG`:
+  the same formula evaluated on absolute values, e.g. `c sum_b ||J_b||^2 ||M_b||` for
+  `c sum_b J_b^T M_b J_b`, and the sum of the norms of the terms of a sum.
+
+Defaults of identities that take a damping, a vector or a reparameterization are drawn from
+a generator seeded by the problem's name and the purpose (`problem_rng`), so a rerun, a
+report and a test all see the same numbers.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from ngd_ref import Problem
+from ngd_ref.dense import DenseCurvature, dense
+from verify._report import CheckResult, Status
+from verify._tolerance import rounding_rtol
+
+__all__ = [
+    "at_most",
+    "default_damping",
+    "default_direction",
+    "exact_rtol",
+    "gauss_newton_magnitude",
+    "magnitude",
+    "problem_rng",
+    "reference",
+]
+
+
+def reference(problem: Problem) -> DenseCurvature:
+    """The cached float64 dense reference of `problem`."""
+    return dense(problem)
+
+
+def problem_rng(problem: Problem, purpose: str) -> np.random.Generator:
+    """A generator seeded by the problem's name and `purpose` (deterministic across runs)."""
+    return np.random.default_rng([zlib.crc32(problem.name.encode()), zlib.crc32(purpose.encode())])
+
+
+def default_direction(problem: Problem, purpose: str = "direction") -> np.ndarray:
+    """A unit vector in parameter space with i.i.d. Gaussian entries, seeded by the problem."""
+    v = problem_rng(problem, purpose).standard_normal(problem.n_params)
+    return v / np.linalg.norm(v)
+
+
+def default_damping(problem: Problem, purpose: str = "damping") -> float:
+    """`lambda = 2^u * tr(G)/n` with `u` uniform in [-2, 2], seeded by the problem.
+
+    Scaled by the mean eigenvalue of the GGN so that the damping is neither negligible nor
+    dominant whatever the problem's scale; floored at the smallest normal float64 times n so a
+    vanishing GGN (dead ReLUs) still gets a positive damping.
+    """
+    ggn = reference(problem).ggn
+    mean_eig = max(float(np.trace(ggn)) / problem.n_params, 1e-300 * problem.n_params)
+    return float(2.0 ** problem_rng(problem, purpose).uniform(-2.0, 2.0) * mean_eig)
+
+
+def exact_rtol(problem: Problem) -> float:
+    """Tolerance of a float64 identity between two exact computations of one quantity."""
+    length = max(problem.n_params, problem.batch_size * problem.output_dim)
+    return rounding_rtol("float64", length=length, depth=len(problem.layers) + 2)
+
+
+def gauss_newton_magnitude(ref: DenseCurvature, middles: np.ndarray) -> float:
+    """`MAG(c sum_b J_b^T M_b J_b) = c sum_b ||J_b||_F^2 ||M_b||_F`."""
+    jac = np.linalg.norm(ref.jacobians, axis=(1, 2)) ** 2
+    mid = np.linalg.norm(np.asarray(middles, dtype=np.float64), axis=(1, 2))
+    return float(ref.problem.scale * np.sum(jac * mid))
+
+
+def magnitude(*terms: np.ndarray | float) -> float:
+    """Sum of the Frobenius norms of the terms of a sum (the MAG of adding them)."""
+    return float(sum(np.linalg.norm(np.asarray(t, dtype=np.float64)) for t in terms))
+
+
+def at_most(name: str, problem: Problem, value: float, bound: float, what: str, source: str,
+            *, negative_control: bool = False) -> CheckResult:
+    """A result for an inequality `value <= bound` (error = value, tolerance = bound).
+
+    Used where the theorem is an inequality (a sign, a bound, a convergence order) rather than
+    an equality; `negative_control` files it under that capability, like `separated`.
+    """
+    held = bool(value <= bound)
+    status = Status.PASS if held else Status.FAIL
+    rel = "<=" if held else ">"
+    return CheckResult(name, "negative_control" if negative_control else "identity", problem.name,
+                       status, float(value), float(bound),
+                       f"{what} [{source}]: {value:.3e} {rel} {bound:.3e}")
