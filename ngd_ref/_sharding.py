@@ -24,7 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import AxisType, Mesh, PartitionSpec
 
 __all__ = ["AXIS", "allsum", "batch_mesh", "pad_batch", "run_sharded"]
 
@@ -47,7 +47,7 @@ def batch_mesh(devices: int | None = None) -> Mesh:
             f"({available[0].platform}); on CPU set "
             f"XLA_FLAGS=--xla_force_host_platform_device_count={count} before importing jax"
         )
-    return jax.make_mesh((count,), (AXIS,), devices=available[:count])
+    return jax.make_mesh((count,), (AXIS,), axis_types=(AxisType.Auto,), devices=available[:count])
 
 
 def allsum(tree: Any, axis: str | None) -> Any:

@@ -1,0 +1,93 @@
+"""The scalable JAX implementation: the twin of `ngd_ref.dense`, for real networks.
+
+Works on any model `apply(params, inputs) -> outputs` with `params` a pytree, plus one of
+the losses of PROTOCOL section 2 (an `Objective`); the protocol's MLP is `mlp_apply`.
+Everything is jit-compiled and runs in float32 or float64 (the dtype of `params`), on one
+device or with the batch sharded over a mesh (`mesh=batch_mesh(n)`). See docs/jax.md.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from ngd_ref import jax as nj
+    >>> apply = nj.mlp_apply(("tanh", "identity"))
+    >>> params = [(jnp.ones((4, 3)) / 4, jnp.zeros(4)), (jnp.ones((2, 4)) / 4, jnp.zeros(2))]
+    >>> batch = nj.Batch(jnp.ones((5, 3)), jnp.zeros((5, 2)))
+    >>> obj = nj.Objective(apply, "mse")
+    >>> gv = nj.ggn_vp(obj, params, batch, params)          # G v with v = params
+    >>> step, info = nj.damped_update(obj, params, batch, 1e-3)
+"""
+
+from ngd_ref._losses_jax import JaxLoss, get_jax_loss
+from ngd_ref._sharding import batch_mesh
+from ngd_ref.cg._jax import CGResult, CGStatus, cg, cg_solve
+from ngd_ref.curvature._jax import (
+    Batch,
+    Objective,
+    canonical_vector,
+    curvature_operator,
+    curvature_vp,
+    empirical_fisher_diag,
+    empirical_fisher_vp,
+    fisher_diag,
+    fisher_vp,
+    from_problem,
+    ggn_diag,
+    ggn_vp,
+    gradient,
+    hessian_diag,
+    hutchinson_diag,
+    hvp,
+    loss_value,
+    mc_fisher_vp,
+    mlp_apply,
+    mlp_params,
+    value_and_gradient,
+)
+from ngd_ref.hf._jax import (
+    HessianFree,
+    HFInfo,
+    HFState,
+    damped_update,
+    hessian_free,
+    hf_quadratic_model,
+    levenberg_marquardt,
+    reduction_ratio,
+)
+
+__all__ = [
+    "Batch",
+    "CGResult",
+    "CGStatus",
+    "HFInfo",
+    "HFState",
+    "HessianFree",
+    "JaxLoss",
+    "Objective",
+    "batch_mesh",
+    "canonical_vector",
+    "cg",
+    "cg_solve",
+    "curvature_operator",
+    "curvature_vp",
+    "damped_update",
+    "empirical_fisher_diag",
+    "empirical_fisher_vp",
+    "fisher_diag",
+    "fisher_vp",
+    "from_problem",
+    "get_jax_loss",
+    "ggn_diag",
+    "ggn_vp",
+    "gradient",
+    "hessian_diag",
+    "hessian_free",
+    "hf_quadratic_model",
+    "hutchinson_diag",
+    "hvp",
+    "levenberg_marquardt",
+    "loss_value",
+    "mc_fisher_vp",
+    "mlp_apply",
+    "mlp_params",
+    "reduction_ratio",
+    "value_and_gradient",
+]
