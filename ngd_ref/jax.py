@@ -52,6 +52,15 @@ from ngd_ref.hf._jax import (
     levenberg_marquardt,
     reduction_ratio,
 )
+from ngd_ref.lowrank._jax import lowrank_ggn_update
+from ngd_ref.newton._jax import trust_region_update
+from ngd_ref.quasi_newton._jax import bfgs_update, lbfgs_direction
+from ngd_ref.shampoo._jax import (
+    InverseRootResult,
+    coupled_newton_inverse_root,
+    inverse_root,
+    shampoo_direction,
+)
 
 __all__ = [
     "Batch",
@@ -90,4 +99,12 @@ __all__ = [
     "mlp_params",
     "reduction_ratio",
     "value_and_gradient",
+    "InverseRootResult",
+    "bfgs_update",
+    "coupled_newton_inverse_root",
+    "inverse_root",
+    "lbfgs_direction",
+    "lowrank_ggn_update",
+    "shampoo_direction",
+    "trust_region_update",
 ]
