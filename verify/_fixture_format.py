@@ -45,8 +45,7 @@ import mpmath
 import numpy as np
 
 from ngd_ref import Problem, ProblemError
-from ngd_ref.curvature._dense import Curvature
-from ngd_ref.kfac._dense import DampingMethod, KfacKind
+from ngd_ref.dense import Curvature, DampingMethod, KfacKind
 from verify._errors import UsageError
 
 __all__ = [

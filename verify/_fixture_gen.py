@@ -30,18 +30,21 @@ from typing import Any
 import mpmath
 import numpy as np
 
-from ngd_ref import Problem, zoo
-from ngd_ref._backend import FLOAT64, Backend, mp_backend
-from ngd_ref._certify import agreement_digits
-from ngd_ref._layout import layer_slices
-from ngd_ref.cg._dense import cg_iterates
-from ngd_ref.curvature._dense import Curvature, DenseCurvature
-from ngd_ref.kfac._dense import (
+from ngd_ref import Problem, layer_slices, zoo
+from ngd_ref.dense import (
+    FLOAT64,
+    Backend,
+    Curvature,
     DampingMethod,
+    DenseCurvature,
     KfacKind,
+    agreement_digits,
+    cg_iterates,
+    dense,
     factored_damping_pi,
     kfac_factors,
     kfac_solve,
+    mp_backend,
 )
 from verify._fixture_format import (
     SCHEMA,
@@ -58,13 +61,14 @@ from verify._tolerance import rounding_rtol, solve_rtol
 
 __all__ = [
     "CG_ITERATIONS",
-    "FIXTURE_SPECS",
-    "FixtureSpec",
     "CHECK_DPS",
     "CONDITION_DIGITS",
     "DPS",
+    "FIXTURE_SPECS",
+    "FLUSH_MARGIN",
     "GRID",
     "STORED_DIGITS",
+    "FixtureSpec",
     "compute_expected",
     "generate_fixture",
     "make_arguments",
@@ -177,7 +181,7 @@ def compute_expected(problem: Problem, arguments: Arguments,
         `{leaf path: value}` in file order; values are arrays (scalars for `loss`) of the backend.
     """
     bk = backend
-    ref = DenseCurvature(problem, bk)
+    ref = dense(problem, bk)  # the cached instance K-FAC reads too
     lam = arguments.damping
     out: dict[LeafPath, Any] = {("loss",): ref.loss, ("gradient",): ref.gradient}
     curvatures = [c.value for c in Curvature]

@@ -26,8 +26,7 @@ from pathlib import Path
 import mpmath
 
 from ngd_ref import Problem
-from ngd_ref._backend import FLOAT64, mp_backend
-from ngd_ref._certify import agreement_digits
+from ngd_ref.dense import FLOAT64, agreement_digits, mp_backend
 from verify._errors import UsageError
 from verify._fixture_format import (
     SCHEMA,
