@@ -2,9 +2,12 @@
 
 Every call into the port goes through `call_port`:
 
-* the port receives a *fresh, read-only copy* of the problem and read-only copies of every
-  vector, so it can neither corrupt the shared zoo nor the harness's probes; a port that
-  writes into them gets numpy's "assignment destination is read-only" error, recorded;
+* the port receives a *fresh, read-only copy* of the problem (writing into it raises numpy's
+  "assignment destination is read-only", recorded as an error) and a private *writable* copy
+  of every vector argument, compared afterwards with the harness's original. Writable on
+  purpose: a port that modifies its input only when it can (seed 004's L-BFGS reuses the
+  gradient buffer; `if g.flags.writeable: ...`) would slip past read-only inputs, and a
+  caller of a real port hands it ordinary writable arrays;
 * an exception becomes a `PortFault` (status `error`, message naming the method and the
   exception); `NotImplementedError` becomes `NotClaimed` (status `skip`: the port declines a
   variant, e.g. a K-FAC kind its library does not have);
@@ -51,37 +54,41 @@ def fresh_problem(problem: Problem) -> Problem:
                    problem.inputs.copy(), problem.targets.copy(), problem.reduction)
 
 
-def _arrays(args: tuple[Any, ...]) -> list[tuple[str, np.ndarray]]:
-    out = []
-    for index, arg in enumerate(args):
-        if isinstance(arg, Problem):
-            out += [(f"problem.{f}", getattr(arg, f)) for f in ("params", "inputs", "targets")]
-        elif isinstance(arg, np.ndarray):
-            out.append((f"argument {index + 1}", arg))
-        elif isinstance(arg, list | tuple):
-            out += [(f"argument {index + 1}[{i}]", a) for i, a in enumerate(arg) if isinstance(a, np.ndarray)]
-    return out
+def _private(arg: Any, label: str, watched: list[tuple[str, np.ndarray, np.ndarray]]) -> Any:
+    """The port's copy of one argument; records (label, copy, original) for arrays."""
+    if isinstance(arg, Problem):
+        fresh = fresh_problem(arg)
+        watched += [(f"problem.{f}", getattr(fresh, f), getattr(arg, f))
+                    for f in ("params", "inputs", "targets")]
+        return fresh
+    if isinstance(arg, np.ndarray):
+        copy = np.array(arg, copy=True)
+        watched.append((label, copy, arg))
+        return copy
+    if isinstance(arg, list | tuple) and any(isinstance(a, np.ndarray) for a in arg):
+        return type(arg)(_private(a, f"{label}[{i}]", watched) for i, a in enumerate(arg))
+    return arg
 
 
 def call_port(instance: Any, method: str, *args: Any, **kwargs: Any) -> Any:
     """Call `instance.method(*args, **kwargs)` with containment (see module docstring).
 
-    Problems among `args` are replaced by fresh read-only copies; arrays must already be
-    read-only (use `readonly`).
+    Problems among `args` are replaced by fresh read-only copies, arrays (also inside lists)
+    by writable copies; both are compared with the originals after the call.
 
     Raises:
         PortFault, NotClaimed, InputModified: as described in the module docstring.
     """
-    args = tuple(fresh_problem(a) if isinstance(a, Problem) else a for a in args)
-    watched = _arrays(args) + _arrays(tuple(kwargs.values()))
-    snapshots = [(label, array, array.copy()) for label, array in watched]
+    watched: list[tuple[str, np.ndarray, np.ndarray]] = []
+    args = tuple(_private(a, f"argument {i + 1}", watched) for i, a in enumerate(args))
+    kwargs = {k: _private(v, k, watched) for k, v in kwargs.items()}
     try:
         out = getattr(instance, method)(*args, **kwargs)
     except NotImplementedError as exc:
         raise NotClaimed(f"{method} raised NotImplementedError: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 -- containment is the point
         raise PortFault(f"{method} raised {type(exc).__name__}: {exc}") from exc
-    for label, array, before in snapshots:
-        if not np.array_equal(array, before, equal_nan=True):
+    for label, array, before in watched:
+        if array.shape != before.shape or not np.array_equal(array, before, equal_nan=True):
             raise InputModified(f"{method} modified its input {label} in place")
     return out
