@@ -108,8 +108,9 @@ def cg_solve(
         matvec: `v -> A v` (e.g. a `curvature_operator` plus damping).
         b: right-hand side, any pytree of float arrays.
         x0: starting point like `b` (default zeros).
-        tol: relative tolerance: stop when `||b - A x|| <= max(tol ||b||, atol)`.
-        atol: absolute tolerance.
+        tol: relative tolerance: stop when `||b - A x|| <= max(tol ||b||, atol)` (may be a
+            traced scalar).
+        atol: absolute tolerance (may be a traced scalar).
         maxiter: most iterations (default `10 n`, n the size of b); may be a traced int.
         precond: `r -> M r` with `M ~ A^{-1}` SPD (default identity).
         history: length of `residual_norms` (static); default `maxiter + 1`, required when
@@ -128,7 +129,7 @@ def cg_solve(
         history = maxiter + 1
     if isinstance(maxiter, int) and maxiter < 0:
         raise ValueError(f"maxiter: expected a non-negative int, got {maxiter}")
-    if not (tol >= 0 and atol >= 0):
+    if any(isinstance(t, int | float) and not t >= 0 for t in (tol, atol)):
         raise ValueError(f"tol/atol: expected non-negative numbers, got tol={tol!r}, atol={atol!r}")
     dtype = flat_b.dtype
     apply_m = precond if precond is not None else (lambda r: r)
