@@ -191,16 +191,30 @@ def kfac(network: DenseNetwork, loss: str | JaxLoss, *, learning_rate: float | N
                 out.append((inv_a, jnp.zeros((), a.dtype), inv_s, jnp.zeros((), a.dtype)))
         return out
 
-    def precondition(decomposition, grads, lam):
-        out = []
-        for (m_a, d_a, m_s, d_s), g in zip(decomposition, grads, strict=True):
-            v = _wbar(g)
+    def precondition(decomposition, inputs, ds, lam):
+        """`r_l = Khat_l^{-1} g_l` from the per-example pieces of `g_l = Ds_l^T abar_l`.
+
+        The gradient of a dense layer is `sum_b Ds_b abar_b^T` (Grosse s5.2), so for factored
+        damping `S_d^{-1} g A_d^{-1} = (Ds S_d^{-1})^T (abar A_d^{-1})` is used whenever it
+        costs fewer flops (small batches: `O(B (M^2 + N^2 + MN))` instead of `O(MN (M + N))`,
+        Grosse s5.5 point 3). Returns `(r, g)` as layer lists `[(W, b), ...]`, averaged across
+        devices (the preconditioner is replicated and linear, so averaging commutes with it).
+        """
+        out, grads = [], []
+        for (m_a, d_a, m_s, d_s), a, d in zip(decomposition, inputs, ds, strict=True):
+            abar = homogeneous(a)
+            g = mean(d.T @ abar)
+            grads.append(_split(g))
+            batch, (n_out, n_in1) = a.shape[0], g.shape
             if method is DampingMethod.EIGEN:
-                v = m_s @ ((m_s.T @ v @ m_a) / (d_s[:, None] * d_a[None, :] + lam)) @ m_a.T
+                v = m_s @ ((m_s.T @ g @ m_a) / (d_s[:, None] * d_a[None, :] + lam)) @ m_a.T
+            elif batch * (n_out * n_out + n_in1 * n_in1 + n_out * n_in1) < n_out * n_in1 * (
+                    n_out + n_in1):
+                v = mean((d @ m_s).T @ (abar @ m_a))
             else:
-                v = m_s @ v @ m_a
+                v = m_s @ g @ m_a
             out.append(_split(v))
-        return out
+        return out, grads
 
     def loss_of(z, y):
         return mean(jnp.mean(jax.vmap(jloss.value)(y, z)))
@@ -229,18 +243,17 @@ def kfac(network: DenseNetwork, loss: str | JaxLoss, *, learning_rate: float | N
         z, inputs, vjp = instrumented_vjp(network, params, x)
         h = loss_of(z, y)
         dz = jax.vmap(jax.grad(jloss.value, argnums=1))(y, z) / z.shape[0]
-        grads = jax.tree_util.tree_map(mean, network.get_layers(vjp(dz)[0]))
+        ds = vjp(dz)[1]  # c Ds_l per example: the dense layers' gradients are ds^T abar
 
         def refresh(factors):
             new = batch_statistics(vjp, z, y, inputs, sub)
             return [(ema_decay * a + (1 - ema_decay) * an, ema_decay * s + (1 - ema_decay) * sn)
                     for (a, s), (an, sn) in zip(factors, new, strict=True)]
 
-        factors = jax.lax.cond(state.step % stats_every == 0, refresh, lambda f: f, state.factors)
-        decomposition = jax.lax.cond(state.step % inverse_every == 0,
-                                     lambda f: decompose(f, state.damping),
-                                     lambda f: state.decomposition, factors)
-        r = precondition(decomposition, grads, state.damping)
+        factors = _every(stats_every, state.step, refresh, lambda f: f, state.factors)
+        decomposition = _every(inverse_every, state.step, lambda f: decompose(f, state.damping),
+                               lambda f: state.decomposition, factors)
+        r, grads = precondition(decomposition, inputs, ds, state.damping)
         lam = state.damping
 
         def model_terms(direction):
@@ -287,7 +300,22 @@ def kfac(network: DenseNetwork, loss: str | JaxLoss, *, learning_rate: float | N
     return Kfac(init, update)
 
 
+def _every(period: int, step: Array, fire, skip, operand):
+    """`fire(operand)` on steps that are multiples of `period`, else `skip(operand)`.
+
+    A period of 1 is resolved at trace time (no `lax.cond`, so XLA can fuse the statistics
+    with the gradient's backward pass).
+    """
+    if period == 1:
+        return fire(operand)
+    return jax.lax.cond(step % period == 0, fire, skip, operand)
+
+
 def _spd_inverse(m: Array) -> Array:
-    """Inverse of a symmetric positive definite matrix through its Cholesky factor."""
-    factor = jax.scipy.linalg.cho_factor(m, lower=True)
-    return jax.scipy.linalg.cho_solve(factor, jnp.eye(m.shape[0], dtype=m.dtype))
+    """Inverse of a symmetric positive definite matrix, symmetrized.
+
+    `jnp.linalg.inv` (LU) rather than `cho_solve` against the identity: on XLA:CPU the latter
+    is ~6x slower for the 785 x 785 factors of the bench model (0.26 s against 0.04 s).
+    """
+    inverse = jnp.linalg.inv(m)
+    return (inverse + inverse.T) / 2
