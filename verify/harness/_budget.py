@@ -54,8 +54,10 @@ class Budget:
         """`c sum_b (|L_b| + ||z_b||_1)`: log-sum-exp style cancellation scales with |z|."""
         loss = get_loss(self.problem.loss)
         outputs, targets = self.ref.outputs, self.ref.targets
-        total = sum(abs(float(loss.value(FLOAT64, y, z))) + float(np.sum(np.abs(z)))
-                    for y, z in zip(targets, outputs, strict=True))
+        total = sum(
+            abs(float(loss.value(FLOAT64, y, z))) + float(np.sum(np.abs(z)))
+            for y, z in zip(targets, outputs, strict=True)
+        )
         return float(self.ref.c) * total
 
     @functools.cached_property
@@ -70,7 +72,9 @@ class Budget:
         c = float(self.ref.c)
         if curvature == "empirical_fisher":
             return c * (m.T @ m)
-        middles = np.abs(self.ref.output_fishers if curvature == "fisher" else self.ref.loss_hessians)
+        middles = np.abs(
+            self.ref.output_fishers if curvature == "fisher" else self.ref.loss_hessians
+        )
         gauss_newton = c * np.einsum("bcn,bcd,bdm->nm", jac, middles, jac)
         if curvature == "hessian":
             return gauss_newton + np.abs(self.ref.hessian - self.ref.ggn)
@@ -81,15 +85,24 @@ class Budget:
         return self.ref.matrix(curvature)
 
     # -- tolerances ------------------------------------------------------------------------
-    def solve_tolerance(self, matrix: np.ndarray, magnitude: np.ndarray, damping: float,
-                        rhs: np.ndarray, rhs_magnitude: np.ndarray) -> tuple[float, float]:
+    def solve_tolerance(
+        self,
+        matrix: np.ndarray,
+        magnitude: np.ndarray,
+        damping: float,
+        rhs: np.ndarray,
+        rhs_magnitude: np.ndarray,
+    ) -> tuple[float, float]:
         """`(tolerance, kappa)` for `(C + damping I)^{-1} rhs` (relative to `||x||`)."""
         damped = matrix + damping * np.eye(matrix.shape[0])
         kappa = float(np.linalg.cond(damped))
-        units = max(np.linalg.norm(magnitude) / max(np.linalg.norm(damped), _TINY),
-                    np.linalg.norm(rhs_magnitude) / max(np.linalg.norm(rhs), _TINY))
-        return solve_rtol(self.dtype, length=self.length, depth=self.depth,
-                          condition=kappa * max(units, 1.0)), kappa
+        units = max(
+            np.linalg.norm(magnitude) / max(np.linalg.norm(damped), _TINY),
+            np.linalg.norm(rhs_magnitude) / max(np.linalg.norm(rhs), _TINY),
+        )
+        return solve_rtol(
+            self.dtype, length=self.length, depth=self.depth, condition=kappa * max(units, 1.0)
+        ), kappa
 
 
 @functools.lru_cache(maxsize=512)

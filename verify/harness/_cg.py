@@ -27,9 +27,9 @@ loses digits near convergence in float64.
 
 from __future__ import annotations
 
-import numpy as np
-
 import functools
+
+import numpy as np
 
 from ngd_ref import Problem
 from ngd_ref.dense import krylov_optimal_iterate, mp_backend
@@ -57,8 +57,9 @@ def cg_system(ctx: CheckContext) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _optimal_iterates(problem: Problem, variant: str,
-                      x0_bytes: bytes | None) -> tuple[tuple[np.ndarray, ...], tuple[float, ...]]:
+def _optimal_iterates(
+    problem: Problem, variant: str, x0_bytes: bytes | None
+) -> tuple[tuple[np.ndarray, ...], tuple[float, ...]]:
     """Krylov-optimal iterates 1..K and residual norms 0..K in 40 digits, as float64 (cached).
 
     The Krylov basis of `krylov_optimal_iterate` is built from powers of `M A`; in float64 it
@@ -85,6 +86,7 @@ _SYSTEMS: dict[Problem, tuple[np.ndarray, np.ndarray]] = {}
 def _matvec(a: np.ndarray):
     def matvec(v):
         return a @ np.asarray(v, dtype=np.float64)
+
     return matvec
 
 
@@ -103,10 +105,14 @@ def check_cg(ctx: CheckContext) -> None:
         ("cg_iterates_x0", x0, "x0", "nonzero x0"),
     )
     for check, start, variant, what in variants:
-        precond = None if variant != "preconditioned" else (
-            lambda r, d=diag_inv: d * np.asarray(r, dtype=np.float64))
-        optimal, residuals = _optimal_iterates(ctx.problem, variant,
-                                               None if start is None else start.tobytes())
+        precond = (
+            None
+            if variant != "preconditioned"
+            else (lambda r, d=diag_inv: d * np.asarray(r, dtype=np.float64))
+        )
+        optimal, residuals = _optimal_iterates(
+            ctx.problem, variant, None if start is None else start.tobytes()
+        )
         for k in range(1, min(n, MAX_ITERATES) + 1):
             if residuals[k - 1] <= _INFORMATIVE[ctx.dtype] * residuals[0]:
                 break  # CG has (nearly) converged: later iterates are not determined by the data
@@ -115,9 +121,12 @@ def check_cg(ctx: CheckContext) -> None:
             growth = residuals[0] / residuals[k - 1]
             tolerance = solve_rtol(ctx.dtype, length=n, depth=k, condition=kappa * growth)
             comparison = ctx.compare(
-                f"{check}", value, optimal[k - 1],
+                f"{check}",
+                value,
+                optimal[k - 1],
                 tolerance=tolerance,
-                what=f"iterate {k} = A-optimal point of x0 + K_{k} (Grosse s4; {what})")
+                what=f"iterate {k} = A-optimal point of x0 + K_{k} (Grosse s4; {what})",
+            )
             if not comparison.passed:
                 break  # one failing iterate per variant is enough evidence
     ctx.begin("cg_maxiter_zero")
@@ -131,10 +140,15 @@ def check_cg(ctx: CheckContext) -> None:
         return
     residual = float(np.linalg.norm(b - a @ x))
     floor = solve_rtol(ctx.dtype, length=n, depth=1, condition=1.0) * float(
-        np.linalg.norm(a, 2) * np.linalg.norm(x))
+        np.linalg.norm(a, 2) * np.linalg.norm(x)
+    )
     bound = tol * float(np.linalg.norm(b)) + floor
     ok = bool(np.isfinite(residual)) and residual <= bound
-    ctx.record("cg_converges", Status.PASS if ok else Status.FAIL,
-               f"||b - A x|| = {residual:.2e} {'<=' if ok else '>'} tol ||b|| + rounding floor "
-               f"= {bound:.2e} (PROTOCOL s5 stopping rule, tol={tol:g})",
-               residual / max(float(np.linalg.norm(b)), 1e-300), bound / max(float(np.linalg.norm(b)), 1e-300))
+    ctx.record(
+        "cg_converges",
+        Status.PASS if ok else Status.FAIL,
+        f"||b - A x|| = {residual:.2e} {'<=' if ok else '>'} tol ||b|| + rounding floor "
+        f"= {bound:.2e} (PROTOCOL s5 stopping rule, tol={tol:g})",
+        residual / max(float(np.linalg.norm(b)), 1e-300),
+        bound / max(float(np.linalg.norm(b)), 1e-300),
+    )

@@ -75,18 +75,40 @@ class CheckContext:
         return call_port(self.adapter, method, *args, **kwargs)
 
     # -- recording -------------------------------------------------------------------------
-    def record(self, check: str, status: Status, message: str, error: float | None = None,
-               tolerance: float | None = None) -> None:
+    def record(
+        self,
+        check: str,
+        status: Status,
+        message: str,
+        error: float | None = None,
+        tolerance: float | None = None,
+    ) -> None:
         """Append a result."""
-        self.results.append(CheckResult(check, self.capability, self.problem.name, Status(status),
-                                        error, tolerance, message))
+        self.results.append(
+            CheckResult(
+                check, self.capability, self.problem.name, Status(status), error, tolerance, message
+            )
+        )
 
-    def compare(self, check: str, actual: Any, desired: Any, *, tolerance: float,
-                magnitude: float = 0.0, what: str) -> Comparison:
-        """Record `actual ~ desired` within `tolerance` (relative to max(||desired||, magnitude))."""
+    def compare(
+        self,
+        check: str,
+        actual: Any,
+        desired: Any,
+        *,
+        tolerance: float,
+        magnitude: float = 0.0,
+        what: str,
+    ) -> Comparison:
+        """Record `actual ~ desired` within `tolerance`, relative to max(||desired||, MAG)."""
         comparison = compare(actual, desired, tolerance=tolerance, magnitude=magnitude)
-        self.record(check, Status.PASS if comparison.passed else Status.FAIL,
-                    f"{what}: {comparison.describe()}", comparison.error, comparison.tolerance)
+        self.record(
+            check,
+            Status.PASS if comparison.passed else Status.FAIL,
+            f"{what}: {comparison.describe()}",
+            comparison.error,
+            comparison.tolerance,
+        )
         return comparison
 
     def symmetric(self, check: str, matrix: Any, *, tolerance: float, magnitude: float) -> None:
@@ -107,10 +129,16 @@ class CheckContext:
             return
         same = np.array_equal(a, b, equal_nan=True)
         diff = 0.0 if same else float(np.max(np.abs(a - b)))
-        self.record(check, Status.PASS if same else Status.FAIL,
-                    "a repeated call gives identical results" if same
-                    else f"a repeated call gives different results (max |diff| {diff:.2e}): "
-                         "state leaks between calls", diff, 0.0)
+        self.record(
+            check,
+            Status.PASS if same else Status.FAIL,
+            "a repeated call gives identical results"
+            if same
+            else f"a repeated call gives different results (max |diff| {diff:.2e}): "
+            "state leaks between calls",
+            diff,
+            0.0,
+        )
 
     def require_shape(self, check: str, value: Any, shape: tuple[int, ...]) -> np.ndarray | None:
         """The result as a float64 array of `shape`, or None after recording a failure."""

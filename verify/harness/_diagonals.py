@@ -1,5 +1,6 @@
-"""Checks of exact curvature diagonals (PROTOCOL s5: `hessian_diag`, `ggn_diag`,
-`empirical_fisher_diag`): against `diag(C)` of the dense reference, tolerance `Budget.rtol`
+"""Checks of exact curvature diagonals (PROTOCOL s5).
+
+`hessian_diag`, `ggn_diag`, `empirical_fisher_diag`: against `diag(C)` of the dense reference, tolerance `Budget.rtol`
 relative to `||diag(MAG(C))||`; repeated calls identical.
 """
 
@@ -11,7 +12,11 @@ from verify.harness._context import CheckContext
 
 __all__ = ["DIAGONALS", "check_diagonal"]
 
-DIAGONALS = {"hessian_diag": "hessian", "ggn_diag": "ggn", "empirical_fisher_diag": "empirical_fisher"}
+DIAGONALS = {
+    "hessian_diag": "hessian",
+    "ggn_diag": "ggn",
+    "empirical_fisher_diag": "empirical_fisher",
+}
 
 
 def check_diagonal(ctx: CheckContext) -> None:
@@ -21,7 +26,12 @@ def check_diagonal(ctx: CheckContext) -> None:
     b = ctx.budget
     ctx.begin(f"{name}_matches_reference")
     value = ctx.port(name, ctx.problem)
-    ctx.compare(f"{name}_matches_reference", value, np.diag(b.matrix(curvature)).copy(),
-                tolerance=b.rtol, magnitude=float(np.linalg.norm(np.diag(b.matrix_magnitude(curvature)))),
-                what=f"the exact diagonal of {curvature} (PROTOCOL s5)")
+    ctx.compare(
+        f"{name}_matches_reference",
+        value,
+        np.diag(b.matrix(curvature)).copy(),
+        tolerance=b.rtol,
+        magnitude=float(np.linalg.norm(np.diag(b.matrix_magnitude(curvature)))),
+        what=f"the exact diagonal of {curvature} (PROTOCOL s5)",
+    )
     ctx.deterministic(f"{name}_deterministic", value, lambda: ctx.port(name, ctx.problem))

@@ -50,16 +50,25 @@ def readonly(array: Any, dtype: type = np.float64) -> np.ndarray:
 
 def fresh_problem(problem: Problem) -> Problem:
     """A new `Problem` with the same data in new read-only arrays (the port's private copy)."""
-    return Problem(problem.name, problem.layers, problem.loss, problem.params.copy(),
-                   problem.inputs.copy(), problem.targets.copy(), problem.reduction)
+    return Problem(
+        problem.name,
+        problem.layers,
+        problem.loss,
+        problem.params.copy(),
+        problem.inputs.copy(),
+        problem.targets.copy(),
+        problem.reduction,
+    )
 
 
 def _private(arg: Any, label: str, watched: list[tuple[str, np.ndarray, np.ndarray]]) -> Any:
     """The port's copy of one argument; records (label, copy, original) for arrays."""
     if isinstance(arg, Problem):
         fresh = fresh_problem(arg)
-        watched += [(f"problem.{f}", getattr(fresh, f), getattr(arg, f))
-                    for f in ("params", "inputs", "targets")]
+        watched += [
+            (f"problem.{f}", getattr(fresh, f), getattr(arg, f))
+            for f in ("params", "inputs", "targets")
+        ]
         return fresh
     if isinstance(arg, np.ndarray):
         copy = np.array(arg, copy=True)

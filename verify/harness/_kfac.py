@@ -25,18 +25,26 @@ __all__ = ["KINDS", "METHODS", "check_kfac_factors", "check_kfac_solve"]
 KINDS = ("fisher", "ggn", "empirical")
 METHODS = ("eigen", "factored")
 _SOLVE_CASES = tuple((kind, method, 0.1) for kind in KINDS for method in METHODS) + (
-    ("fisher", "eigen", 1.0), ("fisher", "factored", 1.0))
+    ("fisher", "eigen", 1.0),
+    ("fisher", "factored", 1.0),
+)
 
 
 def _pairs(ctx: CheckContext, check: str, value, expected: list) -> list | None:
     try:
         pairs = [tuple(pair) for pair in value]
     except TypeError:
-        ctx.record(check, Status.FAIL, f"expected a list of (A, S) pairs, got {type(value).__name__}")
+        ctx.record(
+            check, Status.FAIL, f"expected a list of (A, S) pairs, got {type(value).__name__}"
+        )
         return None
     if len(pairs) != len(expected) or any(len(p) != 2 for p in pairs):
-        ctx.record(check, Status.FAIL, f"expected {len(expected)} (A, S) pairs (one per layer), "
-                                       f"got {len(pairs)} items of lengths {[len(p) for p in pairs]}")
+        ctx.record(
+            check,
+            Status.FAIL,
+            f"expected {len(expected)} (A, S) pairs (one per layer), "
+            f"got {len(pairs)} items of lengths {[len(p) for p in pairs]}",
+        )
         return None
     return pairs
 
@@ -53,16 +61,27 @@ def check_kfac_factors(ctx: CheckContext) -> None:
         if pairs is None:
             continue
         for index, ((a, s), (a_ref, s_ref), (a_mag, s_mag)) in enumerate(
-                zip(pairs, expected, magnitudes, strict=True)):
+            zip(pairs, expected, magnitudes, strict=True)
+        ):
             for label, actual, desired, mag, what in (
-                    ("A", a, a_ref, a_mag, "A_l = mean_b abar abar^T (Grosse eq. 18)"),
-                    ("S", s, s_ref, s_mag, f"S_l = c sum_b M_b, kind {kind} (PROTOCOL s4)")):
-                comparison = ctx.compare(f"{check}_{label}", actual, desired, tolerance=b.rtol,
-                                         magnitude=float(np.linalg.norm(mag)),
-                                         what=f"layer {index}: {what}")
+                ("A", a, a_ref, a_mag, "A_l = mean_b abar abar^T (Grosse eq. 18)"),
+                ("S", s, s_ref, s_mag, f"S_l = c sum_b M_b, kind {kind} (PROTOCOL s4)"),
+            ):
+                comparison = ctx.compare(
+                    f"{check}_{label}",
+                    actual,
+                    desired,
+                    tolerance=b.rtol,
+                    magnitude=float(np.linalg.norm(mag)),
+                    what=f"layer {index}: {what}",
+                )
                 if not comparison.reason:
-                    ctx.symmetric(f"{check}_{label}_symmetric", actual, tolerance=b.rtol,
-                                  magnitude=float(np.linalg.norm(mag)))
+                    ctx.symmetric(
+                        f"{check}_{label}_symmetric",
+                        actual,
+                        tolerance=b.rtol,
+                        magnitude=float(np.linalg.norm(mag)),
+                    )
 
 
 def _condition(factors, magnitudes, damping: float, method: str) -> float:
@@ -78,9 +97,12 @@ def _condition(factors, magnitudes, damping: float, method: str) -> float:
             pi = float(factored_damping_pi(a, s))
             root = np.sqrt(damping)
             kappa = ((la.max() + pi * root) / (la.min() + pi * root)) * (
-                (ls.max() + root / pi) / (ls.min() + root / pi))
-        units = max(np.linalg.norm(a_mag) / max(np.linalg.norm(a), 1e-300),
-                    np.linalg.norm(s_mag) / max(np.linalg.norm(s), 1e-300))
+                (ls.max() + root / pi) / (ls.min() + root / pi)
+            )
+        units = max(
+            np.linalg.norm(a_mag) / max(np.linalg.norm(a), 1e-300),
+            np.linalg.norm(s_mag) / max(np.linalg.norm(s), 1e-300),
+        )
         worst = max(worst, kappa * max(units, 1.0))
     return worst
 
@@ -99,7 +121,11 @@ def check_kfac_solve(ctx: CheckContext) -> None:
         tolerance = solve_rtol(ctx.dtype, length=b.length, depth=b.depth, condition=condition)
         ctx.begin(check)
         value = ctx.port("kfac_solve", ctx.problem, v, damping, method, kind)
-        ctx.compare(check, value, kfac_solve(ctx.problem, v, damping, method, kind),
-                    tolerance=tolerance,
-                    what=f"K-FAC {method} damped solve, kind {kind}, lambda {damping:g} "
-                         f"(Grosse eq. {23 if method == 'eigen' else 24}; condition {condition:.1e})")
+        ctx.compare(
+            check,
+            value,
+            kfac_solve(ctx.problem, v, damping, method, kind),
+            tolerance=tolerance,
+            what=f"K-FAC {method} damped solve, kind {kind}, lambda {damping:g} "
+            f"(Grosse eq. {23 if method == 'eigen' else 24}; condition {condition:.1e})",
+        )

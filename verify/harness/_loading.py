@@ -22,15 +22,30 @@ __all__ = ["CAPABILITIES", "LoadedAdapter", "capabilities_of", "load_adapter"]
 
 #: Every adapter method the harness knows, in report order (PROTOCOL s5, then s9).
 CAPABILITIES: tuple[str, ...] = (
-    "loss", "gradient",
-    "hessian", "ggn", "fisher", "empirical_fisher",
-    "hvp", "ggn_vp", "fisher_vp", "empirical_fisher_vp",
-    "hessian_diag", "ggn_diag", "empirical_fisher_diag",
+    "loss",
+    "gradient",
+    "hessian",
+    "ggn",
+    "fisher",
+    "empirical_fisher",
+    "hvp",
+    "ggn_vp",
+    "fisher_vp",
+    "empirical_fisher_vp",
+    "hessian_diag",
+    "ggn_diag",
+    "empirical_fisher_diag",
     "damped_update",
-    "kfac_factors", "kfac_solve",
+    "kfac_factors",
+    "kfac_solve",
     "cg",
-    "trust_region_update", "bfgs_update", "lbfgs_direction", "hutchinson_diag",
-    "inverse_root", "shampoo_direction", "lowrank_ggn_update",
+    "trust_region_update",
+    "bfgs_update",
+    "lbfgs_direction",
+    "hutchinson_diag",
+    "inverse_root",
+    "shampoo_direction",
+    "lowrank_ggn_update",
 )
 
 
@@ -78,8 +93,9 @@ def _import_class(target: str) -> type:
             spec_obj.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[module_name]
-            raise UsageError(f"--adapter {target!r}: importing {str(path)!r} failed: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise UsageError(
+                f"--adapter {target!r}: importing {str(path)!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
     else:
         try:
             module = importlib.import_module(module_part)
@@ -87,13 +103,19 @@ def _import_class(target: str) -> type:
             hint = ""
             if target in BUILTIN:
                 hint = f" (install the extra: pip install 'ngd-verify[{target}]')"
-            raise UsageError(f"--adapter {target!r}: cannot import {module_part!r}: "
-                             f"{type(exc).__name__}: {exc}{hint}") from exc
+            raise UsageError(
+                f"--adapter {target!r}: cannot import {module_part!r}: "
+                f"{type(exc).__name__}: {exc}{hint}"
+            ) from exc
     cls = getattr(module, class_name, None)
     if cls is None:
-        raise UsageError(f"--adapter {target!r}: module {module_part!r} has no attribute {class_name!r}")
+        raise UsageError(
+            f"--adapter {target!r}: module {module_part!r} has no attribute {class_name!r}"
+        )
     if not isinstance(cls, type):
-        raise UsageError(f"--adapter {target!r}: {class_name!r} is a {type(cls).__name__}, not a class")
+        raise UsageError(
+            f"--adapter {target!r}: {class_name!r} is a {type(cls).__name__}, not a class"
+        )
     return cls
 
 
@@ -117,13 +139,17 @@ def load_adapter(target: str | type | Any) -> LoadedAdapter:
         try:
             instance = cls()
         except Exception as exc:
-            raise UsageError(f"--adapter {label!r}: constructing {cls.__name__}() failed: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise UsageError(
+                f"--adapter {label!r}: constructing {cls.__name__}() failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
     else:
         instance = target
     dtype = str(getattr(instance, "dtype", "float64"))
     if dtype not in ("float64", "float32"):
-        raise UsageError(f"--adapter {label!r}: dtype must be 'float64' or 'float32', got {dtype!r}")
+        raise UsageError(
+            f"--adapter {label!r}: dtype must be 'float64' or 'float32', got {dtype!r}"
+        )
     capabilities = capabilities_of(instance)
     if not capabilities:
         raise UsageError(
@@ -131,4 +157,6 @@ def load_adapter(target: str | type | Any) -> LoadedAdapter:
             f"{', '.join(CAPABILITIES[:6])}, ...): validating nothing must never look like passing"
         )
     name = getattr(instance, "name", None)
-    return LoadedAdapter(instance, name if isinstance(name, str) and name else label, dtype, capabilities)
+    return LoadedAdapter(
+        instance, name if isinstance(name, str) and name else label, dtype, capabilities
+    )

@@ -29,8 +29,14 @@ def check_loss(ctx: CheckContext) -> None:
     b = ctx.budget
     ctx.begin("loss_matches_reference")
     value = ctx.port("loss", ctx.problem)
-    ctx.compare("loss_matches_reference", value, float(b.ref.loss), tolerance=b.rtol,
-                magnitude=b.loss_magnitude, what="h = c sum_b L(y_b, f(x_b)) (PROTOCOL s1)")
+    ctx.compare(
+        "loss_matches_reference",
+        value,
+        float(b.ref.loss),
+        tolerance=b.rtol,
+        magnitude=b.loss_magnitude,
+        what="h = c sum_b L(y_b, f(x_b)) (PROTOCOL s1)",
+    )
     ctx.deterministic("loss_deterministic", value, lambda: ctx.port("loss", ctx.problem))
 
 
@@ -39,9 +45,14 @@ def check_gradient(ctx: CheckContext) -> None:
     b = ctx.budget
     ctx.begin("gradient_matches_reference")
     value = ctx.port("gradient", ctx.problem)
-    ctx.compare("gradient_matches_reference", value, b.ref.gradient, tolerance=b.rtol,
-                magnitude=float(np.linalg.norm(b.gradient_magnitude)),
-                what="grad h = c sum_b J_b^T dL/dz_b (Martens s3)")
+    ctx.compare(
+        "gradient_matches_reference",
+        value,
+        b.ref.gradient,
+        tolerance=b.rtol,
+        magnitude=float(np.linalg.norm(b.gradient_magnitude)),
+        what="grad h = c sum_b J_b^T dL/dz_b (Martens s3)",
+    )
     ctx.deterministic("gradient_deterministic", value, lambda: ctx.port("gradient", ctx.problem))
 
 
@@ -52,8 +63,14 @@ def check_matrix(ctx: CheckContext) -> None:
     magnitude = float(np.linalg.norm(b.matrix_magnitude(name)))
     ctx.begin(f"{name}_matches_reference")
     value = ctx.port(name, ctx.problem)
-    comparison = ctx.compare(f"{name}_matches_reference", value, b.matrix(name), tolerance=b.rtol,
-                             magnitude=magnitude, what=_SOURCES[name])
+    comparison = ctx.compare(
+        f"{name}_matches_reference",
+        value,
+        b.matrix(name),
+        tolerance=b.rtol,
+        magnitude=magnitude,
+        what=_SOURCES[name],
+    )
     if not comparison.reason:
         ctx.symmetric(f"{name}_symmetric", value, tolerance=b.rtol, magnitude=magnitude)
     ctx.deterministic(f"{name}_deterministic", value, lambda: ctx.port(name, ctx.problem))

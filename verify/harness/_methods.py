@@ -58,26 +58,40 @@ def check_trust_region_update(ctx: CheckContext) -> None:
     b = ctx.budget
     abs_h = absolute_hessian(b.matrix("hessian"))
     for damping in _DAMPINGS:
-        tolerance, kappa = b.solve_tolerance(abs_h, b.matrix_magnitude("hessian"), damping,
-                                             b.ref.gradient, b.gradient_magnitude)
+        tolerance, kappa = b.solve_tolerance(
+            abs_h, b.matrix_magnitude("hessian"), damping, b.ref.gradient, b.gradient_magnitude
+        )
         ctx.begin("trust_region_update")
         value = ctx.port("trust_region_update", ctx.problem, damping)
-        ctx.compare("trust_region_update", value, trust_region_update(ctx.problem, damping),
-                    tolerance=tolerance,
-                    what=f"-(|H| + {damping:g} I)^-1 grad h (PROTOCOL s9; kappa {kappa:.1e})")
+        ctx.compare(
+            "trust_region_update",
+            value,
+            trust_region_update(ctx.problem, damping),
+            tolerance=tolerance,
+            what=f"-(|H| + {damping:g} I)^-1 grad h (PROTOCOL s9; kappa {kappa:.1e})",
+        )
 
 
 def check_lowrank_ggn_update(ctx: CheckContext) -> None:
     """`-(G + lambda I)^{-1} grad h` in output space, against the reference."""
     b = ctx.budget
     for damping in _DAMPINGS:
-        tolerance, kappa = b.solve_tolerance(b.matrix("ggn"), b.matrix_magnitude("ggn"), damping,
-                                             b.ref.gradient, b.gradient_magnitude)
+        tolerance, kappa = b.solve_tolerance(
+            b.matrix("ggn"),
+            b.matrix_magnitude("ggn"),
+            damping,
+            b.ref.gradient,
+            b.gradient_magnitude,
+        )
         ctx.begin("lowrank_ggn_update")
         value = ctx.port("lowrank_ggn_update", ctx.problem, damping)
-        ctx.compare("lowrank_ggn_update", value, lowrank_ggn_update(ctx.problem, damping),
-                    tolerance=tolerance,
-                    what=f"-(G + {damping:g} I)^-1 grad h by push-through (PROTOCOL s9; kappa {kappa:.1e})")
+        ctx.compare(
+            "lowrank_ggn_update",
+            value,
+            lowrank_ggn_update(ctx.problem, damping),
+            tolerance=tolerance,
+            what=f"-(G + {damping:g} I)^-1 grad h by push-through (PROTOCOL s9; kappa {kappa:.1e})",
+        )
 
 
 def check_bfgs_update(ctx: CheckContext) -> None:
@@ -86,12 +100,21 @@ def check_bfgs_update(ctx: CheckContext) -> None:
     (s,) = ctx.probe(bmat.shape[0])
     y = a2 @ s
     bs = bmat @ s
-    magnitude = np.linalg.norm(np.abs(bmat) + np.outer(np.abs(y), np.abs(y)) / abs(y @ s)
-                               + np.outer(np.abs(bs), np.abs(bs)) / abs(s @ bs))
+    magnitude = np.linalg.norm(
+        np.abs(bmat)
+        + np.outer(np.abs(y), np.abs(y)) / abs(y @ s)
+        + np.outer(np.abs(bs), np.abs(bs)) / abs(s @ bs)
+    )
     ctx.begin("bfgs_update")
     value = ctx.port("bfgs_update", readonly(bmat), s, readonly(y))
-    ctx.compare("bfgs_update", value, bfgs_update(bmat, s, y), tolerance=ctx.budget.rtol,
-                magnitude=float(magnitude), what="B + y y^T/(y^T s) - B s s^T B/(s^T B s) (PROTOCOL s9)")
+    ctx.compare(
+        "bfgs_update",
+        value,
+        bfgs_update(bmat, s, y),
+        tolerance=ctx.budget.rtol,
+        magnitude=float(magnitude),
+        what="B + y y^T/(y^T s) - B s s^T B/(s^T B s) (PROTOCOL s9)",
+    )
 
 
 def check_lbfgs_direction(ctx: CheckContext) -> None:
@@ -101,14 +124,24 @@ def check_lbfgs_direction(ctx: CheckContext) -> None:
     probes = ctx.probe(n, 4)
     g, s_list = probes[0], probes[1:]
     y_list = [readonly(a2 @ s) for s in s_list]
-    growth = float(np.prod([1.0 + np.linalg.norm(s) * np.linalg.norm(y) / abs(s @ y)
-                            for s, y in zip(s_list, y_list, strict=True)]))
-    tolerance = solve_rtol(ctx.dtype, length=n, depth=2 * len(s_list), condition=growth ** 2)
+    growth = float(
+        np.prod(
+            [
+                1.0 + np.linalg.norm(s) * np.linalg.norm(y) / abs(s @ y)
+                for s, y in zip(s_list, y_list, strict=True)
+            ]
+        )
+    )
+    tolerance = solve_rtol(ctx.dtype, length=n, depth=2 * len(s_list), condition=growth**2)
     ctx.begin("lbfgs_direction")
     value = ctx.port("lbfgs_direction", g, list(s_list), list(y_list), 0.5)
-    ctx.compare("lbfgs_direction", value, lbfgs_direction(g, s_list, y_list, 0.5),
-                tolerance=tolerance,
-                what="H_k g, BFGS inverse updates from gamma I, pairs oldest first (PROTOCOL s9)")
+    ctx.compare(
+        "lbfgs_direction",
+        value,
+        lbfgs_direction(g, s_list, y_list, 0.5),
+        tolerance=tolerance,
+        what="H_k g, BFGS inverse updates from gamma I, pairs oldest first (PROTOCOL s9)",
+    )
 
 
 def check_inverse_root(ctx: CheckContext) -> None:
@@ -119,9 +152,13 @@ def check_inverse_root(ctx: CheckContext) -> None:
     for p in (2, 4):
         ctx.begin("inverse_root")
         value = ctx.port("inverse_root", readonly(m), p, ridge)
-        ctx.compare("inverse_root", value, inverse_root(m, p, ridge),
-                    tolerance=solve_rtol(ctx.dtype, length=m.shape[0], depth=2, condition=kappa),
-                    what=f"(M + {ridge:.3g} I)^(-1/{p}) (PROTOCOL s9; kappa {kappa:.1e})")
+        ctx.compare(
+            "inverse_root",
+            value,
+            inverse_root(m, p, ridge),
+            tolerance=solve_rtol(ctx.dtype, length=m.shape[0], depth=2, condition=kappa),
+            what=f"(M + {ridge:.3g} I)^(-1/{p}) (PROTOCOL s9; kappa {kappa:.1e})",
+        )
 
 
 def check_shampoo_direction(ctx: CheckContext) -> None:
@@ -130,13 +167,19 @@ def check_shampoo_direction(ctx: CheckContext) -> None:
     sl = layer_slices(ctx.problem.layers)[0]
     grad = ctx.budget.ref.gradient[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
     left, right, eps = grad @ grad.T, grad.T @ grad, 0.1
-    condition = float(np.linalg.cond(left + eps * np.eye(left.shape[0]))
-                      + np.linalg.cond(right + eps * np.eye(right.shape[0])))
+    condition = float(
+        np.linalg.cond(left + eps * np.eye(left.shape[0]))
+        + np.linalg.cond(right + eps * np.eye(right.shape[0]))
+    )
     ctx.begin("shampoo_direction")
     value = ctx.port("shampoo_direction", readonly(grad), readonly(left), readonly(right), eps)
-    ctx.compare("shampoo_direction", value, shampoo_direction(grad, left, right, eps),
-                tolerance=solve_rtol(ctx.dtype, length=grad.size, depth=3, condition=condition),
-                what="(L + eps I)^(-1/4) G (R + eps I)^(-1/4) (PROTOCOL s9; Shampoo)")
+    ctx.compare(
+        "shampoo_direction",
+        value,
+        shampoo_direction(grad, left, right, eps),
+        tolerance=solve_rtol(ctx.dtype, length=grad.size, depth=3, condition=condition),
+        what="(L + eps I)^(-1/4) G (R + eps I)^(-1/4) (PROTOCOL s9; Shampoo)",
+    )
 
 
 def check_hutchinson_diag(ctx: CheckContext) -> None:
@@ -154,18 +197,26 @@ def check_hutchinson_diag(ctx: CheckContext) -> None:
         return
     widths = hutchinson_range(h)
     rounding = solve_rtol(ctx.dtype, length=n * HUTCHINSON_SAMPLES, depth=1, condition=1.0) * (
-        np.abs(np.diag(h)) + widths)
+        np.abs(np.diag(h)) + widths
+    )
     bounds = np.array([hoeffding_bound(w, HUTCHINSON_SAMPLES, tests=n) for w in widths]) + rounding
     excess = np.abs(estimate - np.diag(h)) - bounds
     worst = int(np.argmax(excess)) if n else 0
     ok = bool(np.all(np.isfinite(estimate)) and np.all(excess <= 0))
-    ctx.record("hutchinson_diag_unbiased", Status.PASS if ok else Status.FAIL,
-               f"|estimate - diag(H)| within Hoeffding bounds (N={HUTCHINSON_SAMPLES}, union over "
-               f"{n} entries, false-positive rate 1e-6); worst entry {worst}: "
-               f"|diff| {abs(estimate[worst] - h[worst, worst]):.2e} vs bound {bounds[worst]:.2e}",
-               float(abs(estimate[worst] - h[worst, worst])), float(bounds[worst]))
-    ctx.deterministic("hutchinson_diag_deterministic", value,
-                      lambda: ctx.port("hutchinson_diag", matvec, n, HUTCHINSON_SAMPLES, ctx.seed))
+    ctx.record(
+        "hutchinson_diag_unbiased",
+        Status.PASS if ok else Status.FAIL,
+        f"|estimate - diag(H)| within Hoeffding bounds (N={HUTCHINSON_SAMPLES}, union over "
+        f"{n} entries, false-positive rate 1e-6); worst entry {worst}: "
+        f"|diff| {abs(estimate[worst] - h[worst, worst]):.2e} vs bound {bounds[worst]:.2e}",
+        float(abs(estimate[worst] - h[worst, worst])),
+        float(bounds[worst]),
+    )
+    ctx.deterministic(
+        "hutchinson_diag_deterministic",
+        value,
+        lambda: ctx.port("hutchinson_diag", matvec, n, HUTCHINSON_SAMPLES, ctx.seed),
+    )
 
 
 METHOD_CHECKS = {

@@ -49,8 +49,9 @@ CHECKS: dict[str, CheckFn] = {
 assert set(CHECKS) == set(CAPABILITIES), "every capability needs a check function"
 
 
-def run_capability(adapter: Any, capability: str, problem: Problem, *, dtype: str,
-                   seed: int = 0) -> list[CheckResult]:
+def run_capability(
+    adapter: Any, capability: str, problem: Problem, *, dtype: str, seed: int = 0
+) -> list[CheckResult]:
     """All checks of one capability on one problem, with fault containment."""
     ctx = CheckContext(adapter, capability, problem, dtype, seed)
     try:
@@ -64,10 +65,15 @@ def run_capability(adapter: Any, capability: str, problem: Problem, *, dtype: st
     return ctx.results
 
 
-def run_checks(loaded: LoadedAdapter, problems: Sequence[Problem], *, seed: int = 0,
-               capabilities: Iterable[str] | None = None,
-               advance: Callable[[str], None] = lambda label: None,
-               stop_at_first_failure: bool = False) -> Report:
+def run_checks(
+    loaded: LoadedAdapter,
+    problems: Sequence[Problem],
+    *,
+    seed: int = 0,
+    capabilities: Iterable[str] | None = None,
+    advance: Callable[[str], None] = lambda label: None,
+    stop_at_first_failure: bool = False,
+) -> Report:
     """Check `loaded` on `problems`.
 
     Args:
@@ -79,18 +85,32 @@ def run_checks(loaded: LoadedAdapter, problems: Sequence[Problem], *, seed: int 
         stop_at_first_failure: return as soon as a check fails or errors (mutation runs).
     """
     report = Report(adapter=loaded.name, dtype=loaded.dtype)
-    wanted = loaded.capabilities if capabilities is None else tuple(
-        c for c in loaded.capabilities if c in set(capabilities))
+    wanted = (
+        loaded.capabilities
+        if capabilities is None
+        else tuple(c for c in loaded.capabilities if c in set(capabilities))
+    )
     for capability in CAPABILITIES:
         if capability not in loaded.capabilities:
-            report.results.append(CheckResult(capability, capability, "*", Status.SKIP,
-                                              message="capability not claimed by the adapter"))
+            report.results.append(
+                CheckResult(
+                    capability,
+                    capability,
+                    "*",
+                    Status.SKIP,
+                    message="capability not claimed by the adapter",
+                )
+            )
     for capability in wanted:
         for problem in problems:
-            results = run_capability(loaded.instance, capability, problem, dtype=loaded.dtype, seed=seed)
+            results = run_capability(
+                loaded.instance, capability, problem, dtype=loaded.dtype, seed=seed
+            )
             report.extend(results)
             advance(f"{capability} {problem.name}")
-            if stop_at_first_failure and any(r.status in (Status.FAIL, Status.ERROR) for r in results):
+            if stop_at_first_failure and any(
+                r.status in (Status.FAIL, Status.ERROR) for r in results
+            ):
                 return report
     return report
 
@@ -103,7 +123,9 @@ def _problems_from_file(path: Path) -> list[Problem]:
     if isinstance(data, dict) and "problem" in data:
         data = [data["problem"]]  # a single fixture file
     if not isinstance(data, list) or not data:
-        raise UsageError(f"--problems {str(path)!r}: expected a non-empty JSON list of problem objects")
+        raise UsageError(
+            f"--problems {str(path)!r}: expected a non-empty JSON list of problem objects"
+        )
     problems = []
     for index, item in enumerate(data):
         try:
@@ -130,7 +152,9 @@ def load_problems(source: str = "zoo", *, fuzz: int = 0, seed: int = 0) -> list[
     else:
         path = Path(source)
         if not path.is_file():
-            raise UsageError(f"--problems {source!r}: expected zoo, quick, fixtures or an existing JSON file")
+            raise UsageError(
+                f"--problems {source!r}: expected zoo, quick, fixtures or an existing JSON file"
+            )
         problems = _problems_from_file(path)
     if fuzz:
         try:
@@ -141,9 +165,15 @@ def load_problems(source: str = "zoo", *, fuzz: int = 0, seed: int = 0) -> list[
     return problems
 
 
-def check_adapter(target: str | type | Any, *, source: str = "zoo", fuzz: int = 0, seed: int = 0,
-                  show_progress: bool = True,
-                  capabilities: Iterable[str] | None = None) -> Report:
+def check_adapter(
+    target: str | type | Any,
+    *,
+    source: str = "zoo",
+    fuzz: int = 0,
+    seed: int = 0,
+    show_progress: bool = True,
+    capabilities: Iterable[str] | None = None,
+) -> Report:
     """Validate a port: load it, check every claimed capability on every problem.
 
     Args:
@@ -162,7 +192,12 @@ def check_adapter(target: str | type | Any, *, source: str = "zoo", fuzz: int = 
 
     loaded = load_adapter(target)
     problems = load_problems(source, fuzz=fuzz, seed=seed)
-    wanted = loaded.capabilities if capabilities is None else [c for c in loaded.capabilities
-                                                               if c in set(capabilities)]
-    with progress(len(wanted) * len(problems), f"checking {loaded.name}", enabled=show_progress) as advance:
+    wanted = (
+        loaded.capabilities
+        if capabilities is None
+        else [c for c in loaded.capabilities if c in set(capabilities)]
+    )
+    with progress(
+        len(wanted) * len(problems), f"checking {loaded.name}", enabled=show_progress
+    ) as advance:
         return run_checks(loaded, problems, seed=seed, capabilities=wanted, advance=advance)

@@ -34,10 +34,16 @@ def check_damped_update(ctx: CheckContext) -> None:
         matrix = b.matrix(curvature)
         for damping in dampings_for(matrix):
             check = f"damped_update_{curvature}"
-            tolerance, kappa = b.solve_tolerance(matrix, b.matrix_magnitude(curvature), damping,
-                                                 ref.gradient, b.gradient_magnitude)
+            tolerance, kappa = b.solve_tolerance(
+                matrix, b.matrix_magnitude(curvature), damping, ref.gradient, b.gradient_magnitude
+            )
             ctx.begin(check)
             value = ctx.port("damped_update", ctx.problem, curvature, damping)
-            ctx.compare(check, value, ref.damped_update(curvature, damping), tolerance=tolerance,
-                        what=f"-({curvature} + {damping:.3g} I)^-1 grad h (Grosse eq. 13; "
-                             f"kappa {kappa:.1e})")
+            ctx.compare(
+                check,
+                value,
+                ref.damped_update(curvature, damping),
+                tolerance=tolerance,
+                what=f"-({curvature} + {damping:.3g} I)^-1 grad h (Grosse eq. 13; "
+                f"kappa {kappa:.1e})",
+            )

@@ -101,9 +101,14 @@ CONTROLS: tuple[type, ...] = (NumpyPort, NumpyPort32)
 CORPUS_MODULES: tuple[str, ...] = ("verify.mutants._corpus", "verify.mutants.seed_methods")
 
 
-def register_mutant(name: str, bug_class: BugClass, description: str, *,
-                    capabilities: tuple[str, ...],
-                    dtypes: tuple[str, ...] = ("float64",)):
+def register_mutant(
+    name: str,
+    bug_class: BugClass,
+    description: str,
+    *,
+    capabilities: tuple[str, ...],
+    dtypes: tuple[str, ...] = ("float64",),
+):
     """Class decorator adding a mutant (and its float32 twin if asked) to `MUTANTS`.
 
     Args:
@@ -130,11 +135,16 @@ def register_mutant(name: str, bug_class: BugClass, description: str, *,
                 raise ValueError(f"name: mutant {key!r} is already registered")
             target = cls
             if dtype != getattr(cls, "dtype", "float64"):
-                target = type(f"{cls.__name__}32", (cls, NumpyPort32),
-                              {"dtype": dtype, "name": key, "__module__": cls.__module__})
+                target = type(
+                    f"{cls.__name__}32",
+                    (cls, NumpyPort32),
+                    {"dtype": dtype, "name": key, "__module__": cls.__module__},
+                )
             else:
                 target.name = key
-            MUTANTS[key] = Mutant(key, BugClass(bug_class), description, target, tuple(capabilities))
+            MUTANTS[key] = Mutant(
+                key, BugClass(bug_class), description, target, tuple(capabilities)
+            )
         return cls
 
     return decorate

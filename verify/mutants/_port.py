@@ -59,7 +59,7 @@ class NumpyPort:
     def _wbar(self, problem, theta: np.ndarray, index: int) -> np.ndarray:
         """Layer `index`'s `[W b]`, `(n_out, n_in + 1)`, from the column-major block."""
         layer, start = problem.layers[index], self._layer_offsets(problem)[index]
-        block = theta[start: start + (layer.n_in + 1) * layer.n_out]
+        block = theta[start : start + (layer.n_in + 1) * layer.n_out]
         return block.reshape((layer.n_out, layer.n_in + 1), order="F")
 
     def _vec(self, matrix: np.ndarray) -> np.ndarray:
@@ -99,12 +99,16 @@ class NumpyPort:
         for index, layer in enumerate(problem.layers):
             abar = np.concatenate([a, np.ones(1, self._dt)])
             s = self._wbar(problem, theta, index) @ abar
-            a = self._softmax(s) if layer.activation == "softmax" else self._act(layer.activation, s)[0]
+            a = (
+                self._softmax(s)
+                if layer.activation == "softmax"
+                else self._act(layer.activation, s)[0]
+            )
             out.append((abar, s, a))
         return out
 
     def _backward(self, problem, theta, trace, g_out: np.ndarray) -> list[np.ndarray]:
-        """Backpropagate output cotangents `g_out` (k, C): `dL/ds_l`-style `(k, n_out)` per layer."""
+        """Backpropagate output cotangents `g_out` (k, C) to `(k, n_out)` per layer (dL/ds_l)."""
         g_a, out = g_out, [None] * len(trace)
         for index in reversed(range(len(trace))):
             layer = problem.layers[index]
@@ -120,15 +124,22 @@ class NumpyPort:
     def _jacobian(self, problem, theta, trace) -> np.ndarray:
         """`J = dz/dtheta` (C, n): row c is the gradient of output c."""
         c_out = problem.output_dim
-        blocks = [np.einsum("ci,j->cji", d, abar).reshape(c_out, -1)
-                  for d, (abar, _, _) in zip(self._backward(problem, theta, trace, np.eye(c_out, dtype=self._dt)),
-                                             trace, strict=True)]
+        blocks = [
+            np.einsum("ci,j->cji", d, abar).reshape(c_out, -1)
+            for d, (abar, _, _) in zip(
+                self._backward(problem, theta, trace, np.eye(c_out, dtype=self._dt)),
+                trace,
+                strict=True,
+            )
+        ]
         return np.concatenate(blocks, axis=1)
 
     def _examples(self, problem):
         """Per example `(trace, J, z, y)` at the problem's parameters, in `dtype`."""
         theta = self._cast(problem.params)
-        targets = problem.targets if problem.targets.dtype.kind == "i" else self._cast(problem.targets)
+        targets = (
+            problem.targets if problem.targets.dtype.kind == "i" else self._cast(problem.targets)
+        )
         for x, y in zip(self._cast(problem.inputs), targets, strict=True):
             trace = self._forward(problem, theta, x)
             yield trace, self._jacobian(problem, theta, trace), trace[-1][2], y
@@ -148,7 +159,9 @@ class NumpyPort:
         if problem.loss == "nll_probs":
             return -np.log(z[y])
         mu, s = np.split(z, 2)
-        return np.sum(half * (y - mu) ** 2 * np.exp(-s) + half * s + self._dt(0.5 * math.log(2 * math.pi)))
+        return np.sum(
+            half * (y - mu) ** 2 * np.exp(-s) + half * s + self._dt(0.5 * math.log(2 * math.pi))
+        )
 
     def _loss_grad(self, problem, z, y) -> np.ndarray:
         """`dL/dz` (C,)."""
@@ -184,14 +197,20 @@ class NumpyPort:
             return np.outer(e, e) / z[y] ** 2
         mu, s = np.split(z, 2)
         e = np.exp(-s)
-        return np.block([[np.diag(e), np.diag((y - mu) * e)],
-                         [np.diag((y - mu) * e), np.diag(self._dt(0.5) * (y - mu) ** 2 * e)]])
+        return np.block(
+            [
+                [np.diag(e), np.diag((y - mu) * e)],
+                [np.diag((y - mu) * e), np.diag(self._dt(0.5) * (y - mu) ** 2 * e)],
+            ]
+        )
 
     def _output_fisher(self, problem, z) -> np.ndarray:
         """`F_R = E_{y~r(.|z)}[dL/dz dL/dz^T]` in closed form (C, C)."""
         if problem.loss in ("mse", "softmax_cross_entropy", "sigmoid_cross_entropy", "poisson"):
             # natural parameters: F_R = H_L, which does not depend on y (Martens s9)
-            return self._loss_hessian(problem, z, 0 if problem.loss == "softmax_cross_entropy" else z)
+            return self._loss_hessian(
+                problem, z, 0 if problem.loss == "softmax_cross_entropy" else z
+            )
         if problem.loss == "nll_probs":
             return np.diag(1 / z)
         mu, s = np.split(z, 2)
@@ -204,7 +223,9 @@ class NumpyPort:
         return c * sum(self._loss_value(problem, z, y) for _, _, z, y in self._examples(problem))
 
     def _per_example_gradients(self, problem) -> np.ndarray:
-        return np.stack([j.T @ self._loss_grad(problem, z, y) for _, j, z, y in self._examples(problem)])
+        return np.stack(
+            [j.T @ self._loss_grad(problem, z, y) for _, j, z, y in self._examples(problem)]
+        )
 
     def gradient(self, problem) -> np.ndarray:
         """`grad h = c sum_b J_b^T dL/dz`."""
@@ -232,8 +253,10 @@ class NumpyPort:
         """`H`: forward-over-backward of the per-example gradient, along every direction."""
         theta = self._cast(problem.params)
         c = self._dt(self._scale(problem))
-        total = sum(self._example_hessian(problem, theta, trace, j, z, y)
-                    for trace, j, z, y in self._examples(problem))
+        total = sum(
+            self._example_hessian(problem, theta, trace, j, z, y)
+            for trace, j, z, y in self._examples(problem)
+        )
         total = c * total
         return (total + total.T) / 2
 
@@ -248,7 +271,9 @@ class NumpyPort:
             dabar = np.vstack([d_in, np.zeros((1, n), self._dt)])
             ds = self._wbar(problem, theta, index) @ dabar
             for j in range(layer.n_in + 1):
-                cols = np.arange(offsets[index] + j * layer.n_out, offsets[index] + (j + 1) * layer.n_out)
+                cols = np.arange(
+                    offsets[index] + j * layer.n_out, offsets[index] + (j + 1) * layer.n_out
+                )
                 ds[np.arange(layer.n_out), cols] += abar[j]
             if layer.activation == "softmax":
                 d_in = a[:, None] * (ds - a @ ds)
@@ -271,12 +296,14 @@ class NumpyPort:
                 g_s = d1 * g_a
                 dg_s = d1[:, None] * dg_a + (d2 * g_a)[:, None] * ds
             block = abar[:, None, None] * dg_s[None] + dabar[:, None, :] * g_s[None, :, None]
-            out[offsets[index]: offsets[index] + block.shape[0] * block.shape[1]] = block.reshape(-1, n)
+            out[offsets[index] : offsets[index] + block.shape[0] * block.shape[1]] = block.reshape(
+                -1, n
+            )
             w = self._wbar(problem, theta, index)[:, : layer.n_in]
             dw_term = np.zeros((layer.n_in, n), self._dt)
             for j in range(layer.n_in):
                 start = offsets[index] + j * layer.n_out
-                dw_term[j, start: start + layer.n_out] = g_s
+                dw_term[j, start : start + layer.n_out] = g_s
             g_a, dg_a = w.T @ g_s, w.T @ dg_s + dw_term
         return out
 
@@ -289,13 +316,19 @@ class NumpyPort:
         """`G v = c sum_b J_b^T (H_L,b (J_b v))` without forming G."""
         v = self._cast(v)
         c = self._dt(self._scale(problem))
-        return c * sum(j.T @ (self._loss_hessian(problem, z, y) @ (j @ v)) for _, j, z, y in self._examples(problem))
+        return c * sum(
+            j.T @ (self._loss_hessian(problem, z, y) @ (j @ v))
+            for _, j, z, y in self._examples(problem)
+        )
 
     def fisher_vp(self, problem, v):
         """`F v` without forming F."""
         v = self._cast(v)
         c = self._dt(self._scale(problem))
-        return c * sum(j.T @ (self._output_fisher(problem, z) @ (j @ v)) for _, j, z, _ in self._examples(problem))
+        return c * sum(
+            j.T @ (self._output_fisher(problem, z) @ (j @ v))
+            for _, j, z, _ in self._examples(problem)
+        )
 
     def empirical_fisher_vp(self, problem, v):
         """`EF v = c sum_b g_b (g_b . v)`."""
@@ -309,12 +342,16 @@ class NumpyPort:
     def ggn_diag(self, problem):
         """`diag(G) = c sum_b sum_{ij} J_bi H_L,ij J_bj` entrywise."""
         c = self._dt(self._scale(problem))
-        return c * sum(np.einsum("in,ij,jn->n", j, self._loss_hessian(problem, z, y), j)
-                       for _, j, z, y in self._examples(problem))
+        return c * sum(
+            np.einsum("in,ij,jn->n", j, self._loss_hessian(problem, z, y), j)
+            for _, j, z, y in self._examples(problem)
+        )
 
     def empirical_fisher_diag(self, problem):
         """`diag(EF) = c sum_b g_b^2`."""
-        return self._dt(self._scale(problem)) * np.sum(self._per_example_gradients(problem) ** 2, axis=0)
+        return self._dt(self._scale(problem)) * np.sum(
+            self._per_example_gradients(problem) ** 2, axis=0
+        )
 
     # -- damped updates (Grosse eq. 5, 13) ---------------------------------------------------
     def _damped_matrix(self, matrix: np.ndarray, damping: float) -> np.ndarray:
@@ -352,7 +389,7 @@ class NumpyPort:
         return np.sqrt((np.trace(a) / a.shape[0]) / (np.trace(s) / s.shape[0]))
 
     def _kron_solve(self, a, s, v_block, damping, method):
-        """`(A (x) S + damping-term)^{-1} vec(V)` for one layer, `V` of shape `S.shape[0] x A.shape[0]`."""
+        """Solve `(A (x) S + damping term) x = vec(V)` for one layer, `V` is `dim S x dim A`."""
         v = v_block.reshape((s.shape[0], a.shape[0]), order="F")
         if method == "eigen":
             la, qa = np.linalg.eigh(a)
@@ -371,7 +408,7 @@ class NumpyPort:
         out, start = [], 0
         for a, s in self.kfac_factors(problem, kind):
             size = a.shape[0] * s.shape[0]
-            out.append(self._kron_solve(a, s, v[start: start + size], damping, method))
+            out.append(self._kron_solve(a, s, v[start : start + size], damping, method))
             start += size
         return np.concatenate(out)
 
@@ -455,7 +492,9 @@ class NumpyPort:
         examples = list(self._examples(problem))
         c = self._dt(self._scale(problem))
         u = np.sqrt(c) * np.concatenate([j for _, j, _, _ in examples])
-        h = scipy.linalg.block_diag(*[self._loss_hessian(problem, z, y) for _, _, z, y in examples]).astype(self._dt)
+        h = scipy.linalg.block_diag(
+            *[self._loss_hessian(problem, z, y) for _, _, z, y in examples]
+        ).astype(self._dt)
         g = self.gradient(problem)
         lam = self._dt(damping)
         inner = np.eye(u.shape[0], dtype=self._dt) + h @ (u @ u.T) / lam

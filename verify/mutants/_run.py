@@ -30,8 +30,12 @@ class MutantOutcome:
 def run_mutant(mutant: Mutant, *, quick: bool = True) -> MutantOutcome:
     """Run `mutant`'s capabilities on the (quick) zoo until a check fails or errors."""
     loaded = load_adapter(mutant.adapter_class)
-    report = run_checks(loaded, zoo.problems(quick=quick), capabilities=mutant.capabilities,
-                        stop_at_first_failure=True)
+    report = run_checks(
+        loaded,
+        zoo.problems(quick=quick),
+        capabilities=mutant.capabilities,
+        stop_at_first_failure=True,
+    )
     bad = [r for r in report.results if Status(r.status) in (Status.FAIL, Status.ERROR)]
     return MutantOutcome(mutant, bool(bad), bad[0] if bad else None)
 
@@ -50,19 +54,27 @@ def mutants_command(dtype: str = "both") -> int:
     wanted = {"float64", "float32"} if dtype == "both" else {dtype}
     mutants = [m for m in load_corpus().values() if m.dtype in wanted]
     outcomes = [run_mutant(m) for m in mutants]
-    controls = [(cls, run_control(cls)) for cls in CONTROLS if getattr(cls, "dtype", "float64") in wanted]
+    controls = [
+        (cls, run_control(cls)) for cls in CONTROLS if getattr(cls, "dtype", "float64") in wanted
+    ]
     console = Console()
     table = Table(title="ngd-verify mutation run (quick zoo)")
     for column in ("mutant", "bug class", "dtype", "killed by"):
         table.add_column(column)
     for outcome in outcomes:
         ev = outcome.evidence
-        by = f"{ev.check} on {ev.problem} ({Status(ev.status).value})" if ev else "[bold red]SURVIVED[/]"
+        by = (
+            f"{ev.check} on {ev.problem} ({Status(ev.status).value})"
+            if ev
+            else "[bold red]SURVIVED[/]"
+        )
         table.add_row(outcome.mutant.name, outcome.mutant.bug_class.value, outcome.mutant.dtype, by)
     console.print(table)
     killed = sum(o.killed for o in outcomes)
-    console.print(f"kill rate: {killed}/{len(outcomes)} mutants killed"
-                  f" ({100.0 * killed / max(len(outcomes), 1):.1f}%)")
+    console.print(
+        f"kill rate: {killed}/{len(outcomes)} mutants killed"
+        f" ({100.0 * killed / max(len(outcomes), 1):.1f}%)"
+    )
     for cls, failures in controls:
         verdict = "[green]passes[/]" if not failures else f"[bold red]{len(failures)} failures[/]"
         console.print(f"control {cls.name} ({cls.dtype}): {verdict}")

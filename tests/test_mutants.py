@@ -1,0 +1,30 @@
+"""Mutation testing of the oracle: every buggy port is caught, every correct port passes."""
+
+from __future__ import annotations
+
+import pytest
+
+from verify.mutants import CONTROLS, BugClass, load_corpus
+from verify.mutants._run import run_control, run_mutant
+
+MUTANTS = load_corpus()
+
+
+def test_corpus_is_large_and_covers_every_bug_class():
+    float64 = [m for m in MUTANTS.values() if m.dtype == "float64"]
+    assert len(float64) >= 25
+    assert {m.bug_class for m in MUTANTS.values()} == set(BugClass)
+    assert {m.dtype for m in MUTANTS.values()} == {"float64", "float32"}
+
+
+@pytest.mark.parametrize("name", sorted(MUTANTS))
+def test_mutant_is_killed(name):
+    outcome = run_mutant(MUTANTS[name])
+    assert outcome.killed, f"{name} survived: {MUTANTS[name].description}"
+    assert outcome.evidence.capability in MUTANTS[name].capabilities
+
+
+@pytest.mark.parametrize("control", CONTROLS, ids=lambda cls: cls.name)
+def test_control_passes(control):
+    failures = run_control(control)
+    assert not failures, "\n".join(f"{f.check} {f.problem}: {f.message}" for f in failures[:5])
