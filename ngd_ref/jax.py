@@ -52,6 +52,17 @@ from ngd_ref.hf._jax import (
     levenberg_marquardt,
     reduction_ratio,
 )
+from ngd_ref.kfac._jax import (
+    DenseNetwork,
+    Estimator,
+    damped_solve_layers,
+    flax_network,
+    kfac_factors,
+    kfac_solve,
+    kfac_statistics,
+    mlp_network,
+)
+from ngd_ref.kfac._optimizer import Kfac, KfacInfo, KfacState, kfac
 from ngd_ref.lowrank._jax import lowrank_ggn_update
 from ngd_ref.newton._jax import trust_region_update
 from ngd_ref.quasi_newton._jax import bfgs_update, lbfgs_direction
@@ -64,6 +75,11 @@ from ngd_ref.shampoo._jax import (
 
 __all__ = [
     "Batch",
+    "DenseNetwork",
+    "Estimator",
+    "Kfac",
+    "KfacInfo",
+    "KfacState",
     "CGResult",
     "CGStatus",
     "HFInfo",
@@ -77,11 +93,13 @@ __all__ = [
     "cg_solve",
     "curvature_operator",
     "curvature_vp",
+    "damped_solve_layers",
     "damped_update",
     "empirical_fisher_diag",
     "empirical_fisher_vp",
     "fisher_diag",
     "fisher_vp",
+    "flax_network",
     "from_problem",
     "get_jax_loss",
     "ggn_diag",
@@ -92,10 +110,15 @@ __all__ = [
     "hf_quadratic_model",
     "hutchinson_diag",
     "hvp",
+    "kfac",
+    "kfac_factors",
+    "kfac_solve",
+    "kfac_statistics",
     "levenberg_marquardt",
     "loss_value",
     "mc_fisher_vp",
     "mlp_apply",
+    "mlp_network",
     "mlp_params",
     "reduction_ratio",
     "value_and_gradient",

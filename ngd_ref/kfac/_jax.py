@@ -35,9 +35,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ngd_ref._layout import layer_slices
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
 from ngd_ref._problem import Loss, Problem
+from ngd_ref.curvature._jax import canonical_vector, mlp_params
 from ngd_ref.kfac._dense import DampingMethod, KfacKind, _as_kind, _as_method, _check_damping
 
 __all__ = [
@@ -51,8 +51,6 @@ __all__ = [
     "kfac_factors",
     "kfac_solve",
     "kfac_statistics",
-    "layers_from_canonical",
-    "layers_to_canonical",
     "homogeneous",
     "instrumented_vjp",
     "mlp_network",
@@ -119,26 +117,10 @@ def mlp_network(activations: Sequence[str]) -> DenseNetwork:
                         lambda params, layers: [tuple(layer) for layer in layers])
 
 
-def layers_from_canonical(problem_layers, theta: Array) -> Layers:
-    """Canonical `vec([W b])` (column-major) -> `[(W, b), ...]` JAX arrays."""
-    out = []
-    for layer, sl in zip(problem_layers, layer_slices(problem_layers), strict=True):
-        wbar = theta[sl].reshape((layer.n_in + 1, layer.n_out)).T
-        out.append((wbar[:, : layer.n_in], wbar[:, layer.n_in]))
-    return out
-
-
-def layers_to_canonical(layers: Layers) -> Array:
-    """`[(W, b), ...]` -> canonical vector (column-major `vec([W b])` per layer)."""
-    return jnp.concatenate([jnp.concatenate([w, b[:, None]], axis=1).T.reshape(-1)
-                            for w, b in layers])
-
-
 def problem_network(problem: Problem, dtype=jnp.float64) -> tuple[DenseNetwork, Layers]:
     """Return the protocol MLP of `problem` and its parameters as JAX arrays of `dtype`."""
-    theta = jnp.asarray(problem.params, dtype=dtype)
-    return mlp_network([layer.activation for layer in problem.layers]), layers_from_canonical(
-        problem.layers, theta)
+    return (mlp_network([layer.activation for layer in problem.layers]),
+            mlp_params(problem.layers, problem.params, dtype))
 
 
 def flax_network(module) -> DenseNetwork:
@@ -369,7 +351,7 @@ def kfac_solve(problem: Problem, v, damping: float, method: DampingMethod | str,
     if v.shape != (problem.n_params,):
         raise ValueError(f"v: expected shape ({problem.n_params},), got {v.shape}")
     factors = kfac_factors(problem, kind, dtype=dtype)
-    v_layers = [jnp.concatenate([w, b[:, None]], axis=1)
-                for w, b in layers_from_canonical(problem.layers, v)]
+    v_layers = [jnp.concatenate([w, b[:, None]], axis=1) for w, b in
+                mlp_params(problem.layers, v, dtype)]
     solved = damped_solve_layers(factors, v_layers, damping, method)
-    return layers_to_canonical([(x[:, :-1], x[:, -1]) for x in solved])
+    return canonical_vector([(x[:, :-1], x[:, -1]) for x in solved])

@@ -231,6 +231,17 @@ class NgdRefJax:
         return np.asarray(nj.shampoo_direction(self._matrix(G), self._matrix(L), self._matrix(R),
                                                eps))
 
+    def kfac_factors(self, problem: Problem, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """K-FAC factors `[(A_l, S_l), ...]` (PROTOCOL s4), exact expectations, in JAX."""
+        factors = nj.kfac_factors(problem, kind, dtype=self.dtype)
+        return [(np.asarray(a), np.asarray(s)) for a, s in factors]
+
+    def kfac_solve(self, problem: Problem, v: Any, damping: float, method: str,
+                   kind: str = "fisher") -> np.ndarray:
+        """Block-diagonal damped K-FAC solve (eq. 23 `eigen` or eq. 24 `factored`), in JAX."""
+        return np.asarray(nj.kfac_solve(problem, np.asarray(v, dtype=np.float64), damping,
+                                        method, kind, dtype=self.dtype))
+
     def lowrank_ggn_update(self, problem: Problem, damping: float) -> np.ndarray:
         """`-(G + damping I)^{-1} grad h` in output space (`ngd_ref.jax.lowrank_ggn_update`)."""
         objective, params, batch = self._prepared(problem)
