@@ -32,6 +32,7 @@ __all__ = [
     "exact_rtol",
     "gauss_newton_magnitude",
     "magnitude",
+    "middle_magnitudes",
     "problem_rng",
     "reference",
 ]
@@ -71,10 +72,41 @@ def exact_rtol(problem: Problem) -> float:
     return rounding_rtol("float64", length=length, depth=len(problem.layers) + 2)
 
 
-def gauss_newton_magnitude(ref: DenseCurvature, middles: np.ndarray) -> float:
-    """`MAG(c sum_b J_b^T M_b J_b) = c sum_b ||J_b||_F^2 ||M_b||_F`."""
+def middle_magnitudes(ref: DenseCurvature) -> np.ndarray:
+    """`MAG` of each example's output-space middle matrix, `(B,)`.
+
+    The largest of `||H_L,b||`, `||F_R,b||` and, for softmax / sigmoid outputs, the magnitude
+    of the formula on absolute values, `||p|| + ||p||^2` (`diag(p) - p p^T` and `p (1 - p)`
+    cancel when the probabilities saturate, so their computed values carry an absolute error
+    of order `u`, not `u ||H_L||`).
+    """
+    values = np.maximum(np.linalg.norm(np.asarray(ref.loss_hessians, dtype=np.float64), axis=(1, 2)),
+                        np.linalg.norm(np.asarray(ref.output_fishers, dtype=np.float64), axis=(1, 2)))
+    loss = ref.problem.loss
+    if loss in ("softmax_cross_entropy", "sigmoid_cross_entropy", "nll_probs"):
+        z = np.asarray(ref.outputs, dtype=np.float64)
+        if loss == "softmax_cross_entropy":
+            p = np.exp(z - z.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+        elif loss == "sigmoid_cross_entropy":
+            p = 1.0 / (1.0 + np.exp(-z))
+        else:
+            p = z
+        norms = np.linalg.norm(p, axis=1)
+        values = np.maximum(values, norms + norms**2)
+    return values
+
+
+def gauss_newton_magnitude(ref: DenseCurvature, middles: np.ndarray | None = None) -> float:
+    """`MAG(c sum_b J_b^T M_b J_b) = c sum_b ||J_b||_F^2 MAG(M_b)`.
+
+    `MAG(M_b)` is `middle_magnitudes` (the same for H_L, F_R and E[H_L], which are computed
+    from the same output quantities), or `||M_b||` if larger.
+    """
+    mid = middle_magnitudes(ref)
+    if middles is not None:
+        mid = np.maximum(mid, np.linalg.norm(np.asarray(middles, dtype=np.float64), axis=(1, 2)))
     jac = np.linalg.norm(ref.jacobians, axis=(1, 2)) ** 2
-    mid = np.linalg.norm(np.asarray(middles, dtype=np.float64), axis=(1, 2))
     return float(ref.problem.scale * np.sum(jac * mid))
 
 

@@ -31,6 +31,7 @@ from verify.identities._common import (
     reference,
 )
 from verify.identities._registry import identity
+from verify.identities.hessian import curved_with_residual
 
 __all__ = ["ggn_indefinite_gaussian_logvar", "hessian_indefinite", "min_eigenvalue", "psd_check"]
 
@@ -80,8 +81,7 @@ _register_psd("empirical_fisher", "Martens s7 (seed 003)", lambda p: True)
 def _hessian_witness(problem: Problem) -> bool:
     layers = problem.layers
     return (len(layers) >= 2 and layers[-1].activation == "identity"
-            and layers[-1].n_in + 1 > problem.batch_size
-            and bool(np.any(reference(problem).loss_grads != 0)))
+            and layers[-1].n_in + 1 > problem.batch_size and curved_with_residual(problem))
 
 
 @identity("hessian_indefinite", source="Martens s3 (seed 003); Grosse s2.1 (seed 002)",
@@ -96,9 +96,13 @@ def hessian_indefinite(problem: Problem):
 
 
 def _logvar_witness(problem: Problem) -> bool:
-    return (problem.loss == Loss.GAUSSIAN_LOGVAR.value
-            and problem.batch_size <= problem.layers[-1].n_in + 1
-            and bool(np.any(reference(problem).loss_grads != 0)))
+    """Some example has a nonzero residual and the last-layer inputs are linearly independent."""
+    if problem.loss != Loss.GAUSSIAN_LOGVAR.value:
+        return False
+    ref = reference(problem)
+    inputs = np.stack([t.abar[-1] for t in ref.traces])
+    return (bool(np.any(ref.loss_grads != 0))
+            and np.linalg.matrix_rank(inputs) == problem.batch_size)
 
 
 @identity("ggn_indefinite_gaussian_logvar", source="Martens s3 (seed 003)",

@@ -31,6 +31,7 @@ from verify.identities._common import (
     default_direction,
     exact_rtol,
     gauss_newton_magnitude,
+    middle_magnitudes,
     reference,
 )
 from verify.identities._registry import identity, result, separated
@@ -45,6 +46,8 @@ __all__ = [
     "kl_remainder_order",
     "kl_second_order",
     "mean_score_vanishes",
+    "mp_loss",
+    "forward_outputs",
 ]
 
 MARTENS_S9 = "Martens s8-s9 (seed 003)"
@@ -134,12 +137,12 @@ def fisher_forms_agree(problem: Problem):
 def mean_score_vanishes(problem: Problem):
     """`E_{y ~ p}[score] = -c sum_b J_b^T E[dL/dz_b] = 0` (Martens s5; seed 000).
 
-    Magnitude of the computation: `c sum_b ||J_b|| sqrt(tr F_R,b)` (the score's spread).
+    Magnitude of the computation: `c sum_b ||J_b|| sqrt(MAG(F_R,b))` (the score's spread).
     """
     ref = reference(problem)
     mean_score = problem.scale * sum(
         t.jacobian.T @ m.mean_grad for t, m in zip(ref.traces, ref.output_moments, strict=True))
-    spread = np.sqrt(np.abs(np.trace(ref.output_fishers, axis1=1, axis2=2)))
+    spread = np.sqrt(middle_magnitudes(ref))
     mag = problem.scale * float(np.sum(np.linalg.norm(ref.jacobians, axis=(1, 2)) * spread))
     cmp = compare(mean_score, np.zeros(problem.n_params), tolerance=exact_rtol(problem),
                   magnitude=mag)
@@ -168,6 +171,14 @@ def forward_outputs(problem: Problem, theta: np.ndarray, bk: Backend) -> np.ndar
         act = get_activation(layer.activation)
         a = act.value(bk, s.T).T if layer.activation == "softmax" else act.value(bk, s)
     return a.T
+
+
+def mp_loss(problem: Problem, theta: np.ndarray, bk: Backend):
+    """`h(theta) = c sum_b L(y_b, z_b)` by a forward pass only (call inside `bk.precision()`)."""
+    loss = get_loss(problem.loss)
+    targets = problem.targets if problem.targets.dtype.kind == "i" else bk.asarray(problem.targets)
+    z = forward_outputs(problem, theta, bk)
+    return bk.scalar(problem.scale) * sum(loss.value(bk, y, zb) for y, zb in zip(targets, z, strict=True))
 
 
 def kl_remainder_order(problem: Problem, metric: np.ndarray, direction: np.ndarray,

@@ -18,6 +18,7 @@ from verify.identities._registry import identity, result, separated
 
 __all__ = [
     "affine_network",
+    "curved_with_residual",
     "hessian_decomposition",
     "hessian_differs_from_ggn",
     "hessian_equals_ggn_affine_network",
@@ -95,17 +96,27 @@ def hessian_equals_ggn_zero_residual(problem: Problem):
                   "H = G with targets = outputs", SOURCE)
 
 
-def _curved_with_residual(problem: Problem) -> bool:
-    """Hypotheses of `hessian_differs_from_ggn`: z not affine, and something to multiply it by."""
+def curved_with_residual(problem: Problem) -> bool:
+    """Hypotheses of `hessian_differs_from_ggn`: z curved in theta, and a residual to weigh it.
+
+    z is curved when the last activation is softmax, or when there are hidden layers and z
+    actually depends on their parameters (`J_b` nonzero outside the last layer: not a fully
+    dead ReLU network); the residual `dL/dz` must be nonzero somewhere.
+    """
     if affine_network(problem):
         return False
     ref = reference(problem)
-    return bool(np.any(ref.loss_grads != 0))
+    if not np.any(ref.loss_grads != 0):
+        return False
+    if problem.layers[-1].activation != "identity":
+        return True
+    earlier = layer_slices(problem.layers)[-1].start
+    return bool(np.any(ref.jacobians[:, :, :earlier] != 0))
 
 
 @identity("hessian_differs_from_ggn", source=SOURCE,
           statement="H != G when the network is not affine and the residual is nonzero",
-          applies=_curved_with_residual, negative_control=True)
+          applies=curved_with_residual, negative_control=True)
 def hessian_differs_from_ggn(problem: Problem):
     """Negative control of the `hessian_equals_ggn_*` identities: the second term is there."""
     ref, tol, mag = _ggn_tolerance(problem)

@@ -1,0 +1,113 @@
+"""Adaptive damping: the reduction ratio and the Levenberg-Marquardt rule (Grosse ch. 4 s4.1, seed 002).
+
+`rho = (h(theta) - h(theta + d)) / (Q_lambda(0) - Q_lambda(d))` (eq. (14), `ngd_ref.dense.reduction_ratio`):
+
+* on an exactly quadratic objective with exact curvature and `lambda = 0` in the model,
+  `rho = 1` for every step `d` (the model *is* the objective). Every problem supplies one:
+  its `quadratic_twin`, a one-layer linear mse network on the problem's last hidden
+  activations (h is then quadratic in theta and `H = G`);
+* for the damped step `d = -(C + lambda I)^{-1} g`, `2 - rho = d^T H(xi) d / g^T A g` exactly
+  (mean-value form, `A = (C + lambda I)^{-1}`) and `|d|^2 <= g^T A g / lambda`, so
+  `|2 - rho| <= max ||H(xi)|| / lambda`: `rho -> 2` as `lambda -> inf`. We take
+  `lambda = LARGE * (||H|| + ||C||)` and allow `2 ||H|| / lambda` (`H(xi)` within a factor 2 of
+  `H(theta)` on so short a segment) plus the float64 rounding of the numerator;
+* the Levenberg-Marquardt rule then *decreases* lambda (rho > 3/4): overly conservative steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ngd_ref import Layer, Problem
+from ngd_ref.dense import levenberg_marquardt, reduction_ratio
+from verify.identities._common import at_most, default_direction, exact_rtol, problem_rng, reference
+from verify.identities._registry import identity
+
+__all__ = [
+    "LARGE",
+    "quadratic_twin",
+    "reduction_ratio_large_damping",
+    "reduction_ratio_not_one",
+    "reduction_ratio_quadratic",
+]
+
+SOURCE = "Grosse ch.4 s4.1 eq. (14) (seed 002)"
+#: lambda / (||H|| + ||C||) for the large-damping limit.
+LARGE = 2.0**10
+#: The Levenberg-Marquardt decrease factor of Grosse s4.1 (rho > 3/4 -> lambda * 2/3).
+LM_DECREASE = 2.0 / 3.0
+
+
+def quadratic_twin(problem: Problem) -> Problem:
+    """A one-layer linear mse problem on `problem`'s last hidden activations (h exactly quadratic)."""
+    ref = reference(problem)
+    inputs = np.stack([t.abar[-1][:-1] for t in ref.traces]).astype(np.float64)
+    n_in, n_out = problem.layers[-1].n_in, problem.output_dim
+    rng = problem_rng(problem, "quadratic-twin")
+    return Problem(f"{problem.name}/quadratic", (Layer(n_in, n_out, "identity"),), "mse",
+                   np.round(rng.standard_normal((n_in + 1) * n_out) * 64) / 64, inputs,
+                   np.round(rng.standard_normal((problem.batch_size, n_out)) * 16) / 16,
+                   problem.reduction)
+
+
+def _rho_tolerance(problem: Problem, step: np.ndarray, predicted: float) -> float:
+    """Rounding of `h(theta) - h(theta + d)` relative to the predicted reduction."""
+    ref = reference(problem)
+    shifted = abs(float(ref.loss)) + abs(float(ref.gradient @ step)) + abs(predicted)
+    return exact_rtol(problem) * (abs(float(ref.loss)) + shifted) / abs(predicted)
+
+
+@identity("reduction_ratio_quadratic", source=SOURCE,
+          statement="rho = 1 on an exactly quadratic objective with exact curvature (lambda = 0)")
+def reduction_ratio_quadratic(problem: Problem, *, direction: np.ndarray | None = None):
+    """`rho(d) = 1` for `quadratic_twin(problem)`, `C = H`, undamped model, any step d."""
+    twin = quadratic_twin(problem)
+    d = default_direction(twin, "rho") if direction is None else np.asarray(direction, float)
+    rho = float(reduction_ratio(twin, d, damping=0.0, curvature="hessian"))
+    ref = reference(twin)
+    predicted = -float(ref.gradient @ d + 0.5 * d @ ref.hessian @ d)
+    new = levenberg_marquardt(1.0, rho)
+    return [
+        at_most("reduction_ratio_quadratic", problem, abs(rho - 1.0),
+                _rho_tolerance(twin, d, predicted), "|rho - 1| on the quadratic twin", SOURCE),
+        at_most("reduction_ratio_quadratic", problem, new, LM_DECREASE,
+                f"LM rule at rho = {rho:.6f}: new/old lambda", SOURCE),
+    ]
+
+
+@identity("reduction_ratio_large_damping", source=SOURCE,
+          statement="rho -> 2 as lambda -> inf (|2 - rho| <= 2||H||/lambda), and LM decreases lambda",
+          applies=lambda p: bool(np.any(reference(p).gradient != 0)))
+def reduction_ratio_large_damping(problem: Problem, *, curvature: str = "ggn"):
+    """Grosse s4.1's first bullet, with the bound derived in the module docstring."""
+    ref = reference(problem)
+    h_norm = float(np.linalg.norm(ref.hessian, 2))
+    lam = LARGE * (h_norm + float(np.linalg.norm(ref.matrix(curvature), 2)))
+    d = ref.damped_update(curvature, lam)
+    rho = float(reduction_ratio(problem, d, damping=lam, curvature=curvature))
+    predicted = -float(ref.gradient @ d + 0.5 * d @ (ref.matrix(curvature) @ d) + 0.5 * lam * d @ d)
+    bound = 2.0 * h_norm / lam + _rho_tolerance(problem, d, predicted)
+    new = levenberg_marquardt(lam, rho)
+    return [
+        at_most("reduction_ratio_large_damping", problem, abs(2.0 - rho), bound,
+                f"|2 - rho| at lambda = {lam:.3g}", SOURCE),
+        at_most("reduction_ratio_large_damping", problem, new / lam, LM_DECREASE,
+                f"LM rule at rho = {rho:.6f}: new/old lambda", SOURCE),
+    ]
+
+
+@identity("reduction_ratio_not_one", source=SOURCE,
+          statement="rho != 1 for a finite step when h is not quadratic (the model is only a model)",
+          applies=lambda p: not (len(p.layers) == 1 and p.layers[0].activation == "identity"
+                                 and p.loss == "mse"),
+          negative_control=True)
+def reduction_ratio_not_one(problem: Problem, *, direction: np.ndarray | None = None):
+    """Negative control of `reduction_ratio_quadratic`: on the problem itself, `rho(d) != 1`."""
+    d = default_direction(problem, "rho") if direction is None else np.asarray(direction, float)
+    ref = reference(problem)
+    rho = float(reduction_ratio(problem, d, damping=0.0, curvature="hessian"))
+    predicted = -float(ref.gradient @ d + 0.5 * d @ ref.hessian @ d)
+    return at_most("reduction_ratio_not_one", problem, -abs(rho - 1.0),
+                   -100 * _rho_tolerance(problem, d, predicted),
+                   "-|rho - 1| with C = H on the non-quadratic objective", SOURCE,
+                   negative_control=True)

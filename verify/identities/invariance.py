@@ -1,0 +1,211 @@
+"""Invariance to reparameterization (Grosse ch. 4 s2.2-2.3, seed 002; Martens s10, seed 003).
+
+Affine `theta = R gamma + b` (Grosse eq. (7)): `grad_gamma = R^T g`, and every curvature of the
+form `E[J^T A J]` as well as the Hessian transforms as `C_gamma = R^T C R` (Grosse eq. (9)).
+Hence an *undamped* step solving `C_gamma d_gamma = -R^T g` maps back to a solution of
+`C d = -g` (`d = R d_gamma`): Newton, Gauss-Newton and natural gradient commute with the
+reparameterization. The solution is checked by its residual, so singular G and F (n > B C)
+are handled: any solution of the transformed system maps to a solution of the original one.
+Negative controls: gradient descent maps to `-R R^T g` (Grosse eq. (8)); damping adds
+`lambda I`, not `lambda R^T R` (Grosse s2.3, "invariance only holds for the undamped versions").
+
+Nonlinear `theta = sinh(gamma)` elementwise (Martens s10): `J_g = diag(cosh gamma)`,
+`d^2 theta_j / dgamma_j^2 = sinh gamma_j = theta_j`. G, F and EF pull back as `J_g^T C J_g`
+because `J_{f o g} = J_f J_g` (checked by central differences of the outputs in mpmath),
+while the Hessian gains `sum_j [grad h]_j H_[g]_j = diag(g * theta)` (checked by a second
+difference of `h o g` in mpmath): the negative control.
+
+Tolerances: residuals of least-squares solves, mapped back through `R^{-T}`, are
+`solve_rtol(condition = kappa(R)^2)` relative to `||C|| ||d|| + ||g||`. Finite differences use
+`eps = 2^-30` at 40 digits: truncation `eps^2 ~ 1e-18` times the third/fourth derivative
+and rounding `1e-40 / eps^2 ~ 1e-22` both sit below float64's rounding of the right-hand
+sides, so those comparisons use `exact_rtol`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from ngd_ref import Problem
+from ngd_ref.dense import get_loss, mp_backend
+from verify._tolerance import compare, solve_rtol
+from verify.identities._common import (
+    default_damping,
+    default_direction,
+    exact_rtol,
+    gauss_newton_magnitude,
+    magnitude,
+    problem_rng,
+    reference,
+)
+from verify.identities._registry import identity, result, separated
+from verify.identities.fisher import forward_outputs
+
+__all__ = [
+    "affine_invariance",
+    "damped_steps_not_invariant",
+    "default_reparameterization",
+    "gradient_descent_not_invariant",
+    "hessian_not_pullback",
+    "pullback_curvatures",
+]
+
+GROSSE = "Grosse ch.4 s2.3 (seed 002)"
+MARTENS = "Martens s10 (seed 003)"
+FD_DIGITS = 40
+FD_STEP_EXPONENT = 30
+
+
+def default_reparameterization(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """`(R, b)`: `R = Q diag(2^u)`, `Q` a seeded orthogonal matrix, `u ~ U[-1, 1]` (kappa <= 4)."""
+    rng = problem_rng(problem, "reparameterization")
+    q, _ = np.linalg.qr(rng.standard_normal((problem.n_params,) * 2))
+    r = q * 2.0 ** rng.uniform(-1.0, 1.0, problem.n_params)
+    return r, rng.standard_normal(problem.n_params)
+
+
+def _steps(problem: Problem, r: np.ndarray, curvature: str, damping: float):
+    """The step in gamma-space mapped back (`R d_gamma`) and the original-space system."""
+    ref = reference(problem)
+    c, g = ref.matrix(curvature), ref.gradient
+    c_gamma = r.T @ c @ r + damping * np.eye(problem.n_params)
+    d_gamma = scipy.linalg.lstsq(c_gamma, -(r.T @ g))[0]
+    return r @ d_gamma, c, g
+
+
+@identity("affine_invariance", source=f"{GROSSE}; {MARTENS}",
+          statement="undamped Newton, Gauss-Newton and natural gradient steps commute with w = R w~ + b")
+def affine_invariance(problem: Problem, *, reparameterization=None):
+    """`R d_gamma` solves `C d = -g` for `C` in {H, G, F} (Grosse s2.3; Martens s10).
+
+    Args:
+        problem: the problem.
+        reparameterization: `(R, b)`, default `default_reparameterization(problem)`; `b` does
+            not enter the step (translation invariance, Grosse s2.2).
+    """
+    r, _ = reparameterization or default_reparameterization(problem)
+    tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
+                     condition=float(np.linalg.cond(r)) ** 2)
+    out = []
+    for curvature in ("hessian", "ggn", "fisher"):
+        d, c, g = _steps(problem, r, curvature, 0.0)
+        mag = float(np.linalg.norm(c) * np.linalg.norm(d) + np.linalg.norm(g))
+        cmp = compare(c @ d, -g, tolerance=tol, magnitude=mag)
+        out.append(result("affine_invariance", problem, cmp,
+                          f"{curvature}: C (R d_gamma) = -g", GROSSE))
+    return out
+
+
+@identity("gradient_descent_not_invariant", source=f"{GROSSE} eq. (8)",
+          statement="gradient descent in w~ is preconditioned by R R^T in w", negative_control=True)
+def gradient_descent_not_invariant(problem: Problem, *, reparameterization=None):
+    """Negative control: `R (-R^T g) = -R R^T g != -g` for non-orthogonal R (Grosse eq. (8))."""
+    r, _ = reparameterization or default_reparameterization(problem)
+    g = reference(problem).gradient
+    cmp = compare(-(r @ (r.T @ g)), -g, tolerance=exact_rtol(problem))
+    return separated("gradient_descent_not_invariant", problem, cmp, "R (-grad_gamma) != -g",
+                     f"{GROSSE} eq. (8)")
+
+
+@identity("damped_steps_not_invariant", source=GROSSE,
+          statement="damped Gauss-Newton steps do not commute with w = R w~ + b",
+          negative_control=True)
+def damped_steps_not_invariant(problem: Problem, *, reparameterization=None,
+                               damping: float | None = None):
+    """Negative control: `R (R^T G R + lambda I)^{-1} R^T g != (G + lambda I)^{-1} g`."""
+    r, _ = reparameterization or default_reparameterization(problem)
+    lam = default_damping(problem) if damping is None else damping
+    d, _, _ = _steps(problem, r, "ggn", lam)
+    direct = reference(problem).damped_update("ggn", lam)
+    tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
+                     condition=float(np.linalg.cond(r)) ** 2)
+    cmp = compare(d, direct, tolerance=tol)
+    return separated("damped_steps_not_invariant", problem, cmp,
+                     f"damped GN step (lambda={lam:.3g}) changes under R", GROSSE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nonlinear reparameterization theta = sinh(gamma)
+# ---------------------------------------------------------------------------------------------
+def _mp_objective_and_outputs(problem: Problem, direction: np.ndarray):
+    """Outputs at `sinh(gamma +- eps v)` and `h o sinh` at `gamma`, `gamma +- eps v`, in mpmath."""
+    bk = mp_backend(FD_DIGITS)
+    loss = get_loss(problem.loss)
+    with bk.precision():
+        eps = bk.scalar(2) ** -FD_STEP_EXPONENT
+        theta = bk.asarray(problem.params)
+        gamma = np.frompyfunc(lambda t: __import__("mpmath").asinh(t), 1, 1)(theta)
+        sinh = np.frompyfunc(lambda t: __import__("mpmath").sinh(t), 1, 1)
+        v = bk.asarray(direction)
+        targets = (problem.targets if problem.targets.dtype.kind == "i"
+                   else bk.asarray(problem.targets))
+        outputs, values = [], []
+        for sign in (1, 0, -1):
+            z = forward_outputs(problem, sinh(gamma + sign * eps * v), bk)
+            outputs.append(z)
+            values.append(bk.scalar(problem.scale) * sum(
+                loss.value(bk, y, zb) for y, zb in zip(targets, z, strict=True)))
+        jvp = (outputs[0] - outputs[2]) / (2 * eps)
+        second = (values[0] - 2 * values[1] + values[2]) / (eps * eps)
+        return bk.to_float64(jvp), float(second)
+
+
+def _pullback_pieces(problem: Problem, direction: np.ndarray | None):
+    v = default_direction(problem, "sinh") if direction is None else np.asarray(direction, float)
+    jg_v = np.sqrt(1.0 + problem.params**2) * v  # J_g v, J_g = diag(cosh(asinh(theta)))
+    return v, jg_v, *_mp_objective_and_outputs(problem, v)
+
+
+@identity("pullback_curvatures", source=MARTENS,
+          statement="G, F, EF transform as J_g^T C J_g under a nonlinear reparameterization")
+def pullback_curvatures(problem: Problem, *, direction: np.ndarray | None = None):
+    """`v^T C_gamma v = (J_g v)^T C (J_g v)` for `C` in {G, F, EF}, `theta = sinh(gamma)` (Martens s10).
+
+    `C_gamma` is built from the gamma-space output Jacobian `J_{f o g} v`, measured by a central
+    difference of the outputs in mpmath, with the same middle matrices as `C`.
+    """
+    ref = reference(problem)
+    _, jg_v, jvp_fd, _ = _pullback_pieces(problem, direction)
+    jvp = np.einsum("bcn,n->bc", ref.jacobians, jg_v)
+    out = []
+    middles = {"ggn": ref.loss_hessians, "fisher": ref.output_fishers}
+    for name, mid in middles.items():
+        fd_form = problem.scale * np.einsum("bc,bcd,bd->", jvp_fd, mid, jvp_fd)
+        mag = gauss_newton_magnitude(ref, mid) * float(jg_v @ jg_v)
+        cmp = compare(fd_form, jg_v @ ref.matrix(name) @ jg_v, tolerance=exact_rtol(problem),
+                      magnitude=mag)
+        out.append(result("pullback_curvatures", problem, cmp, f"{name}: v^T C_gamma v = "
+                          "(J_g v)^T C (J_g v)", MARTENS))
+    ef_fd = problem.scale * np.sum(np.einsum("bc,bc->b", ref.loss_grads, jvp_fd) ** 2)
+    mag = magnitude(ref.empirical_fisher) * float(jg_v @ jg_v)
+    cmp = compare(ef_fd, jg_v @ ref.empirical_fisher @ jg_v, tolerance=exact_rtol(problem),
+                  magnitude=mag)
+    out.append(result("pullback_curvatures", problem, cmp,
+                      "empirical_fisher: v^T C_gamma v = (J_g v)^T C (J_g v)", MARTENS))
+    return out
+
+
+@identity("hessian_not_pullback", source=MARTENS,
+          statement="H_gamma = J_g^T H J_g + sum_j [grad h]_j H_[g]_j, not J_g^T H J_g",
+          applies=lambda p: bool(np.any(reference(p).gradient != 0)))
+def hessian_not_pullback(problem: Problem, *, direction: np.ndarray | None = None):
+    """Martens s10's Hessian transformation, measured by a second difference in mpmath.
+
+    Two results: the identity (with the `diag(grad h * theta)` term, passes) and the negative
+    control (without it, must be separated).
+    """
+    ref = reference(problem)
+    v, jg_v, _, second = _pullback_pieces(problem, direction)
+    pulled = float(jg_v @ ref.hessian @ jg_v)
+    extra = float(np.sum(ref.gradient * problem.params * v * v))
+    mag = magnitude(ref.ggn, ref.hessian - ref.ggn) * float(jg_v @ jg_v) + abs(extra)
+    tol = exact_rtol(problem)
+    with_term = compare(second, pulled + extra, tolerance=tol, magnitude=mag)
+    without = compare(second, pulled, tolerance=tol, magnitude=mag)
+    return [
+        result("hessian_not_pullback", problem, with_term,
+               "v^T H_gamma v = (J_g v)^T H (J_g v) + sum_j g_j theta_j v_j^2", MARTENS),
+        separated("hessian_not_pullback", problem, without,
+                  "v^T H_gamma v != (J_g v)^T H (J_g v)", MARTENS),
+    ]

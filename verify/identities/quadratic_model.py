@@ -1,0 +1,238 @@
+"""The quadratic model M(delta): its best improvement, its minimizers (Martens s11; Grosse eqs. (26)-(27)).
+
+`M(delta) = h + g^T delta + 1/2 delta^T G delta` (Martens s3, seed 003).
+
+* Martens s11: `M(delta) = c sum_b 1/2 ||J_b delta + H_L,b^+ r_b||^2_{H_L,b} + const`, so
+  `min M - h >= -c/2 sum_b r_b^T H_L,b^+ r_b` (`r_b = dL/dz_b`; for natural parameters
+  `H_L = F_R`, the seed's form). Hypotheses: every `H_L,b` PSD with `r_b` in its range (all
+  protocol losses but `gaussian_logvar`). Negative control: a model with an indefinite
+  curvature (the Newton model at an indefinite H) is unbounded below and breaks the bound.
+* When `F = G` the natural gradient `-F^{-1} g` minimizes M (Martens s11): `g + G delta = 0`.
+  Negative control: for `nll_probs` / `gaussian_logvar` it does not.
+* Grosse eq. (26): `alpha* = -g^T r / r^T G r` zeroes the derivative of the line model
+  `alpha g^T r + 1/2 alpha^2 r^T G r` (the seed prints the model without the 1/2; see
+  `ngd_ref.hf`). Negative control: the minimizer of the literal printed model,
+  `-g^T r / (2 r^T G r)`, is not stationary.
+* Grosse eq. (27): the minimizer over `span{r, p}` is stationary in both directions;
+  negative control: the 1-D optimum along r is not stationary along p.
+
+Singular G (n > B C) is handled on its numerical range (eigenvalues above `exact_rtol MAG(G)`):
+g lies in range(G), so the minimizer set is `delta* + null(G)`; residuals are `solve_rtol`
+with the condition number of G on that range, and identities needing a minimizer apply only
+while that tolerance is below 1 (`resolvable`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ngd_ref import Loss, Problem
+from ngd_ref.dense import momentum_subspace_step, optimal_step_size
+from verify._tolerance import compare, solve_rtol
+from verify.identities._common import (
+    at_most,
+    default_damping,
+    default_direction,
+    exact_rtol,
+    gauss_newton_magnitude,
+    magnitude,
+    reference,
+)
+from verify.identities._registry import identity, result, separated
+
+__all__ = [
+    "martens_bound",
+    "martens_bound_needs_psd_model",
+    "momentum_subspace_stationary",
+    "natural_gradient_minimizes_model",
+    "natural_gradient_not_model_minimizer",
+    "optimal_step_stationary",
+    "range_condition",
+    "range_solve",
+    "resolvable",
+    "seed_step_formula_literal",
+]
+
+MARTENS = "Martens s11 (seed 003)"
+GROSSE26 = "Grosse ch.4 s6 eq. (26) (seed 002)"
+GROSSE27 = "Grosse ch.4 s6 eq. (27) (seed 002)"
+
+
+def range_condition(matrix: np.ndarray, cutoff: float) -> float:
+    """Condition number of a symmetric matrix on the eigenvalues above `cutoff` in modulus."""
+    values = np.abs(np.linalg.eigvalsh(matrix))
+    kept = values[values > cutoff]
+    return float(kept.max() / kept.min()) if kept.size else 1.0
+
+
+def _cutoff(problem: Problem) -> float:
+    """Eigenvalues below `exact_rtol * MAG(G)` are rounding noise: the numerical null space."""
+    return exact_rtol(problem) * gauss_newton_magnitude(reference(problem))
+
+
+def range_solve(problem: Problem, matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Minimum-norm solution of `matrix x = rhs` on the eigenvalues above `_cutoff`."""
+    values, vectors = np.linalg.eigh(matrix)
+    keep = np.abs(values) > _cutoff(problem)
+    return vectors[:, keep] @ ((vectors[:, keep].T @ rhs) / values[keep])
+
+
+def _solve_tol(problem: Problem, matrix: np.ndarray) -> float:
+    return solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
+                      condition=range_condition(matrix, _cutoff(problem)))
+
+
+def _convex_loss(problem: Problem) -> bool:
+    return problem.loss != Loss.GAUSSIAN_LOGVAR.value
+
+
+def resolvable(problem: Problem) -> bool:
+    """Whether G and F determine the model's minimizers in float64.
+
+    Two conditions, for both matrices: `solve_rtol` with the condition number on the
+    numerical range is below 1, and the gradient has no more than that relative weight on the
+    numerical null space. Saturated softmax/sigmoid outputs break the second: g then lies along
+    eigenvalues of order u, which in exact arithmetic are part of the range but in float64
+    are known to no digit.
+    """
+    ref = reference(problem)
+    g = ref.gradient
+    for matrix in (ref.ggn, ref.fisher):
+        tol = _solve_tol(problem, matrix)
+        values, vectors = np.linalg.eigh(matrix)
+        null = vectors[:, np.abs(values) <= _cutoff(problem)]
+        if tol >= 1.0 or np.linalg.norm(null.T @ g) > tol * np.linalg.norm(g):
+            return False
+    return True
+
+
+@identity("martens_bound", source=MARTENS,
+          statement="min_delta M(delta) - h >= -c/2 sum_b r_b^T H_L,b^+ r_b",
+          applies=lambda p: _convex_loss(p) and resolvable(p))
+def martens_bound(problem: Problem):
+    """Martens s11's bound on the GGN model's best improvement."""
+    ref = reference(problem)
+    g, ggn = ref.gradient, ref.ggn
+    delta = range_solve(problem, ggn, -g)
+    best = float(g @ delta + 0.5 * delta @ ggn @ delta)
+    bound = -0.5 * problem.scale * sum(
+        float(r @ np.linalg.pinv(h, hermitian=True) @ r)
+        for r, h in zip(ref.loss_grads, ref.loss_hessians, strict=True))
+    tol = _solve_tol(problem, ggn) * (abs(best) + abs(bound))
+    return at_most("martens_bound", problem, bound - best, tol,
+                   f"bound - min M (min M - h = {best:.4g} >= {bound:.4g})", MARTENS)
+
+
+@identity("martens_bound_needs_psd_model", source=MARTENS,
+          statement="with the Hessian (indefinite) in place of G the model falls below the bound",
+          applies=lambda p: _convex_loss(p) and float(np.linalg.eigvalsh(reference(p).hessian)[0])
+          < -100 * exact_rtol(p) * magnitude(reference(p).hessian), negative_control=True)
+def martens_bound_needs_psd_model(problem: Problem):
+    """Negative control: `M_H(s q_1)` along H's negative eigenvector goes below the bound."""
+    ref = reference(problem)
+    nu, q = np.linalg.eigh(ref.hessian)
+    q1, g = q[:, 0], ref.gradient
+    bound = -0.5 * problem.scale * sum(
+        float(r @ np.linalg.pinv(h, hermitian=True) @ r)
+        for r, h in zip(ref.loss_grads, ref.loss_hessians, strict=True))
+    s = 2.0 * (abs(float(q1 @ g)) + np.sqrt(4.0 * abs(bound) * abs(nu[0]))) / abs(nu[0]) + 1.0
+    s = -s if float(q1 @ g) > 0 else s
+    value = float(s * (q1 @ g) + 0.5 * s * s * nu[0])
+    return at_most("martens_bound_needs_psd_model", problem, value - bound, -abs(bound),
+                   f"M_H(s q_1) - h - bound (s = {s:.3g})", MARTENS, negative_control=True)
+
+
+def _natural_gradient_residual(problem: Problem):
+    ref = reference(problem)
+    g, ggn = ref.gradient, ref.ggn
+    delta = range_solve(problem, ref.fisher, -g)
+    mag = float(np.linalg.norm(ggn) * np.linalg.norm(delta) + np.linalg.norm(g))
+    tol = max(_solve_tol(problem, ref.fisher), _solve_tol(problem, ggn))
+    return compare(ggn @ delta, -g, tolerance=tol, magnitude=mag)
+
+
+@identity("natural_gradient_minimizes_model", source=MARTENS,
+          statement="F = G => the natural gradient -F^{-1} g is a minimizer of M",
+          applies=lambda p: Loss(p.loss).outputs_are_natural_parameters and resolvable(p))
+def natural_gradient_minimizes_model(problem: Problem):
+    """`grad M(delta_ng) = g + G delta_ng = 0` with `F delta_ng = -g` (Martens s11)."""
+    return result("natural_gradient_minimizes_model", problem, _natural_gradient_residual(problem),
+                  "g + G delta_ng = 0", MARTENS)
+
+
+@identity("natural_gradient_not_model_minimizer", source=MARTENS,
+          statement="F != G => the natural gradient is not a stationary point of M",
+          applies=lambda p: not Loss(p.loss).outputs_are_natural_parameters and resolvable(p),
+          negative_control=True)
+def natural_gradient_not_model_minimizer(problem: Problem):
+    """Negative control of `natural_gradient_minimizes_model`."""
+    return separated("natural_gradient_not_model_minimizer", problem,
+                     _natural_gradient_residual(problem), "g + G delta_ng != 0", MARTENS)
+
+
+def _line(problem: Problem):
+    ref = reference(problem)
+    r = default_direction(problem, "line")
+    r = -r if float(ref.gradient @ r) > 0 else r
+    return ref, r, float(ref.gradient @ r), float(r @ ref.ggn @ r)
+
+
+def _positive_line_curvature(problem: Problem) -> bool:
+    _, r, _, curv = _line(problem)
+    return _convex_loss(problem) and curv > exact_rtol(problem) * magnitude(reference(problem).ggn)
+
+
+@identity("optimal_step_stationary", source=GROSSE26,
+          statement="alpha* = -g^T r / r^T G r zeroes d/dalpha of the line model",
+          applies=_positive_line_curvature)
+def optimal_step_stationary(problem: Problem):
+    """Grosse eq. (26): `g^T r + alpha* r^T G r = 0` (`ngd_ref.dense.optimal_step_size`)."""
+    _, r, slope, curv = _line(problem)
+    alpha = float(optimal_step_size(problem, r))
+    cmp = compare(slope + alpha * curv, 0.0, tolerance=exact_rtol(problem),
+                  magnitude=abs(slope) + abs(alpha * curv))
+    return result("optimal_step_stationary", problem, cmp, "q'(alpha*) = 0", GROSSE26)
+
+
+@identity("seed_step_formula_literal", source=GROSSE26,
+          statement="the minimizer of the printed model (no 1/2) is not stationary for the Taylor model",
+          applies=_positive_line_curvature, negative_control=True)
+def seed_step_formula_literal(problem: Problem):
+    """Negative control: `alpha = -g^T r / (2 r^T G r)` leaves `q'(alpha) = g^T r / 2 != 0`."""
+    _, r, slope, curv = _line(problem)
+    alpha = -slope / (2.0 * curv)
+    cmp = compare(slope + alpha * curv, 0.0, tolerance=exact_rtol(problem),
+                  magnitude=abs(slope) + abs(alpha * curv))
+    return separated("seed_step_formula_literal", problem, cmp, "q'(alpha_half) != 0", GROSSE26)
+
+
+@identity("momentum_subspace_stationary", source=GROSSE27,
+          statement="the damped model's minimizer over span{r, p} is stationary along r and p",
+          applies=_convex_loss)
+def momentum_subspace_stationary(problem: Problem, *, previous: np.ndarray | None = None,
+                                 damping: float | None = None):
+    """Grosse eq. (27) on `M_lambda`: `[r p]^T (g + (G + lambda I)(alpha r + beta p)) = 0`.
+
+    Damped (default `default_damping`) so the 2 x 2 model is positive definite even when G
+    has rank 1 (one example, `nll_probs`). Negative control in the same result list: the 1-D
+    optimum along r (beta = 0) is not stationary along p.
+    """
+    ref, r, slope, _ = _line(problem)
+    lam = default_damping(problem) if damping is None else damping
+    p = default_direction(problem, "previous") if previous is None else np.asarray(previous, float)
+    curvature = ref.ggn + lam * np.eye(problem.n_params)
+    step = np.asarray(momentum_subspace_step(problem, r, p, damping=lam).step, dtype=np.float64)
+    basis = np.stack([r, p], axis=1)
+    mag = float(np.linalg.norm(ref.gradient) + np.linalg.norm(curvature) * np.linalg.norm(step))
+    tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
+                     condition=float(np.linalg.cond(basis.T @ curvature @ basis)))
+    stationary = compare(basis.T @ (ref.gradient + curvature @ step), np.zeros(2),
+                         tolerance=tol, magnitude=mag)
+    line_step = -slope / float(r @ curvature @ r) * r
+    one_d = compare(p @ (ref.gradient + curvature @ line_step), 0.0, tolerance=tol, magnitude=mag)
+    return [
+        result("momentum_subspace_stationary", problem, stationary,
+               f"[r p]^T grad M_lambda(alpha r + beta p) = 0 (lambda={lam:.3g})", GROSSE27),
+        separated("momentum_subspace_stationary", problem, one_d,
+                  "the 1-D optimum along r is not stationary along p", GROSSE27),
+    ]

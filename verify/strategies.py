@@ -1,0 +1,185 @@
+"""Hypothesis strategies for valid `Problem`s, and the deterministic problems of `--fuzz N`.
+
+`problems(...)` draws a loss, a depth, widths, hidden activations, a batch size, a reduction, a
+parameter scale (the conditioning knob) and a data seed, and builds the problem with
+`ngd_ref.zoo.make_problem`, so every value is a dyadic rational exact in float32 (PROTOCOL
+s8's "exactly representable" promise extends to generated problems). Sizes are drawn with
+`st.integers(min_value=1, ...)` and the scale exponent around 0, so hypothesis shrinks toward
+one layer, width 1-2, one example and unit scale: a failing identity is reported on the
+smallest network that breaks it.
+
+Validity by construction: categorical losses get at least 2 classes, `gaussian_logvar` an
+even output size, `nll_probs` a `softmax` last layer; everything else goes through `Problem`'s
+own validation.
+
+`generate(n, seed)` draws from the same parameter space with a numpy generator: the same
+`(n, seed)` always gives the same problems (the `--fuzz N --seed S` of the CLI), cycling
+through the losses so that even a small N covers several.
+
+Profiles (`register_profiles()`): `ci` (few examples, derandomized, no deadline), `dev`
+(more examples) and `fuzz` (many); select one with `settings.load_profile(name)` or
+`HYPOTHESIS_PROFILE=<name>` in the test suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from ngd_ref import LOSSES, Loss, Problem
+from ngd_ref._zoo import HIDDEN_ACTIVATIONS, make_problem
+
+__all__ = ["ProblemSpace", "generate", "problems", "register_profiles"]
+
+REDUCTIONS = ("mean", "sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemSpace:
+    """The parameter space shared by `problems` and `generate`.
+
+    Attributes:
+        losses: losses to draw from.
+        activations: hidden-layer activations to draw from.
+        max_layers: at most this many layers (>= 1).
+        max_width: widths of inputs and hidden layers in `[1, max_width]`; outputs in
+            `[2, max_width]` (classes) or `2 * [1, max_width // 2]` (gaussian_logvar).
+        max_batch: batch sizes in `[1, max_batch]`.
+        reductions: subset of `("mean", "sum")`.
+        conditioning: `(lo, hi)` integer exponents; parameters are scaled by `2^k`, `k` in
+            `[lo, hi]`, on top of the `1/sqrt(fan_in)` initialization: larger k saturates
+            activations and spreads the curvature spectrum.
+    """
+
+    losses: Sequence[str] = LOSSES
+    activations: Sequence[str] = HIDDEN_ACTIVATIONS
+    max_layers: int = 3
+    max_width: int = 4
+    max_batch: int = 4
+    reductions: Sequence[str] = REDUCTIONS
+    conditioning: tuple[int, int] = (-1, 1)
+
+    def __post_init__(self) -> None:
+        bad_losses = [loss for loss in self.losses if loss not in LOSSES]
+        if not self.losses or bad_losses:
+            raise ValueError(f"losses: expected a non-empty subset of {LOSSES}, got {self.losses!r}")
+        bad_acts = [a for a in self.activations if a not in HIDDEN_ACTIVATIONS]
+        if not self.activations or bad_acts:
+            raise ValueError(f"activations: expected a non-empty subset of {HIDDEN_ACTIVATIONS}, "
+                             f"got {self.activations!r}")
+        for field, low in (("max_layers", 1), ("max_width", 2), ("max_batch", 1)):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{field}: expected an int >= {low}, got {value!r}")
+        if not self.reductions or any(r not in REDUCTIONS for r in self.reductions):
+            raise ValueError(f"reductions: expected a non-empty subset of {REDUCTIONS}, "
+                             f"got {self.reductions!r}")
+        lo, hi = self.conditioning
+        if not (isinstance(lo, int) and isinstance(hi, int) and lo <= hi):
+            raise ValueError(f"conditioning: expected integer exponents (lo, hi) with lo <= hi, "
+                             f"got {self.conditioning!r}")
+
+
+def _output_width(loss: str, drawn: int) -> int:
+    """Map a drawn width in [1, max_width] to a valid output size for `loss`."""
+    if loss == Loss.GAUSSIAN_LOGVAR.value:
+        return 2 * max(1, drawn // 2)
+    if Loss(loss).has_class_labels:
+        return max(2, drawn)
+    return drawn
+
+
+def build(loss: str, widths: Sequence[int], hidden: Sequence[str], batch: int, reduction: str,
+          scale_exponent: int, data_seed: int) -> Problem:
+    """The problem for one point of the space (shared by `problems` and `generate`).
+
+    Args:
+        loss: the loss.
+        widths: `(n_0, ..., n_L)`; the last entry is mapped by `_output_width`.
+        hidden: activations of the `L - 1` hidden layers.
+        batch: B.
+        reduction: mean or sum.
+        scale_exponent: parameters are multiplied by `2^scale_exponent` (exact).
+        data_seed: seed of `make_problem`'s data.
+    """
+    sizes = (*widths[:-1], _output_width(loss, widths[-1]))
+    last = "softmax" if loss == Loss.NLL_PROBS.value else "identity"
+    activations = (*hidden, last)
+    base = make_problem(tuple(sizes), activations, loss, batch, reduction=reduction, seed=data_seed)
+    name = (f"gen-{'x'.join(map(str, sizes))}-{'-'.join(activations)}-{loss}-b{batch}-"
+            f"{reduction}-k{scale_exponent}-s{data_seed}")
+    return base.replace(name=name, params=base.params * 2.0**scale_exponent)
+
+
+@st.composite
+def _problems(draw, space: ProblemSpace) -> Problem:
+    loss = draw(st.sampled_from(list(space.losses)))
+    layers = draw(st.integers(min_value=1, max_value=space.max_layers))
+    widths = draw(st.lists(st.integers(min_value=1, max_value=space.max_width),
+                           min_size=layers + 1, max_size=layers + 1))
+    hidden = draw(st.lists(st.sampled_from(list(space.activations)),
+                           min_size=layers - 1, max_size=layers - 1))
+    batch = draw(st.integers(min_value=1, max_value=space.max_batch))
+    reduction = draw(st.sampled_from(list(space.reductions)))
+    lo, hi = space.conditioning
+    exponent = draw(st.integers(min_value=lo, max_value=hi)) if lo < hi else lo
+    data_seed = draw(st.integers(min_value=0, max_value=2**16))
+    return build(loss, widths, hidden, batch, reduction, exponent, data_seed)
+
+
+def problems(*, losses: Sequence[str] = LOSSES, activations: Sequence[str] = HIDDEN_ACTIVATIONS,
+             max_layers: int = 3, max_width: int = 4, max_batch: int = 4,
+             reductions: Sequence[str] = REDUCTIONS,
+             conditioning: tuple[int, int] = (-1, 1)) -> st.SearchStrategy[Problem]:
+    """A strategy of valid problems (see `ProblemSpace` for the arguments).
+
+    Example:
+        >>> from hypothesis import given
+        >>> @given(problems(losses=["mse"], max_layers=2))
+        ... def test_something(problem): ...
+
+    Raises:
+        ValueError: for an invalid argument, naming it.
+    """
+    space = ProblemSpace(tuple(losses), tuple(activations), max_layers, max_width, max_batch,
+                         tuple(reductions), tuple(conditioning))
+    return _problems(space)
+
+
+def generate(n: int, seed: int, quick: bool = False) -> list[Problem]:
+    """`n` deterministic problems from the default space (`quick`: at most 2 layers, width 3).
+
+    Losses cycle through `LOSSES` (offset by the seed); the rest is drawn from
+    `np.random.default_rng(seed)`.
+
+    Raises:
+        ValueError: if `n < 0`.
+    """
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n: expected an int >= 0, got {n!r}")
+    space = ProblemSpace(max_layers=2, max_width=3, max_batch=3) if quick else ProblemSpace()
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        loss = space.losses[(i + seed) % len(space.losses)]
+        layers = int(rng.integers(1, space.max_layers + 1))
+        widths = [int(w) for w in rng.integers(1, space.max_width + 1, layers + 1)]
+        hidden = [str(a) for a in rng.choice(list(space.activations), layers - 1)]
+        batch = int(rng.integers(1, space.max_batch + 1))
+        reduction = str(rng.choice(list(space.reductions)))
+        exponent = int(rng.integers(space.conditioning[0], space.conditioning[1] + 1))
+        out.append(build(loss, widths, hidden, batch, reduction, exponent,
+                         int(rng.integers(0, 2**16))))
+    return out
+
+
+def register_profiles() -> None:
+    """Register the hypothesis profiles `ci`, `dev` and `fuzz` (idempotent)."""
+    common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+    settings.register_profile("ci", max_examples=8, derandomize=True, **common)
+    settings.register_profile("dev", max_examples=30, **common)
+    settings.register_profile("fuzz", max_examples=300, **common)
