@@ -1,0 +1,100 @@
+"""A problem in the terms a JAX user writes: a Flax-layout params pytree and a loss function.
+
+Shared by the `optax` and `kfac-jax` adapters. Parameters are `[{"kernel": (n_in, n_out),
+"bias": (n_out,)}, ...]` (`ngd_ref.to_flax`), the network is `a = phi(a_prev @ kernel + bias)`
+and the objective is `h = c sum_b L(y_b, z_b)` with the per-example losses of
+`ngd_ref._losses_jax` (PROTOCOL s2), `c = 1/B` or 1. Converting results back to the
+canonical layout goes through `ngd_ref.from_flax`, so no number is touched on the way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ngd_ref import Problem, from_flax, to_flax
+from ngd_ref._losses_jax import get_jax_loss
+
+__all__ = ["JaxModel", "activation", "jax_model"]
+
+jax.config.update("jax_enable_x64", True)
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation function `phi` of PROTOCOL s1."""
+    return {
+        "identity": lambda s: s,
+        "tanh": jnp.tanh,
+        "sigmoid": jax.nn.sigmoid,
+        "relu": jax.nn.relu,
+        "softplus": jax.nn.softplus,
+        "softmax": jax.nn.softmax,
+    }[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class JaxModel:
+    """A problem as JAX arrays and functions (float64).
+
+    Attributes:
+        params: Flax-layout pytree.
+        inputs: `(B, n_in)`.
+        targets: as in the problem.
+        apply: `(params, inputs) -> outputs (B, C)`.
+        loss: `(params, inputs, targets) -> h`.
+        per_example_loss: `(y, z) -> L` for one example.
+        scale: the reduction constant c.
+    """
+
+    problem: Problem
+    params: Any
+    inputs: jax.Array
+    targets: jax.Array
+    apply: Callable[..., jax.Array]
+    loss: Callable[..., jax.Array]
+    per_example_loss: Callable[..., jax.Array]
+    scale: float
+
+    def canonical(self, tree: Any) -> np.ndarray:
+        """A params-shaped pytree -> canonical `(n,)` vector."""
+        return from_flax([(np.asarray(t["kernel"]), np.asarray(t["bias"])) for t in tree])
+
+    def tree(self, vector: np.ndarray) -> Any:
+        """Canonical `(n,)` vector -> params-shaped pytree."""
+        return jax.tree.map(jnp.asarray, to_flax(self.problem.layers, np.asarray(vector)))
+
+    def from_raveled(self, flat: jax.Array) -> np.ndarray:
+        """A vector in `ravel_pytree(params)` order -> canonical."""
+        _, unravel = ravel_pytree(self.params)
+        return self.canonical(unravel(flat))
+
+    def to_raveled(self, vector: np.ndarray) -> jax.Array:
+        """Canonical -> `ravel_pytree(params)` order."""
+        return ravel_pytree(self.tree(vector))[0]
+
+
+def jax_model(problem: Problem) -> JaxModel:
+    """Translate a problem (PROTOCOL s1-s2) into a JAX model and loss."""
+    acts = [activation(layer.activation) for layer in problem.layers]
+    per_example = get_jax_loss(problem.loss).value
+    scale = problem.scale
+
+    def apply(params, inputs):
+        a = inputs
+        for layer, phi in zip(params, acts, strict=True):
+            a = phi(a @ layer["kernel"] + layer["bias"])
+        return a
+
+    def loss(params, inputs, targets):
+        z = apply(params, inputs)
+        return scale * jnp.sum(jax.vmap(per_example)(targets, z))
+
+    params = jax.tree.map(jnp.asarray, to_flax(problem.layers, problem.params))
+    return JaxModel(problem, params, jnp.asarray(problem.inputs), jnp.asarray(problem.targets),
+                    apply, loss, per_example, scale)
