@@ -1,0 +1,158 @@
+"""The identity battery on its own terms: every identity passes on the zoo, every negative
+control breaks where the theory says it must, and perturbed inputs are caught (mutations)."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from ngd_ref import zoo
+from ngd_ref.dense import Curvature, dense, levenberg_marquardt
+from verify._report import Status
+from verify.battery import run_identity
+from verify.identities import IDENTITIES
+from verify.identities import damping as damping_mod
+from verify.identities import fisher, hessian, kronecker, quadratic_model, split
+from verify.identities import definiteness, descent, invariance
+from verify.strategies import build
+
+OWN_MODULES = {m.__name__ for m in (fisher, split, hessian, definiteness, kronecker, invariance,
+                                    descent, damping_mod, quadratic_model)}
+
+
+def _module(ident) -> str:
+    fn = ident.run.__closure__[0].cell_contents
+    return fn.__module__
+
+
+OWN = [ident for ident in IDENTITIES if _module(ident) in OWN_MODULES]
+BY_NAME = {ident.name: ident for ident in OWN}
+
+
+#: One-layer (affine) networks: the zoo has none, so `hessian_equals_ggn_affine_network`
+#: and the exactly-quadratic cases are exercised on these.
+AFFINE = [build("mse", (3, 2), (), 3, "mean", 0, 1), build("poisson", (2, 3), (), 2, "sum", -1, 2),
+          build("softmax_cross_entropy", (3, 3), (), 1, "mean", 1, 3)]
+
+
+@pytest.mark.parametrize("ident", OWN, ids=lambda i: i.name)
+def test_identity_passes_on_the_zoo(ident):
+    results = [r for p in (*zoo.problems(), *AFFINE) for r in run_identity(ident, p)]
+    assert results, f"{ident.name} applies to no zoo problem"
+    bad = [f"{r.problem}: {r.message}" for r in results if r.status is not Status.PASS]
+    assert not bad, "\n".join(bad)
+
+
+def test_every_module_has_a_negative_control():
+    modules = {_module(i) for i in OWN if i.negative_control}
+    assert modules == OWN_MODULES
+
+
+# -- negative controls fail where the identity holds -------------------------------------------
+MSE = zoo.get("mlp-3x4x3-tanh-mse-b3")
+SCE = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
+NLL = zoo.get("mlp-3x4x3-tanh-nll_probs-b3-out_softmax")
+LOGVAR = zoo.get("mlp-3x4x4-tanh-gaussian_logvar-b3")
+
+BREAKS = [
+    ("fisher_differs_from_ggn", MSE, "F = G for mse"),
+    ("kl_not_ggn", SCE, "G = F is the KL's Hessian for natural parameters"),
+    ("hessian_differs_from_ggn", hessian.zero_residual_twin(MSE), "zero residual"),
+    ("ggn_indefinite_gaussian_logvar", MSE, "G is PSD for a convex loss"),
+    ("natural_gradient_not_model_minimizer", SCE, "F = G"),
+    ("reduction_ratio_not_one", damping_mod.quadratic_twin(SCE), "exactly quadratic h"),
+]
+
+
+@pytest.mark.parametrize("name, problem, why", BREAKS, ids=[b[0] for b in BREAKS])
+def test_negative_control_fails_where_the_identity_holds(name, problem, why):
+    results = BY_NAME[name].run(problem)
+    assert any(r.status is Status.FAIL for r in results), why
+
+
+HOLDS = [
+    ("fisher_equals_ggn", NLL, "F != G for nll_probs"),
+    ("fisher_equals_ggn", LOGVAR, "F != G for gaussian_logvar"),
+    ("ggn_psd", LOGVAR, "G indefinite for gaussian_logvar"),
+    ("hessian_equals_ggn_affine_network", MSE, "a hidden layer curves z"),
+    ("natural_gradient_minimizes_model", NLL, "F != G"),
+]
+
+
+@pytest.mark.parametrize("name, problem, why", HOLDS, ids=[f"{h[0]}-{h[1].loss}" for h in HOLDS])
+def test_identity_fails_outside_its_hypotheses(name, problem, why):
+    results = BY_NAME[name].run(problem)
+    assert any(r.status is Status.FAIL for r in results), why
+
+
+# -- mutations: perturb one input of an identity and it must notice ----------------------------
+class _Perturbed(types.SimpleNamespace):
+    """A DenseCurvature with some attributes replaced."""
+
+    def __init__(self, ref, **over):
+        super().__init__(**over)
+        self._ref = ref
+
+    def __getattr__(self, name):
+        return getattr(self._ref, name)
+
+    def matrix(self, curvature):
+        return getattr(self, Curvature(curvature).value)
+
+
+def _perturb(matrix, rel, seed=0):
+    noise = np.random.default_rng(seed).standard_normal(matrix.shape)
+    noise = (noise + noise.T) / 2
+    return matrix + rel * np.linalg.norm(matrix) * noise / np.linalg.norm(noise)
+
+
+MUTATIONS = [
+    (fisher, "fisher_equals_ggn", SCE, "fisher", 1e-7),
+    (fisher, "fisher_forms_agree", SCE, "fisher", 1e-7),
+    (hessian, "hessian_decomposition", SCE, "hessian", 1e-7),
+    (invariance, "affine_invariance", SCE, "ggn", 1e-7),
+    (split, "split_invariance", SCE, "fisher", 1e-7),
+    (fisher, "kl_second_order", NLL, "fisher", 1e-1),
+]
+
+
+@pytest.mark.parametrize("module, name, problem, attr, rel", MUTATIONS,
+                         ids=[f"{m[1]}-{m[3]}-{m[4]:g}" for m in MUTATIONS])
+def test_perturbed_reference_is_caught(monkeypatch, module, name, problem, attr, rel):
+    real = dense(problem)
+    fake = _Perturbed(real, **{attr: _perturb(getattr(real, attr), rel)})
+    monkeypatch.setattr(module, "reference", lambda p: fake if p is problem else dense(p))
+    assert any(r.status is Status.FAIL for r in BY_NAME[name].run(problem))
+
+
+def test_row_major_vec_breaks_kron_vec(monkeypatch):
+    monkeypatch.setattr(kronecker, "vec", lambda m: np.asarray(m).reshape(-1))
+    assert BY_NAME["kron_vec"].run(SCE)[0].status is Status.FAIL
+
+
+def test_reversed_levenberg_marquardt_is_caught(monkeypatch):
+    monkeypatch.setattr(damping_mod, "levenberg_marquardt", lambda lam, rho: lam * 1.5)
+    assert any(r.status is Status.FAIL for r in BY_NAME["reduction_ratio_large_damping"].run(SCE))
+
+
+@pytest.mark.parametrize("rho, factor", [(0.1, 1.5), (0.5, 1.0), (0.9, 2 / 3), (float("nan"), 1.5)],
+                         ids=["overshoot", "keep", "conservative", "nan"])
+def test_levenberg_marquardt_table(rho, factor):
+    assert levenberg_marquardt(2.0, rho) == pytest.approx(2.0 * factor)
+
+
+def test_split_twin_round_trip():
+    twin = split.split_twin(SCE)
+    assert twin.loss == "nll_probs" and twin.layers[-1].activation == "softmax"
+    assert split.split_twin(twin).loss == SCE.loss
+    with pytest.raises(ValueError, match="problem"):
+        split.split_twin(MSE)
+
+
+def test_descent_negative_control_uses_a_small_damping():
+    problem = zoo.get("mlp-3x4x3-tanh-mse-b3")
+    lam = descent.ascent_damping(problem)
+    nu_min = np.linalg.eigvalsh(dense(problem).hessian)[0]
+    assert 0 < lam < -nu_min
