@@ -72,8 +72,10 @@ def capabilities_of(adapter: Any) -> tuple[str, ...]:
 
 
 def _import_class(target: str) -> type:
-    from verify.adapters import BUILTIN
+    from verify.adapters import BUILTIN, UNAVAILABLE
 
+    if target in UNAVAILABLE:
+        raise UsageError(f"--adapter {target!r}: {UNAVAILABLE[target]}")
     spec = BUILTIN.get(target, target)
     module_part, sep, class_name = spec.rpartition(":")
     if not sep or not module_part or not class_name:

@@ -1,0 +1,182 @@
+"""`curvlinops` (PyTorch): Hessian, GGN, EF and K-FAC operators behind the protocol.
+
+Translation (no numbers adjusted beyond the documented constant factors below): the problem
+becomes a float64 `torch.nn.Sequential` of `Linear` + activation modules (weights `(out,
+in)`, `ngd_ref.to_torch`); curvlinops' vectors are the concatenation of the flattened
+(row-major) parameter tensors `[W_1, b_1, W_2, b_2, ...]`, mapped to the canonical layout by
+`ngd_ref.from_torch` and its inverse.
+
+Losses: curvlinops supports `MSELoss`, `CrossEntropyLoss` and `BCEWithLogitsLoss` (mse,
+softmax_cross_entropy, sigmoid_cross_entropy); other losses raise `NotImplementedError`
+(reported as skipped). The torch losses are built with `reduction="sum"` and the results
+multiplied by the documented constant `k`: `k = c` for cross-entropies and, for mse, `k = c/2`
+for quantities linear in the loss (H, G, the fisher/ggn `S`) and `k = c/4` for those
+quadratic in its gradient (EF, the empirical `S`): torch's `MSELoss` is `||y - z||^2`, the
+protocol's is `0.5 ||y - z||^2`. torch's `"mean"`
+reductions would also average over outputs (B*C) for MSE/BCE, which the protocol does not.
+
+Capabilities: `hessian`, `ggn`, `empirical_fisher` (dense from `HessianLinearOperator`,
+`GGNLinearOperator`, `EFLinearOperator`), `hvp`, `ggn_vp`, `empirical_fisher_vp`,
+`kfac_factors` (`KFACLinearOperator` with `separate_weight_and_bias=False`, fisher types
+`type-2` for kinds fisher/ggn -- exact for these natural-parameter losses -- and
+`empirical`), and `kfac_solve` (`KFACInverseLinearOperator` with `use_exact_damping=True`
+for "eigen" and `use_heuristic_damping=True` for "factored").
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ngd_ref import Problem, from_torch, layer_slices
+
+__all__ = ["Curvlinops"]
+
+_LOSSES = ("mse", "softmax_cross_entropy", "sigmoid_cross_entropy")
+
+
+class Curvlinops:
+    """curvlinops' curvature operators as a port (float64)."""
+
+    name = "curvlinops"
+    dtype = "float64"
+
+    def __init__(self) -> None:
+        import curvlinops  # noqa: F401 -- fail at construction when absent
+        import torch
+
+        torch.set_default_dtype(torch.float64)
+
+    # -- translation -------------------------------------------------------------------------
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def _setup(problem: Problem):
+        import torch
+        from torch import nn
+
+        if problem.loss not in _LOSSES:
+            raise NotImplementedError(f"curvlinops has no loss for {problem.loss!r}")
+        acts = {"identity": nn.Identity, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU,
+                "softplus": nn.Softplus}
+        modules = []
+        for layer, (w, b) in zip(problem.layers, _unflatten(problem), strict=True):
+            linear = nn.Linear(layer.n_in, layer.n_out).double()
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(w))
+                linear.bias.copy_(torch.from_numpy(b))
+            modules.append(linear)
+            if layer.activation != "identity":
+                modules.append(acts[layer.activation]())
+        model = nn.Sequential(*modules).double()
+        loss_func = {"mse": nn.MSELoss, "softmax_cross_entropy": nn.CrossEntropyLoss,
+                     "sigmoid_cross_entropy": nn.BCEWithLogitsLoss}[problem.loss](reduction="sum")
+        x = torch.from_numpy(np.array(problem.inputs))
+        y = torch.from_numpy(np.array(problem.targets))
+        params = [p for p in model.parameters()]
+        # H, G, S (fisher/ggn) are linear in the loss: k = c/2 for mse; EF and S (empirical)
+        # are quadratic in the loss gradient: k = c/4 for mse.
+        half = 0.5 if problem.loss == "mse" else 1.0
+        return model, loss_func, params, [(x, y)], (problem.scale * half, problem.scale * half**2)
+
+    def _to_torch_order(self, problem: Problem, v) -> np.ndarray:
+        """Canonical -> `[vec_row(W_1), b_1, ...]`."""
+        pieces = []
+        for layer, sl in zip(problem.layers, layer_slices(problem.layers), strict=True):
+            wbar = np.asarray(v)[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
+            pieces += [wbar[:, :-1].reshape(-1), wbar[:, -1]]
+        return np.concatenate(pieces)
+
+    def _from_torch_order(self, problem: Problem, flat) -> np.ndarray:
+        flat, out, start = np.asarray(flat, dtype=np.float64), [], 0
+        for layer in problem.layers:
+            w = flat[start: start + layer.n_in * layer.n_out].reshape(layer.n_out, layer.n_in)
+            start += layer.n_in * layer.n_out
+            b = flat[start: start + layer.n_out]
+            start += layer.n_out
+            out.append((w, b))
+        return from_torch(out)
+
+    def _operator(self, problem: Problem, which: str):
+        import curvlinops
+
+        model, loss_func, params, data, (linear, quadratic) = self._setup(problem)
+        cls = {"hessian": curvlinops.HessianLinearOperator, "ggn": curvlinops.GGNLinearOperator,
+               "empirical_fisher": curvlinops.EFLinearOperator}[which]
+        return cls(model, loss_func, params, data), quadratic if which == "empirical_fisher" else linear
+
+    def _product(self, problem: Problem, which: str, v) -> np.ndarray:
+        import torch
+
+        op, factor = self._operator(problem, which)
+        out = op @ torch.from_numpy(self._to_torch_order(problem, v))
+        return factor * self._from_torch_order(problem, out.detach().numpy())
+
+    def _dense(self, problem: Problem, which: str) -> np.ndarray:
+        n = problem.n_params
+        return np.stack([self._product(problem, which, e) for e in np.eye(n)], axis=1)
+
+    # -- capabilities ------------------------------------------------------------------------
+    def hessian(self, problem: Problem):
+        """Dense H, one `HessianLinearOperator` product per basis vector."""
+        return self._dense(problem, "hessian")
+
+    def ggn(self, problem: Problem):
+        """Dense G from `GGNLinearOperator`."""
+        return self._dense(problem, "ggn")
+
+    def empirical_fisher(self, problem: Problem):
+        """Dense EF from `EFLinearOperator`."""
+        return self._dense(problem, "empirical_fisher")
+
+    def hvp(self, problem: Problem, v):
+        """`H v`."""
+        return self._product(problem, "hessian", v)
+
+    def ggn_vp(self, problem: Problem, v):
+        """`G v`."""
+        return self._product(problem, "ggn", v)
+
+    def empirical_fisher_vp(self, problem: Problem, v):
+        """`EF v`."""
+        return self._product(problem, "empirical_fisher", v)
+
+    def _kfac(self, problem: Problem, kind: str):
+        import curvlinops
+
+        model, loss_func, params, data, (linear, quadratic) = self._setup(problem)
+        fisher_type = {"fisher": "type-2", "ggn": "type-2", "empirical": "empirical"}[kind]
+        # the constructor computes the factors; calling compute_kronecker_factors() again would
+        # accumulate a second copy on top (docs/findings.md)
+        kfac = curvlinops.KFACLinearOperator(model, loss_func, params, data, fisher_type=fisher_type,
+                                             separate_weight_and_bias=False)
+        return kfac, quadratic if kind == "empirical" else linear
+
+    def kfac_factors(self, problem: Problem, kind: str):
+        """`[(A_l, S_l)]` from curvlinops' input and gradient covariances (times the factor k)."""
+        kfac, factor = self._kfac(problem, kind)
+        out = []
+        for name in kfac._mapping:  # one entry per Linear module, in order
+            a = kfac._input_covariances[name].detach().numpy()
+            s = kfac._gradient_covariances[name].detach().numpy()
+            out.append((a, factor * s))
+        return out
+
+    def kfac_solve(self, problem: Problem, v, damping, method, kind="fisher"):
+        """Damped K-FAC solve with `KFACInverseLinearOperator` (exact or heuristic damping)."""
+        import curvlinops
+        import torch
+
+        kfac, factor = self._kfac(problem, kind)
+        # curvlinops damps its own (unscaled) matrix: K-FAC of k^-1 C, so solve with damping/k.
+        inverse = curvlinops.KFACInverseLinearOperator(
+            kfac, damping=damping / factor, use_exact_damping=method == "eigen",
+            use_heuristic_damping=method == "factored")
+        out = inverse @ torch.from_numpy(self._to_torch_order(problem, v))
+        return self._from_torch_order(problem, out.detach().numpy()) / factor
+
+
+def _unflatten(problem: Problem):
+    from ngd_ref import unflatten
+
+    return [(np.array(w), np.array(b)) for w, b in unflatten(problem.layers, problem.params)]
