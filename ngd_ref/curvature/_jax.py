@@ -4,7 +4,9 @@ The scalable twin of `_dense.py`. A model is any function `apply(params, inputs)
 mapping a batch `(B, ...)` to outputs `(B, C)`, with `params` any pytree; an `Objective`
 adds one of the losses of PROTOCOL section 2 and the reduction:
 
-    h(params) = sum_b w_b L(y_b, apply(params, x)_b),     w_b = c = 1/B (mean) or 1 (sum).
+    h(params) = sum_b w_b L(y_b, apply(params, x)_b),     w_b = c = 1/B (mean) or 1 (sum)
+
+(or the batch's own `weights`, e.g. 0 for padding).
 
 Products (all matrix-free, `v` and results are pytrees like `params`):
 
@@ -85,10 +87,15 @@ Operator = Callable[[Params], Params]
 
 
 class Batch(NamedTuple):
-    """A batch: `inputs` `(B, ...)` and `targets` `(B,)` int labels or `(B, C_y)` floats."""
+    """A batch: `inputs` `(B, ...)`, `targets` `(B,)` int labels or `(B, C_y)` floats.
+
+    `weights` `(B,)`, optional, replaces the reduction constant: `h = sum_b w_b L_b`. Use it
+    for masked or padded batches (weight 0) and importance weights; by default `w_b = c`.
+    """
 
     inputs: Array
     targets: Array
+    weights: Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +208,8 @@ def curvature_operator(objective: Objective, params: Params, batch: Batch,
         curvature: `hessian`, `ggn`, `fisher` or `empirical_fisher`.
         axis: mesh axis to all-reduce over, when called inside `shard_map`.
     """
-    weights = objective.weights(batch.inputs.shape[0], _dtype(params))
-    return _local_operator(objective, Curvature(curvature), axis, params, *batch, weights)
+    return _local_operator(objective, Curvature(curvature), axis, params, batch.inputs,
+                           batch.targets, _weights(objective, batch, params))
 
 
 def _dtype(params: Params) -> Any:
@@ -212,10 +219,19 @@ def _dtype(params: Params) -> Any:
     return jnp.result_type(leaves[0])
 
 
+def _weights(objective: Objective, batch: Batch, params: Params) -> Array:
+    if batch.weights is None:
+        return objective.weights(batch.inputs.shape[0], _dtype(params))
+    if batch.weights.shape != batch.inputs.shape[:1]:
+        raise ValueError(f"batch.weights: expected shape {batch.inputs.shape[:1]}, got "
+                         f"{batch.weights.shape}")
+    return batch.weights
+
+
 def _run(objective: Objective, mesh: Mesh | None, local, replicated, batch: Batch,
          per_example: tuple[Array, ...] = ()):
-    weights = objective.weights(batch.inputs.shape[0], _dtype(replicated[0]))
-    return run_sharded(local, mesh, replicated, (*batch, *per_example), weights)
+    return run_sharded(local, mesh, replicated, (batch.inputs, batch.targets, *per_example),
+                       _weights(objective, batch, replicated[0]))
 
 
 # ---------------------------------------------------------------------------------------------
