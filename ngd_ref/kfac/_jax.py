@@ -29,6 +29,7 @@ Damped solves (Grosse eq. 23 and eq. 24) act on layer-shaped `V` (n_out x (n_in 
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -301,13 +302,34 @@ def _natural(loss: JaxLoss) -> bool:
 
 def kfac_factors(problem: Problem, kind: KfacKind | str, *, dtype=jnp.float64,
                  estimator: Estimator | str = "exact", key: Array | None = None) -> Layers:
-    """`kfac_statistics` of a protocol `Problem` (same signature as the dense twin)."""
-    network, params = problem_network(problem, dtype)
+    """`kfac_statistics` of a protocol `Problem` (same signature as the dense twin), jitted.
+
+    One compilation per architecture, loss, kind, estimator and shapes (cached), so the zoo's
+    problems of one architecture share it.
+    """
+    kind, estimator = _as_kind(kind), Estimator(estimator)
+    if estimator is Estimator.SAMPLED and kind is not KfacKind.EMPIRICAL and key is None:
+        raise ValueError("key: the sampled estimator needs a PRNG key")
+    _, params = problem_network(problem, dtype)
     x = jnp.asarray(problem.inputs, dtype)
     y = problem.targets if Loss(problem.loss).has_class_labels else problem.targets.astype(
         jnp.dtype(dtype).name)
-    return kfac_statistics(network, params, x, jnp.asarray(y), problem.loss, kind,
-                           estimator=estimator, key=key, scale=problem.scale)
+    fn = _jitted_statistics(tuple(layer.activation for layer in problem.layers), problem.loss,
+                            kind, estimator)
+    key = jax.random.PRNGKey(0) if key is None else key
+    return fn(params, x, jnp.asarray(y), key, jnp.asarray(problem.scale, dtype))
+
+
+@functools.lru_cache(maxsize=128)
+def _jitted_statistics(activations: tuple[str, ...], loss: str, kind: KfacKind,
+                       estimator: Estimator):
+    network = mlp_network(activations)
+
+    def run(params, x, y, key, scale):
+        return kfac_statistics(network, params, x, y, loss, kind, estimator=estimator, key=key,
+                               scale=scale)
+
+    return jax.jit(run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,6 +365,12 @@ def damped_solve_layers(factors: Sequence[tuple[Array, Array]], v_layers: Sequen
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_solve(method: DampingMethod):
+    return jax.jit(lambda factors, v_layers, damping: damped_solve_layers(
+        factors, v_layers, damping, method))
+
+
 def kfac_solve(problem: Problem, v, damping: float, method: DampingMethod | str,
                kind: KfacKind | str = "fisher", *, dtype=jnp.float64) -> Array:
     """Block-diagonal damped K-FAC solve of canonical `v` (PROTOCOL s4), exact factors."""
@@ -353,5 +381,5 @@ def kfac_solve(problem: Problem, v, damping: float, method: DampingMethod | str,
     factors = kfac_factors(problem, kind, dtype=dtype)
     v_layers = [jnp.concatenate([w, b[:, None]], axis=1) for w, b in
                 mlp_params(problem.layers, v, dtype)]
-    solved = damped_solve_layers(factors, v_layers, damping, method)
+    solved = _jitted_solve(_as_method(method))(factors, v_layers, jnp.asarray(damping, dtype))
     return canonical_vector([(x[:, :-1], x[:, -1]) for x in solved])
