@@ -1,0 +1,131 @@
+"""ngd_ref.jax products and diagonals against the dense reference (float64 and float32)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ngd_ref import jax as nj
+from ngd_ref import zoo
+from ngd_ref.dense import dense
+from verify._tolerance import compare, hoeffding_bound
+from verify.harness._budget import budget
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+# one problem per loss (and a deep/sum case): each product compiles once per problem
+PROBLEMS = [p for p in zoo.problems(quick=True)]
+KINDS = {"hessian": nj.hvp, "ggn": nj.ggn_vp, "fisher": nj.fisher_vp,
+         "empirical_fisher": nj.empirical_fisher_vp}
+
+
+def _probe(problem):
+    return np.random.default_rng(0).standard_normal(problem.n_params)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.name)
+def test_products_match_dense_reference(problem, dtype):
+    objective, params, batch = nj.from_problem(problem, dtype)
+    b = budget(problem, dtype)
+    v = _probe(problem)
+    tree = nj.mlp_params(problem.layers, v, dtype)
+    for kind, product in KINDS.items():
+        actual = np.asarray(nj.canonical_vector(product(objective, params, batch, tree)))
+        assert actual.dtype == np.dtype(dtype)
+        desired = b.ref.matrix(kind) @ v
+        comparison = compare(actual, desired, tolerance=b.rtol,
+                             magnitude=float(np.linalg.norm(b.matrix_magnitude(kind) @ np.abs(v))))
+        assert comparison.passed, f"{kind}: {comparison.describe()}"
+
+
+@pytest.mark.parametrize("problem", PROBLEMS[:4], ids=lambda p: p.name)
+def test_exact_diagonals(problem):
+    objective, params, batch = nj.from_problem(problem)
+    b = budget(problem, "float64")
+    for kind, fn in (("ggn", nj.ggn_diag), ("fisher", nj.fisher_diag),
+                     ("empirical_fisher", nj.empirical_fisher_diag), ("hessian", nj.hessian_diag)):
+        actual = nj.canonical_vector(fn(objective, params, batch))
+        comparison = compare(actual, np.diag(b.ref.matrix(kind)), tolerance=b.rtol,
+                             magnitude=float(np.linalg.norm(np.diag(b.matrix_magnitude(kind)))))
+        assert comparison.passed, f"{kind}: {comparison.describe()}"
+
+
+def test_ggn_vp_without_reduction_constant_fails():
+    """Negative control: a GGN-vp that forgets c = 1/B is caught by the same comparison."""
+    problem = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
+    objective, params, batch = nj.from_problem(problem)
+    b = budget(problem, "float64")
+    v = _probe(problem)
+    summed = nj.Objective(objective.apply, objective.loss, "sum")  # the bug: no 1/B
+    actual = nj.canonical_vector(nj.ggn_vp(summed, params, batch, nj.mlp_params(problem.layers, v)))
+    comparison = compare(actual, b.ref.ggn @ v, tolerance=b.rtol,
+                         magnitude=float(np.linalg.norm(b.matrix_magnitude("ggn") @ np.abs(v))))
+    assert comparison.error > 100 * comparison.tolerance
+
+
+def test_mc_fisher_is_unbiased():
+    """Sampled Fisher-vp: the mean over S samples is within a Hoeffding bound (FPR 1e-6)."""
+    problem = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b1")
+    objective, params, batch = nj.from_problem(problem)
+    v = _probe(problem)
+    v /= np.linalg.norm(v)
+    ref = dense(problem)
+    samples = 4000
+    est = nj.canonical_vector(nj.mc_fisher_vp(objective, params, batch,
+                                              nj.mlp_params(problem.layers, v),
+                                              jax.random.key(0), samples))
+    # each per-sample term c J^T g g^T J v is bounded by c ||J||^2 max ||g||^2 (||g|| <= sqrt 2)
+    jac = np.linalg.norm(ref.jacobians[0], 2)
+    width = 2 * problem.scale * jac**2 * 2.0
+    bound = hoeffding_bound(width, samples, tests=problem.n_params)
+    assert np.max(np.abs(np.asarray(est) - ref.fisher @ v)) <= bound
+
+
+def test_hutchinson_matches_diagonal_in_expectation():
+    problem = zoo.get("mlp-3x4x3-tanh-mse-b1")
+    objective, params, batch = nj.from_problem(problem)
+    ref = dense(problem)
+    samples = 3000
+    est = nj.canonical_vector(nj.hutchinson_diag(
+        lambda u: nj.ggn_vp(objective, params, batch, u), params, samples, jax.random.key(1)))
+    # z_i (Gz)_i ranges over [-sum_j |G_ij|, +sum_j |G_ij|] (diagonal included, as a bound)
+    width = 2 * np.abs(ref.ggn).sum(axis=1).max()
+    bound = hoeffding_bound(width, samples, tests=problem.n_params)
+    assert np.max(np.abs(np.asarray(est) - np.diag(ref.ggn))) <= bound
+
+
+def test_jitted_products_do_not_recompile():
+    problem = zoo.get("mlp-3x4x3-tanh-mse-b3")
+    objective, params, batch = nj.from_problem(problem)
+    v = params
+    nj.ggn_vp(objective, params, batch, v)
+    before = nj.curvature_vp._cache_size()
+    for _ in range(3):
+        objective2, params2, batch2 = nj.from_problem(problem)  # equal objective, new arrays
+        nj.ggn_vp(objective2, params2, batch2, v)
+    assert nj.curvature_vp._cache_size() == before
+
+
+def test_strict_dtype_promotion_float32():
+    problem = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
+    objective, params, batch = nj.from_problem(problem, "float32")
+    with jax.numpy_dtype_promotion("strict"):
+        for product in KINDS.values():
+            out = product(objective, params, batch, params)
+            assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(out))
+        assert nj.loss_value(objective, params, batch).dtype == jnp.float32
+
+
+def test_objective_validation_names_argument():
+    with pytest.raises(ValueError, match="reduction"):
+        nj.Objective(nj.mlp_apply(("tanh",)), "mse", "avg")
+    with pytest.raises(ValueError, match="loss"):
+        nj.Objective(nj.mlp_apply(("tanh",)), "hinge")
