@@ -1,0 +1,80 @@
+"""Hessian-free in JAX: damped steps by CG equal dense solves; eq. (14) and LM damping."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ngd_ref import jax as nj
+from ngd_ref import zoo
+from ngd_ref.hf import _dense as hf_dense
+from verify._tolerance import compare
+from verify.harness._budget import budget
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+PROBLEM = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "fisher", "empirical_fisher"])
+def test_damped_update_matches_dense_solve(curvature):
+    objective, params, batch = nj.from_problem(PROBLEM)
+    b = budget(PROBLEM, "float64")
+    damping = 0.05
+    step, result = nj.damped_update(objective, params, batch, damping, curvature, tol=1e-13)
+    assert bool(result.converged)
+    tolerance, _ = b.solve_tolerance(b.ref.matrix(curvature), b.matrix_magnitude(curvature),
+                                     damping, b.ref.gradient, b.gradient_magnitude)
+    comparison = compare(nj.canonical_vector(step), b.ref.damped_update(curvature, damping),
+                         tolerance=tolerance)
+    assert comparison.passed, comparison.describe()
+
+
+def test_reduction_ratio_matches_dense_reference():
+    objective, params, batch = nj.from_problem(PROBLEM)
+    damping = 0.1
+    step, _ = nj.damped_update(objective, params, batch, damping, tol=1e-13)
+    g = nj.gradient(objective, params, batch)
+    gstep = nj.ggn_vp(objective, params, batch, step)
+    model = nj.hf_quadratic_model(g, step, gstep, damping)
+    moved = jax.tree.map(jnp.add, params, step)
+    rho = nj.reduction_ratio(nj.loss_value(objective, params, batch),
+                             nj.loss_value(objective, moved, batch), model)
+    expected = hf_dense.reduction_ratio(PROBLEM, np.asarray(nj.canonical_vector(step)),
+                                        damping=damping)
+    np.testing.assert_allclose(float(rho), float(expected), rtol=1e-8)
+
+
+@pytest.mark.parametrize("rho, expected", [(0.1, 1.5), (0.5, 1.0), (0.9, 2 / 3), (np.nan, 1.5)],
+                         ids=["shrink-trust", "keep", "grow-trust", "nan-is-failure"])
+def test_levenberg_marquardt_rule(rho, expected):
+    assert float(nj.levenberg_marquardt(1.0, rho)) == pytest.approx(expected)
+    assert hf_dense.levenberg_marquardt(1.0, rho) == pytest.approx(expected)
+
+
+def test_hessian_free_decreases_the_loss():
+    objective, params, batch = nj.from_problem(PROBLEM)
+    hf = nj.hessian_free(objective, damping=1.0, maxiter=20)
+    state = hf.init(params)
+    losses = []
+    for _ in range(5):
+        params, state, info = hf.update(params, state, batch)
+        losses.append(float(info.loss))
+        assert bool(info.accepted) == bool(info.new_loss < info.loss)
+    assert losses[-1] < losses[0]
+    assert int(state.count) == 5
+
+
+def test_hessian_free_rejects_bad_arguments():
+    objective, _, _ = nj.from_problem(PROBLEM)
+    with pytest.raises(ValueError, match="curvature"):
+        nj.hessian_free(objective, curvature="hessian")
+    with pytest.raises(ValueError, match="damping"):
+        nj.hessian_free(objective, damping=0.0)
