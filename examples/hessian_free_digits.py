@@ -18,6 +18,7 @@ from ngd_ref import jax as nj
 
 
 def main(steps: int = 30) -> None:
+    """Train for `steps` full-batch HF updates and print the test accuracy."""
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0)

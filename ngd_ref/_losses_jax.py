@@ -167,7 +167,7 @@ def _logvar_sample(key, z):
 
 
 def _natural(name, value, fisher_vp, sample) -> JaxLoss:
-    """A loss in natural parameters: H_L = F_R, independent of the target (Martens s9)."""
+    """Build a loss in natural parameters: H_L = F_R, independent of the target (Martens s9)."""
     return JaxLoss(name, value, lambda y, z, u: fisher_vp(z, u), fisher_vp, sample)
 
 
@@ -188,7 +188,7 @@ _JAX_LOSSES: dict[str, JaxLoss] = {
 
 
 def get_jax_loss(loss: str | Loss | JaxLoss) -> JaxLoss:
-    """The `JaxLoss` named `loss` (a `JaxLoss` is returned as is, for custom losses).
+    """Return the `JaxLoss` named `loss` (a `JaxLoss` is returned as is, for custom losses).
 
     Raises:
         ValueError: for an unknown name, listing the known ones.

@@ -32,7 +32,7 @@ AXIS = "batch"
 
 
 def batch_mesh(devices: int | None = None) -> Mesh:
-    """A one-axis mesh named `"batch"` over the first `devices` devices (default: all).
+    """Build a one-axis mesh named `"batch"` over the first `devices` devices (default: all).
 
     Raises:
         ValueError: when fewer devices exist than requested, saying how to get more.
@@ -70,7 +70,8 @@ def pad_batch(arrays: tuple[jax.Array, ...], weights: jax.Array, multiple: int):
     def pad(a):
         return jnp.concatenate([a, jnp.repeat(a[:1], extra, axis=0)], axis=0)
 
-    return tuple(pad(a) for a in arrays), jnp.concatenate([weights, jnp.zeros(extra, weights.dtype)])
+    padded_weights = jnp.concatenate([weights, jnp.zeros(extra, weights.dtype)])
+    return tuple(pad(a) for a in arrays), padded_weights
 
 
 def run_sharded(local: Callable[..., Any], mesh: Mesh | None, replicated: tuple[Any, ...],

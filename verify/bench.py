@@ -84,7 +84,7 @@ def flop_predictions(sizes: tuple[int, ...] = SIZES) -> dict[str, float]:
 
 
 def jax_section(quick: bool) -> dict[str, Any]:
-    """The products' and CG's seconds and ratios to one gradient."""
+    """Time the products and CG: seconds and ratios to one gradient."""
     from ngd_ref import jax as nj
 
     repeats = 5 if quick else 30

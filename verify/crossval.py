@@ -85,7 +85,8 @@ class _Frame:
     @classmethod
     def of(cls, problems: Sequence[Problem]) -> _Frame:
         depth = max(len(p.layers) for p in problems)
-        widths = [w for p in problems for w in [p.layers[0].n_in] + [lay.n_out for lay in p.layers[:-1]]]
+        widths = [w for p in problems
+                  for w in [p.layers[0].n_in] + [lay.n_out for lay in p.layers[:-1]]]
         return cls(problems[0].loss, problems[0].output_dim, depth,
                    max(p.layers[0].n_in for p in problems), max(widths),
                    max(p.batch_size for p in problems))
@@ -255,7 +256,8 @@ def _inputs(problem: Problem, group: _Group, embedded: _Embedded, dtype: str, se
 
 def _check_problem(problem: Problem, dtype: str, out: dict[str, np.ndarray],
                    embedded: _Embedded, data: dict[str, Any], updates: tuple[str, ...],
-                   suffix: str = "", against: dict[str, np.ndarray] | None = None) -> list[CheckResult]:
+                   suffix: str = "",
+                   against: dict[str, np.ndarray] | None = None) -> list[CheckResult]:
     """Compare the kernel's outputs with the reference (or, for sharding, with `against`)."""
     b = budget(problem, dtype)
     ref = b.ref

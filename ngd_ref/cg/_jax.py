@@ -146,7 +146,8 @@ def cg_solve(
     def body(state):
         k, x, r, p, rho, restart, _, _, norms = state
         small = _dot(r, r) <= threshold_sq
-        r, confirmed = jax.lax.cond(small, true_residual, lambda x, r: (r, jnp.asarray(False)), x, r)
+        r, confirmed = jax.lax.cond(small, true_residual,
+                                    lambda x, r: (r, jnp.asarray(False)), x, r)
         converged = small & confirmed
         restart = restart | (small & ~confirmed)  # residual replacement
         norms = norms.at[k].set(jnp.sqrt(_dot(r, r)))

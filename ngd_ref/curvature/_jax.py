@@ -124,7 +124,8 @@ class Objective:
         try:
             object.__setattr__(self, "reduction", Reduction(self.reduction).value)
         except ValueError:
-            raise ValueError(f"reduction: expected 'mean' or 'sum', got {self.reduction!r}") from None
+            raise ValueError(
+                f"reduction: expected 'mean' or 'sum', got {self.reduction!r}") from None
 
     def weights(self, batch_size: int, dtype: Any) -> Array:
         """Per-example weights `w_b = c`, shape `(B,)`."""
@@ -183,7 +184,7 @@ def _mc_middle(loss: JaxLoss, num_samples: int) -> Callable[[Array, Array, Array
 
 def _local_operator(obj: Objective, curvature: Curvature, axis: str | None, params, inputs, aux,
                     weights) -> Operator:
-    """The curvature product on the examples held, all-reduced: a closure to call in a trace."""
+    """Build the all-reduced curvature product on the examples held (call it in a trace)."""
     if curvature is Curvature.HESSIAN:
         grad_fn = jax.grad(lambda p: _local_loss(obj, p, inputs, aux, weights))
         _, local = jax.linearize(grad_fn, params)
@@ -441,9 +442,9 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mlp_apply(activations: tuple[str, ...]) -> Apply:
-    """The protocol's MLP, `a_l = phi_l(W_l a_{l-1} + b_l)`, on params `[(W_l, b_l), ...]`.
+    """Build the protocol's MLP, `a_l = phi_l(W_l a_{l-1} + b_l)`, on params `[(W_l, b_l), ...]`.
 
     Cached per activation tuple, so every problem of one architecture shares one function
     (and one compilation of each product).
@@ -451,7 +452,8 @@ def mlp_apply(activations: tuple[str, ...]) -> Apply:
     activations = tuple(activations)
     unknown = [a for a in activations if a not in _ACTIVATIONS]
     if unknown:
-        raise ValueError(f"activations: unknown {unknown}; expected names in {sorted(_ACTIVATIONS)}")
+        raise ValueError(
+            f"activations: unknown {unknown}; expected names in {sorted(_ACTIVATIONS)}")
 
     def apply(params: Sequence[tuple[Array, Array]], inputs: Array) -> Array:
         a = inputs
@@ -479,7 +481,7 @@ def canonical_vector(params: Sequence[tuple[Array, Array]]) -> Array:
 
 
 def from_problem(problem: Problem, dtype: str = "float64") -> tuple[Objective, list, Batch]:
-    """A protocol `Problem` as `(objective, params, batch)` for the JAX functions, in `dtype`.
+    """Convert a protocol `Problem` to `(objective, params, batch)` in `dtype`.
 
     Raises:
         ValueError: for an unknown dtype, or float64 without `jax_enable_x64`.

@@ -86,7 +86,9 @@ def damped_update(objective: Objective, params: Params, batch: Batch, damping: A
             `empirical_fisher`, or `hessian` (CG then requires `H + lambda I` to be PD and
             reports `NOT_POSITIVE_DEFINITE` otherwise).
         x0: CG's starting point (default 0).
-        tol, atol, maxiter: CG's stopping rule (see `cg_solve`).
+        tol: CG's relative tolerance (see `cg_solve`).
+        atol: CG's absolute tolerance.
+        maxiter: CG's iteration cap (default 10 n).
         mesh: shard the batch over this mesh.
 
     Returns:
@@ -116,7 +118,8 @@ def hf_quadratic_model(gradient: Params, step: Params, curvature_step: Params,
         curvature_step: `C d` (undamped).
         damping: `lambda`.
     """
-    return _dot(gradient, step) + 0.5 * _dot(step, curvature_step) + 0.5 * damping * _dot(step, step)
+    quadratic = _dot(step, curvature_step) + damping * _dot(step, step)
+    return _dot(gradient, step) + 0.5 * quadratic
 
 
 def reduction_ratio(loss_before: Any, loss_after: Any, model_value: Any) -> jax.Array:
@@ -195,7 +198,7 @@ class HessianFree(NamedTuple):
 def hessian_free(objective: Objective, *, damping: float = 1.0,
                  curvature: Curvature | str = Curvature.GGN, maxiter: int = 50, tol: float = 1e-4,
                  warm_start: float = 0.95, mesh: Mesh | None = None) -> HessianFree:
-    """The Hessian-free optimizer (Grosse ch. 4 s4; Martens 2010).
+    """Build the Hessian-free optimizer (Grosse ch. 4 s4; Martens 2010).
 
     Per update on a batch: `g = grad h`; `d` from CG on `(C + lambda I) d = -g` (at most
     `maxiter` iterations, relative tolerance `tol`, started from `warm_start * previous d`);
@@ -218,7 +221,8 @@ def hessian_free(objective: Objective, *, damping: float = 1.0,
         raise ValueError(f"damping: expected a positive number, got {damping!r}")
     kind = Curvature(curvature)
     if kind not in (Curvature.GGN, Curvature.FISHER):
-        raise ValueError(f"curvature: HF needs a PSD curvature, 'ggn' or 'fisher'; got {kind.value!r}")
+        raise ValueError(
+            f"curvature: HF needs a PSD curvature, 'ggn' or 'fisher'; got {kind.value!r}")
     if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 1:
         raise ValueError(f"maxiter: expected a positive int, got {maxiter!r}")
     if not 0 <= warm_start <= 1:

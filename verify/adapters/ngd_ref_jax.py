@@ -44,7 +44,8 @@ def _dense_quantities(objective: nj.Objective, layers, params, batch) -> dict[st
     out = {"loss": loss, "gradient": nj.canonical_vector(grad)}
     for kind in _KINDS:
         op = nj.curvature_operator(objective, params, batch, kind)
-        columns = jax.vmap(lambda e, op=op: nj.canonical_vector(op(nj.mlp_params(layers, e))))(basis)
+        columns = jax.vmap(
+            lambda e, op=op: nj.canonical_vector(op(nj.mlp_params(layers, e))))(basis)
         out[kind] = (columns + columns.T) / 2  # columns.T is C; symmetrize the rounding
     out["hessian_diag"] = nj.canonical_vector(nj.hessian_diag(objective, params, batch))
     out["ggn_diag"] = nj.canonical_vector(nj.ggn_diag(objective, params, batch))
@@ -114,7 +115,8 @@ class NgdRefJax:
 
     def _product(self, kind: str, problem: Problem, v: Any) -> np.ndarray:
         objective, params, batch = self._prepared(problem)
-        return np.asarray(_products(objective, problem.layers, params, batch, self._vector(v))[kind])
+        out = _products(objective, problem.layers, params, batch, self._vector(v))
+        return np.asarray(out[kind])
 
     # -- PROTOCOL s5 ---------------------------------------------------------------------------
     def loss(self, problem: Problem) -> float:
