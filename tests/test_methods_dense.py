@@ -112,9 +112,10 @@ def test_lbfgs_in_mpmath_matches_float64():
 
 def test_lbfgs_step_pair_is_a_secant_pair():
     problem = QUICK[0]
-    s, y = ref.lbfgs_step(problem, [], [], learning_rate=0.01)
+    new_params, s, y = ref.lbfgs_step(problem, [], [], 0.01)
     d = ref.dense(problem)
     np.testing.assert_allclose(s, -0.01 * d.gradient)
+    np.testing.assert_array_equal(new_params, d.theta + s)
     moved = ref.DenseCurvature(problem, params=d.theta + s)
     np.testing.assert_allclose(y, moved.gradient - d.gradient, rtol=1e-14)
 

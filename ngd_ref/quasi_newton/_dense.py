@@ -174,23 +174,38 @@ def lbfgs_step(
     problem: Problem,
     s_list: Sequence,
     y_list: Sequence,
-    *,
-    learning_rate: float = 1.0,
+    lr: float,
     gamma: float = 1.0,
+    *,
     backend: Backend = FLOAT64,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One L-BFGS iteration from `problem.params`: the new secant pair `(s, y)`.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One L-BFGS iteration from `problem.params` (the `lbfgs_step` protocol extension).
 
-    `s = -learning_rate * H_k grad h(theta)` (fixed step size, as in seed 004) and
-    `y = grad h(theta + s) - grad h(theta)`: the gradient *at theta*, not the two-loop's
-    overwritten `q` -- seed 004's `lbfgs` forms `y` from the overwritten variable, the bug
-    this function exists to pin down.
+    With `theta = problem.params`, `g = grad h(theta)` and `H_k` the L-BFGS inverse-Hessian
+    approximation of the given pairs (oldest first, `H_0 = gamma I`; `lbfgs_direction`):
+
+        theta' = theta - lr H_k g,   s = theta' - theta,   y = grad h(theta') - grad h(theta)
+
+    (a fixed step size, as in seed 004's `lbfgs`; N&W Algorithm 7.5 without the line
+    search). `y` is formed from the *raw* gradient at `theta`, not from the two-loop's
+    overwritten `q`: seed 004's `lbfgs` rebinds `grad_z` in the first loop and then forms
+    `dg = grad(new_z) - grad_z` from the overwritten value, the bug this function pins down.
+
+    Args:
+        problem: the objective `h` and the starting point `theta`.
+        s_list: steps, oldest first.
+        y_list: gradient changes, oldest first.
+        lr: the fixed step size.
+        gamma: the initial inverse Hessian scale.
+        backend: the arithmetic (float64 or mpmath).
+
+    Returns:
+        `(theta', s, y)`, each `(n,)`: the new parameters and the new secant pair.
     """
     ref = dense(problem, backend)
     with backend.precision():
         g = ref.gradient
-        s = -backend.scalar(learning_rate) * lbfgs_direction(
-            g, s_list, y_list, gamma, backend=backend
-        )
-        moved = DenseCurvature(problem, backend, params=ref.theta + s)
-        return s, moved.gradient - g
+        s = -backend.scalar(lr) * lbfgs_direction(g, s_list, y_list, gamma, backend=backend)
+        new_params = ref.theta + s
+        moved = DenseCurvature(problem, backend, params=new_params)
+        return new_params, s, moved.gradient - g

@@ -67,6 +67,16 @@ def _damped_solve(matrix: jax.Array, gradient: jax.Array, damping: jax.Array) ->
                              gradient)
 
 
+@functools.partial(jax.jit, static_argnames=("objective", "layers"))
+def _lbfgs_step(objective: nj.Objective, layers, params, batch, s_stack, y_stack, lr, gamma):
+    """`(theta', s, y)`: `theta' = theta - lr H_k g`, `y` from the raw gradient `g`."""
+    g = nj.canonical_vector(nj.gradient(objective, params, batch))
+    theta = nj.canonical_vector(params)
+    new = theta - lr * nj.lbfgs_direction(g, s_stack, y_stack, gamma)
+    moved = nj.canonical_vector(nj.gradient(objective, nj.mlp_params(layers, new), batch))
+    return new, new - theta, moved - g
+
+
 # -- cg with host callables ----------------------------------------------------------------------
 _HOST: dict[str, Callable[[np.ndarray], Any]] = {}
 
@@ -204,13 +214,26 @@ class NgdRefJax:
         """BFGS update of the Hessian approximation (`ngd_ref.jax.bfgs_update`)."""
         return np.asarray(nj.bfgs_update(self._matrix(B), self._vector(s), self._vector(y)))
 
+    def _pair_stacks(self, s_list: Any, y_list: Any, n: int) -> tuple[jax.Array, jax.Array]:
+        shape = (len(s_list), n)
+        return (self._matrix(np.reshape(np.asarray(s_list, dtype=np.float64), shape)),
+                self._matrix(np.reshape(np.asarray(y_list, dtype=np.float64), shape)))
+
     def lbfgs_direction(self, g: Any, s_list: Any, y_list: Any, gamma: float = 1.0) -> np.ndarray:
         """`H_k g` by the two-loop recursion (`ngd_ref.jax.lbfgs_direction`; oldest first)."""
         g = self._vector(g)
-        shape = (len(s_list), g.shape[0])
-        s_stack = self._matrix(np.reshape(np.asarray(s_list, dtype=np.float64), shape))
-        y_stack = self._matrix(np.reshape(np.asarray(y_list, dtype=np.float64), shape))
-        return np.asarray(nj.lbfgs_direction(g, s_stack, y_stack, gamma))
+        return np.asarray(nj.lbfgs_direction(g, *self._pair_stacks(s_list, y_list, g.shape[0]),
+                                             gamma))
+
+    def lbfgs_step(self, problem: Problem, s_list: Any, y_list: Any, lr: float,
+                   gamma: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One L-BFGS iteration `(theta', s, y)` (protocol extension; jitted `_lbfgs_step`)."""
+        objective, params, batch = self._prepared(problem)
+        stacks = self._pair_stacks(s_list, y_list, problem.n_params)
+        dtype = stacks[0].dtype
+        out = _lbfgs_step(objective, problem.layers, params, batch, *stacks,
+                          jnp.asarray(lr, dtype), jnp.asarray(gamma, dtype))
+        return tuple(np.asarray(part) for part in out)
 
     def hutchinson_diag(self, matvec: Callable, n: int, num_samples: int, seed: int) -> np.ndarray:
         """`ngd_ref.jax.hutchinson_diag` on the caller's numpy `matvec` (host callback)."""

@@ -20,7 +20,7 @@ from verify._errors import UsageError
 
 __all__ = ["CAPABILITIES", "LoadedAdapter", "capabilities_of", "load_adapter"]
 
-#: Every adapter method the harness knows, in report order (PROTOCOL s5, then s9).
+#: Every adapter method the harness knows, in report order (PROTOCOL s5, s9, extensions).
 CAPABILITIES: tuple[str, ...] = (
     "loss",
     "gradient",
@@ -46,6 +46,7 @@ CAPABILITIES: tuple[str, ...] = (
     "inverse_root",
     "shampoo_direction",
     "lowrank_ggn_update",
+    "lbfgs_step",  # protocol extension (docs/protocol.md "Extensions")
 )
 
 

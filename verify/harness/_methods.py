@@ -9,6 +9,12 @@ Every input is built from the problem so the checks run over the whole zoo:
 * `bfgs_update(B, s, y)` with `B = F + I` (F the true Fisher, always PSD, unlike G for
   `gaussian_logvar`), a probe `s` and `y = (F + I/2) s` (so `y^T s > 0`);
 * `lbfgs_direction(g, s_list, y_list, gamma=1/2)` with three such pairs, oldest first;
+* `lbfgs_step(problem, s_list, y_list, lr=1/4, gamma=1/2)` (protocol extension) with the same
+  pairs: the new parameters, `s` and `y = grad h(theta') - grad h(theta)` by value against
+  `ngd_ref.dense.lbfgs_step`, each within an absolute bound derived in `_lbfgs_step_bounds`
+  (`y` is a difference of two gradients, so its bound is in units of the gradients'
+  magnitudes, not of `||y||`). This is what catches seed 004's L-BFGS bug (`y` formed from
+  the two-loop's overwritten gradient);
 * `inverse_root(M, p, ridge)` for `M = F`, `p` in {2, 4} and a ridge `||F||_2/100 + 1/64`;
 * `shampoo_direction(G, L, R, eps)` with the first layer's weight-shaped gradient `G`,
   `L = G G^T`, `R = G^T G`, `eps = 1/10`;
@@ -32,12 +38,14 @@ from ngd_ref.dense import (
     hutchinson_range,
     inverse_root,
     lbfgs_direction,
+    lbfgs_step,
     lowrank_ggn_update,
     shampoo_direction,
     trust_region_update,
 )
 from verify._report import Status
-from verify._tolerance import hoeffding_bound, solve_rtol
+from verify._tolerance import hoeffding_bound, rounding_rtol, solve_rtol
+from verify.harness._budget import Budget
 from verify.harness._context import CheckContext
 from verify.harness._faults import readonly
 
@@ -45,6 +53,8 @@ __all__ = ["HUTCHINSON_SAMPLES", "METHOD_CHECKS"]
 
 HUTCHINSON_SAMPLES = 2000
 _DAMPINGS = (1.0, 0.1)
+#: L-BFGS memory, initial scale and step size (dyadic: exact in float32)
+_MEMORY, _GAMMA, _LR = 3, 0.5, 0.25
 
 
 def _spd_pair(ctx: CheckContext) -> tuple[np.ndarray, np.ndarray]:
@@ -117,31 +127,127 @@ def check_bfgs_update(ctx: CheckContext) -> None:
     )
 
 
-def check_lbfgs_direction(ctx: CheckContext) -> None:
-    """The L-BFGS two-loop direction against the reference."""
+def _lbfgs_memory(ctx: CheckContext) -> tuple[np.ndarray, list, list]:
+    """Return a probe `g` and three pairs `y = (F + I/2) s` (so `y^T s > 0`), oldest first."""
     _, a2 = _spd_pair(ctx)
-    n = a2.shape[0]
-    probes = ctx.probe(n, 4)
+    probes = ctx.probe(a2.shape[0], 1 + _MEMORY)
     g, s_list = probes[0], probes[1:]
-    y_list = [readonly(a2 @ s) for s in s_list]
-    growth = float(
-        np.prod(
-            [
-                1.0 + np.linalg.norm(s) * np.linalg.norm(y) / abs(s @ y)
-                for s, y in zip(s_list, y_list, strict=True)
-            ]
-        )
-    )
-    tolerance = solve_rtol(ctx.dtype, length=n, depth=2 * len(s_list), condition=growth**2)
+    return g, s_list, [readonly(a2 @ s) for s in s_list]
+
+
+def two_loop_magnitude(v: np.ndarray, s_list: list, y_list: list, gamma: float) -> np.ndarray:
+    """`MAG(H_k v)`: the two-loop recursion evaluated on absolute values (elementwise bound).
+
+    Both loops run on `|v|`, `|s_i|`, `|y_i|` with every update added in absolute value, and
+    `rho_i = 1/(s_i^T y_i)` replaced by `|s_i|^T |y_i| / (s_i^T y_i)^2`, the magnitude of its
+    own rounding error (`d(1/x) = -dx/x^2`, `|dx| <= u n |s|^T |y|`). So `|H_k v| <= MAG`
+    entrywise and a computation in precision `u` is off by at most
+    `rounding_rtol(length=n, depth=2m) * ||MAG||` (the policy of `verify._tolerance`); the
+    recursion is linear in `v`, so the same bound carries an error `|dv|` through it.
+    """
+    pairs = [(np.abs(s), np.abs(y), float(s @ y)) for s, y in zip(s_list, y_list, strict=True)]
+    rhos = [(s @ y) / sy**2 for s, y, sy in pairs]
+    q, alphas = np.abs(v), []
+    for (s, y, _), rho in zip(reversed(pairs), reversed(rhos), strict=True):
+        alphas.append(rho * (s @ q))
+        q = q + alphas[-1] * y
+    r = abs(gamma) * q
+    for (s, y, _), rho, alpha in zip(pairs, rhos, reversed(alphas), strict=True):
+        r = r + (alpha + rho * (y @ r)) * s
+    return r
+
+
+def check_lbfgs_direction(ctx: CheckContext) -> None:
+    """Compare the L-BFGS two-loop direction with the reference (MAG: `two_loop_magnitude`)."""
+    g, s_list, y_list = _lbfgs_memory(ctx)
     ctx.begin("lbfgs_direction")
-    value = ctx.port("lbfgs_direction", g, list(s_list), list(y_list), 0.5)
+    value = ctx.port("lbfgs_direction", g, list(s_list), list(y_list), _GAMMA)
     ctx.compare(
         "lbfgs_direction",
         value,
-        lbfgs_direction(g, s_list, y_list, 0.5),
-        tolerance=tolerance,
+        lbfgs_direction(g, s_list, y_list, _GAMMA),
+        tolerance=rounding_rtol(ctx.dtype, length=g.shape[0], depth=2 * _MEMORY),
+        magnitude=float(np.linalg.norm(two_loop_magnitude(g, s_list, y_list, _GAMMA))),
         what="H_k g, BFGS inverse updates from gamma I, pairs oldest first (PROTOCOL s9)",
     )
+
+
+def _lbfgs_step_bounds(
+    ctx: CheckContext, s_list: list, y_list: list, new_params: np.ndarray
+) -> tuple[float, float]:
+    """Absolute error bounds `(E_params, E_y)` a correct port stays within.
+
+    With `rtol = Budget.rtol` (the gradient's rounding policy) and `rtol_k` the same with
+    `2m` more levels of depth (the two loops):
+
+    * `theta' = theta - lr H_k g`: `g` is known to `rtol MAG(g)` and the two loops add their
+      own rounding, so the step is off by at most `e_s = rtol_k lr MAG_k(MAG(g))`
+      entrywise (`MAG_k = two_loop_magnitude`, linear in its argument); rounding `theta'` to
+      the port's precision adds `rtol |theta'|`: `e = rtol |theta'| + e_s`,
+      `E_params = ||e||`. `s = theta' - theta` (theta exact) carries the same error;
+    * `y = g(theta') - g(theta)` is a difference of two gradients, each known to
+      `rtol MAG(g)` (at theta and at theta'), the first evaluated at a point off by `e`,
+      which moves it by at most `MAG(H(theta')) e`:
+      `E_y = rtol (||MAG(g(theta))|| + ||MAG(g(theta'))||) + ||MAG(H(theta')) e||`.
+    """
+    b = ctx.budget
+    moved = Budget(ctx.problem.replace(params=new_params), ctx.dtype)
+    rtol_k = rounding_rtol(ctx.dtype, length=b.length, depth=b.depth + 2 * _MEMORY)
+    e_s = rtol_k * _LR * two_loop_magnitude(b.gradient_magnitude, s_list, y_list, _GAMMA)
+    e = b.rtol * np.abs(new_params) + e_s
+    e_y = b.rtol * float(
+        np.linalg.norm(b.gradient_magnitude) + np.linalg.norm(moved.gradient_magnitude)
+    ) + float(np.linalg.norm(moved.matrix_magnitude("hessian") @ e))
+    return float(np.linalg.norm(e)), e_y
+
+
+def check_lbfgs_step(ctx: CheckContext) -> None:
+    """One L-BFGS iteration (extension `lbfgs_step`): `theta'`, `s` and `y` by value.
+
+    `y` must be `grad h(theta') - grad h(theta)` with the raw gradient: seed 004's bug (`y`
+    from the two-loop's overwritten gradient `q`) is off by `g - q = sum_i alpha_i y_i`.
+    Each output is held to the absolute bound of `_lbfgs_step_bounds` (passed to `compare`
+    as `tolerance = rtol`, `magnitude = bound / rtol`).
+    """
+    _, s_list, y_list = _lbfgs_memory(ctx)
+    expected = lbfgs_step(ctx.problem, s_list, y_list, _LR, _GAMMA)
+    e_params, e_y = _lbfgs_step_bounds(ctx, s_list, y_list, expected[0])
+    ctx.begin("lbfgs_step")
+    value = ctx.port("lbfgs_step", ctx.problem, list(s_list), list(y_list), _LR, _GAMMA)
+    try:
+        parts = tuple(value)
+    except TypeError:
+        parts = ()
+    if len(parts) != 3:
+        ctx.record(
+            "lbfgs_step",
+            Status.FAIL,
+            f"expected a triple (new_params, s, y), got {type(value).__name__}"
+            + (f" of length {len(parts)}" if parts else ""),
+        )
+        return
+    rtol = ctx.budget.rtol
+    for label, actual, desired, bound, what in zip(
+        ("params", "s", "y"),
+        parts,
+        expected,
+        (e_params, e_params, e_y),
+        (
+            f"theta' = theta - {_LR:g} H_k grad h (gamma {_GAMMA:g}, pairs oldest first)",
+            "s = theta' - theta",
+            "y = grad h(theta') - grad h(theta), from the raw gradient (seed 004 `lbfgs` "
+            "forms it from the two-loop's overwritten gradient)",
+        ),
+        strict=True,
+    ):
+        ctx.compare(
+            f"lbfgs_step_{label}",
+            actual,
+            desired,
+            tolerance=rtol,
+            magnitude=bound / rtol,
+            what=f"{what} (PROTOCOL extension lbfgs_step)",
+        )
 
 
 def check_inverse_root(ctx: CheckContext) -> None:
@@ -227,4 +333,5 @@ METHOD_CHECKS = {
     "inverse_root": check_inverse_root,
     "shampoo_direction": check_shampoo_direction,
     "lowrank_ggn_update": check_lowrank_ggn_update,
+    "lbfgs_step": check_lbfgs_step,
 }

@@ -302,7 +302,7 @@ def _lbfgs_seed_bug(problem: Problem) -> CheckResult:
     A, steps, ys = _pairs(problem, conjugate=False)
     d = ref.dense(problem)
     g = d.gradient
-    s, y = ref.lbfgs_step(problem, steps, ys, learning_rate=1.0 / _norm2(A))
+    _, s, y = ref.lbfgs_step(problem, steps, ys, 1.0 / _norm2(A))
     q = g.copy()                                          # the seed's rebound `grad_z`
     for s_i, y_i in reversed(list(zip(steps, ys, strict=True))):
         q = q - (s_i @ q) / (y_i @ s_i) * y_i

@@ -356,6 +356,26 @@ class DampedUpdateStepsParams(NumpyPort):
         return step
 
 
+@_mutant(
+    "lbfgs-direction-in-place",
+    BugClass.ALIASING,
+    "L-BFGS first loop updates the caller's gradient in place (q = g; q -= alpha * y)",
+    "lbfgs_direction",
+)
+class LbfgsDirectionInPlace(NumpyPort):
+    def lbfgs_direction(self, g, s_list, y_list, gamma=1.0):
+        q = np.asarray(g)  # no copy: q is the caller's buffer
+        pairs = [(self._cast(s), self._cast(y)) for s, y in zip(s_list, y_list, strict=True)]
+        alphas = []
+        for s, y in reversed(pairs):
+            alphas.append((s @ q) / (y @ s))
+            q -= alphas[-1] * y
+        r = self._dt(gamma) * self._cast(q)
+        for (s, y), alpha in zip(pairs, reversed(alphas), strict=True):
+            r = r + s * (alpha - (y @ r) / (y @ s))
+        return r
+
+
 # -- CG recurrences and initialization -------------------------------------------------------
 @_mutant("cg-ignores-x0", BugClass.CG, "CG always starts from zero, ignoring x0", "cg")
 class CgIgnoresX0(NumpyPort):

@@ -17,6 +17,8 @@ and nothing else. Mathematics (seed 002 = Grosse ch. 4, seed 003 = Martens):
 * K-FAC: `A_l = mean_b abar abar^T`, `S_l = c sum_b M_b` (Grosse eqs. 16-19; PROTOCOL s4),
   solves by eigendecomposition (eq. 23) and factored Tikhonov damping with pi (eq. 24).
 * CG: Hestenes-Stiefel preconditioned CG (Grosse s4).
+* L-BFGS: the two-loop recursion (Nocedal & Wright Algorithm 7.4) and one fixed-step
+  iteration `lbfgs_step` (the protocol extension; docs/protocol.md "Extensions").
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ __all__ = ["NumpyPort", "NumpyPort32"]
 
 
 class NumpyPort:
-    """A correct port in numpy at precision `dtype` (every capability of PROTOCOL s5 and s9)."""
+    """A correct port in numpy at precision `dtype` (PROTOCOL s5, s9 and the extensions)."""
 
     name = "numpy-port"
     dtype = "float64"
@@ -464,6 +466,14 @@ class NumpyPort:
         for (s, y), alpha in zip(pairs, reversed(alphas), strict=True):
             r = r + s * (alpha - (y @ r) / (y @ s))
         return r
+
+    def lbfgs_step(self, problem, s_list, y_list, lr, gamma=1.0):
+        """One L-BFGS iteration: `(theta', s, y)`, `y` from the raw gradient at `theta`."""
+        theta = self._cast(problem.params)
+        g = self.gradient(problem)
+        new_params = theta - self._dt(lr) * self.lbfgs_direction(g, s_list, y_list, gamma)
+        moved = problem.replace(params=new_params.astype(np.float64))
+        return new_params, new_params - theta, self.gradient(moved) - g
 
     def hutchinson_diag(self, matvec, n, num_samples, seed):
         """Mean over Rademacher `z` of `z * matvec(z)`."""

@@ -5,12 +5,15 @@ porting the page's code to numpy would carry it over. `docs/methods.md` explains
 which check catches it:
 
 * `seed-lbfgs-overwritten-gradient` -- `lbfgs`: the first loop of the two-loop recursion
-  rebinds `grad_z`, and the new pair is then formed as `dg = grad(new_z) - grad_z` from the
-  *overwritten* variable. In numpy the same program is `q = g; q -= alpha * y` (in place), so
-  the caller's gradient buffer holds `q` afterwards: the direction is right, but every `y`
-  built from `g` after the call is wrong. Caught by checking that `lbfgs_direction` leaves
-  its inputs untouched (the secant pair formed from `g` afterwards no longer satisfies
-  `y = grad(theta + s) - grad(theta)`).
+  rebinds `grad_z` (`grad_z = grad_z - alpha * dgs[i]`), and the new pair is then formed as
+  `dg = grad(new_z) - grad_z` from the *overwritten* variable, i.e. `y = grad h(theta') - q`
+  instead of `grad h(theta') - grad h(theta)`: off by `g - q = sum_i alpha_i y_i`. The
+  direction and the step are right; only the stored pair is wrong, so the bug is only
+  visible where `y` is formed. Caught by value by the `lbfgs_step` check (protocol
+  extension), which compares `y` with the reference secant pair. (The in-place numpy
+  rendering of the same loop, `q = g; q -= alpha * y`, is an input-aliasing bug; that one is
+  `lbfgs-direction-in-place` in `verify.mutants._corpus`, caught because the harness hands
+  `g` read-only.)
 * `seed-lbfgs-no-gamma` -- `lbfgs`: "Starting guess for (H^-1 grad_z) is a constant scale",
   but the scale is never applied (`H_0 = I` whatever `gamma`).
 * `seed-diagonal-vjp-ones` -- `diagonal_newton_descent`/`adahessian`: "diagonal of Hessian"
@@ -43,27 +46,29 @@ _BOTH = ("float64", "float32")
 
 
 @register_mutant("seed-lbfgs-overwritten-gradient", BugClass.SEED_METHODS,
-                 "L-BFGS first loop overwrites the gradient buffer, so y is formed from q "
-                 "(seed 004 `lbfgs`: dg = grad(new_z) - grad_z after grad_z was rebound)",
-                 capabilities=("lbfgs_direction",), dtypes=_BOTH)
+                 "L-BFGS forms y = grad(new_z) - grad_z after the two-loop recursion rebound "
+                 "grad_z to q (seed 004 `lbfgs`)",
+                 capabilities=("lbfgs_step",), dtypes=_BOTH)
 class LbfgsOverwrittenGradient(NumpyPort):
-    """Two-loop recursion that works on the caller's gradient array in place."""
+    """Seed 004's `lbfgs`, line for line: the raw gradient is lost before `y` is formed."""
 
-    def lbfgs_direction(self, g, s_list, y_list, gamma=1.0):
-        """`H_k g`, leaving `q` (not the gradient) in the caller's `g` -- the seed's bug."""
-        q = self._cast(g).copy()
+    def lbfgs_step(self, problem, s_list, y_list, lr, gamma=1.0):
+        """One iteration whose `y` is `grad h(theta') - q`, `q` the first loop's output."""
+        z = self._cast(problem.params)
+        grad_z = self.gradient(problem)
         pairs = [(self._cast(s), self._cast(y)) for s, y in zip(s_list, y_list, strict=True)]
         alphas = []
-        for s, y in reversed(pairs):
-            alpha = (s @ q) / (y @ s)
+        for dz, dg in reversed(pairs):                     # newest first, as the seed's lists
+            alpha = (dz @ grad_z) / (dz @ dg)
+            grad_z = grad_z - alpha * dg                   # rebinds grad_z: the gradient is gone
             alphas.append(alpha)
-            q -= alpha * y
-        if isinstance(g, np.ndarray) and g.flags.writeable:
-            np.copyto(g, q, casting="unsafe")  # the gradient buffer now holds q
-        r = self._dt(gamma) * q
-        for (s, y), alpha in zip(pairs, reversed(alphas), strict=True):
-            r = r + s * (alpha - (y @ r) / (y @ s))
-        return r
+        hz = self._dt(gamma) * grad_z
+        for (dz, dg), alpha in zip(pairs, reversed(alphas), strict=True):
+            beta = (dg @ hz) / (dz @ dg)
+            hz = hz + (alpha - beta) * dz
+        new_z = z - self._dt(lr) * hz
+        dg = self.gradient(problem.replace(params=new_z.astype(np.float64))) - grad_z
+        return new_z, new_z - z, dg
 
 
 @register_mutant("seed-lbfgs-no-gamma", BugClass.SEED_METHODS,
