@@ -23,9 +23,11 @@ with weight-0 examples (`Batch.weights`). One jitted kernel per (group, dtype) t
 every problem of the group; results are read off at the problem's own coordinates, and the
 curvature operators are restricted to them by a mask (`P C P^T`).
 
-Cost: each kernel compiles in ~10-30 s on a loaded 2-core machine, so a cold run of the full
-zoo takes minutes. Compiled kernels are kept in JAX's persistent compilation cache
-(`$NGD_VERIFY_CACHE`, default `~/.cache/ngd-verify/jax`), so later runs mostly load them.
+Cost (a known gap): each kernel takes ~4 s to trace and ~15 s to compile on the 2-core
+development machine (load ~6), so the quick zoo (7 groups x 2 dtypes) took 566 s cold and
+106 s with the persistent compilation cache warm -- far above the one-minute goal for the
+whole zoo. Compiled kernels are kept in JAX's persistent compilation cache
+(`$NGD_VERIFY_CACHE`, default `~/.cache/ngd-verify/jax`).
 """
 
 from __future__ import annotations
@@ -173,29 +175,45 @@ def _kernel(objective: nj.Objective, params, batch: nj.Batch, mask, probes, diag
                                                                   mesh=mesh))
     neg_g = -mask * out["gradient"]
 
-    def restricted(kind: str, damping):
-        """`v -> P C P^T v + damping v` on flat vectors (C linearized once without a mesh)."""
+    def restricted(kind: str):
+        """`v -> P C P^T v` on flat vectors (C linearized once without a mesh)."""
         if mesh is None:
             op = nj.curvature_operator(objective, params, batch, kind)
         else:
             op = functools.partial(nj.curvature_vp, objective, params, batch, curvature=kind,
                                    mesh=mesh)
-        return lambda v: mask * ravel(op(unravel(mask * v))) + damping * v
+        return lambda v: mask * ravel(op(unravel(mask * v)))
 
-    fisher_op = restricted("fisher", mu)
+    # CG iterates: every variant and every k in one vmapped loop (one compilation); the
+    # unpreconditioned variants use M = 1 * I, which leaves every rounding unchanged.
+    fisher_op = restricted("fisher")
+    ones, zeros = jnp.ones_like(neg_g), jnp.zeros_like(neg_g)
+    starts = jnp.stack([zeros, zeros, x0])
+    diagonals = jnp.stack([ones, diag_inv, ones])
+
+    def iterate(start, diagonal, k):
+        return nj.cg_solve(lambda v: fisher_op(v) + mu * v, neg_g, start,
+                           tol=jnp.zeros((), neg_g.dtype), maxiter=k,
+                           precond=lambda r: diagonal * r, history=MAX_ITERATES + 1).x
+
     ks = jnp.arange(1, MAX_ITERATES + 1)
-    tol = jnp.zeros((), neg_g.dtype)
-    variants = {"plain": (None, None), "preconditioned": (lambda r: diag_inv * r, None),
-                "x0": (None, x0)}
-    for name, (precond, start) in variants.items():
-        out["cg_" + name] = jax.vmap(lambda k, precond=precond, start=start: nj.cg_solve(
-            fisher_op, neg_g, start, tol=tol, maxiter=k, precond=precond,
-            history=MAX_ITERATES + 1).x)(ks)
-    for kind, damping in zip(updates, dampings, strict=True):
-        result = nj.cg_solve(restricted(kind, damping), neg_g,
-                             tol=10 * unit_roundoff(str(neg_g.dtype)),
-                             maxiter=10 * neg_g.shape[0])
-        out["update_" + kind] = result.x
+    iterates = jax.vmap(jax.vmap(iterate, (None, None, 0)), (0, 0, None))(starts, diagonals, ks)
+    for index, name in enumerate(_CG_VARIANTS):
+        out["cg_" + name] = iterates[index]
+    # damped updates: one vmapped CG over the curvature kinds
+    operators = [restricted(kind) for kind in updates]
+
+    def solve(which, damping):
+        def damped(v):
+            products = jnp.stack([op(v) for op in operators])
+            return products[which] + damping * v
+
+        return nj.cg_solve(damped, neg_g, tol=10 * unit_roundoff(str(neg_g.dtype)),
+                           maxiter=10 * neg_g.shape[0]).x
+
+    solutions = jax.vmap(solve)(jnp.arange(len(updates)), dampings)
+    for index, kind in enumerate(updates):
+        out["update_" + kind] = solutions[index]
     return out
 
 
