@@ -12,7 +12,7 @@ import pytest
 from ngd_ref import zoo
 from verify import Status, UsageError
 from verify.cli import main
-from verify.harness import check_adapter, load_adapter, run_checks
+from verify.harness import CAPABILITIES, check_adapter, load_adapter, run_checks
 from verify.mutants import NumpyPort
 
 SMALL = [zoo.get("mlp-3x4x3-tanh-mse-b1"), zoo.problems(quick=True)[1]]
@@ -190,13 +190,72 @@ class _WritesProblem(NumpyPort):
         return super().ggn(problem)
 
 
+class _WritesListItem(NumpyPort):
+    def lbfgs_direction(self, g, s_list, y_list, gamma=1.0):
+        out = super().lbfgs_direction(g, s_list, y_list, gamma)
+        np.copyto(s_list[0], 0.0)
+        return out
+
+
+class _ReenablesWrite(NumpyPort):
+    def ggn_vp(self, problem, v):
+        v.setflags(write=True)
+        v *= 2
+        return super().ggn_vp(problem, v / 2)
+
+
+class _WritesOwnReadOnlyArray(NumpyPort):
+    """A port writing into a read-only array of its own (e.g. `np.asarray` of a JAX array)."""
+
+    def ggn(self, problem):
+        out = super().ggn(problem)
+        out.setflags(write=False)
+        out[0, 0] = 0.0
+        return out
+
+
 FAULTS = [
     ("exception", _Raises, "ggn", Status.ERROR, "raised RuntimeError: boom"),
     ("nan", _NaN, "ggn", Status.FAIL, "non-finite"),
     ("wrong-shape", _WrongShape, "ggn", Status.FAIL, "wrong shape"),
     ("wrong-type", _WrongType, "ggn", Status.FAIL, "not numeric"),
-    ("mutates-vector", _MutatesInput, "ggn_vp", Status.FAIL, "modified its input"),
-    ("writes-problem", _WritesProblem, "ggn", Status.ERROR, "read-only"),
+    (
+        "writes-vector",
+        _MutatesInput,
+        "ggn_vp",
+        Status.FAIL,
+        "wrote to a read-only input (output array is read-only): handed writable copies, it "
+        "modified argument 2 in place",
+    ),
+    (
+        "writes-problem",
+        _WritesProblem,
+        "ggn",
+        Status.FAIL,
+        "wrote to a read-only input (assignment destination is read-only): handed writable "
+        "copies, it modified problem.params in place",
+    ),
+    (
+        "writes-list-item",
+        _WritesListItem,
+        "lbfgs_direction",
+        Status.FAIL,
+        "modified argument 2[0] in place",
+    ),
+    (
+        "re-enables-write",
+        _ReenablesWrite,
+        "ggn_vp",
+        Status.FAIL,
+        "modified its input argument 2 in place (handed read-only, it re-enabled writing)",
+    ),
+    (
+        "own-read-only-array",
+        _WritesOwnReadOnlyArray,
+        "ggn",
+        Status.ERROR,
+        "not a write into its inputs",
+    ),
 ]
 
 
@@ -215,6 +274,51 @@ def test_faults_are_contained_and_the_run_goes_on(label, cls, capability, status
     assert np.array_equal(
         SMALL[0].params, zoo.make_problem((3, 4, 3), ("tanh", "identity"), "mse", 1).params
     )
+
+
+def _arrays(value):
+    """Every numpy array in a port argument (problems, arrays, lists and tuples of arrays)."""
+    if isinstance(value, np.ndarray):
+        return [value]
+    if hasattr(value, "params") and hasattr(value, "layers"):
+        return [value.params, value.inputs, value.targets]
+    if isinstance(value, list | tuple):
+        return [a for item in value for a in _arrays(item)]
+    return []
+
+
+class _RecordsWriteFlags(NumpyPort):
+    """Records, per capability, whether any array it was handed was writable."""
+
+    writable: dict[str, bool] = {}
+
+
+def _recording(capability):
+    def method(self, *args, **kwargs):
+        if self.__dict__.get("inside"):  # a call of the port to itself, not from the harness
+            return getattr(NumpyPort, capability)(self, *args, **kwargs)
+        arrays = _arrays(list(args) + list(kwargs.values()))
+        seen = type(self).writable
+        seen[capability] = seen.get(capability, False) or any(a.flags.writeable for a in arrays)
+        self.inside = True
+        try:
+            return getattr(NumpyPort, capability)(self, *args, **kwargs)
+        finally:
+            self.inside = False
+
+    return method
+
+
+for _capability in CAPABILITIES:
+    setattr(_RecordsWriteFlags, _capability, _recording(_capability))
+
+
+def test_every_array_handed_to_a_port_is_read_only():
+    _RecordsWriteFlags.writable = {}
+    report = run_checks(load_adapter(_RecordsWriteFlags), SMALL[:1])
+    assert report.passed
+    assert set(_RecordsWriteFlags.writable) == set(CAPABILITIES)
+    assert not [c for c, writable in _RecordsWriteFlags.writable.items() if writable]
 
 
 # -- tolerances follow dtype ------------------------------------------------------------------
@@ -319,4 +423,5 @@ def test_check_adapter_quick_source_covers_every_capability():
         "damped_update",
         "hvp",
         "lbfgs_direction",
+        "lbfgs_step",
     }

@@ -14,6 +14,8 @@ from ngd_ref.newton import _jax as newton_jax
 from ngd_ref.quasi_newton import _jax as qn_jax
 from ngd_ref.shampoo import _jax as shampoo_jax
 from verify._tolerance import solve_rtol
+from verify.adapters.ngd_ref_jax import NgdRefJax, NgdRefJaxFloat32
+from verify.harness import run_capability
 
 QUICK = zoo.problems(quick=True)
 IDS = [p.name for p in QUICK]
@@ -118,3 +120,11 @@ def test_jitted_twins_do_not_recompile():
     shampoo_jax.inverse_root(M + 1.0, 2, 0.2)
     assert shampoo_jax.inverse_root._cache_size() == before
 
+
+
+@pytest.mark.parametrize("adapter", [NgdRefJax, NgdRefJaxFloat32], ids=DTYPES)
+@pytest.mark.parametrize("problem", TRUST, ids=[p.name for p in TRUST])
+def test_adapter_lbfgs_step_passes_the_harness(problem, adapter):
+    results = run_capability(adapter(), "lbfgs_step", problem, dtype=adapter.dtype)
+    assert [r.check for r in results] == ["lbfgs_step_params", "lbfgs_step_s", "lbfgs_step_y"]
+    assert all(r.status == "pass" for r in results), [r.message for r in results]

@@ -28,3 +28,21 @@ def test_mutant_is_killed(name):
 def test_control_passes(control):
     failures = run_control(control)
     assert not failures, "\n".join(f"{f.check} {f.problem}: {f.message}" for f in failures[:5])
+
+
+# The two renderings of seed 004's L-BFGS loop: rebinding (the seed's code, a wrong `y` caught
+# by value) and the in-place numpy version (an aliasing bug caught by read-only inputs).
+LBFGS_KILLS = [
+    ("seed-lbfgs-overwritten-gradient", "lbfgs_step_y", "error"),
+    ("lbfgs-direction-in-place", "lbfgs_direction", "wrote to a read-only input"),
+]
+
+
+@pytest.mark.parametrize("suffix", ["", "-float32"], ids=["float64", "float32"])
+@pytest.mark.parametrize(("name", "check", "text"), LBFGS_KILLS, ids=[k[0] for k in LBFGS_KILLS])
+def test_seed_lbfgs_bugs_are_killed_where_expected(name, check, text, suffix):
+    outcome = run_mutant(MUTANTS[name + suffix])
+    assert outcome.killed
+    assert outcome.evidence.check == check
+    assert outcome.evidence.status == "fail"
+    assert text in outcome.evidence.message
