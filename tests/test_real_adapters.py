@@ -74,3 +74,130 @@ def test_curvlinops_compute_kronecker_factors_accumulates():
     kfac.compute_kronecker_factors()
     for key, value in kfac._input_covariances.items():
         np.testing.assert_allclose(value.numpy(), 2 * first[key].numpy(), rtol=1e-14)
+
+
+# -- kfac-jax ---------------------------------------------------------------------------------
+KFAC_JAX_SKIP = "kfac_jax not installed (tox -e kfac-jax: kfac-jax 0.0.8 needs jax 0.9.0)"
+KFAC_JAX_CAPABILITIES = ["loss", "hessian", "ggn", "fisher", "empirical_fisher", "hvp", "ggn_vp",
+                         "fisher_vp", "kfac_factors", "kfac_solve"]
+SUM_REDUCTION = zoo.get("mlp-3x4x3-sigmoid-softmax_cross_entropy-b3-sum")
+SAME_INPUTS = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3-same_inputs")
+NLL_PROBS = zoo.get("mlp-3x4x3-tanh-nll_probs-b3-out_softmax")
+
+
+def _f64_tolerance(problem, depth: int) -> float:
+    from verify._tolerance import rounding_rtol
+
+    return rounding_rtol("float64", length=problem.n_params, depth=depth)
+
+
+def test_kfac_jax_agrees_with_the_documented_constant_factors():
+    """Exact matrices, products, K-FAC factors (3 modes) and both damped solves pass.
+
+    One example with mse (weight w/2 for `register_squared_error_loss`) and a summed batch
+    (weight w = B; EF divided by w; empirical S times 1/c).
+    """
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    report = run_checks(load_adapter("kfac-jax"), [ONE_EXAMPLE, SUM_REDUCTION],
+                        capabilities=KFAC_JAX_CAPABILITIES)
+    bad = [r for r in report.results if Status(r.status) in (Status.FAIL, Status.ERROR)]
+    assert not bad, [f"{r.check} {r.problem}: {r.message}" for r in bad[:3]]
+    assert sum(Status(r.status) is Status.PASS for r in report.results) > 50
+
+
+@pytest.mark.parametrize("loss", ["poisson", "gaussian_logvar"])
+def test_kfac_jax_declines_losses_it_has_no_registration_for(loss):
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    problem = next(p for p in zoo.problems(quick=True) if p.loss == loss)
+    statuses = _statuses("kfac-jax", [problem], ["fisher_vp", "kfac_factors"])
+    assert set(statuses.values()) == {Status.SKIP}
+
+
+def test_kfac_jax_nll_probs_fisher_passes_and_its_ggn_is_the_logit_ggn():
+    """Convention: kfac-jax's GGN is at the registered logits, so nll_probs' G has no map.
+
+    Registering the output layer's logits gives the protocol's F (reparameterization-invariant,
+    Martens s9-s10), so `fisher` passes and `ggn` is declined; kfac-jax's own `ggn_exact` there
+    equals F (natural parameters), unmistakably not the protocol's G through the probabilities.
+    """
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    from ngd_ref.dense import dense
+    from verify._tolerance import compare
+    from verify.adapters.kfac_jax_adapter import KfacJax
+
+    statuses = _statuses("kfac-jax", [NLL_PROBS], ["fisher", "ggn"])
+    assert statuses[("fisher", NLL_PROBS.name)] is Status.PASS
+    assert statuses[("ggn", NLL_PROBS.name)] is Status.SKIP
+    logit_ggn = KfacJax()._explicit(NLL_PROBS, "ggn_exact")
+    ref = dense(NLL_PROBS)
+    tol = _f64_tolerance(NLL_PROBS, depth=len(NLL_PROBS.layers) + 2)
+    assert compare(logit_ggn, ref.fisher, tolerance=tol).passed
+    assert compare(logit_ggn, ref.ggn, tolerance=tol).error > 100 * tol
+
+
+def test_kfac_jax_empirical_kfac_is_batch_size_times_smaller_than_its_exact_empirical_fisher():
+    """Convention (documented, inconsistent): `fisher_empirical` K-FAC divides S by B again.
+
+    For B copies of one example K-FAC is exact (PROTOCOL s4), and kfac-jax's own
+    `ExplicitExactCurvature` EF block equals the protocol's; its K-FAC `A (x) S` is 1/B of it.
+    """
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    from ngd_ref import layer_slices
+    from verify._tolerance import compare
+    from verify.adapters.kfac_jax_adapter import KfacJax
+
+    port, batch = KfacJax(), SAME_INPUTS.batch_size
+    setup, factors, _, _ = port._kfac(SAME_INPUTS, "empirical")
+    exact = port._explicit(SAME_INPUTS, "fisher_empirical")  # raw: w = 1 for a mean
+    tol = _f64_tolerance(SAME_INPUTS, depth=len(SAME_INPUTS.layers) + 2)
+    for sl, (a, s) in zip(layer_slices(SAME_INPUTS.layers), factors(setup.args), strict=True):
+        block = np.kron(np.asarray(a), np.asarray(s))
+        assert compare(batch * block, exact[sl, sl], tolerance=tol).passed
+        assert compare(block, exact[sl, sl], tolerance=tol).error > 100 * tol
+
+
+def test_kfac_jax_cached_pi_adjusted_inverse_ignores_per_block_damping_scale():
+    """Bug: `update_cache` drops `norm_to_scale_identity_weight_per_block` (kfac-jax 0.0.8).
+
+    `BlockDiagonalCurvature.update_cache` computes the per-block scaled damping and then
+    passes the unscaled one to the blocks, and `Optimizer` does not forward the option to
+    `update_cache` at all: cached pi-adjusted inverses (the optimizer's default with
+    `inverse_update_period > 1`) equal the unscaled ones exactly, while the uncached inverse
+    (period 1) and the exact (eigen) inverses do scale the damping.
+    """
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    import jax
+    import kfac_jax
+
+    from verify._tolerance import compare
+    from verify.adapters.kfac_jax_adapter import KfacJax
+
+    setup = KfacJax._setup(BATCHED)
+    estimator = kfac_jax.BlockDiagonalCurvature(setup.func, default_estimation_mode="fisher_exact",
+                                                auto_register_tags=False)
+    rng = jax.random.PRNGKey(0)
+    state = estimator.init(rng, setup.args, exact_powers_to_cache=-1, approx_powers_to_cache=-1)
+    state = estimator.update_curvature_matrix_estimate(state, 0.0, 1.0, 0.0, BATCHED.batch_size,
+                                                       rng, setup.args)
+    v, damping, norm = setup.model.tree(np.linspace(-1, 1, BATCHED.n_params)), 0.1, "avg_diag"
+
+    def inverse(exact, cached, scale):
+        option = {"norm_to_scale_identity_weight_per_block": norm} if scale else {}
+        s = state
+        if cached:
+            s = estimator.update_cache(state, damping, exact_powers=-1 if exact else None,
+                                       approx_powers=None if exact else -1, eigenvalues=False,
+                                       pmap_axis_name=None, **option)
+        out = estimator.multiply_inverse(s, v, damping, exact_power=exact, use_cached=cached,
+                                         pmap_axis_name=None, **option)
+        return setup.model.canonical(out)
+
+    tol = _f64_tolerance(BATCHED, depth=len(BATCHED.layers) + 2)
+    # pi-adjusted: the cached inverse is the unscaled one, not the scaled one
+    assert compare(inverse(False, True, True), inverse(False, False, False), tolerance=tol).passed
+    assert compare(inverse(False, True, True), inverse(False, False, True),
+                   tolerance=tol).error > 100 * tol
+    # eigen: cached and uncached agree, and both scale
+    assert compare(inverse(True, True, True), inverse(True, False, True), tolerance=tol).passed
+    assert compare(inverse(True, True, True), inverse(True, False, False),
+                   tolerance=tol).error > 100 * tol

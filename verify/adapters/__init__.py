@@ -2,7 +2,7 @@
 
 * `ngd-ref-jax` -- the project's own JAX implementation (`NgdRefJaxFloat32`: the same in
   float32, as `ngd-ref-jax-float32`);
-* `curvlinops`, `optax` -- third-party libraries (`kfac-jax`: see `UNAVAILABLE`), each behind an optional extra
+* `curvlinops`, `optax`, `kfac-jax` -- third-party libraries, each behind an optional extra
   (`pip install 'ngd-verify[kfac-jax]'`) and a tox environment. They translate problems into
   the library's terms and never adjust its numbers otherwise; see docs/findings.md.
 * `numpy-port`, `numpy-port-float32` -- the correct numpy ports the mutation corpus is built
@@ -14,14 +14,12 @@ BUILTIN: dict[str, str] = {
     "ngd-ref-jax-float32": "verify.adapters.ngd_ref_jax:NgdRefJaxFloat32",
     "curvlinops": "verify.adapters.curvlinops_adapter:Curvlinops",
     "optax": "verify.adapters.optax_adapter:Optax",
+    "kfac-jax": "verify.adapters.kfac_jax_adapter:KfacJax",
     "numpy-port": "verify.mutants:NumpyPort",
     "numpy-port-float32": "verify.mutants:NumpyPort32",
 }
 
 #: built-in names of the protocol whose adapter does not exist yet, with the reason
-UNAVAILABLE: dict[str, str] = {
-    "kfac-jax": "the kfac-jax adapter is not written yet (environment ready: tox -e kfac-jax "
-    "installs kfac-jax 0.0.8 with jax 0.9.0); see docs/findings.md",
-}
+UNAVAILABLE: dict[str, str] = {}
 
 __all__ = ["BUILTIN", "UNAVAILABLE"]
