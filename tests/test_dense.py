@@ -85,12 +85,18 @@ def test_float64_carries_nearly_all_digits(problem):
 
 
 def test_damped_update_solves_the_damped_system():
+    # A backward-stable solve leaves a residual of order u ||M|| ||x|| (Higham Thm 7.1).
     problem = QUICK[1]
     ref = dense(problem)
     for curvature in Curvature:
         step = ref.damped_update(curvature, 0.1)
-        residual = (ref.matrix(curvature) + 0.1 * np.eye(problem.n_params)) @ step + ref.gradient
-        assert np.linalg.norm(residual) <= _rtol(problem) * np.linalg.norm(ref.gradient) * 100
+        damped = ref.matrix(curvature) + 0.1 * np.eye(problem.n_params)
+        residual = damped @ step + ref.gradient
+        scale = np.linalg.norm(damped, 2) * np.linalg.norm(step) + np.linalg.norm(ref.gradient)
+        assert np.linalg.norm(residual) <= _rtol(problem) * scale
+        # and a step off by a relative 1e-7 would not pass this bound
+        wrong = damped @ (step * (1 + 1e-7)) + ref.gradient
+        assert np.linalg.norm(wrong) > _rtol(problem) * scale
 
 
 def test_mp_backend_rejects_low_precision():
