@@ -19,6 +19,7 @@ from verify.identities._registry import identity, result, separated
 __all__ = [
     "affine_network",
     "curved_with_residual",
+    "network_curved",
     "hessian_decomposition",
     "hessian_differs_from_ggn",
     "hessian_equals_ggn_affine_network",
@@ -96,22 +97,24 @@ def hessian_equals_ggn_zero_residual(problem: Problem):
                   "H = G with targets = outputs", SOURCE)
 
 
-def curved_with_residual(problem: Problem) -> bool:
-    """Hypotheses of `hessian_differs_from_ggn`: z curved in theta, and a residual to weigh it.
+def network_curved(problem: Problem) -> bool:
+    """Whether z is curved in theta at this point.
 
-    z is curved when the last activation is softmax, or when there are hidden layers and z
-    actually depends on their parameters (`J_b` nonzero outside the last layer: not a fully
-    dead ReLU network); the residual `dL/dz` must be nonzero somewhere.
+    True when the last activation is softmax, or when there are hidden layers and z actually
+    depends on their parameters (`J_b` nonzero outside the last layer: not a fully dead ReLU
+    network, which is locally affine).
     """
     if affine_network(problem):
-        return False
-    ref = reference(problem)
-    if not np.any(ref.loss_grads != 0):
         return False
     if problem.layers[-1].activation != "identity":
         return True
     earlier = layer_slices(problem.layers)[-1].start
-    return bool(np.any(ref.jacobians[:, :, :earlier] != 0))
+    return bool(np.any(reference(problem).jacobians[:, :, :earlier] != 0))
+
+
+def curved_with_residual(problem: Problem) -> bool:
+    """Hypotheses of `hessian_differs_from_ggn`: z curved in theta, and a residual to weigh it."""
+    return network_curved(problem) and bool(np.any(reference(problem).loss_grads != 0))
 
 
 @identity("hessian_differs_from_ggn", source=SOURCE,

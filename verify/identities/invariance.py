@@ -66,8 +66,11 @@ def default_reparameterization(problem: Problem) -> tuple[np.ndarray, np.ndarray
 
 
 def _transformed(problem: Problem, r: np.ndarray, curvature: str) -> np.ndarray:
-    """`C_gamma` computed in gamma-space: from `J_b R` and the middles for G and F (independent
-    of the assembled `C`), as `R^T H R` for the Hessian (Grosse eq. (9))."""
+    """Compute `C_gamma` in gamma-space (Grosse eq. (9)).
+
+    From `J_b R` and the middles for G and F (independent of the assembled `C`), as
+    `R^T H R` for the Hessian.
+    """
     ref = reference(problem)
     if curvature == "hessian":
         return r.T @ ref.hessian @ r
@@ -178,7 +181,6 @@ def pullback_curvatures(problem: Problem, *, direction: np.ndarray | None = None
     """
     ref = reference(problem)
     _, jg_v, jvp_fd, _ = _pullback_pieces(problem, direction)
-    jvp = np.einsum("bcn,n->bc", ref.jacobians, jg_v)
     out = []
     middles = {"ggn": ref.loss_hessians, "fisher": ref.output_fishers}
     for name, mid in middles.items():
