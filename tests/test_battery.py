@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ngd_ref import zoo
 from verify._report import Status
+from verify._tolerance import compare
 from verify.battery import run_battery
 from verify.identities import Identity
 from verify.identities._registry import result
-from verify._tolerance import compare
 
 
 def _boom(problem):

@@ -12,10 +12,18 @@ from ngd_ref import zoo
 from ngd_ref.dense import Curvature, dense, levenberg_marquardt
 from verify._report import Status
 from verify.battery import run_identity
-from verify.identities import IDENTITIES
+from verify.identities import (
+    IDENTITIES,
+    definiteness,
+    descent,
+    fisher,
+    hessian,
+    invariance,
+    kronecker,
+    quadratic_model,
+    split,
+)
 from verify.identities import damping as damping_mod
-from verify.identities import fisher, hessian, kronecker, quadratic_model, split
-from verify.identities import definiteness, descent, invariance
 from verify.strategies import build
 
 OWN_MODULES = {m.__name__ for m in (fisher, split, hessian, definiteness, kronecker, invariance,
