@@ -296,11 +296,14 @@ def _poisson_rule(bk: Backend, rate: np.ndarray):
         worst_tail = max(worst_tail, math.exp(log_bound))
     ks = np.arange(k_max + 1)
     nodes = np.stack([bk.asarray(np.full(rate.shape, float(k))) for k in ks])
+    # p(k) = exp(-rate + k log(rate) - log k!) in log space: exp(-rate) alone underflows
+    # in float64 once rate > ~745 (z > 6.6) and would zero every weight.
     weights = []
-    p = bk.exp(-rate)
+    log_rate = bk.log(rate)
+    log_p = -rate
     for k in ks:
-        weights.append(p)
-        p = p * rate / (k + 1)
+        weights.append(bk.exp(log_p))
+        log_p = log_p + log_rate - bk.log(bk.scalar(int(k) + 1))
     return nodes, np.stack(weights), worst_tail
 
 
