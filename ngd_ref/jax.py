@@ -18,7 +18,7 @@ Example:
 
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
 from ngd_ref._sharding import batch_mesh
-from ngd_ref.cg._jax import CGResult, CGStatus, cg, cg_solve
+from ngd_ref.cg._jax import CGResult, CGStatus, cg, cg_iterates, cg_solve
 from ngd_ref.curvature._jax import (
     Batch,
     Objective,
@@ -90,6 +90,7 @@ __all__ = [
     "batch_mesh",
     "canonical_vector",
     "cg",
+    "cg_iterates",
     "cg_solve",
     "curvature_operator",
     "curvature_vp",

@@ -18,6 +18,10 @@ Differences from `jax.scipy.sparse.linalg.cg`, which returns `info=None` and sto
 * `maxiter` may be a traced value (the history length `history` is then static), and with
   `tol = atol = 0` exactly `maxiter` iterations are taken: the k-th CG iterate, which
   `ngd_ref.dense.krylov_optimal_iterate` computes independently.
+
+`cg_iterates` returns every iterate `x_0, ..., x_k` of one fixed-length run (`lax.scan`, the
+same recurrence and operation order as `cg_solve`), the twin of `ngd_ref.dense.cg_iterates`:
+one small program instead of k solves when checking CG iterate by iterate.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["CGResult", "CGStatus", "cg", "cg_solve"]
+__all__ = ["CGResult", "CGStatus", "cg", "cg_iterates", "cg_solve"]
 
 Params = Any
 Operator = Callable[[Params], Params]
@@ -188,3 +192,51 @@ def cg(matvec: Operator, b: Params, x0: Params | None = None, tol: float = 1e-10
        maxiter: int | None = None, precond: Operator | None = None) -> Params:
     """`x` from `cg_solve`, with the signature of PROTOCOL section 5's `cg`."""
     return cg_solve(matvec, b, x0, tol=tol, maxiter=maxiter, precond=precond).x
+
+
+def cg_iterates(matvec: Operator, b: Params, x0: Params | None = None, *, maxiter: int,
+                precond: Operator | None = None) -> Params:
+    """Every CG iterate `x_0, x_1, ..., x_maxiter`, stacked on a new leading axis.
+
+    One `lax.scan` of `maxiter` steps of the recurrence of `cg_solve` (Grosse ch. 4 s4, seed
+    002), with the same operations in the same order, so `x_k` equals
+    `cg_solve(matvec, b, x0, tol=0, maxiter=k, precond=precond).x` -- the A-norm-optimal
+    point of `x0 + K_k(M A, M r_0)` in exact arithmetic (`ngd_ref.dense.krylov_optimal_iterate`).
+    After a step with `p^T A p <= 0` (exact convergence, `r = 0`, or an operator that is not
+    positive definite) the iterate is frozen, as `cg_solve` stops there. (`cg_solve` with
+    `tol=0` restarts when the recurrence residual is exactly 0 but the true one is not; this
+    function does not.)
+
+    Args:
+        matvec: `v -> A v`, `A` symmetric positive definite.
+        b: right-hand side, any pytree of float arrays.
+        x0: starting point like `b` (default zeros).
+        maxiter: number of iterations k, a static non-negative int.
+        precond: `r -> M r` with `M ~ A^{-1}` SPD (default identity).
+
+    Returns:
+        A pytree like `b` whose leaves have a leading axis of length `maxiter + 1`.
+    """
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 0:
+        raise ValueError(f"maxiter: expected a non-negative int, got {maxiter!r}")
+    apply_m = precond if precond is not None else (lambda r: r)
+    x0 = jax.tree.map(jnp.zeros_like, b) if x0 is None else x0
+    r0 = _sub(b, matvec(x0))
+    dtype = ravel_pytree(b)[0].dtype
+
+    def step(state, _):
+        x, r, p, rho, first, done = state
+        z = apply_m(r)
+        rho_new = _dot(r, z)
+        p_new = _select(first, z, _axpy(rho_new / jnp.where(first, 1, rho), p, z))
+        ap = matvec(p_new)
+        curvature = _dot(p_new, ap)
+        done = done | ~(curvature > 0)
+        alpha = jnp.where(done, 0, rho_new / jnp.where(done, 1, curvature))
+        new = (_axpy(alpha, p_new, x), _axpy(-alpha, ap, r), p_new, rho_new)
+        x, r, p, rho = _select(done, (x, r, p, rho), new)
+        return (x, r, p, rho, jnp.asarray(False), done), x
+
+    state = (x0, r0, r0, jnp.zeros((), dtype), jnp.asarray(True), jnp.asarray(False))
+    _, xs = jax.lax.scan(step, state, None, length=maxiter)
+    return jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]), x0, xs)
