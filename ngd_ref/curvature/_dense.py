@@ -303,7 +303,10 @@ class DenseCurvature:
             return -bk.solve(c + lam * bk.eye(c.shape[0]), self.gradient)
 
 
-@functools.lru_cache(maxsize=256)
+# Small on purpose: the battery and the harness visit one problem at a time, and a generated
+# problem's reference (traces with n tangents per activation, n x n matrices) can take tens of
+# MB -- a large cache made `--fuzz 300` exhaust memory.
+@functools.lru_cache(maxsize=16)
 def _cached(problem: Problem, backend_name: str, dps: float) -> DenseCurvature:
     from ngd_ref._backend import mp_backend
 
