@@ -105,7 +105,10 @@ class Budget:
         ), kappa
 
 
-@functools.lru_cache(maxsize=512)
+# Small on purpose: a Budget holds the dense reference and n x n magnitudes; the harness and
+# the cross-validation visit one problem at a time (a 512-entry cache exhausted memory on
+# generated problems).
+@functools.lru_cache(maxsize=16)
 def budget(problem: Problem, dtype: str) -> Budget:
     """The cached `Budget` of a problem (problems are immutable)."""
     return Budget(problem, dtype)
