@@ -100,7 +100,7 @@ def _universal_apply(activations: tuple[tuple[str, ...], ...]):
 
 
 def _target(loss: str, y: jax.Array) -> jax.Array:
-    """The loss's own target from the universal `(C,)` float target."""
+    """Return the loss's own target from the universal `(C,)` float target."""
     if Loss(loss).has_class_labels:
         return y[0].astype(jnp.int32)
     return y[: y.shape[0] // 2] if loss == Loss.GAUSSIAN_LOGVAR.value else y
@@ -130,7 +130,7 @@ def _branch(method: str, index: int, loss: str, switched: bool) -> Callable[...,
 
 @functools.cache
 def _universal_loss(losses: tuple[str, ...]) -> nj.JaxLoss:
-    """A `JaxLoss` over outputs `(z, k)` that is `losses[k]` -- the library's own functions.
+    """Build the `JaxLoss` over outputs `(z, k)` that is `losses[k]` (the library's functions).
 
     The model copies the loss index `k` into its last output, which does not depend on the
     parameters: its rows of `J` vanish, and the products below leave it out (0).
@@ -157,7 +157,7 @@ def _universal_loss(losses: tuple[str, ...]) -> nj.JaxLoss:
 
 
 def _layer_activations(problem: Problem, depth: int) -> list[str]:
-    """The activation at each universal layer: own hidden layers, identity layers, own last."""
+    """List the activation of each universal layer: own hidden, identity layers, own last."""
     own = [layer.activation for layer in problem.layers]
     return own[:-1] + ["identity"] * (depth - len(own)) + own[-1:]
 
@@ -181,8 +181,9 @@ class _Frame:
                   for w in [p.layers[0].n_in] + [lay.n_out for lay in p.layers[:-1]]]
         used = [set(names) for names in zip(*(_layer_activations(p, depth) for p in problems),
                                              strict=True)]
-        return cls(problems[0].output_dim, depth, max(p.layers[0].n_in for p in problems),
-                   max(widths), max(p.batch_size for p in problems),
+        return cls(max(p.output_dim for p in problems), depth,
+                   max(p.layers[0].n_in for p in problems), max(widths),
+                   max(p.batch_size for p in problems),
                    tuple(tuple(a for a in _ACT_NAMES if a in names) for names in used),
                    tuple(loss for loss in LOSSES if loss in {p.loss for p in problems}))
 
@@ -211,7 +212,7 @@ class _Embedded:
     weights: np.ndarray          # (B,) c, then 0 for padding
 
     def flat(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
-        """A canonical vector at the problem's universal positions, `fill` elsewhere."""
+        """Place a canonical vector at the problem's universal positions, `fill` elsewhere."""
         out = np.full(values.shape[:-1] + (self.size,), fill)
         out[..., self.index] = values
         return out
@@ -275,19 +276,13 @@ def _flat(tree) -> jax.Array:
 _COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
-def _over_problems(one: Callable[..., dict[str, jax.Array]]):
-    """`one(objective, params, batch, *per_problem, mesh=)` -> jitted over stacked problems."""
-    @functools.partial(jax.jit, static_argnames=("objective", "mesh"),
-                       compiler_options=_COMPILER_OPTIONS)
-    def kernel(objective, params, batch, *per_problem, mesh):
-        return jax.vmap(functools.partial(one, objective, mesh=mesh))(params, batch,
-                                                                       *per_problem)
-
-    kernel.__doc__ = one.__doc__
-    return kernel
+def _kernel(one: Callable[..., dict[str, jax.Array]]):
+    """Jit `one(objective, params, batch, *data, mesh=)` (objective and mesh static)."""
+    return functools.partial(jax.jit, static_argnames=("objective", "mesh"),
+                             compiler_options=_COMPILER_OPTIONS)(one)
 
 
-@_over_problems
+@_kernel
 def _products_kernel(objective, params, batch, probes, *, mesh):
     """`h`, `grad h` and the four products on each probe."""
     unravel = jax.flatten_util.ravel_pytree(params)[1]
@@ -299,9 +294,9 @@ def _products_kernel(objective, params, batch, probes, *, mesh):
     return out
 
 
-@_over_problems
+@_kernel
 def _diagonals_kernel(objective, params, batch, *, mesh):
-    """The exact diagonals of G, F and EF."""
+    """Compute the exact diagonals of G, F and EF."""
     return {"ggn_diag": _flat(nj.ggn_diag(objective, params, batch, mesh=mesh)),
             "fisher_diag": _flat(nj.fisher_diag(objective, params, batch, mesh=mesh)),
             "empirical_fisher_diag": _flat(nj.empirical_fisher_diag(objective, params, batch,
@@ -323,7 +318,7 @@ def _negative_gradient(objective, params, batch, mask, mesh):
     return -mask * _flat(nj.gradient(objective, params, batch, mesh=mesh))
 
 
-@_over_problems
+@_kernel
 def _cg_kernel(objective, params, batch, mask, diag_inv, x0, mu, *, mesh):
     """CG iterates 0..MAX_ITERATES on `P F P^T + mu I`: plain, Jacobi, from x0 (one run each)."""
     fisher = _restricted(objective, params, batch, mask, "fisher", mesh)
@@ -357,7 +352,7 @@ def _kind_operator(objective, params, batch, which, mesh):
     return lambda v: jax.lax.switch(which, products, v)
 
 
-@_over_problems
+@_kernel
 def _damped_kernel(objective, params, batch, mask, dampings, *, mesh):
     """`-(P C P^T + lambda I)^{-1} P grad h` by `cg_solve` for C in G, F, EF (one vmapped CG)."""
     unravel = jax.flatten_util.ravel_pytree(params)[1]
@@ -413,32 +408,30 @@ def _case(problem: Problem, frame: _Frame, seed: int) -> _Case:
     return _Case(problem, _embed(problem, frame), probes, x0, a, mu, dampings, optimal, residuals)
 
 
-def _stack(trees: Sequence[Any], dtype: str) -> Any:
-    return jax.tree.map(lambda *leaves: jnp.asarray(np.stack(leaves), dtype), *trees)
-
-
 def _run(frame: _Frame, cases: Sequence[_Case], dtype: str,
          mesh) -> list[dict[str, np.ndarray]]:
-    """Run the four kernels on the stacked cases of one frame; per-problem host outputs."""
-    def stacked(values: Callable[[_Case], Any]) -> Any:
-        return _stack([values(case) for case in cases], dtype)
+    """Run the four kernels on each case of one frame (compiled once); host outputs."""
+    outs = []
+    for case in cases:
+        e = case.embedded
 
-    params = stacked(lambda c: c.embedded.params)
-    batch = nj.Batch(stacked(lambda c: c.embedded.inputs), stacked(lambda c: c.embedded.targets),
-                     stacked(lambda c: c.embedded.weights))
-    mask = stacked(lambda c: c.embedded.flat(np.ones(c.problem.n_params)))
-    kernels = (
-        (_products_kernel, (stacked(lambda c: c.embedded.flat(c.probes)),)),
-        (_diagonals_kernel, ()),
-        (_cg_kernel, (mask, stacked(lambda c: c.embedded.flat(1.0 / np.diag(c.a), 1.0)),
-                      stacked(lambda c: c.embedded.flat(c.x0)), stacked(lambda c: c.mu))),
-        (_damped_kernel, (mask, stacked(lambda c: np.asarray(c.dampings)))),
-    )
-    out: dict[str, Any] = {}
-    for kernel, args in kernels:
-        out |= kernel(frame.objective, params, batch, *args, mesh=mesh)
-    host = {key: np.asarray(value) for key, value in out.items()}
-    return [{key: value[i] for key, value in host.items()} for i in range(len(cases))]
+        def cast(tree: Any) -> Any:
+            return jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype), tree)
+
+        params, mask = cast(e.params), cast(e.flat(np.ones(case.problem.n_params)))
+        batch = nj.Batch(cast(e.inputs), cast(e.targets), cast(e.weights))
+        kernels = (
+            (_products_kernel, (cast(e.flat(case.probes)),)),
+            (_diagonals_kernel, ()),
+            (_cg_kernel, (mask, cast(e.flat(1.0 / np.diag(case.a), 1.0)), cast(e.flat(case.x0)),
+                          cast(case.mu))),
+            (_damped_kernel, (mask, cast(np.asarray(case.dampings)))),
+        )
+        out: dict[str, Any] = {}
+        for kernel, args in kernels:
+            out |= kernel(frame.objective, params, batch, *args, mesh=mesh)
+        outs.append(out)
+    return [{key: np.asarray(value) for key, value in out.items()} for out in outs]
 
 
 def _result(check: str, capability: str, problem: Problem, comparison, what: str) -> CheckResult:
@@ -512,12 +505,30 @@ def _check_cg(case: _Case, dtype: str, out, own, suffix: str, against) -> list[C
     return results
 
 
+def _pads(problem: Problem) -> bool:
+    """Whether extra outputs `z = 0`, `y = 0` leave h and its derivatives unchanged.
+
+    True for `mse` (a zero term, a block `H_L = F_R = I` uncoupled from the own outputs)
+    when the last activation maps 0 to 0 elementwise (the padded rows get `phi(0)`).
+    """
+    return problem.loss == Loss.MSE.value and problem.layers[-1].activation in (
+        "identity", "tanh", "relu")
+
+
 def _frames(problems: Sequence[Problem]) -> list[tuple[_Frame, list[Problem]]]:
-    """Problems grouped by output size C, each group with its universal frame."""
+    """Problems grouped by output size C, each group with its universal frame.
+
+    A group whose problems all `_pads` joins the next larger C: a frame costs ~2 s of
+    tracing and compilation even when small.
+    """
     by_outputs: dict[int, list[Problem]] = {}
     for problem in problems:
         by_outputs.setdefault(problem.output_dim, []).append(problem)
-    return [(_Frame.of(group), group) for group in by_outputs.values()]
+    sizes = sorted(by_outputs)
+    for small, large in zip(sizes, sizes[1:], strict=False):
+        if all(_pads(problem) for problem in by_outputs[small]):
+            by_outputs[large] = by_outputs.pop(small) + by_outputs[large]
+    return [(_Frame.of(group), group) for _, group in sorted(by_outputs.items())]
 
 
 def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 0,
@@ -546,7 +557,8 @@ def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 
             for case, out in zip(cases, outs, strict=True):
                 results += _check_problem(case, dtype, out)
             if mesh is not None:
-                for case, out, sharded in zip(cases, outs, _run(frame, cases, dtype, mesh), strict=True):
+                sharded_outs = _run(frame, cases, dtype, mesh)
+                for case, out, sharded in zip(cases, outs, sharded_outs, strict=True):
                     results += _check_problem(case, dtype, sharded, f"_sharded{devices}",
                                               against=out)
         if progress is not None:
