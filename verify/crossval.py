@@ -9,8 +9,8 @@ Part of `ngd-verify run` (PROTOCOL s6). For every problem, in float64 and in flo
   plus damping, plain, Jacobi-preconditioned and from a nonzero `x0`, against
   `krylov_optimal_iterate` (the A-norm-optimal point of `x0 + K_k`, Grosse ch. 4 s4), while
   the exact residual is still informative (as in `verify.harness._cg`); the iterates come
-  from one `ngd_ref.jax.cg_iterates` run, whose k-th iterate is bitwise the k-th of
-  `cg_solve(..., tol=0, maxiter=k)` (tests/test_crossval.py checks it);
+  from one `ngd_ref.jax.cg_iterates` run, whose k-th iterate equals (bitwise, both jitted)
+  `cg_solve(..., tol=0, maxiter=k).x` (tests/test_crossval.py checks it);
 * damped updates `-(C + lambda I)^{-1} grad h` by `cg_solve` on the linearized operator, for
   C = G (not for `gaussian_logvar`, whose G is indefinite), F and EF;
 * with `devices > 1`: the same computations with the batch sharded over the devices, checked
@@ -19,24 +19,33 @@ Part of `ngd-verify run` (PROTOCOL s6). For every problem, in float64 and in flo
 Tolerances are the harness's (`verify.harness._budget`): rounding tolerances relative to the
 computation's magnitude, solve tolerances with the condition number.
 
-Few, small compilations. Every problem with C outputs is embedded in one "universal" MLP
-for C (a *frame*): layers padded with zero weights (so the function, and every derivative
-with respect to the problem's own parameters, is unchanged), missing layers replaced by
-identity layers, activations selected by one-hot parameter weights, batches padded with
-weight-0 examples (`Batch.weights`). The loss is a runtime choice too: `_universal_loss`
-is a `JaxLoss` whose value and closed-form output products `lax.switch` over the library's
-own per-loss `JaxLoss` functions (`ngd_ref._losses_jax`), on an index that the model copies
-from an extra input column into an extra output column (constant in the parameters, so
-`J` and every product ignore it). Each of four small kernels -- value/gradient/products,
-exact diagonals, CG iterates, damped solves -- is `vmap`ped over the stacked problems of a
-frame and compiled once per (frame, dtype): 4 frames (C = 2, 3, 4, 6) x 2 dtypes x 4 kernels
-for the full zoo. Results are read off at each problem's own coordinates; the curvature
-operators are restricted to them by a mask (`P C P^T`).
+Few, small compilations (issue 4). Problems are grouped into *frames* by output size C (a
+group of `mse` problems whose last activation maps 0 to 0 joins the next larger C: the
+extra outputs are exact zeros). Every problem of a frame is embedded in one "universal" MLP:
+layers padded with zero weights (so the function, and every derivative with respect to the
+problem's own parameters, is unchanged), missing layers replaced by identity layers, the
+activation of each layer chosen by one-hot parameter weights among those that occur there
+in the frame, batches padded with weight-0 examples (`Batch.weights`). The loss is a
+runtime choice too: `_universal_loss` is a `JaxLoss` whose value and closed-form output
+products `lax.switch` over the library's own per-loss functions (`ngd_ref._losses_jax`) on
+an index the model copies from an extra input column to an extra output column (constant
+in the parameters, so its rows of `J` vanish). Four small jitted kernels -- value, gradient
+and the four products; the exact diagonals; the CG iterates (one `cg_iterates` run per
+variant); the damped solves (one vmapped `cg_solve` over G, F, EF whose operators share one
+network linearization, `_kind_operator`) -- are compiled once per (frame, dtype) with XLA's
+`-O0` and no fusion emitters (`_COMPILER_OPTIONS`) and called once per problem. Results
+are read off at each problem's own coordinates; the curvature operators are restricted to
+them by a mask (`P C P^T`). Full zoo: 3 frames (C = 3, 4, 6) x 2 dtypes x 4 kernels = 24
+compilations; quick zoo: 2 frames, 16 compilations.
 
-Cost, measured on the 2-core development machine with other jobs running (load ~6-8) and
-no persistent compilation cache: see docs/jax.md ("Cross-validation cost"). Compiled
-kernels are also kept in JAX's persistent compilation cache (`$NGD_VERIFY_CACHE`, default
-`~/.cache/ngd-verify/jax`; `NGD_VERIFY_CACHE=off` disables it).
+Cost, cold (no persistent compilation cache, `NGD_VERIFY_CACHE=off`), on the 2-core
+development machine with other jobs running (load ~2): `ngd-verify run` 30 s in all
+(cross-validation ~25 s: 3183 checks), `ngd-verify run --quick` 19 s (cross-validation
+~15 s: 448 checks); before this design, 566 s for the quick cross-validation alone. About
+half of each kernel's cost is Python tracing, half XLA compilation; running them is
+milliseconds. Everything runs on every zoo problem; nothing is restricted to a subset.
+Compiled kernels are also kept in JAX's persistent compilation cache (`$NGD_VERIFY_CACHE`,
+default `~/.cache/ngd-verify/jax`; `NGD_VERIFY_CACHE=off` disables it).
 """
 
 from __future__ import annotations
