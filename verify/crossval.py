@@ -439,6 +439,10 @@ def _run(frame: _Frame, cases: Sequence[_Case], dtype: str,
         out: dict[str, Any] = {}
         for kernel, args in kernels:
             out |= kernel(frame.objective, params, batch, *args, mesh=mesh)
+            if mesh is not None:
+                # One sharded program at a time: XLA's in-process CPU collectives deadlock
+                # (a psum rendezvous missing a thread) when several are in flight at once.
+                jax.block_until_ready(out)
         outs.append(out)
     return [{key: np.asarray(value) for key, value in out.items()} for out in outs]
 
