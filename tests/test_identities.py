@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ngd_ref import zoo
-from ngd_ref.dense import Curvature, dense, levenberg_marquardt
+from ngd_ref.dense import Curvature, KfacKind, dense, levenberg_marquardt
 from verify._report import Status
 from verify.battery import run_identity
 from verify.identities import (
@@ -19,12 +19,15 @@ from verify.identities import (
     fisher,
     hessian,
     invariance,
+    kfac,
     kronecker,
+    methods,
     quadratic_model,
     split,
 )
 from verify.identities import damping as damping_mod
-from verify.strategies import build
+from verify.identities._registry import detectable
+from verify.strategies import build, generate
 
 OWN_MODULES = {m.__name__ for m in (fisher, split, hessian, definiteness, kronecker, invariance,
                                     descent, damping_mod, quadratic_model)}
@@ -164,3 +167,54 @@ def test_descent_negative_control_uses_a_small_damping():
     lam = descent.ascent_damping(problem)
     nu_min = np.linalg.eigvalsh(dense(problem).hessian)[0]
     assert 0 < lam < -nu_min
+
+
+# -- generated problems that once broke an identity (issue 3): the hypotheses now decide ------
+def _generated(seed: int, index: int, quick: bool = False):
+    return generate(index + 1, seed, quick=quick)[index]
+
+
+#: (seed, index, quick, identity that failed or raised there, why)
+GENERATED_REGRESSIONS = [
+    (2, 0, True, "kfac_inexact_nonlinear", "width-1 layers: the factors' batch covariance is 0"),
+    (2, 0, True, "shampoo_one_step_is_polar_factor", "a layer with a zero gradient (rank 0)"),
+    (2, 64, True, "shampoo_inverse_square_root_is_not_polar", "dead ReLU layer: G = 0"),
+    (2, 64, True, "vjp_with_ones_is_not_the_diagonal", "H is diagonal (dead ReLUs)"),
+    (2, 97, True, "lbfgs_seed_pair_uses_overwritten_gradient", "the L-BFGS step overflows poisson"),
+    (2, 297, True, "kfac_solve_matches_explicit", "gaussian_logvar: tr S < 0, no trace-norm pi"),
+    (1, 98, False, "lbfgs_inverts_quadratic_on_span", "n = 2 < memory: no third conjugate pair"),
+    (1, 154, False, "lbfgs_inverts_quadratic_on_span", "||A|| = 1e10 with gamma = 1"),
+    (1, 154, False, "kfac_factored_damping_conservative",
+     "absolute lambda = 1e-4 vs ||A (x) S|| = 1e16"),
+    (1, 112, False, "kfac_solve_matches_explicit", "gaussian_logvar GGN: indefinite S"),
+    (1, 172, False, "natural_gradient_not_model_minimizer", "(G - F) delta_ng below the margin"),
+]
+
+
+@pytest.mark.parametrize("seed, index, quick, name, why", GENERATED_REGRESSIONS,
+                         ids=[f"{c[3]}-s{c[0]}-{c[1]}{'q' if c[2] else ''}"
+                              for c in GENERATED_REGRESSIONS])
+def test_previously_failing_generated_problem(seed, index, quick, name, why):
+    problem = _generated(seed, index, quick)
+    ident = next(i for i in IDENTITIES if i.name == name)
+    bad = [r.message for r in run_identity(ident, problem) if r.status is not Status.PASS]
+    assert not bad, f"{why}: {bad}"
+
+
+@pytest.mark.parametrize("problem", [SCE, NLL, LOGVAR, _generated(2, 0, True)],
+                         ids=lambda p: p.name)
+def test_kfac_gap_predicts_the_comparison(problem):
+    """The negative control's hypothesis is the size of the break it then measures."""
+    tol = kfac._tolerance(problem)
+    for kind in KfacKind:
+        comparison = kfac._kfac_comparison(problem, kind)
+        predicted = kfac.kfac_gap(problem, kind) / comparison.scale
+        assert abs(predicted - comparison.error) <= 2 * tol
+
+
+def test_shampoo_control_needs_singular_values_away_from_one():
+    layer = methods._PolarLayer(0, None, np.eye(2), np.array([1.0, 1.0]), 1e-30)
+    gap, tol = methods._inverse_sqrt_separation(layer)
+    assert not detectable(gap, tol)
+    layer = layer._replace(singular=np.array([2.0, 1.0]))
+    assert detectable(*methods._inverse_sqrt_separation(layer))

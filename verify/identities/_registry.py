@@ -16,7 +16,10 @@ from ngd_ref import Problem
 from verify._report import CheckResult, Status
 from verify._tolerance import Comparison
 
-__all__ = ["IDENTITIES", "Identity", "identity", "result", "separated"]
+__all__ = ["IDENTITIES", "MARGIN", "Identity", "detectable", "identity", "result", "separated"]
+
+#: How many tolerances apart a negative control's two sides must be (`separated`).
+MARGIN = 100.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +69,21 @@ def result(name: str, problem: Problem, comparison: Comparison, what: str, sourc
                        comparison.tolerance, f"{what} [{source}]: {comparison.describe()}")
 
 
+def detectable(predicted: float, tolerance: float, *, margin: float = MARGIN) -> bool:
+    """Whether a negative control can demonstrate a difference the theory predicts.
+
+    A negative control applies only where the mathematics says the identity breaks
+    *detectably*: `predicted` is the size of the break computed from the problem by another
+    route than the check's own comparison (e.g. K-FAC's gap as the batch covariance of its
+    two factors' per-example terms), in the comparison's units. Both that computation and
+    the comparison carry up to one `tolerance` of rounding, so `separated` is guaranteed to
+    see more than `margin` tolerances when `predicted > (margin + 2) * tolerance`.
+    """
+    return bool(predicted > (margin + 2.0) * tolerance)
+
+
 def separated(name: str, problem: Problem, comparison: Comparison, what: str, source: str,
-              *, margin: float = 100.0) -> CheckResult:
+              *, margin: float = MARGIN) -> CheckResult:
     """Negative control: pass iff the two sides differ by more than `margin` x tolerance.
 
     `what` states the non-identity, e.g. "F != G for nll_probs". The reported error is the

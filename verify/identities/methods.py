@@ -25,8 +25,10 @@ statements (so `H + lambda I` is safely positive definite) and `||H||_2 / 10` ot
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,14 +37,14 @@ from ngd_ref import dense as ref
 from ngd_ref._problem import Loss
 from verify._report import CheckResult, Status
 from verify._tolerance import compare, hoeffding_bound, rounding_rtol, solve_rtol
-from verify.identities._registry import identity, result, separated
+from verify.identities._registry import detectable, identity, result, separated
 
 __all__: list[str] = []
 
 _SEED_004 = "seed 004"
 _GROSSE = "Grosse ch.4 (seed 002)"
 _NW = "Nocedal & Wright (6.17), (6.19), Alg. 7.4"
-_HUTCHINSON_SAMPLES = 4000
+_HUTCHINSON_SAMPLES = 1000
 _EMA_BETA = 0.999
 _EMA_STEPS = 10
 
@@ -242,9 +244,14 @@ _MEMORY = 3
 
 
 def _pairs(problem: Problem, *, conjugate: bool) -> tuple[np.ndarray, list, list]:
-    """Return `A` and `_MEMORY` exact pairs `y_i = A s_i` (A-conjugate if asked)."""
+    """Return `A` and `_MEMORY` exact pairs `y_i = A s_i` (A-conjugate if asked).
+
+    At most `n` pairs are A-conjugate in n dimensions (a further one would be conjugated to
+    zero, with `y^T s = 0`), so conjugate pairs number `min(_MEMORY, n)`.
+    """
     A = _quadratic(problem)
-    raw = _rng(problem, "lbfgs").standard_normal((_MEMORY, problem.n_params))
+    count = min(_MEMORY, problem.n_params) if conjugate else _MEMORY
+    raw = _rng(problem, "lbfgs").standard_normal((count, problem.n_params))
     steps: list[np.ndarray] = []
     for v in raw:
         if conjugate:
@@ -252,6 +259,15 @@ def _pairs(problem: Problem, *, conjugate: bool) -> tuple[np.ndarray, list, list
                 v = v - (s @ A @ v) / (s @ A @ s) * s
         steps.append(v)
     return A, steps, [A @ s for s in steps]
+
+
+def _gamma(steps: list, ys: list) -> float:
+    """`s^T y / y^T y` of the newest pair: the initial `H_0 = gamma I` (N&W eq. (7.20)).
+
+    Scaled like `A^{-1}`, so the two-loop's terms stay of the size of the result (with
+    `gamma = 1` and `||A|| = 1e10` they would cancel by ten orders of magnitude).
+    """
+    return float(steps[-1] @ ys[-1] / (ys[-1] @ ys[-1]))
 
 
 def _lbfgs_tolerance(problem: Problem, A: np.ndarray) -> float:
@@ -263,7 +279,7 @@ def _lbfgs_tolerance(problem: Problem, A: np.ndarray) -> float:
           statement="lbfgs_direction(g, s, y, gamma) = H_k g, H_k = gamma I updated by each pair")
 def _lbfgs_dense(problem: Problem) -> CheckResult:
     A, steps, ys = _pairs(problem, conjugate=False)
-    gamma = float(steps[-1] @ ys[-1] / (ys[-1] @ ys[-1]))
+    gamma = _gamma(steps, ys)
     g = ref.dense(problem).gradient
     dense_h = ref.inverse_bfgs_matrix(steps, ys, gamma, n=problem.n_params)
     desired = dense_h @ g
@@ -278,7 +294,7 @@ def _lbfgs_dense(problem: Problem) -> CheckResult:
           statement="A-conjugate exact pairs y_i = A s_i: H_k A s_j = s_j for every stored j")
 def _lbfgs_span(problem: Problem) -> CheckResult:
     A, steps, ys = _pairs(problem, conjugate=True)
-    got = np.stack([ref.lbfgs_direction(y, steps, ys, 1.0) for y in ys])
+    got = np.stack([ref.lbfgs_direction(y, steps, ys, _gamma(steps, ys)) for y in ys])
     return result("lbfgs_inverts_quadratic_on_span", problem,
                   compare(got, np.stack(steps), tolerance=_lbfgs_tolerance(problem, A)),
                   "L-BFGS reproduces A^{-1} on span{y_i}", _NW)
@@ -289,28 +305,48 @@ def _lbfgs_span(problem: Problem) -> CheckResult:
 def _lbfgs_span_control(problem: Problem) -> CheckResult:
     A, steps, ys = _pairs(problem, conjugate=False)
     return separated("lbfgs_span_needs_conjugate_pairs", problem,
-                     compare(ref.lbfgs_direction(ys[0], steps, ys, 1.0), steps[0],
+                     compare(ref.lbfgs_direction(ys[0], steps, ys, _gamma(steps, ys)), steps[0],
                              tolerance=_lbfgs_tolerance(problem, A)),
                      "H_k y_0 != s_0 for non-conjugate pairs", _NW)
 
 
-@identity("lbfgs_seed_pair_uses_overwritten_gradient", source=f"{_SEED_004} `lbfgs`",
-          negative_control=True,
-          statement="seed 004 forms y = grad(theta + s) - q with q the two-loop's overwritten "
-                    "gradient; the secant pair needs y = grad(theta + s) - grad(theta)")
-def _lbfgs_seed_bug(problem: Problem) -> CheckResult:
+def _seed_pair(problem: Problem):
+    """`(seed's y, secant y, tolerance, comparison scale)` of seed 004's L-BFGS pair.
+
+    The seed's two-loop overwrites the gradient: `q = g - sum_i alpha_i y_i`, so its
+    `grad(theta + s) - q` differs from the secant pair by `g - q = sum_i alpha_i y_i`.
+    """
     A, steps, ys = _pairs(problem, conjugate=False)
-    d = ref.dense(problem)
-    g = d.gradient
+    g = ref.dense(problem).gradient
     _, s, y = ref.lbfgs_step(problem, steps, ys, 1.0 / _norm2(A))
     q = g.copy()                                          # the seed's rebound `grad_z`
     for s_i, y_i in reversed(list(zip(steps, ys, strict=True))):
         q = q - (s_i @ q) / (y_i @ s_i) * y_i
-    seed_y = (y + g) - q                                  # grad(theta + s) - q
     rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
+    with np.errstate(over="ignore"):     # an overflowing y gives scale inf: nothing detectable
+        scale = max(float(np.linalg.norm(y)), float(np.linalg.norm(y + g) + np.linalg.norm(g)))
+    return (y + g) - q, y, rtol, scale, g - q
+
+
+def _seed_pair_detectable(problem: Problem) -> bool:
+    """`||sum_i alpha_i y_i||` exceeds 102 tolerances of the gradients' scale.
+
+    Fails e.g. where the L-BFGS step overflows the loss (poisson: `grad(theta + s)` of
+    1e179 swamps `g - q`) or where `g = 0`.
+    """
+    _, _, rtol, scale, diff = _seed_pair(problem)
+    return detectable(float(np.linalg.norm(diff)) / scale, rtol)
+
+
+@identity("lbfgs_seed_pair_uses_overwritten_gradient", source=f"{_SEED_004} `lbfgs`",
+          negative_control=True, applies=_seed_pair_detectable,
+          statement="seed 004 forms y = grad(theta + s) - q with q the two-loop's overwritten "
+                    "gradient; the secant pair needs y = grad(theta + s) - grad(theta)")
+def _lbfgs_seed_bug(problem: Problem) -> CheckResult:
+    """Hypothesis: `g - q = sum_i alpha_i y_i` is detectable (`_seed_pair_detectable`)."""
+    seed_y, y, rtol, scale, _ = _seed_pair(problem)
     return separated("lbfgs_seed_pair_uses_overwritten_gradient", problem,
-                     compare(seed_y, y, tolerance=rtol,
-                             magnitude=float(np.linalg.norm(y + g) + np.linalg.norm(g))),
+                     compare(seed_y, y, tolerance=rtol, magnitude=scale),
                      "the seed's y differs from the secant pair", f"{_SEED_004} `lbfgs`")
 
 
@@ -360,10 +396,24 @@ def _hutchinson(problem: Problem) -> list[CheckResult]:
                    "sample variance within its Hoeffding bound of sum_{j != i} A_ij^2", source)]
 
 
+def _off_diagonal_row_sums(problem: Problem) -> bool:
+    """`||(H - Diag(H)) 1||` exceeds 102 tolerances of `||H||`: `H @ 1 != diag(H)` detectably.
+
+    Fails where H is diagonal (e.g. zero: dead ReLUs before a linear mse output) or its
+    off-diagonal rows happen to cancel.
+    """
+    H = ref.dense(problem).hessian
+    rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
+    rows = (H - np.diag(np.diagonal(H))) @ np.ones(problem.n_params)
+    return detectable(float(np.linalg.norm(rows)) / max(float(np.linalg.norm(H)), 1e-300), rtol)
+
+
 @identity("vjp_with_ones_is_not_the_diagonal",
           source=f"{_SEED_004} 'Diagonal Newton', 'AdaHessian'",
-          negative_control=True, statement="vjp(grad)(ones) = H @ 1 != diag(H)")
+          negative_control=True, applies=_off_diagonal_row_sums,
+          statement="vjp(grad)(ones) = H @ 1 != diag(H) where H's off-diagonal row sums are not 0")
 def _vjp_ones(problem: Problem) -> CheckResult:
+    """Hypothesis: the off-diagonal row sums of H are detectably nonzero."""
     H = ref.dense(problem).hessian
     rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
     return separated("vjp_with_ones_is_not_the_diagonal", problem,
@@ -408,18 +458,29 @@ def _adam_identity(problem: Problem) -> CheckResult:
                   "mean of squares = square of mean + per-example variance", _SEED_004)
 
 
-def _gradients_differ(problem: Problem) -> bool:
-    """`B > 1` and the per-example gradients are not all equal (identical examples)."""
+def _mean_of_squares_gap(problem: Problem) -> bool:
+    """`c sum_b g_b^2 - (c sum_b g_b)^2` is detectably nonzero relative to `diag(EF)`.
+
+    Predicted from the per-example gradients by the variance decomposition:
+    `c sum_b (g_b - mean g)^2 + c B (1 - c B) (mean g)^2` -- the spread alone for the mean
+    reduction (`c B = 1`), while for the sum reduction the second term is negative and the two
+    can cancel; zero for one example or identical ones.
+    """
     g = ref.dense(problem).per_example_gradients
+    c, batch = problem.scale, problem.batch_size
+    mean = g.mean(axis=0)
+    gap = c * np.sum((g - mean) ** 2, axis=0) + c * batch * (1 - c * batch) * mean**2
+    ef = ref.empirical_fisher_diag(problem)
     rtol = rounding_rtol("float64", length=problem.batch_size, depth=_depth(problem))
-    spread = float(np.max(np.abs(g - g[0])))
-    return problem.batch_size > 1 and spread > 100 * rtol * float(np.max(np.abs(g)))
+    return detectable(float(np.linalg.norm(gap)) / max(float(np.linalg.norm(ef)), 1e-300), rtol)
 
 
 @identity("adam_square_of_mean_is_not_empirical_fisher", source=f"{_SEED_004} 'Adagrad and Adam'",
-          applies=lambda p: _gradients_differ(p), negative_control=True,
-          statement="(grad h)^2 != c sum_b g_b^2 when B > 1 and the g_b differ")
+          applies=_mean_of_squares_gap, negative_control=True,
+          statement="(grad h)^2 != c sum_b g_b^2 where c sum (g_b - mean)^2 + cB(1 - cB) mean^2 "
+                    "is detectably nonzero")
 def _adam_control(problem: Problem) -> CheckResult:
+    """Hypothesis: the variance-decomposition gap (`_mean_of_squares_gap`) is detectable."""
     ef = ref.empirical_fisher_diag(problem)
     rtol = rounding_rtol("float64", length=problem.batch_size, depth=_depth(problem))
     return separated("adam_square_of_mean_is_not_empirical_fisher", problem,
@@ -501,66 +562,107 @@ def _roots(problem: Problem) -> list[CheckResult]:
 _POLAR_DPS = 50
 
 
-def _layer_gradients(problem: Problem, backend) -> list[np.ndarray]:
-    """Weight-shaped gradients `[dW db]` (n_out x (n_in + 1)) of every layer, in `backend`.
+class _PolarLayer(NamedTuple):
+    """One layer's Shampoo case: its 50-digit gradient, the polar factor, the ridge."""
 
-    Computed at 50 digits so that a gradient of exact rank r (e.g. r <= B) has its other
-    singular values at ~1e-50, not at float64's 1e-16 rounding noise.
-    """
-    g = ref.dense(problem, backend).gradient
-    return [g[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
-            for layer, sl in zip(problem.layers, layer_slices(problem.layers), strict=True)]
+    index: int
+    gradient: np.ndarray          # mp, n_out x (n_in + 1)
+    polar: np.ndarray             # float64 U_r V_r^T
+    singular: np.ndarray          # float64 kept singular values s_1 >= ... >= s_r > 0
+    eps: float                    # 10^-25 ||G||_F^2
 
 
-def _polar_cases(problem: Problem, root: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """Per layer `(D, U_r V_r^T, bias bound)` at 50 digits with `eps = 10^-25 ||G||_F^2`.
+@functools.lru_cache(maxsize=16)
+def _polar_layers(problem: Problem) -> tuple[_PolarLayer, ...]:
+    """Return the layers with a nonzero gradient, with what both Shampoo identities share.
 
-    `D = (L + eps I)^{-1/root} G (R + eps I)^{-1/root}` from one bias-corrected statistics step;
-    singular values below `10^-17 s_max` are the zero ones (they sit at ~1e-50 here), and the
-    kept ones contribute at most `eps / (2 s^2)` each to `||D - U_r V_r^T||_F` (root 4).
+    Computed once per problem (the 50-digit gradient and polar factor are the expensive part).
+    Gradients are weight-shaped `[dW db]` at 50 digits, so that a gradient of exact rank r
+    (e.g. r <= B) has its other singular values at ~1e-50, not at float64's 1e-16 rounding
+    noise; singular values below `10^-16 s_max` are the zero ones. A layer whose gradient is
+    exactly zero (dead ReLUs, a saturated layer) has rank 0: no ridge `eps > 0` proportional
+    to `||G||^2` exists and `U_r V_r^T = 0`, so the theorem says nothing about it.
     """
     bk = ref.mp_backend(_POLAR_DPS)
+    g = ref.dense(problem, bk).gradient
     out = []
     with bk.precision():
-        for G in _layer_gradients(problem, bk):
-            eps = float(np.sum(G * G)) * 10.0 ** (-(_POLAR_DPS // 2))
-            L, R = ref.shampoo_statistics([G], 0.9, backend=bk)
-            direction = (ref.inverse_root(L, root, eps, backend=bk) @ G
-                         @ ref.inverse_root(R, root, eps, backend=bk))
+        for index, (layer, sl) in enumerate(zip(problem.layers, layer_slices(problem.layers),
+                                                strict=True)):
+            G = g[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
+            norm2 = float(np.sum(G * G))
+            if norm2 == 0:
+                continue
             polar, singular = ref.polar_factor(G, rank_tolerance=10.0 ** -(_POLAR_DPS // 3),
                                                backend=bk)
-            s = bk.to_float64(singular)
-            bias = float(np.sqrt(np.sum((eps / (2 * s**2)) ** 2)))
-            out.append((bk.to_float64(direction), bk.to_float64(polar), bias))
-    return out
+            out.append(_PolarLayer(index, G, bk.to_float64(polar), bk.to_float64(singular),
+                                   norm2 * 10.0 ** (-(_POLAR_DPS // 2))))
+    return tuple(out)
+
+
+def _shampoo_step(layer: _PolarLayer, root: int) -> np.ndarray:
+    """`(L + eps I)^{-1/root} G (R + eps I)^{-1/root}` from one statistics step, 50 digits."""
+    bk = ref.mp_backend(_POLAR_DPS)
+    with bk.precision():
+        L, R = ref.shampoo_statistics([layer.gradient], 0.9, backend=bk)
+        return bk.to_float64(ref.inverse_root(L, root, layer.eps, backend=bk) @ layer.gradient
+                             @ ref.inverse_root(R, root, layer.eps, backend=bk))
+
+
+def _polar_rtol(layer: _PolarLayer, bias: np.ndarray) -> float:
+    """Per-singular-value `bias` of the eps-regularized step (Frobenius, relative) + rounding."""
+    return (float(np.linalg.norm(bias)) / max(float(np.linalg.norm(layer.polar)), 1.0)
+            + rounding_rtol("float64", length=layer.polar.size, depth=1))
+
+
+def _inverse_sqrt_separation(layer: _PolarLayer) -> tuple[float, float]:
+    """`(predicted relative ||U S^{-1} V^T - U V^T||_F beyond the bias, tolerance)` (root 2).
+
+    With exponent -1/2 the step is `U diag(s / (s^2 + eps)) V^T`, within `eps / s^3` per
+    singular value of `U S^{-1} V^T`, which differs from the polar factor by
+    `sqrt(sum (1/s - 1)^2)`: zero exactly when every kept s is 1.
+    """
+    s = layer.singular
+    bias = layer.eps / s**3
+    norm = max(float(np.linalg.norm(layer.polar)), 1.0)
+    gap = float(np.linalg.norm(1.0 / s - 1.0)) - float(np.linalg.norm(bias))
+    return gap / norm, _polar_rtol(layer, bias)
 
 
 @identity("shampoo_one_step_is_polar_factor", source=f"{_SEED_004} 'Shampoo'; Gupta et al. 2018",
+          applies=lambda p: bool(_polar_layers(p)),
           statement="L = G G^T, R = G^T G: (L + eps I)^{-1/4} G (R + eps I)^{-1/4} -> U_r V_r^T "
-                    "as eps -> 0 (error <= eps / (2 s_r^2) per singular value)")
+                    "as eps -> 0 (error <= eps / (2 s_r^2) per singular value), G != 0")
 def _polar(problem: Problem) -> list[CheckResult]:
+    """Hypothesis: a layer's gradient is nonzero (rank r >= 1); checked on every such layer."""
     out = []
-    for index, (direction, polar, bias) in enumerate(_polar_cases(problem, 4)):
-        rtol = bias / max(float(np.linalg.norm(polar)), 1.0) + rounding_rtol(
-            "float64", length=direction.size, depth=1)
+    for layer in _polar_layers(problem):
+        rtol = _polar_rtol(layer, layer.eps / (2 * layer.singular**2))
         out.append(result("shampoo_one_step_is_polar_factor", problem,
-                          compare(direction, polar, tolerance=rtol),
-                          f"layer {index}: one Shampoo step == polar factor (50-digit arithmetic)",
-                          "Gupta et al. 2018"))
+                          compare(_shampoo_step(layer, 4), layer.polar, tolerance=rtol),
+                          f"layer {layer.index}: one Shampoo step == polar factor (50-digit "
+                          "arithmetic)", "Gupta et al. 2018"))
     return out
+
+
+def _inverse_sqrt_layers(problem: Problem) -> list[_PolarLayer]:
+    """Layers where `U S^{-1} V^T` is detectably not `U V^T` (`_inverse_sqrt_separation`)."""
+    return [layer for layer in _polar_layers(problem)
+            if detectable(*_inverse_sqrt_separation(layer))]
 
 
 @identity("shampoo_inverse_square_root_is_not_polar",
           source=f"{_SEED_004} 'Shampoo' (text formula)",
-          negative_control=True,
-          statement="exponent -1/2 gives U S^{-1} V^T, not the polar factor (unless all s = 1)")
+          negative_control=True, applies=lambda p: bool(_inverse_sqrt_layers(p)),
+          statement="exponent -1/2 gives U S^{-1} V^T, not the polar factor, on every layer "
+                    "whose singular values are detectably not all 1")
 def _polar_control(problem: Problem) -> list[CheckResult]:
+    """Hypothesis: `sqrt(sum (1/s - 1)^2)`, less the eps bias, exceeds 102 tolerances."""
     out = []
-    for index, (direction, polar, bias) in enumerate(_polar_cases(problem, 2)):
-        rtol = bias / max(float(np.linalg.norm(polar)), 1.0) + rounding_rtol(
-            "float64", length=direction.size, depth=1)
+    for layer in _inverse_sqrt_layers(problem):
+        _, rtol = _inverse_sqrt_separation(layer)
         out.append(separated("shampoo_inverse_square_root_is_not_polar", problem,
-                             compare(direction, polar, tolerance=rtol),
-                             f"layer {index}: L^{{-1/2}} G R^{{-1/2}} differs from U V^T",
+                             compare(_shampoo_step(layer, 2), layer.polar, tolerance=rtol),
+                             f"layer {layer.index}: L^{{-1/2}} G R^{{-1/2}} differs from U V^T",
                              _SEED_004))
     return out
