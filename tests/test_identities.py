@@ -188,6 +188,7 @@ GENERATED_REGRESSIONS = [
      "absolute lambda = 1e-4 vs ||A (x) S|| = 1e16"),
     (1, 112, False, "kfac_solve_matches_explicit", "gaussian_logvar GGN: indefinite S"),
     (1, 172, False, "natural_gradient_not_model_minimizer", "(G - F) delta_ng below the margin"),
+    (0, 19, False, "seed_step_formula_literal", "g^T r ~ 1e-15: r orthogonal to g"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The quadratic model M(delta): its best improvement, its minimizers (Martens s11; Grosse eqs. (26)-(27)).
+"""The quadratic model M(delta): best improvement, minimizers (Martens s11; Grosse eqs. (26)-(27)).
 
 `M(delta) = h + g^T delta + 1/2 delta^T G delta` (Martens s3, seed 003).
 
@@ -245,11 +245,27 @@ def optimal_step_stationary(problem: Problem):
     return result("optimal_step_stationary", problem, cmp, "q'(alpha*) = 0", GROSSE26)
 
 
+def _half_slope_detectable(problem: Problem) -> bool:
+    """`q'(alpha_half) = g^T r / 2` exceeds 102 tolerances of the line model's magnitude.
+
+    Fails where the gradient is (numerically) orthogonal to the line direction r.
+    """
+    if not _positive_line_curvature(problem):
+        return False
+    _, _, slope, curv = _line(problem)
+    mag = _line_magnitude(problem, slope, -slope / (2.0 * curv))
+    return detectable(abs(slope) / 2 / mag, exact_rtol(problem))
+
+
 @identity("seed_step_formula_literal", source=GROSSE26,
-          statement="the minimizer of the printed model (no 1/2) is not stationary for the Taylor model",
-          applies=_positive_line_curvature, negative_control=True)
+          statement="the minimizer of the printed model (no 1/2) is not stationary for the "
+                    "Taylor model, where g^T r / 2 is detectable",
+          applies=_half_slope_detectable, negative_control=True)
 def seed_step_formula_literal(problem: Problem):
-    """Negative control: `alpha = -g^T r / (2 r^T G r)` leaves `q'(alpha) = g^T r / 2 != 0`."""
+    """Negative control: `alpha = -g^T r / (2 r^T G r)` leaves `q'(alpha) = g^T r / 2 != 0`.
+
+    Hypotheses: positive line curvature and a detectable `g^T r / 2` (`_half_slope_detectable`).
+    """
     _, r, slope, curv = _line(problem)
     alpha = -slope / (2.0 * curv)
     cmp = compare(slope + alpha * curv, 0.0, tolerance=exact_rtol(problem),
