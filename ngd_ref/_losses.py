@@ -14,9 +14,9 @@ Expectations are exact, never sampled:
     * Gaussian (`mse`, `gaussian_logvar`): 3-point Gauss-Hermite quadrature per output, exact
       because every integrand is a polynomial of degree <= 4 in y (the rule is exact to 5);
     * Poisson: the series over y = 0..K, truncated where a proven bound puts the tail below
-      the working precision (see `_poisson_rule`); above rate 1000, where the series would need
-      thousands of terms, the moment-matching two-point rule `rate +- sqrt(rate)`, exact for
-      these degree-2 integrands.
+      the working precision (see `_poisson_rule`); above rate 64, where the series would need
+      hundreds of terms and its rounding grows like `rate * u`, the closed forms
+      `E[dL/dz] = 0`, `E[H_L] = F_R = diag(rate)`.
 The separable losses exploit independence across outputs: cross-output covariances are
 products of means, so no product grid over outputs is needed.
 """
@@ -260,23 +260,23 @@ class _Poisson(_Separable):
         return value, rate - y, rate[None]
 
     def rule(self, bk, zeta):
-        rate = bk.exp(zeta[0])
+        return _poisson_rule(bk, bk.exp(zeta[0]))
+
+    def moments(self, bk, z):
+        rate = bk.exp(z)
         if max(float(r) for r in rate) <= _POISSON_SERIES_MAX_RATE:
-            return _poisson_rule(bk, rate)
-        # Every integrand is a polynomial of degree <= 2 in y, so the two-point rule
-        # y = rate +- sqrt(rate) (weights 1/2), which matches E[y] = rate and Var[y] = rate, is
-        # exact too. Used for large rates, where the series needs ~2 rate terms (memory, time)
-        # and its rounding grows with its length.
-        root = bk.sqrt(rate)
-        half = 0 * rate + bk.scalar(1) / 2
-        return np.stack([rate - root, rate + root]), np.stack([half, half]), 0.0
+            return super().moments(bk, z)
+        # The series needs ~2 rate terms and its rounding grows with its length (~rate * u);
+        # beyond the threshold use the closed forms E[rate - y] = 0, E[H_L] = Var[y] = rate.
+        diag = np.diag(rate)
+        return OutputMoments(0 * rate, diag, diag.copy(), 0.0)
 
     def kl(self, bk, z1, z2):
         r1, r2 = bk.exp(z1), bk.exp(z2)
         return np.sum(r1 * (z1 - z2) - r1 + r2)
 
 
-_POISSON_SERIES_MAX_RATE = 1000.0
+_POISSON_SERIES_MAX_RATE = 64.0
 
 
 def _log_factorial(bk: Backend, y) -> object:
