@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
 
 from rich.console import Console
@@ -35,7 +36,8 @@ def print_report(report: Report, *, group: str = "check", console: Console | Non
     A failing row names the smallest failing problem, its error and tolerance and the
     message; `verbose` lists every failing problem.
     """
-    console = console or Console()
+    # Off a terminal (CI logs, pipes) rich would wrap at 80 columns; the check names need more.
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title=f"ngd-verify: {report.adapter} ({report.dtype}, {report.devices} device"
                         f"{'s' if report.devices != 1 else ''})", show_lines=False)
     table.add_column(group)
