@@ -9,7 +9,15 @@ the canonical parameter layout and the built-in problem zoo.
 """
 
 from ngd_ref import _zoo as zoo
-from ngd_ref._layout import flatten, from_flax, from_torch, layer_slices, to_flax, to_torch, unflatten
+from ngd_ref._layout import (
+    flatten,
+    from_flax,
+    from_torch,
+    layer_slices,
+    to_flax,
+    to_torch,
+    unflatten,
+)
 from ngd_ref._problem import ACTIVATIONS, LOSSES, Layer, Loss, Problem, ProblemError, Reduction
 
 __all__ = [

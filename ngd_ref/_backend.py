@@ -110,13 +110,13 @@ class Backend:
         return np.logaddexp(0.0, x)
 
     def softmax(self, z: np.ndarray) -> np.ndarray:
-        """softmax over the last axis (max-shifted)."""
+        """Softmax over the last axis (max-shifted)."""
         shifted = z - np.max(z, axis=-1, keepdims=True)
         e = self.exp(shifted)
         return e / np.sum(e, axis=-1, keepdims=True)
 
     def log_softmax(self, z: np.ndarray) -> np.ndarray:
-        """log softmax over the last axis (max-shifted)."""
+        """Log softmax over the last axis (max-shifted)."""
         shifted = z - np.max(z, axis=-1, keepdims=True)
         return shifted - self.log(np.sum(self.exp(shifted), axis=-1, keepdims=True))
 

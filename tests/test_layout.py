@@ -3,7 +3,17 @@
 import numpy as np
 import pytest
 
-from ngd_ref import Layer, ProblemError, flatten, from_flax, from_torch, layer_slices, to_flax, to_torch, unflatten
+from ngd_ref import (
+    Layer,
+    ProblemError,
+    flatten,
+    from_flax,
+    from_torch,
+    layer_slices,
+    to_flax,
+    to_torch,
+    unflatten,
+)
 
 LAYERS = (Layer(3, 2, "tanh"), Layer(2, 4, "identity"))
 

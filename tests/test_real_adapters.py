@@ -33,8 +33,8 @@ def test_optax_fisher_diag_is_square_of_batch_gradient():
     statuses = _statuses("optax", [ONE_EXAMPLE, BATCHED], ["empirical_fisher_diag"])
     assert statuses[("empirical_fisher_diag", ONE_EXAMPLE.name)] is Status.PASS
     assert statuses[("empirical_fisher_diag", BATCHED.name)] is Status.FAIL
-    from verify.adapters.optax_adapter import Optax
     from ngd_ref.dense import dense
+    from verify.adapters.optax_adapter import Optax
 
     ref = dense(BATCHED)
     np.testing.assert_allclose(Optax().empirical_fisher_diag(BATCHED), ref.gradient**2, rtol=1e-12, atol=1e-15)

@@ -57,7 +57,7 @@ class Optax:
         return m.from_raveled(second_order.hessian_diag(m.loss, m.params, m.inputs, m.targets))
 
     def empirical_fisher_diag(self, problem: Problem):
-        """optax's `fisher_diag` of the objective: `(grad h)^2` (see the module docstring)."""
+        """Optax's `fisher_diag` of the objective: `(grad h)^2` (see the module docstring)."""
         from optax import second_order
 
         m = self._model(problem)
