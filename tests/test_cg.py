@@ -10,13 +10,7 @@ from ngd_ref import jax as nj
 from ngd_ref.dense import cg, cg_iterates, cg_solve, krylov_optimal_iterate, mp_backend
 from verify._tolerance import solve_rtol
 
-
-@pytest.fixture(autouse=True)
-def _x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 JAX, see conftest
 
 
 def _system(n=8, seed=0, spread=1e2):

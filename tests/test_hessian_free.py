@@ -11,13 +11,7 @@ from ngd_ref.hf import _dense as hf_dense
 from verify._tolerance import compare
 from verify.harness._budget import budget
 
-
-@pytest.fixture(autouse=True)
-def _x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 JAX, see conftest
 
 
 PROBLEM = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")

@@ -11,13 +11,7 @@ from ngd_ref.dense import dense
 from verify._tolerance import compare, hoeffding_bound
 from verify.harness._budget import budget
 
-
-@pytest.fixture(autouse=True)
-def _x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 JAX, see conftest
 
 
 # one problem per loss (and a deep/sum case): each product compiles once per problem

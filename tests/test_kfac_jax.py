@@ -28,13 +28,7 @@ EXTRA = [zoo.get("mlp-2x4x4x3-relu-softmax_cross_entropy-b3"),
          zoo.get("heteroscedastic-2x5x6-tanh-b4")]
 
 
-@pytest.fixture(autouse=True)
-def _x64():
-    """Enable float64 in JAX for this module's tests only, restoring the previous setting."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 JAX, see conftest
 
 
 def _tol(problem, dtype: str) -> float:

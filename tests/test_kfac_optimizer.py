@@ -13,14 +13,7 @@ from ngd_ref.curvature._jax import canonical_vector
 from ngd_ref.kfac import _jax as kj
 from ngd_ref.kfac._optimizer import kfac
 
-
-@pytest.fixture(autouse=True)
-def _x64():
-    """Enable float64 in JAX for this module's tests only, restoring the previous setting."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 JAX, see conftest
 
 
 def _setup(name: str):

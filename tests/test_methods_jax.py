@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 
@@ -22,13 +21,7 @@ IDS = [p.name for p in QUICK]
 DTYPES = ["float64", "float32"]
 
 
-@pytest.fixture(autouse=True)
-def _x64():
-    """Enable float64 in JAX for this module's tests only, restoring the previous setting."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 JAX, see conftest
 
 
 def _rel(actual, desired) -> float:

@@ -9,16 +9,13 @@ from ngd_ref import zoo
 from ngd_ref.dense import dense
 from verify._tolerance import compare, rounding_rtol, solve_rtol
 
-pytestmark = pytest.mark.skipif(jax.device_count() < 8,
-                                reason="needs 8 devices: XLA_FLAGS set too late (see conftest)")
+pytestmark = [
+    pytest.mark.usefixtures("x64"),
+    pytest.mark.skipif(jax.device_count() < 8,
+                       reason="needs 8 devices: XLA_FLAGS set too late (see conftest)"),
+]
 
 
-@pytest.fixture(autouse=True)
-def _x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
 
 
 # B = 3 does not divide 8 devices: exercises the weight-0 padding too
