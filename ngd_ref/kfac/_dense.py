@@ -262,13 +262,14 @@ def exactness_regimes(problem: Problem, kind: KfacKind | str) -> tuple[Exactness
 def factored_damping_pi(a: np.ndarray, s: np.ndarray, backend: Backend = FLOAT64):
     """`pi = sqrt((tr(A)/dim A) / (tr(S)/dim S))` (PROTOCOL s4; Martens & Grosse 2015 s6.3).
 
-    The trace-norm choice that balances the two added terms of eq. 24. When `tr(S) = 0` (a
-    layer that receives no curvature, e.g. dead ReLUs) the ratio is undefined; `pi = 1` is
-    returned, which keeps eq. 24's guarantee since it holds for every `pi > 0`.
+    The trace-norm choice that balances the two added terms of eq. 24. When a trace is not
+    positive (`tr(S) = 0` for a layer that receives no curvature, e.g. dead ReLUs or a softmax
+    shift the next layer cannot see; a rounding-negative trace is zero) the ratio is undefined;
+    `pi = 1` is returned, which keeps eq. 24's guarantee since it holds for every `pi > 0`.
     """
     with backend.precision():
         tr_a, tr_s = np.trace(a), np.trace(s)
-        if tr_s == 0 or tr_a == 0:
+        if not (tr_s > 0 and tr_a > 0):
             return backend.scalar(1)
         ratio = (tr_a / a.shape[0]) / (tr_s / s.shape[0])
         return backend.sqrt(ratio)

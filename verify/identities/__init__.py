@@ -8,8 +8,8 @@
 | `fisher_forms_agree` | E[score score^T] = -E[Hessian log p] | Martens s5; 000/001 |
 | `mean_score_vanishes` | E_y[score] = 0 | Martens s5; 000 |
 | `empirical_fisher_differs` (neg.) | EF != F | Martens s7 |
-| `kl_second_order` | KL(p_theta, p_theta+td) = 1/2 t^2 d^T F d + O(t^3), mpmath slope | Martens s6; 001 |
-| `kl_not_ggn` (neg.) | with G, z not natural: remainder O(t^2) | Martens s6 |
+| `kl_second_order` | KL(p_theta, p_theta+td) = 1/2 t^2 d^T F d + O(t^3): t^2 coefficient in mpmath | Martens s6; 001 |
+| `kl_not_ggn` (neg.) | with G, z not natural: the t^2 coefficient differs | Martens s6 |
 | `split_invariance` | h, grad, H, F unchanged by moving the softmax | Martens s3, s9 |
 | `ggn_depends_on_split` (neg.) | G changes with the split | Martens s3, s9 |
 | `hessian_decomposition` | H = G + c sum r_j H_[f]_j | Martens s3 |

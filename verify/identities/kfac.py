@@ -250,14 +250,19 @@ def kfac_factored_damping_conservative(problem: Problem) -> list[CheckResult]:
     (a rounding-level negative part only). The quadratic-form consequence on the gradient is
     held to the solve tolerance of `A (x) S + l I`. The theorem needs PSD factors (the two
     dropped terms `pi sqrt(l) I (x) S` and `sqrt(l)/pi A (x) I` must be PSD), so the GGN kind
-    of `gaussian_logvar`, whose `H_L` is indefinite, is excluded (`_psd_kinds`).
+    of `gaussian_logvar`, whose `H_L` is indefinite, is excluded (`_psd_kinds`). A factor that
+    is PSD in exact arithmetic can come out rounding-level indefinite (a layer whose `S_l` is
+    exactly zero, e.g. when the next layer's rows are equal and the softmax cannot see the
+    shift); the theorem is checked on the factors' PSD parts (`_psd_part`), which differ from
+    the computed factors by that rounding only.
     """
     g = dense(problem).gradient
     out = []
     for kind in _psd_kinds(problem):
         worst_eig, worst_quad = 0.0, 0.0
-        for (a, s), sl in zip(kfac_factors(problem, kind), layer_slices(problem.layers),
-                              strict=True):
+        for factors, sl in zip(kfac_factors(problem, kind), layer_slices(problem.layers),
+                               strict=True):
+            a, s = (_psd_part(f) for f in factors)
             dim = a.shape[0] * s.shape[0]
             eig_tol = rounding_rtol("float64", length=dim, depth=2)
             pis = PI_GRID + (float(factored_damping_pi(a, s)),)
@@ -290,6 +295,12 @@ def kfac_factored_damping_conservative(problem: Problem) -> list[CheckResult]:
                           quad, "g^T M_f^{-1} g <= g^T (A (x) S + l I)^{-1} g (error = relative "
                           "excess)", DAMPING_SOURCE))
     return out
+
+
+def _psd_part(m: np.ndarray) -> np.ndarray:
+    """The nearest PSD matrix to symmetric `m` (negative eigenvalues set to zero)."""
+    w, q = np.linalg.eigh(m)
+    return (q * np.maximum(w, 0.0)) @ q.T
 
 
 def _psd_kinds(problem: Problem) -> list[KfacKind]:
