@@ -40,8 +40,7 @@ class Activation:
                        t: np.ndarray) -> np.ndarray:
         """`J_phi(s) @ t` for `t` of shape `(k,)` or `(k, m)` (J_phi is symmetric)."""
         if self.derivatives is None:
-            p = a
-            return _col(p, t) * t - _col(p, t) * (p @ t)
+            return _col(a, t) * _centered(a, t)
         d1, _ = self.derivatives(backend, s, a)
         return _col(d1, t) * t
 
@@ -55,11 +54,25 @@ class Activation:
             g: fixed cotangent `(k,)`.
         """
         if self.derivatives is None:
-            p = a
             dp = self.jacobian_apply(backend, s, a, ds)
-            return dp * _col(g, ds) - dp * (p @ g) - _col(p, ds) * (g @ dp)
+            w = _centered(a, g)
+            return dp * _col(w, ds) - _col(a, ds) * (w @ dp)
         _, d2 = self.derivatives(backend, s, a)
         return _col(g * d2, ds) * ds
+
+
+def _centered(p: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """`t - p^T t` computed as `sum_j p_j (t_i - t_j)` (equal because `sum_j p_j = 1`).
+
+    For a saturated softmax (`p_m ~ 1`) the direct `t_m - p^T t` subtracts two numbers of size
+    `|t_m|` to get one of size `(1 - p_m) |t|`, losing a factor `1 / (1 - p_m)` of relative
+    accuracy (e.g. `nll_probs`: `t = -e_y / p_y` gives `-1/p_y + 1`); in the pairwise form every
+    term carries its own small weight, so the result keeps the accuracy of `p` and `t`.
+    `t` is `(k,)` or `(k, m)`.
+    """
+    diff = t[:, None] - t[None, :]                  # (k, k) or (k, k, m): t_i - t_j
+    weights = p[None, :, None] if t.ndim == 2 else p[None, :]
+    return (weights * diff).sum(axis=1)
 
 
 def _col(v: np.ndarray, like: np.ndarray) -> np.ndarray:

@@ -112,13 +112,28 @@ class _SoftmaxCrossEntropy(_Categorical):
         return -bk.log_softmax(z)[int(y)]
 
     def grad(self, bk, y, z):
-        g = bk.softmax(z)
-        g[int(y)] -= 1
+        p = bk.softmax(z)
+        g = p.copy()
+        g[int(y)] = -_complements(p)[int(y)]
         return g
 
     def hessian(self, bk, y, z):
         p = bk.softmax(z)
-        return np.diag(p) - np.multiply.outer(p, p)
+        h = -np.multiply.outer(p, p)
+        diagonal = p * _complements(p)
+        for i in range(p.shape[0]):
+            h[i, i] = diagonal[i]
+        return h
+
+
+def _complements(p: np.ndarray) -> np.ndarray:
+    """`1 - p_i` as `sum_{j != i} p_j` (equal because `sum_j p_j = 1`).
+
+    With a saturated softmax (`p_y ~ 1`) the direct `p_y - 1` (the gradient's y-th entry) and
+    `p_i - p_i^2` (the Hessian's diagonal) cancel, losing a factor `1 / (1 - p_y)` of relative
+    accuracy; the sum of the other probabilities keeps the accuracy of `p` itself.
+    """
+    return np.array([np.sum(np.delete(p, i)) for i in range(p.shape[0])], dtype=p.dtype)
 
 
 class _NllProbs(_Categorical):

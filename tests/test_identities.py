@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ngd_ref import zoo
-from ngd_ref.dense import Curvature, KfacKind, dense, levenberg_marquardt
+from ngd_ref.dense import Curvature, KfacKind, dense, levenberg_marquardt, mp_backend
 from verify._report import Status
 from verify.battery import run_identity
 from verify.identities import (
@@ -193,7 +193,27 @@ GENERATED_REGRESSIONS = [
     (0, 251, False, "affine_invariance", "G loses rank by cancellation: g not solvable in float64"),
     (2, 269, False, "kfac_factored_damping_conservative", "S = 0 computed as -8.5e-18"),
     (2, 269, False, "kfac_solve_matches_explicit", "rounding-negative tr S: pi was NaN"),
+    (1, 202, True, "damped_steps_descend", "gaussian_logvar: tr G < 0 floored lambda to 1e-299"),
+    (5, 101, True, "fisher_forms_agree", "saturated softmax: p_i - p_i^2 cancelled"),
+    (5, 101, True, "pullback_curvatures", "saturated softmax: -1/p_y + 1 cancelled in the VJP"),
+    (5, 101, True, "kfac_exact_one_example", "saturated softmax: dL/ds lost 3 digits"),
+    (5, 101, True, "kron_vec_outer", "saturated softmax: dL/ds lost 3 digits"),
+    (5, 101, True, "split_invariance", "softmax_cross_entropy: p_y - 1 cancelled"),
+    (5, 101, True, "small_damping_newton_ascends", "H's rounding made nu_1 = -5e-16 look real"),
+    (5, 197, True, "small_damping_newton_ascends", "q_1^T g = 4e-12 under q_1's uncertainty 8e-7"),
 ]
+
+
+def test_saturated_softmax_reference_is_accurate():
+    """Saturated softmax + nll_probs (p_y = 0.9996): the float64 reference keeps float64's
+    accuracy against mpmath. `diag(p) - p p^T` applied as `p_i (t_i - p^T t)` lost a factor
+    `1 / (1 - p_y) ~ 3e3` (gradient 2.4e-13 relative, 14x this tolerance; now 1.2e-16)."""
+    problem = _generated(5, 101, True)
+    exact = dense(problem, mp_backend(50))
+    for name in ("gradient", "ggn", "fisher", "fisher_expected_hessian", "hessian"):
+        want = exact.backend.to_float64(getattr(exact, name))
+        got = getattr(dense(problem), name)
+        assert np.linalg.norm(got - want) <= fisher.exact_rtol(problem) * np.linalg.norm(want), name
 
 
 @pytest.mark.parametrize("seed, index, quick, name, why", GENERATED_REGRESSIONS,

@@ -55,14 +55,18 @@ def default_direction(problem: Problem, purpose: str = "direction") -> np.ndarra
 
 
 def default_damping(problem: Problem, purpose: str = "damping") -> float:
-    """`lambda = 2^u * tr(G)/n` with `u` uniform in [-2, 2], seeded by the problem.
+    """`lambda = 2^u * sum_i |nu_i(G)| / n` with `u` uniform in [-2, 2], seeded by the problem.
 
-    Scaled by the mean eigenvalue of the GGN so that the damping is neither negligible nor
-    dominant whatever the problem's scale; floored at the smallest normal float64 times n so a
-    vanishing GGN (dead ReLUs) still gets a positive damping.
+    Scaled by the mean absolute eigenvalue of the GGN (`tr(G) / n` when G is PSD) so that the
+    damping is neither negligible nor dominant whatever the problem's scale. Not `tr(G)`: for
+    `gaussian_logvar` G is indefinite and its trace can be negative or cancel to ~0 (seed 1
+    quick #202: `tr G = -4e-3` while `||F|| = 10`, which left `F + 1e-299 I` singular).
+    Floored at the smallest normal float64 times n so a vanishing GGN (dead ReLUs) still gets
+    a positive damping.
     """
     ggn = reference(problem).ggn
-    mean_eig = max(float(np.trace(ggn)) / problem.n_params, 1e-300 * problem.n_params)
+    mean_eig = max(float(np.abs(np.linalg.eigvalsh(ggn)).sum()) / problem.n_params,
+                   1e-300 * problem.n_params)
     return float(2.0 ** problem_rng(problem, purpose).uniform(-2.0, 2.0) * mean_eig)
 
 

@@ -18,10 +18,13 @@ mpmath so that the decrease is resolved however flat the loss.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ngd_ref import Problem
 from ngd_ref.dense import mp_backend
+from verify._tolerance import solve_rtol
 from verify.identities._common import (
     at_most,
     default_damping,
@@ -29,7 +32,7 @@ from verify.identities._common import (
     magnitude,
     reference,
 )
-from verify.identities._registry import identity
+from verify.identities._registry import MARGIN, detectable, identity
 from verify.identities.fisher import mp_loss
 
 __all__ = ["ascent_damping", "damped_steps_descend", "first_armijo_step",
@@ -40,8 +43,8 @@ SOURCE = "Grosse ch.4 s2.1 eq. (6) (seed 002)"
 #: a nearly flat loss (saturated outputs: |g^T d| ~ 1e-12) resolves its first-order decrease.
 MAX_HALVINGS = 60
 ARMIJO_DIGITS = 40
-#: The step of the ascent demonstration: `t |g^T d| ~ 2^-40 |g||d|` is far above mpmath's
-#: rounding (1e-40) and far below the second-order term's reach for the zoo's curvatures.
+#: The longest step of the ascent demonstration: `t |g^T d| ~ 2^-40 |g||d|` is far above
+#: mpmath's rounding (1e-40); `_ascent` shortens it where the second-order term would reach.
 ASCENT_EXPONENT = 40
 
 
@@ -85,48 +88,96 @@ def damped_steps_descend(problem: Problem, *, damping: float | None = None):
     return out
 
 
-def ascent_damping(problem: Problem) -> float | None:
-    """A `lambda` in (0, -nu_1) making the damped Newton step ascend, or None if H is PSD.
+class _Ascent(NamedTuple):
+    """The damping of the ascent demonstration and what the eigendecomposition predicts."""
 
-    `lambda = -nu_1 - eps` with `eps = min(gap / 2, -nu_1 / 2, (q_1^T g)^2 / (4 S))`, where
-    `gap = nu_2 - nu_1` and `S = sum_{i>1} (q_i^T g)^2 / max(nu_i - nu_1, gap)`. Each other
-    eigenvalue of `H + lambda I` is `nu_i - nu_1 - eps >= (nu_i - nu_1) / 2`, so
-    `g^T (H + lambda I)^{-1} g <= -(q_1^T g)^2 / eps + 2 S <= -2 S < 0` (or `-(q_1^T g)^2/eps`
-    alone when S = 0).
+    damping: float      # lambda = -nu_1 - eps
+    cosine: float       # predicted cos(g, d) > 0, with |q_1^T g| at its lower bound
+    tolerance: float    # rounding of the computed cosine: the solve's, condition MAG(H) / eps
+    exponent: int       # the step t = 2^-exponent of the mpmath rise
+
+
+def _ascent(problem: Problem) -> _Ascent | None:
+    """`lambda = -nu_1 - eps` making the damped Newton step ascend detectably, or None.
+
+    `eps = min(gap / 2, -nu_1 / 2, c^2 / (4 S))`, `gap = nu_2 - nu_1`,
+    `S = sum_{i>1} (q_i^T g)^2 / max(nu_i - nu_1, gap)` and `c` a lower bound on `|q_1^T g|`.
+    Each other eigenvalue of `H + lambda I` is `nu_i - nu_1 - eps >= (nu_i - nu_1) / 2`, so
+    `g^T (H + lambda I)^{-1} g <= -c^2 / eps + 2 S <= -2 S < 0`.
+
+    Hypotheses, each what float64 can resolve (`delta = exact_rtol MAG(H)`, H's rounding):
+        * `c = |q_1^T g| - ||g|| delta / gap > 0`: the computed `q_1` is only within
+          `delta / gap` of the true one (Davis-Kahan), so a coefficient below
+          `||g|| delta / gap` may be rounding (seed 5 quick #197: `4e-12` against `8e-7`, two
+          eigenvalues `3e-5` apart, g orthogonal to `q_1` in exact arithmetic);
+        * `eps > 2 delta`: `H + lambda I` keeps an eigenvalue `<= -eps / 2` under rounding;
+        * the predicted cosine is `detectable` against the solve's tolerance (`solve_rtol`
+          with condition `MAG(H) / eps`: the solve with `H + lambda I` amplifies H's rounding
+          by `1 / eps`).
+    The step `t = 2^-k` of the loss-rise check is the largest with `k >= ASCENT_EXPONENT` and
+    `t |d^T H d| <= g^T d / 2`, so the quadratic model's rise `t g^T d + t^2 d^T H d / 2` is at
+    least `3/4` of its first-order term (along `q_1` the curvature is negative, and a longer
+    step would descend again).
     """
     ref = reference(problem)
-    nu, q = np.linalg.eigh(ref.hessian)
+    nu, q = np.linalg.eigh(ref.hessian)       # n >= 2: a layer has a weight and a bias
     mag = magnitude(ref.ggn, ref.hessian - ref.ggn)
+    delta = exact_rtol(problem) * mag
     coeffs = q.T @ ref.gradient
-    if nu[0] >= -exact_rtol(problem) * mag or coeffs[0] ** 2 <= (exact_rtol(problem) * mag) ** 2:
-        return None
     gaps = nu[1:] - nu[0]
-    gap = float(gaps[gaps > 0].min()) if np.any(gaps > 0) else -float(nu[0])
+    gap = float(gaps[0])
+    if gap <= 0:
+        return None
+    lower = abs(float(coeffs[0])) - float(np.linalg.norm(ref.gradient)) * delta / gap
+    if lower <= 0:
+        return None
     others = float(np.sum(coeffs[1:] ** 2 / np.maximum(gaps, gap)))
-    eps = min(gap / 2, -float(nu[0]) / 2, float(coeffs[0] ** 2) / (4 * max(others, 1e-300)))
-    return -float(nu[0]) - eps
+    eps = min(gap / 2, -float(nu[0]) / 2, lower**2 / (4 * max(others, np.finfo(float).tiny)))
+    if eps <= 2 * delta:
+        return None
+    # d = -(H + lambda I)^{-1} g in the eigenbasis, with |q_1^T g| at its lower bound.
+    c = np.concatenate([[lower], coeffs[1:]])
+    e = np.concatenate([[lower / eps], -coeffs[1:] / (gaps - eps)])
+    slope = float(c @ e)
+    cosine = slope / float(np.linalg.norm(c) * np.linalg.norm(e))
+    tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
+                     condition=mag / eps)
+    if not detectable(cosine, tol):
+        return None
+    curvature = abs(float(e @ (nu * e)))
+    exponent = max(ASCENT_EXPONENT, int(np.ceil(np.log2(2 * curvature / slope))))
+    return _Ascent(-float(nu[0]) - eps, cosine, tol, exponent)
+
+
+def ascent_damping(problem: Problem) -> float | None:
+    """A `lambda` in (0, -nu_1) making the damped Newton step ascend detectably (`_ascent`)."""
+    ascent = _ascent(problem)
+    return None if ascent is None else ascent.damping
 
 
 @identity("small_damping_newton_ascends", source=SOURCE,
           statement="-(H + lambda I)^{-1} g can ascend when H is indefinite and lambda small",
           applies=lambda p: ascent_damping(p) is not None, negative_control=True)
 def small_damping_newton_ascends(problem: Problem):
-    """Negative control of `damped_steps_descend`: the damped Newton step with `lambda < -nu_1`."""
-    lam = ascent_damping(problem)
+    """Negative control of `damped_steps_descend`: the damped Newton step with `lambda < -nu_1`.
+
+    Hypothesis: the ascent is detectable (`_ascent`).
+    """
+    ascent = _ascent(problem)
     ref = reference(problem)
     g = ref.gradient
-    d = ref.damped_update("hessian", lam)
+    d = ref.damped_update("hessian", ascent.damping)
     cosine = float(g @ d) / float(np.linalg.norm(g) * np.linalg.norm(d))
     bk = mp_backend(ARMIJO_DIGITS)
     with bk.precision():
         theta = bk.asarray(problem.params)
-        t = bk.scalar(2) ** -ASCENT_EXPONENT
+        t = bk.scalar(2) ** -ascent.exponent
         rise = float(mp_loss(problem, theta + t * bk.asarray(d), bk) - mp_loss(problem, theta, bk))
     return [
-        at_most("small_damping_newton_ascends", problem, -cosine, -100 * exact_rtol(problem),
-                f"-cos(g, d) for H + {lam:.3g} I (indefinite)", SOURCE, negative_control=True),
+        at_most("small_damping_newton_ascends", problem, -cosine, -MARGIN * ascent.tolerance,
+                f"-cos(g, d) for H + {ascent.damping:.3g} I (indefinite; predicted "
+                f"{-ascent.cosine:.3g})", SOURCE, negative_control=True),
         at_most("small_damping_newton_ascends", problem, -rise, 0.0,
-                f"h(theta) - h(theta + t d) at t = 2^-{ASCENT_EXPONENT} in mpmath (the loss goes up)",
-                SOURCE,
-                negative_control=True),
+                f"h(theta) - h(theta + t d) at t = 2^-{ascent.exponent} in mpmath "
+                "(the loss goes up)", SOURCE, negative_control=True),
     ]
