@@ -14,6 +14,7 @@ from verify._report import Status
 from verify.battery import run_identity
 from verify.identities import (
     IDENTITIES,
+    _common,
     definiteness,
     descent,
     fisher,
@@ -201,7 +202,23 @@ GENERATED_REGRESSIONS = [
     (5, 101, True, "split_invariance", "softmax_cross_entropy: p_y - 1 cancelled"),
     (5, 101, True, "small_damping_newton_ascends", "H's rounding made nu_1 = -5e-16 look real"),
     (5, 197, True, "small_damping_newton_ascends", "q_1^T g = 4e-12 under q_1's uncertainty 8e-7"),
+    (8, 71, False, "kfac_factored_damping_conservative",
+     "||S|| = 4e-37, ||A|| = 1.6: absolute pi made A + pi sqrt(l) I singular"),
+    (9, 143, False, "kl_second_order", "a ReLU pre-activation exactly 0: h is not smooth"),
+    (9, 143, False, "pullback_curvatures", "a ReLU pre-activation exactly 0: h is not smooth"),
+    (9, 143, False, "hessian_not_pullback", "a ReLU pre-activation exactly 0: h is not smooth"),
 ]
+
+
+def test_smooth_along_sees_a_relu_kink():
+    """Seed 9 #143 has a ReLU pre-activation exactly 0; moving it off 0 makes h smooth nearby."""
+    kinked = _generated(9, 143)
+    d = np.ones(kinked.n_params)
+    assert not _common.smooth_along(kinked, d, 0.0)
+    shifted = kinked.replace(params=kinked.params + 2.0**-8)
+    assert all(np.all(t.s[0] != 0) for t in dense(shifted).traces)
+    assert _common.smooth_along(shifted, d, 0.0)
+    assert not _common.smooth_along(shifted, d, 1e6)
 
 
 def test_saturated_softmax_reference_is_accurate():

@@ -31,6 +31,7 @@ from verify.identities._common import (
     exact_rtol,
     magnitude,
     reference,
+    smooth_along,
 )
 from verify.identities._registry import MARGIN, detectable, identity
 from verify.identities.fisher import mp_loss
@@ -63,12 +64,14 @@ def first_armijo_step(problem: Problem, step: np.ndarray, slope: float) -> float
 
 @identity("damped_steps_descend", source=SOURCE,
           statement="-(C + lambda I)^{-1} g descends for C in {G, F, EF}, lambda > 0",
-          applies=lambda p: bool(np.any(reference(p).gradient != 0)))
+          applies=lambda p: (bool(np.any(reference(p).gradient != 0))
+                             and smooth_along(p, np.zeros(p.n_params), 0.0)))
 def damped_steps_descend(problem: Problem, *, damping: float | None = None):
     """`g^T d < 0` and an Armijo step exists, for each damped PSD-curvature step (eq. (6)).
 
     Args:
-        problem: the problem (hypothesis: `grad h != 0`).
+        problem: the problem (hypotheses: `grad h != 0`, h differentiable at theta: no
+            ReLU pre-activation at its kink, `smooth_along` with step 0).
         damping: `lambda > 0`, default `default_damping(problem)`.
     """
     lam = default_damping(problem) if damping is None else damping
@@ -117,7 +120,7 @@ def _ascent(problem: Problem) -> _Ascent | None:
     The step `t = 2^-k` of the loss-rise check is the largest with `k >= ASCENT_EXPONENT` and
     `t |d^T H d| <= g^T d / 2`, so the quadratic model's rise `t g^T d + t^2 d^T H d / 2` is at
     least `3/4` of its first-order term (along `q_1` the curvature is negative, and a longer
-    step would descend again).
+    step would descend again); no ReLU kink may lie within it (`smooth_along`).
     """
     ref = reference(problem)
     nu, q = np.linalg.eigh(ref.hessian)       # n >= 2: a layer has a weight and a bias
@@ -146,7 +149,10 @@ def _ascent(problem: Problem) -> _Ascent | None:
         return None
     curvature = abs(float(e @ (nu * e)))
     exponent = max(ASCENT_EXPONENT, int(np.ceil(np.log2(2 * curvature / slope))))
-    return _Ascent(-float(nu[0]) - eps, cosine, tol, exponent)
+    lam = -float(nu[0]) - eps
+    if not smooth_along(problem, ref.damped_update("hessian", lam), 2.0**-exponent):
+        return None
+    return _Ascent(lam, cosine, tol, exponent)
 
 
 def ascent_damping(problem: Problem) -> float | None:

@@ -33,6 +33,7 @@ from verify.identities._common import (
     gauss_newton_magnitude,
     middle_magnitudes,
     reference,
+    smooth_along,
 )
 from verify.identities._registry import detectable, identity, result, separated
 
@@ -233,9 +234,15 @@ def _kl_comparison(problem: Problem, metric: np.ndarray, direction: np.ndarray |
                    tolerance=exact_rtol(problem) + estimate / scale, magnitude=scale)
 
 
+def _kl_smooth(problem: Problem) -> bool:
+    """Hypothesis of the KL expansion: h is smooth over the steps `kl_curvature` takes."""
+    d = default_direction(problem, "kl")
+    return smooth_along(problem, d, 2.0 ** -(KL_FIRST_EXPONENT + kl_step_scale(problem, d)))
+
+
 @identity("kl_second_order", source=MARTENS_S6,
           statement="KL(p_theta || p_theta+td) = 1/2 t^2 d^T F d + O(t^3) (t^2 coefficient "
-                    "extrapolated in mpmath)")
+                    "extrapolated in mpmath)", applies=_kl_smooth)
 def kl_second_order(problem: Problem, *, direction: np.ndarray | None = None):
     """The Fisher is the Hessian of the KL divergence (Martens s6, seed 003; seed 001).
 
@@ -245,6 +252,9 @@ def kl_second_order(problem: Problem, *, direction: np.ndarray | None = None):
     decide this reliably against a float64 `d^T F d`: where `K3` nearly vanishes, the
     rounding of `d^T F d` and the `t^4` term mix into any slope between 2 and 4; fuzzing
     found slope 2.33 on a problem where the theorem holds.)
+
+    Hypothesis: no ReLU pre-activation crosses 0 over the steps (`_kl_smooth`): the
+    expansion needs h to be smooth there.
 
     Args:
         problem: the problem.
@@ -256,8 +266,8 @@ def kl_second_order(problem: Problem, *, direction: np.ndarray | None = None):
 
 
 def _kl_ggn_gap_detectable(problem: Problem) -> bool:
-    """Hypothesis of `kl_not_ggn`: z not natural and `1/2 |d^T (F - G) d|` detectable."""
-    if Loss(problem.loss).outputs_are_natural_parameters:
+    """Hypothesis of `kl_not_ggn`: z not natural, smooth steps, `1/2 |d^T (F - G) d|` detectable."""
+    if Loss(problem.loss).outputs_are_natural_parameters or not _kl_smooth(problem):
         return False
     ref, d = reference(problem), default_direction(problem, "kl")
     gap = 0.5 * abs(float(d @ (ref.fisher - ref.ggn) @ d))

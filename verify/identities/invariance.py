@@ -38,6 +38,7 @@ from verify.identities._common import (
     magnitude,
     problem_rng,
     reference,
+    smooth_along,
 )
 from verify.identities._registry import identity, result, separated
 from verify.identities.fisher import forward_outputs
@@ -190,14 +191,25 @@ def _mp_objective_and_outputs(problem: Problem, direction: np.ndarray):
         return bk.to_float64(jvp), float(second)
 
 
-def _pullback_pieces(problem: Problem, direction: np.ndarray | None):
+def _pullback_direction(problem: Problem, direction: np.ndarray | None):
+    """`(v, J_g v)`, `J_g = diag(cosh(asinh(theta)))`; v default seeded by the problem."""
     v = default_direction(problem, "sinh") if direction is None else np.asarray(direction, float)
-    jg_v = np.sqrt(1.0 + problem.params**2) * v  # J_g v, J_g = diag(cosh(asinh(theta)))
+    return v, np.sqrt(1.0 + problem.params**2) * v
+
+
+def _pullback_pieces(problem: Problem, direction: np.ndarray | None):
+    v, jg_v = _pullback_direction(problem, direction)
     return v, jg_v, *_mp_objective_and_outputs(problem, v)
 
 
+def _differences_smooth(problem: Problem) -> bool:
+    """Hypothesis of the central differences: no ReLU kink within `theta +- eps J_g v`."""
+    return smooth_along(problem, _pullback_direction(problem, None)[1], 2.0**-FD_STEP_EXPONENT)
+
+
 @identity("pullback_curvatures", source=MARTENS,
-          statement="G, F, EF transform as J_g^T C J_g under a nonlinear reparameterization")
+          statement="G, F, EF transform as J_g^T C J_g under a nonlinear reparameterization",
+          applies=_differences_smooth)
 def pullback_curvatures(problem: Problem, *, direction: np.ndarray | None = None):
     """`v^T C_gamma v = (J_g v)^T C (J_g v)` for `C` in {G, F, EF}, `theta = sinh(gamma)` (Martens s10).
 
@@ -226,7 +238,7 @@ def pullback_curvatures(problem: Problem, *, direction: np.ndarray | None = None
 
 @identity("hessian_not_pullback", source=MARTENS,
           statement="H_gamma = J_g^T H J_g + sum_j [grad h]_j H_[g]_j, not J_g^T H J_g",
-          applies=lambda p: bool(np.any(reference(p).gradient != 0)))
+          applies=lambda p: bool(np.any(reference(p).gradient != 0)) and _differences_smooth(p))
 def hessian_not_pullback(problem: Problem, *, direction: np.ndarray | None = None):
     """Martens s10's Hessian transformation, measured by a second difference in mpmath.
 

@@ -37,6 +37,13 @@ from verify.identities._registry import detectable, identity, result, separated
 
 SOURCE = "Grosse ch.4 s5.2 (seed 002), PROTOCOL s4"
 DAMPING_SOURCE = "Grosse ch.4 eq. 24 (seed 002)"
+#: pi / pi_trace of the eq. 24 checks, `pi_trace = factored_damping_pi(A, S)` (1 when a trace
+#: vanishes): relative, like the lambda grid, so each factor's damping stays far above its
+#: rounding. With absolute pi, a layer with `||S|| = 4e-37` next to `||A|| = 1.6` (a saturated
+#: width-1 tanh; seed 8 #71) got `pi sqrt(l) ~ 1e-20 pi`, below A's rounding (1e-16 on its null
+#: space): `A + pi sqrt(l) I` was singular in float64. With `pi = r pi_trace` both factors'
+#: dampings, relative to their norms, are `>= min(r, 1/r) sqrt(l / (||A (x) S|| dim))`
+#: (for PSD factors `||X|| / dim X <= tr(X) / dim X <= ||X||`).
 PI_GRID = (1e-3, 1e-1, 0.5, 1.0, 2.0, 10.0, 1e3)
 #: lambda / ||A (x) S||_2 of the damping checks: relative, so the damped matrices' condition
 #: numbers stay below ~1e4 whatever the curvature's scale (gaussian_logvar reaches 1e16).
@@ -244,7 +251,7 @@ def _loewner_gap(a: np.ndarray, s: np.ndarray, damping: float, pi: float,
           statement="for every pi > 0 and lambda > 0, (A + pi sqrt(l) I) (x) (S + sqrt(l)/pi I)"
                     " >= A (x) S + l I (Loewner), so g^T M_f^{-1} g <= g^T (A (x) S + l I)^{-1} g")
 def kfac_factored_damping_conservative(problem: Problem) -> list[CheckResult]:
-    """Eq. 24 on a grid of pi (including the trace-norm pi) and lambda, every layer and kind.
+    """Eq. 24 on a grid of pi (relative to the trace-norm pi) and lambda, every layer and kind.
 
     Loewner order: the smallest eigenvalue of the difference must be `>= -tol ||M_f||_2`
     (a rounding-level negative part only). The quadratic-form consequence on the gradient is
@@ -265,7 +272,7 @@ def kfac_factored_damping_conservative(problem: Problem) -> list[CheckResult]:
             a, s = (_psd_part(f) for f in factors)
             dim = a.shape[0] * s.shape[0]
             eig_tol = rounding_rtol("float64", length=dim, depth=2)
-            pis = PI_GRID + (float(factored_damping_pi(a, s)),)
+            pis = tuple(ratio * float(factored_damping_pi(a, s)) for ratio in PI_GRID)
             cases = [(damping, pi) for damping in _dampings(a, s, DAMPING_GRID) for pi in pis]
             # All (lambda, pi) cases at once: (cases, dim, dim) stacks.
             m_f = np.stack([np.kron(*damped_factors(a, s, damping, pi=pi))
@@ -286,7 +293,7 @@ def kfac_factored_damping_conservative(problem: Problem) -> list[CheckResult]:
         # Errors are in units of each case's own tolerance, so the threshold is 1.
         loewner = Comparison(worst_eig, 1.0, 1.0, worst_eig, None, worst_eig <= 1.0)
         quad = Comparison(worst_quad, 1.0, 1.0, worst_quad, None, worst_quad <= 1.0)
-        grid = (f"pi in {list(PI_GRID)} + trace-norm pi, lambda / ||A (x) S|| in "
+        grid = (f"pi / trace-norm pi in {list(PI_GRID)}, lambda / ||A (x) S|| in "
                 f"{list(DAMPING_GRID)}")
         out.append(result(f"kfac_factored_damping_conservative[{kind.value},loewner]", problem,
                           loewner, f"M_factored >= A (x) S + l I ({grid}; error = worst negative "
