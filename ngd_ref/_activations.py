@@ -49,7 +49,10 @@ class Activation:
         """`sum_k g_k (d^2 phi_k / ds^2) @ ds`: the tangent of `J_phi(s)^T g` along `ds`.
 
         Args:
+            backend: the arithmetic (float64 or mpmath) in which the derivatives are evaluated.
             s: pre-activation `(k,)`; `a = phi(s)`.
+            a: the activation value `phi(s)`, `(k,)` (the probabilities `p` for softmax),
+                reused by the derivatives instead of recomputing `phi`.
             ds: tangent of `s`, `(k,)` or `(k, m)` (m directions at once).
             g: fixed cotangent `(k,)`.
         """

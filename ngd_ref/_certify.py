@@ -56,7 +56,9 @@ def certify(problem: Problem, *, dps: int = 50,
     """
     low, high = DenseCurvature(problem, FLOAT64), DenseCurvature(problem, mp_backend(dps))
     with high.backend.precision():
-        return {name: agreement_digits(getattr(low, name), getattr(high, name)) for name in quantities}
+        return {
+            name: agreement_digits(getattr(low, name), getattr(high, name)) for name in quantities
+        }
 
 
 def mp_self_agreement(problem: Problem, *, dps: int = 50, check_dps: int = 70,
@@ -66,6 +68,9 @@ def mp_self_agreement(problem: Problem, *, dps: int = 50, check_dps: int = 70,
     This is how the golden fixtures certify their own digits: a quantity stable under a 20-digit
     increase in working precision is correct to (at least) the reported number of digits.
     """
-    low, high = DenseCurvature(problem, mp_backend(dps)), DenseCurvature(problem, mp_backend(check_dps))
+    low, high = (DenseCurvature(problem, mp_backend(dps)),
+                 DenseCurvature(problem, mp_backend(check_dps)))
     with high.backend.precision():
-        return {name: agreement_digits(getattr(low, name), getattr(high, name)) for name in quantities}
+        return {
+            name: agreement_digits(getattr(low, name), getattr(high, name)) for name in quantities
+        }

@@ -76,7 +76,9 @@ def from_torch(state: Mapping[str, Any] | Sequence[tuple[Any, Any]]) -> np.ndarr
             appear in layer order. Tensors are converted with `np.asarray` (call `.detach()`
             first if they require grad).
     """
-    pairs = _pairs_from_mapping(state, ("weight",), ("bias",)) if isinstance(state, Mapping) else state
+    pairs = (
+        _pairs_from_mapping(state, ("weight",), ("bias",)) if isinstance(state, Mapping) else state
+    )
     return flatten([(np.asarray(w), np.asarray(b)) for w, b in pairs])
 
 
@@ -119,7 +121,8 @@ def _pairs_from_mapping(
             prefix, _, leaf = key.rpartition(".")
             if leaf in weight_keys and prefix not in prefixes:
                 prefixes.append(prefix)
-        nested = {p: {k.rpartition(".")[2]: v for k, v in leaves.items() if k.rpartition(".")[0] == p}
+        nested = {p: {k.rpartition(".")[2]: v
+                      for k, v in leaves.items() if k.rpartition(".")[0] == p}
                   for p in prefixes}
     else:
         nested = dict(tree)

@@ -353,7 +353,8 @@ class _GaussianLogvar(_Separable):
         log_2pi = bk.log(2 * mpmath.pi) if bk.is_mp else math.log(2 * math.pi)
         value = 0.5 * r * r * inv_var + 0.5 * s + 0.5 * log_2pi
         grad = np.stack([-r * inv_var, 0.5 - 0.5 * r * r * inv_var])
-        hess = np.stack([np.stack([inv_var, r * inv_var]), np.stack([r * inv_var, 0.5 * r * r * inv_var])])
+        hess = np.stack([np.stack([inv_var, r * inv_var]),
+                         np.stack([r * inv_var, 0.5 * r * r * inv_var])])
         return value, grad, hess
 
     def rule(self, bk, zeta):

@@ -79,7 +79,9 @@ def _as_float_array(field: str, value: Any, ndim: int) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ProblemError(f"{field}: expected numbers, got {type(value).__name__} ({exc})") from None
+        raise ProblemError(
+            f"{field}: expected numbers, got {type(value).__name__} ({exc})"
+        ) from None
     if array.ndim != ndim:
         raise ProblemError(f"{field}: expected a {ndim}-d array, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
@@ -161,7 +163,8 @@ class Problem:
             )
         set_(self, "params", _readonly(params))
         set_(self, "inputs", _readonly(inputs))
-        set_(self, "targets", _readonly(_validate_targets(loss, self.targets, inputs.shape[0], last)))
+        set_(self, "targets",
+             _readonly(_validate_targets(loss, self.targets, inputs.shape[0], last)))
 
     # -- derived sizes ---------------------------------------------------------------------
     @property
@@ -269,7 +272,9 @@ def _validate_layers(layers: Any) -> tuple[Layer, ...]:
             ) from None
         for label, size in (("n_in", n_in), ("n_out", n_out)):
             if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
-                raise ProblemError(f"layers[{index}].{label}: expected a positive int, got {size!r}")
+                raise ProblemError(
+                    f"layers[{index}].{label}: expected a positive int, got {size!r}"
+                )
         if activation not in ACTIVATIONS:
             raise ProblemError(
                 f"layers[{index}].activation: unknown activation {activation!r}; expected one "

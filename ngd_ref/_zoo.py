@@ -57,7 +57,8 @@ def make_problem(
     label = f"{loss}-{reduction}-{batch}-{sizes}-{activations}-{seed}-{identical_inputs}"
     rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
     params = np.concatenate(
-        [_dyadic(rng, (layer.n_in + 1) * layer.n_out, 1.0 / np.sqrt(layer.n_in + 1)) for layer in layers]
+        [_dyadic(rng, (layer.n_in + 1) * layer.n_out, 1.0 / np.sqrt(layer.n_in + 1))
+         for layer in layers]
     )
     rows = 1 if identical_inputs else batch
     inputs = _dyadic(rng, (rows, sizes[0]), 1.0, 16)
@@ -104,8 +105,10 @@ def problems(quick: bool = False) -> tuple[Problem, ...]:
             act = HIDDEN_ACTIVATIONS[1 + i % 4]
             batch = 1 if i % 3 == 0 else 3
             reduction = "sum" if i % 2 else "mean"
-            out.append(make_problem((3, 4, _width(loss)), (act, _out(loss)), loss, batch, reduction=reduction))
-        out.append(make_problem((2, 3, 3, 2), ("identity",) * 3, "mse", 4, name="deep-linear-2x3x3x2-mse-b4"))
+            out.append(make_problem((3, 4, _width(loss)), (act, _out(loss)), loss, batch,
+                                    reduction=reduction))
+        out.append(make_problem((2, 3, 3, 2), ("identity",) * 3, "mse", 4,
+                                name="deep-linear-2x3x3x2-mse-b4"))
         return tuple(out)
     # every loss x every hidden activation, B = 3, mean
     for loss in LOSSES:
@@ -114,15 +117,18 @@ def problems(quick: bool = False) -> tuple[Problem, ...]:
     # one example, and sum reduction, for every loss
     for loss in LOSSES:
         out.append(make_problem((3, 4, _width(loss)), ("tanh", _out(loss)), loss, 1))
-        out.append(make_problem((3, 4, _width(loss)), ("sigmoid", _out(loss)), loss, 4, reduction="sum"))
+        out.append(make_problem((3, 4, _width(loss)), ("sigmoid", _out(loss)), loss, 4,
+                                reduction="sum"))
     # structural regimes
     out += [
         make_problem((2, 3, 3, 2), ("identity",) * 3, "mse", 4, name="deep-linear-2x3x3x2-mse-b4"),
         make_problem((3, 3, 2), ("identity",) * 2, "mse", 1, name="deep-linear-3x3x2-mse-b1"),
         make_problem((2, 4, 4, 3), ("relu", "relu", "identity"), "softmax_cross_entropy", 3),
-        make_problem((3, 4, 3), ("tanh", "identity"), "softmax_cross_entropy", 3, identical_inputs=True),
+        make_problem((3, 4, 3), ("tanh", "identity"), "softmax_cross_entropy", 3,
+                     identical_inputs=True),
         make_problem((3, 4, 3), ("tanh", "identity"), "mse", 2, identical_inputs=True),
-        make_problem((2, 5, 6), ("tanh", "identity"), "gaussian_logvar", 4, name="heteroscedastic-2x5x6-tanh-b4"),
+        make_problem((2, 5, 6), ("tanh", "identity"), "gaussian_logvar", 4,
+                     name="heteroscedastic-2x5x6-tanh-b4"),
         make_problem((2, 3, 3), ("tanh", "softmax"), "mse", 2),
     ]
     names_seen = [p.name for p in out]

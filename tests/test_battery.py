@@ -27,10 +27,12 @@ NEVER = Identity("never", "test", "never applies", lambda p: [_fine(p)], lambda 
 def test_exceptions_become_error_results_and_the_run_goes_on():
     problems = zoo.problems(quick=True)[:2]
     seen = []
-    results = run_battery(problems, identities=[BOOM, BAD_APPLIES, FINE, NEVER], progress=seen.append)
+    results = run_battery(problems, identities=[BOOM, BAD_APPLIES, FINE, NEVER],
+                          progress=seen.append)
     assert [r.check for r in results] == ["boom", "bad_applies", "fine"] * 2
     errors = [r for r in results if r.status is Status.ERROR]
-    assert len(errors) == 4 and all("RuntimeError: exploded on purpose" in r.message for r in errors)
+    assert len(errors) == 4 and all("RuntimeError: exploded on purpose" in r.message
+                                    for r in errors)
     assert all(r.status is Status.PASS for r in results if r.check == "fine")
     assert seen == [p.name for p in problems]
 

@@ -35,7 +35,8 @@ def test_symmetric_and_psd_where_theory_says(problem):
     for curvature in Curvature:
         c = ref.matrix(curvature)
         assert compare(c.T, c, tolerance=_rtol(problem)).passed, curvature
-    # G is PSD for convex losses (all but gaussian_logvar); F and EF always (Grosse s2.1, Martens s9).
+    # G is PSD for convex losses (all but gaussian_logvar); F and EF always (Grosse s2.1,
+    # Martens s9).
     psd = [Curvature.FISHER, Curvature.EMPIRICAL_FISHER]
     if problem.loss != "gaussian_logvar":
         psd.append(Curvature.GGN)
@@ -60,7 +61,9 @@ def _central_difference(fn, theta, h):
     return np.stack(cols, axis=-1)
 
 
-@pytest.mark.parametrize("problem", QUICK[:4] + (zoo.get("mlp-2x4x4x3-relu-softmax_cross_entropy-b3"),), ids=ids)
+@pytest.mark.parametrize(
+    "problem", QUICK[:4] + (zoo.get("mlp-2x4x4x3-relu-softmax_cross_entropy-b3"),), ids=ids
+)
 def test_derivatives_match_mpmath_central_differences(problem):
     bk = mp_backend(40)
     with bk.precision():

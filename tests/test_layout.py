@@ -49,7 +49,8 @@ def test_pytree_forms():
     np.testing.assert_array_equal(from_torch(torch_sd), theta)
     flax_tree = {"params": {f"Dense_{i}": d for i, d in enumerate(to_flax(LAYERS, theta))}}
     np.testing.assert_array_equal(from_flax(flax_tree), theta)
-    haiku = {f"linear_{i}": {"w": d["kernel"], "b": d["bias"]} for i, d in enumerate(to_flax(LAYERS, theta))}
+    haiku = {f"linear_{i}": {"w": d["kernel"], "b": d["bias"]}
+             for i, d in enumerate(to_flax(LAYERS, theta))}
     np.testing.assert_array_equal(from_flax(haiku), theta)
 
 

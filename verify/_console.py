@@ -14,7 +14,8 @@ from verify._report import CheckResult, Report, Status, group_by
 
 __all__ = ["print_report", "progress"]
 
-_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.ERROR: "bold magenta", Status.SKIP: "dim"}
+_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.ERROR: "bold magenta",
+          Status.SKIP: "dim"}
 
 
 def _smallest_problem(results: Sequence[CheckResult]) -> CheckResult:

@@ -124,12 +124,16 @@ class Comparison:
     reason: str = ""
 
     def describe(self) -> str:
-        """A one-line summary such as `error 3.1e-15 <= tol 1.2e-13 (max |diff| 2e-16 at (3, 4))`."""
+        """A one-line summary of the comparison.
+
+        For example `error 3.1e-15 <= tol 1.2e-13 (max |diff| 2e-16 at (3, 4))`.
+        """
         if self.reason:
             return self.reason
         rel = "<=" if self.passed else ">"
         where = f" at {self.where}" if self.where is not None else ""
-        return f"error {self.error:.2e} {rel} tol {self.tolerance:.2e} (max |diff| {self.max_abs:.2e}{where})"
+        return (f"error {self.error:.2e} {rel} tol {self.tolerance:.2e} "
+                f"(max |diff| {self.max_abs:.2e}{where})")
 
 
 def compare(actual, desired, *, tolerance: float, magnitude: float = 0.0) -> Comparison:
@@ -161,6 +165,7 @@ def compare(actual, desired, *, tolerance: float, magnitude: float = 0.0) -> Com
     scale = max(float(np.linalg.norm(desired)), float(magnitude), np.finfo(np.float64).tiny)
     diff = np.abs(actual - desired)
     error = float(np.linalg.norm(diff)) / scale
-    where = tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape)) if diff.size and diff.ndim else None
+    where = (tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape))
+             if diff.size and diff.ndim else None)
     return Comparison(error, tolerance, scale, float(diff.max()) if diff.size else 0.0, where,
                       error <= tolerance)

@@ -30,12 +30,16 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by `run` and `check`."""
     options = [
-        click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the JSON report here."),
-        click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write a JUnit XML report here."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for generated problems and probes."),
+        click.option("--json", "json_path", type=click.Path(dir_okay=False),
+                     help="Write the JSON report here."),
+        click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
+                     help="Write a JUnit XML report here."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed for generated problems and probes."),
         click.option("--fuzz", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Add N hypothesis-generated problems."),
-        click.option("--quick", is_flag=True, help="The small zoo (every loss, reduction and capability path)."),
+        click.option("--quick", is_flag=True,
+                     help="The small zoo (every loss, reduction and capability path)."),
         click.option("--verbose", "-v", is_flag=True, help="List every failing check."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
     ]
@@ -44,7 +48,8 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _finish(report: Any, json_path: str | None, junit_path: str | None, group: str, verbose: bool) -> int:
+def _finish(report: Any, json_path: str | None, junit_path: str | None, group: str,
+            verbose: bool) -> int:
     from verify._console import print_report
 
     print_report(report, group=group, verbose=verbose)
@@ -67,29 +72,36 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @cli.command()
 @_common
 @click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Shard the JAX cross-validation batch over N devices (host CPUs forced if needed).")
+              help="Shard the JAX cross-validation batch over N devices "
+                   "(host CPUs forced if needed).")
 def run(json_path, junit_path, seed, fuzz, quick, verbose, no_progress, devices) -> int:
     """The identity battery on the dense reference plus cross-validation of the JAX code."""
     if devices > 1:
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_force_host_platform_device_count" not in flags:
-            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+            os.environ["XLA_FLAGS"] = (
+                f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+            )
     from verify._main_job import run_main_job
 
-    report = run_main_job(quick=quick, fuzz=fuzz, seed=seed, devices=devices, show_progress=not no_progress)
+    report = run_main_job(quick=quick, fuzz=fuzz, seed=seed, devices=devices,
+                          show_progress=not no_progress)
     return _finish(report, json_path, junit_path, "check", verbose)
 
 
 @cli.command()
 @_common
 @click.option("--adapter", "target", metavar="TARGET",
-              help="module.path:Class, path/to/file.py:Class, or ngd-ref-jax, kfac-jax, curvlinops, optax.")
+              help="module.path:Class, path/to/file.py:Class, "
+                   "or ngd-ref-jax, kfac-jax, curvlinops, optax.")
 @click.option("--problems", "source", default=None,
               help="zoo (default), quick, fixtures, or a JSON file of problems.")
 def check(json_path, junit_path, seed, fuzz, quick, verbose, no_progress, target, source) -> int:
     """Validate a port (an adapter class) against the dense reference."""
     if not target:
-        raise UsageError("--adapter is required (module.path:Class, file.py:Class or a built-in name)")
+        raise UsageError(
+            "--adapter is required (module.path:Class, file.py:Class or a built-in name)"
+        )
     from verify.harness import check_adapter
 
     report = check_adapter(target, source=source or ("quick" if quick else "zoo"), fuzz=fuzz,
@@ -100,7 +112,8 @@ def check(json_path, junit_path, seed, fuzz, quick, verbose, no_progress, target
 @cli.command()
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the ratios here.")
 @click.option("--quick", is_flag=True, help="Fewer repetitions (a smoke run, not for reporting).")
-@click.option("--dense", "dense_only", is_flag=True, help="Only time the dense reference's scaling.")
+@click.option("--dense", "dense_only", is_flag=True,
+              help="Only time the dense reference's scaling.")
 def bench(json_path, quick, dense_only) -> int:
     """Cost ratios measured side by side in one run (PROTOCOL section 7)."""
     from verify.bench import run_bench
@@ -120,7 +133,8 @@ def fixtures(action, directory) -> int:
 
 
 @cli.command()
-@click.option("--dtype", type=click.Choice(["float64", "float32", "both"]), default="both", show_default=True)
+@click.option("--dtype", type=click.Choice(["float64", "float32", "both"]), default="both",
+              show_default=True)
 def mutants(dtype) -> int:
     """Run the corpus of buggy ports and print the oracle's kill rate."""
     from verify.mutants import mutants_command

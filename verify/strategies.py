@@ -66,7 +66,8 @@ class ProblemSpace:
     def __post_init__(self) -> None:
         bad_losses = [loss for loss in self.losses if loss not in LOSSES]
         if not self.losses or bad_losses:
-            raise ValueError(f"losses: expected a non-empty subset of {LOSSES}, got {self.losses!r}")
+            raise ValueError(f"losses: expected a non-empty subset of {LOSSES}, "
+                             f"got {self.losses!r}")
         bad_acts = [a for a in self.activations if a not in HIDDEN_ACTIVATIONS]
         if not self.activations or bad_acts:
             raise ValueError(f"activations: expected a non-empty subset of {HIDDEN_ACTIVATIONS}, "

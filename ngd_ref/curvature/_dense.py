@@ -93,7 +93,8 @@ def trace_example(problem: Problem, theta: np.ndarray, x: np.ndarray, bk: Backen
         abar = np.concatenate([a_prev, one])
         dabar = np.concatenate([da_prev, bk.zeros((1, n))])
         s = wbar @ abar
-        # ds = Wbar dabar + (d Wbar/dtheta) abar; the second term is abar^T (x) I in layer l's block.
+        # ds = Wbar dabar + (d Wbar/dtheta) abar; the second term is abar^T (x) I in layer l's
+        # block.
         ds = wbar @ dabar
         ds[:, sl] = ds[:, sl] + np.kron(abar[None, :], bk.eye(layer.n_out))
         a = act.value(bk, s)
@@ -107,7 +108,8 @@ def trace_example(problem: Problem, theta: np.ndarray, x: np.ndarray, bk: Backen
 
 
 def second_order_backward(problem: Problem, theta: np.ndarray, tr: ExampleTrace,
-                          r: np.ndarray, dr: np.ndarray, bk: Backend) -> tuple[np.ndarray, np.ndarray]:
+                          r: np.ndarray, dr: np.ndarray,
+                          bk: Backend) -> tuple[np.ndarray, np.ndarray]:
     """Backward pass from cotangent `r` (C,) with tangent `dr` (C, n), differentiated.
 
     Returns:
@@ -123,12 +125,14 @@ def second_order_backward(problem: Problem, theta: np.ndarray, tr: ExampleTrace,
     for index in reversed(range(len(layers))):
         layer, sl, wbar = layers[index], slices[index], weights[index]
         act = get_activation(layer.activation)
-        s, a, abar, dabar, ds = tr.s[index], tr.a[index], tr.abar[index], tr.dabar[index], tr.ds[index]
+        s, a, abar, dabar, ds = (tr.s[index], tr.a[index], tr.abar[index], tr.dabar[index],
+                                 tr.ds[index])
         g_s = act.jacobian_apply(bk, s, a, g_a)
         dg_s = act.jacobian_apply(bk, s, a, dg_a) + act.second_order_apply(bk, s, a, ds, g_a)
         # grad of vec(Wbar) is vec(g_s abar^T); entry (i, j) sits at j * n_out + i.
         vec[sl] = np.multiply.outer(abar, g_s).reshape(-1)
-        block = dg_s[None, :, :] * abar[:, None, None] + np.multiply.outer(dabar, g_s).transpose(0, 2, 1)
+        block = (dg_s[None, :, :] * abar[:, None, None]
+                 + np.multiply.outer(dabar, g_s).transpose(0, 2, 1))
         mat[sl] = block.reshape(-1, n)
         if index:
             w = wbar[:, : layer.n_in]
@@ -167,7 +171,8 @@ class DenseCurvature:
             self.inputs = backend.asarray(problem.inputs)
             labels = Loss(problem.loss).has_class_labels
             self.targets = problem.targets if labels else backend.asarray(problem.targets)
-            self.c = backend.scalar(1) / problem.batch_size if problem.reduction == "mean" else backend.scalar(1)
+            self.c = (backend.scalar(1) / problem.batch_size if problem.reduction == "mean"
+                      else backend.scalar(1))
 
     # -- per-example pieces ----------------------------------------------------------------
     @functools.cached_property
@@ -215,7 +220,8 @@ class DenseCurvature:
     def per_example_gradients(self) -> np.ndarray:
         """`g_b = J_b^T dL/dz(y_b)` (unscaled by c), `(B, n)`."""
         with self.backend.precision():
-            return np.stack([t.jacobian.T @ r for t, r in zip(self.traces, self.loss_grads, strict=True)])
+            return np.stack([t.jacobian.T @ r
+                             for t, r in zip(self.traces, self.loss_grads, strict=True)])
 
     # -- the objective ---------------------------------------------------------------------
     @functools.cached_property
@@ -232,7 +238,8 @@ class DenseCurvature:
             return self.c * np.sum(self.per_example_gradients, axis=0)
 
     # -- the matrices ----------------------------------------------------------------------
-    def _sum_second_order(self, cotangents: Sequence[np.ndarray], tangents: Sequence[np.ndarray]) -> np.ndarray:
+    def _sum_second_order(self, cotangents: Sequence[np.ndarray],
+                          tangents: Sequence[np.ndarray]) -> np.ndarray:
         """`c sum_b d(J_b^T r_b)/dtheta` with `dr_b = tangents[b] @ J_b`, symmetrized."""
         bk = self.backend
         with bk.precision():
@@ -261,7 +268,10 @@ class DenseCurvature:
 
     @functools.cached_property
     def fisher(self) -> np.ndarray:
-        """True Fisher as the expected score outer product, `c sum_b J_b^T F_R,b J_b` (Martens s5)."""
+        """True Fisher as the expected score outer product (Martens s5).
+
+        Computed as `c sum_b J_b^T F_R,b J_b`.
+        """
         return self._sum_gauss_newton(self.output_fishers)
 
     @functools.cached_property
@@ -272,7 +282,8 @@ class DenseCurvature:
         vanishes in exact arithmetic because `E[score] = 0` in parameter space (Martens s5).
         """
         moments = self.output_moments
-        return self._sum_second_order([m.mean_grad for m in moments], [m.mean_hessian for m in moments])
+        return self._sum_second_order([m.mean_grad for m in moments],
+                                      [m.mean_hessian for m in moments])
 
     @functools.cached_property
     def empirical_fisher(self) -> np.ndarray:
@@ -291,7 +302,10 @@ class DenseCurvature:
         return self._sum_second_order(list(cotangents), [zero] * len(cotangents))
 
     def matrix(self, curvature: Curvature | str) -> np.ndarray:
-        """The dense matrix named by `curvature` (`hessian`, `ggn`, `fisher`, `empirical_fisher`)."""
+        """The dense matrix named by `curvature`.
+
+        `curvature` is one of `hessian`, `ggn`, `fisher`, `empirical_fisher`.
+        """
         return getattr(self, Curvature(curvature).value)
 
     def damped_update(self, curvature: Curvature | str, damping: float) -> np.ndarray:

@@ -103,7 +103,8 @@ class Curvlinops:
         model, loss_func, params, data, (linear, quadratic) = self._setup(problem)
         cls = {"hessian": curvlinops.HessianLinearOperator, "ggn": curvlinops.GGNLinearOperator,
                "empirical_fisher": curvlinops.EFLinearOperator}[which]
-        return cls(model, loss_func, params, data), quadratic if which == "empirical_fisher" else linear
+        return (cls(model, loss_func, params, data),
+                quadratic if which == "empirical_fisher" else linear)
 
     def _product(self, problem: Problem, which: str, v) -> np.ndarray:
         import torch
@@ -148,7 +149,8 @@ class Curvlinops:
         fisher_type = {"fisher": "type-2", "ggn": "type-2", "empirical": "empirical"}[kind]
         # the constructor computes the factors; calling compute_kronecker_factors() again would
         # accumulate a second copy on top (docs/findings.md)
-        kfac = curvlinops.KFACLinearOperator(model, loss_func, params, data, fisher_type=fisher_type,
+        kfac = curvlinops.KFACLinearOperator(model, loss_func, params, data,
+                                             fisher_type=fisher_type,
                                              separate_weight_and_bias=False)
         return kfac, quadratic if kind == "empirical" else linear
 

@@ -61,4 +61,5 @@ class Optax:
         from optax import second_order
 
         m = self._model(problem)
-        return np.asarray(m.from_raveled(second_order.fisher_diag(m.loss, m.params, m.inputs, m.targets)))
+        return np.asarray(m.from_raveled(
+            second_order.fisher_diag(m.loss, m.params, m.inputs, m.targets)))
