@@ -9,8 +9,9 @@ jit-compiled, the same fixed batch every step (timing, not training). Two settin
 Both use fixed learning rate, momentum and damping and factored damping (eq. 24). A step is
 amortized: the wall time of `steps` consecutive jitted updates (>= 200, a multiple of the
 decomposition interval, so every periodic cost is included in its exact proportion), divided by
-`steps`, blocked on the result; the median over `repeats` such runs is reported, after a
-warm-up that compiles and runs every branch. SGD is `params - lr * grad` at the same batch.
+`steps`, blocked on the result. SGD (`params - lr * grad` at the same batch), our K-FAC and,
+where importable, kfac-jax are timed in interleaved rounds (`verify._timing`), the median over
+rounds reported, after a warm-up that compiles and runs every branch.
 
 The flop-predicted ratio counts multiply-adds of the dense layers only (2 flops each):
 gradient (forward, weight and input cotangents), statistics (the sampled pseudo-gradient's
@@ -25,14 +26,15 @@ reason is recorded under `kfac_jax_note`.
 
 from __future__ import annotations
 
-import statistics
-import time
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from verify._timing import interleaved_seconds
 
 __all__ = ["SETTINGS", "kfac_section"]
 
@@ -56,39 +58,35 @@ def _problem(batch: int, seed: int = 0):
     return params, x, y
 
 
-def _timed(step: Callable[[Any], Any], carry: Any, steps: int, repeats: int) -> tuple[float, Any]:
-    """Median over `repeats` of (wall time of `steps` chained calls) / steps."""
-    carry = jax.block_until_ready(step(carry))  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            carry = step(carry)
-        jax.block_until_ready(carry)
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times), carry
+def _sgd_step(batch: int) -> tuple[Callable[[Any], Any], Any]:
+    """`(step, params)` of SGD on the bench model: `params - lr * grad`.
 
-
-def _sgd_seconds(batch: int, steps: int, repeats: int) -> float:
+    Like the K-FAC steps, one jitted call per step with the batch as an argument (a constant
+    batch would let XLA specialize the program to it) and the parameters donated.
+    """
     from ngd_ref.kfac._jax import mlp_network
 
     params, x, y = _problem(batch)
     network = mlp_network(ACTIVATIONS)
 
-    def loss(p):
+    def loss(p, x, y):
         z = network.apply(p, x)
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), y[:, None], axis=1))
 
-    @jax.jit
-    def step(p):
-        g = jax.grad(loss)(p)
+    @functools.partial(jax.jit, donate_argnums=0)
+    def sgd(p, x, y):
+        g = jax.grad(loss)(p, x, y)
         return jax.tree_util.tree_map(lambda w, d: w - LEARNING_RATE * d, p, g)
 
-    return _timed(step, params, steps, repeats)[0]
+    return (lambda p: sgd(p, x, y)), params
 
 
-def _kfac_seconds(batch: int, stats_every: int, inverse_every: int, steps: int,
-                  repeats: int) -> float:
+def _kfac_step(batch: int, stats_every: int, inverse_every: int) -> tuple[Callable, Any]:
+    """`(step, (params, state))` of our K-FAC (`ngd_ref.kfac._optimizer.kfac`) at a setting.
+
+    The update and its application are one jitted call with parameters and optimizer state
+    donated, as kfac-jax's own step donates them.
+    """
     from ngd_ref.kfac._jax import mlp_network
     from ngd_ref.kfac._optimizer import kfac
 
@@ -97,22 +95,21 @@ def _kfac_seconds(batch: int, stats_every: int, inverse_every: int, steps: int,
                momentum=MOMENTUM, damping=DAMPING, damping_method="factored",
                stats_every=stats_every, inverse_every=inverse_every, estimator="sampled")
     state = opt.init(params, (x, y), jax.random.PRNGKey(0))
-    update = jax.jit(opt.update)
 
-    def step(carry):
-        p, s = carry
-        updates, s, _ = update(p, s, (x, y))
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def apply(p, s, x, y):
+        updates, s, _ = opt.update(p, s, (x, y))
         return jax.tree_util.tree_map(jnp.add, p, updates), s
 
-    return _timed(step, (params, state), steps, repeats)[0]
+    return (lambda carry: apply(*carry, x, y)), (params, state)
 
 
-def _kfac_jax_seconds(batch: int, stats_every: int, inverse_every: int, steps: int,
-                      repeats: int) -> float:
-    """kfac-jax's own optimizer at the same settings (raises ImportError when unavailable).
+def _kfac_jax_step(batch: int, stats_every: int, inverse_every: int) -> tuple[Callable, Any]:
+    """`(step, (params, state))` of kfac-jax's own optimizer at the same settings.
 
-    Same model (dense layers found by kfac-jax's automatic registration, the loss registered
-    with `register_softmax_cross_entropy_loss`), fixed learning rate, momentum and damping,
+    Raises ImportError when kfac-jax is unavailable. Same model (dense layers found by
+    kfac-jax's automatic registration, the loss registered with
+    `register_softmax_cross_entropy_loss`), fixed learning rate, momentum and damping,
     `curvature_update_period=stats_every`, `inverse_update_period=inverse_every`, its default
     factored (pi-damped) inverses, sampled Fisher statistics (`fisher_gradients`).
     """
@@ -144,42 +141,40 @@ def _kfac_jax_seconds(batch: int, stats_every: int, inverse_every: int, steps: i
         p, s, _ = opt.step(p, s, rng, batch=(x, y), learning_rate=lr, momentum=mom, damping=damp)
         return p, s
 
-    return _timed(step, (params, state), steps, repeats)[0]
+    return step, (params, state)
 
 
 def kfac_section(quick: bool = False) -> dict[str, Any]:
     """Measure the K-FAC rows of PROTOCOL s7.
 
     Args:
-        quick: fewer repeats (1 instead of 3) and 200 amortization steps (the minimum).
+        quick: 3 rounds instead of 7 (200 amortization steps either way, the minimum).
 
     Returns:
-        The ratio keys, `<key>_seconds` (`{"kfac": s, "sgd": s}`), `<key>_flop_predicted`,
-        and, where kfac-jax is importable, `kfac_step_over_kfac_jax_step` per setting;
-        otherwise `kfac_jax_note`.
+        The ratio keys, `<key>_seconds` (`{"kfac": s, "sgd": s[, "kfac_jax": s]}`),
+        `<key>_flop_predicted`, and, where kfac-jax is importable,
+        `kfac_step_over_kfac_jax_step` per setting; otherwise `kfac_jax_note`.
     """
-    repeats = 1 if quick else 3
+    rounds = 3 if quick else 7
     out: dict[str, Any] = {}
-    for key, (batch, stats_every, inverse_every) in SETTINGS.items():
-        steps = max(200, inverse_every)
-        sgd = _sgd_seconds(batch, steps, repeats)
-        ours = _kfac_seconds(batch, stats_every, inverse_every, steps, repeats)
-        out[key] = ours / sgd
-        out[f"{key}_seconds"] = {"kfac": ours, "sgd": sgd}
-        out[f"{key}_flop_predicted"] = flop_predicted_ratio(batch, stats_every, inverse_every)
     jax_ratios, notes = {}, []
     for key, (batch, stats_every, inverse_every) in SETTINGS.items():
+        contestants = {"sgd": _sgd_step(batch),
+                       "kfac": _kfac_step(batch, stats_every, inverse_every)}
         try:
-            theirs = _kfac_jax_seconds(batch, stats_every, inverse_every,
-                                       max(200, inverse_every), repeats)
+            step, carry = _kfac_jax_step(batch, stats_every, inverse_every)
+            contestants["kfac_jax"] = (step, jax.block_until_ready(step(carry)))
         except ImportError as exc:
-            notes.append(f"kfac-jax not importable here ({exc}); run the tox env 'kfac-jax'")
-            break
+            if not notes:
+                notes.append(f"kfac-jax not importable here ({exc}); run the tox env 'kfac-jax'")
         except Exception as exc:  # a failing third-party library is a finding, not a crash
             notes.append(f"kfac-jax failed for {key}: {type(exc).__name__}: {exc}")
-            continue
-        jax_ratios[key] = out[f"{key}_seconds"]["kfac"] / theirs
-        out[f"{key}_seconds"]["kfac_jax"] = theirs
+        seconds = interleaved_seconds(contestants, calls=max(200, inverse_every), rounds=rounds)
+        out[key] = seconds["kfac"] / seconds["sgd"]
+        out[f"{key}_seconds"] = seconds
+        out[f"{key}_flop_predicted"] = flop_predicted_ratio(batch, stats_every, inverse_every)
+        if "kfac_jax" in seconds:
+            jax_ratios[key] = seconds["kfac"] / seconds["kfac_jax"]
     if jax_ratios:
         out["kfac_step_over_kfac_jax_step"] = jax_ratios
     if notes:

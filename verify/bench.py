@@ -2,7 +2,8 @@
 
 Model and data: the MLP 784-512-512-10 (tanh, tanh, identity), softmax cross-entropy,
 float32, batch 256, random data and parameters; every function jit-compiled, timed as the
-median of repeated calls after a warm-up, blocked on the result. Each ratio divides by one
+median of repeated calls after a warm-up, blocked on the result, all functions in interleaved
+rounds (`verify._timing.interleaved_seconds`). Each ratio divides by one
 loss gradient (`ngd_ref.jax.gradient`) measured in the same process:
 
     ggn_vp_over_grad      ggn_vp at fresh parameters (linearization included)
@@ -24,15 +25,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from verify._timing import interleaved_seconds
 
 __all__ = ["run_bench"]
 
@@ -57,17 +57,6 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "jax": jax.__version__,
             "device_kind": device.device_kind, "device_platform": device.platform,
             "device_count": jax.device_count()}
-
-
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile and warm up
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def flop_predictions(sizes: tuple[int, ...] = SIZES) -> dict[str, float]:
@@ -106,14 +95,17 @@ def jax_section(quick: bool) -> dict[str, Any]:
         damped = lambda u: jax.tree.map(lambda a, b: a + damping * b, op(u), u)  # noqa: E731
         return nj.cg_solve(damped, g, tol=0.0, maxiter=maxiter, history=CG_ITERATIONS[1] + 1).x
 
-    seconds = {
-        "grad": _median_seconds(lambda: nj.gradient(objective, params, batch), repeats),
-        "ggn_vp": _median_seconds(lambda: nj.ggn_vp(objective, params, batch, v), repeats),
-        "fisher_vp": _median_seconds(lambda: nj.fisher_vp(objective, params, batch, v), repeats),
-        "hvp": _median_seconds(lambda: nj.hvp(objective, params, batch, v), repeats),
+    calls = {
+        "grad": lambda: nj.gradient(objective, params, batch),
+        "ggn_vp": lambda: nj.ggn_vp(objective, params, batch, v),
+        "fisher_vp": lambda: nj.fisher_vp(objective, params, batch, v),
+        "hvp": lambda: nj.hvp(objective, params, batch, v),
+        "cg_low": lambda: cg_run(params, CG_ITERATIONS[0]),
+        "cg_high": lambda: cg_run(params, CG_ITERATIONS[1]),
     }
-    low, high = (_median_seconds(lambda m=m: cg_run(params, m), max(3, repeats // 3))
-                 for m in CG_ITERATIONS)
+    seconds = interleaved_seconds({name: (lambda _, f=f: f(), None) for name, f in calls.items()},
+                                  calls=1, rounds=repeats)
+    low, high = seconds.pop("cg_low"), seconds.pop("cg_high")
     seconds["cg_iter"] = (high - low) / (CG_ITERATIONS[1] - CG_ITERATIONS[0])
     predicted = flop_predictions()
     out: dict[str, Any] = {"model": {"sizes": list(SIZES), "activations": list(ACTIVATIONS),
