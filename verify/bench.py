@@ -12,6 +12,10 @@ loss gradient (`ngd_ref.jax.gradient`) measured in the same process:
     cg_iter_over_grad     one iteration of cg_solve on G + lambda I with the linearization
                           reused: (T(m2 iterations) - T(m1 iterations)) / (m2 - m1)
 
+and, beyond the protocol, `ggn_vp_over_plain_jax_ggn_vp`: our GGN-vp against the textbook
+JAX composition (`jax.jvp` of the network, the loss Hessian by forward-over-reverse,
+`jax.vjp`) in the same run.
+
 Flop predictions count the dense layers' multiply-adds (`L_l = B n_in n_out`; the input
 layer needs no input cotangent): gradient `fwd + bwd = sum L + (sum L + sum_{l>1} L)`;
 GGN/Fisher-vp `fwd + JVP + VJP`, the JVP costing like the backward pass; one CG iteration
@@ -95,8 +99,22 @@ def jax_section(quick: bool) -> dict[str, Any]:
         damped = lambda u: jax.tree.map(lambda a, b: a + damping * b, op(u), u)  # noqa: E731
         return nj.cg_solve(damped, g, tol=0.0, maxiter=maxiter, history=CG_ITERATIONS[1] + 1).x
 
+    @jax.jit
+    def plain_ggn_vp(params, v):
+        """The textbook composition: JVP of the network, H_L by forward-over-reverse, VJP."""
+        def network(p):
+            return objective.apply(p, batch.inputs)
+
+        def loss(z):
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), batch.targets[:, None], 1))
+
+        z, jv = jax.jvp(network, (params,), (v,))
+        hjv = jax.jvp(jax.grad(loss), (z,), (jv,))[1]
+        return jax.vjp(network, params)[1](hjv)[0]
+
     calls = {
         "grad": lambda: nj.gradient(objective, params, batch),
+        "plain_ggn_vp": lambda: plain_ggn_vp(params, v),
         "ggn_vp": lambda: nj.ggn_vp(objective, params, batch, v),
         "fisher_vp": lambda: nj.fisher_vp(objective, params, batch, v),
         "hvp": lambda: nj.hvp(objective, params, batch, v),
@@ -114,6 +132,7 @@ def jax_section(quick: bool) -> dict[str, Any]:
     for name in ("ggn_vp", "fisher_vp", "hvp", "cg_iter"):
         out[f"{name}_over_grad"] = seconds[name] / seconds["grad"]
         out[f"{name}_over_grad_flop_predicted"] = predicted[f"{name}_over_grad"]
+    out["ggn_vp_over_plain_jax_ggn_vp"] = seconds["ggn_vp"] / seconds["plain_ggn_vp"]
     out["seconds"] = seconds
     return out
 
