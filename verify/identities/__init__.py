@@ -8,7 +8,7 @@
 | `fisher_forms_agree` | E[score score^T] = -E[Hessian log p] | Martens s5; 000/001 |
 | `mean_score_vanishes` | E_y[score] = 0 | Martens s5; 000 |
 | `empirical_fisher_differs` (neg.) | EF != F | Martens s7 |
-| `kl_second_order` | KL(p_theta, p_theta+td) = 1/2 t^2 d^T F d + O(t^3): t^2 coefficient in mpmath | Martens s6; 001 |
+| `kl_second_order` | KL(p_theta, p_theta+td) = t^2/2 d^T F d + O(t^3) (mpmath) | Martens s6; 001 |
 | `kl_not_ggn` (neg.) | with G, z not natural: the t^2 coefficient differs | Martens s6 |
 | `split_invariance` | h, grad, H, F unchanged by moving the softmax | Martens s3, s9 |
 | `ggn_depends_on_split` (neg.) | G changes with the split | Martens s3, s9 |
@@ -17,20 +17,26 @@
 | `hessian_equals_ggn_affine_network` | H = G for an affine network | Martens s3 |
 | `hessian_equals_ggn_zero_residual` | H = G at zero residual | Martens s3 |
 | `hessian_differs_from_ggn` (neg.) | H != G otherwise | Martens s3 |
-| `ggn_psd`, `fisher_psd`, `empirical_fisher_psd` | PSD (G: convex loss) | Martens s3, s5, s7; Grosse s2.1 (002) |
+| `ggn_psd` | PSD (convex loss) | Martens s3; Grosse s2.1 (002) |
+| `fisher_psd`, `empirical_fisher_psd` | PSD | Martens s5, s7 |
 | `hessian_indefinite`, `ggn_indefinite_gaussian_logvar` (neg.) | not PSD | Martens s3 |
-| `kron_vec` ... `kron_eigendecomposition`; `kron_order_matters` (neg.) | Kronecker algebra | Grosse eqs. (16)-(21) |
-| `affine_invariance` | undamped Newton/GN/NG steps commute with w = R w~ + b | Grosse s2.3; Martens s10 |
-| `gradient_descent_not_invariant`, `damped_steps_not_invariant` (neg.) | they do not | Grosse eq. (8), s2.3 |
+| `kron_vec` ... `kron_eigendecomposition` | Kronecker algebra | Grosse eqs. (16)-(21) |
+| `kron_order_matters` (neg.) | the factor order matters | Grosse eq. (16) |
+| `affine_invariance` | undamped H/G/F steps commute with w = R w~ + b | Grosse s2.3; Martens s10 |
+| `gradient_descent_not_invariant` (neg.) | gradient descent does not | Grosse eq. (8), s2.3 |
+| `damped_steps_not_invariant` (neg.) | damped steps do not | Grosse s2.3 |
 | `pullback_curvatures` | G, F, EF -> J_g^T C J_g (nonlinear g) | Martens s10 |
 | `hessian_not_pullback` (incl. neg.) | H gains sum_j [grad h]_j H_[g]_j | Martens s10 |
 | `damped_steps_descend` | -(C + lambda I)^{-1} g descends, C in {G, F, EF} | Grosse eq. (6) |
 | `small_damping_newton_ascends` (neg.) | not so for H + lambda I, lambda small | Grosse s2.1 |
-| `reduction_ratio_quadratic`, `reduction_ratio_large_damping` | rho = 1; rho -> 2; LM | Grosse eq. (14), s4.1 |
+| `reduction_ratio_quadratic` | rho = 1 | Grosse eq. (14), s4.1 |
+| `reduction_ratio_large_damping` | rho -> 2; LM | Grosse eq. (14), s4.1 |
 | `reduction_ratio_not_one` (neg.) | rho != 1 off the quadratic | Grosse eq. (14) |
 | `martens_bound`; `martens_bound_needs_psd_model` (neg.) | best improvement of M | Martens s11 |
-| `natural_gradient_minimizes_model`; `..._not_model_minimizer` (neg.) | F = G => NG minimizes M | Martens s11 |
-| `optimal_step_stationary`; `seed_step_formula_literal` (neg.) | alpha* of eq. (26) | Grosse eq. (26) |
+| `natural_gradient_minimizes_model` | F = G => NG minimizes M | Martens s11 |
+| `natural_gradient_not_model_minimizer` (neg.) | not so when F != G | Martens s11 |
+| `optimal_step_stationary` | alpha* of eq. (26) | Grosse eq. (26) |
+| `seed_step_formula_literal` (neg.) | eq. (26) as printed (no 1/2) | Grosse eq. (26) |
 | `momentum_subspace_stationary` (incl. neg.) | 2-D subspace minimizer | Grosse eq. (27) |
 
 plus the K-FAC identities (`verify.identities.kfac`) and the other methods' identities

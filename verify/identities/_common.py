@@ -85,8 +85,9 @@ def middle_magnitudes(ref: DenseCurvature) -> np.ndarray:
     cancel when the probabilities saturate, so their computed values carry an absolute error
     of order `u`, not `u ||H_L||`).
     """
-    values = np.maximum(np.linalg.norm(np.asarray(ref.loss_hessians, dtype=np.float64), axis=(1, 2)),
-                        np.linalg.norm(np.asarray(ref.output_fishers, dtype=np.float64), axis=(1, 2)))
+    values = np.maximum(
+        np.linalg.norm(np.asarray(ref.loss_hessians, dtype=np.float64), axis=(1, 2)),
+        np.linalg.norm(np.asarray(ref.output_fishers, dtype=np.float64), axis=(1, 2)))
     loss = ref.problem.loss
     if loss in ("softmax_cross_entropy", "sigmoid_cross_entropy", "nll_probs"):
         z = np.asarray(ref.outputs, dtype=np.float64)

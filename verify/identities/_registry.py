@@ -62,7 +62,8 @@ def identity(name: str, *, source: str, statement: str,
     return register
 
 
-def result(name: str, problem: Problem, comparison: Comparison, what: str, source: str) -> CheckResult:
+def result(name: str, problem: Problem, comparison: Comparison, what: str,
+           source: str) -> CheckResult:
     """A `CheckResult` for "`what` holds" from a comparison (pass iff within tolerance)."""
     status = Status.PASS if comparison.passed else Status.FAIL
     return CheckResult(name, "identity", problem.name, status, comparison.error,

@@ -1,6 +1,7 @@
-"""Adaptive damping: the reduction ratio and the Levenberg-Marquardt rule (Grosse ch. 4 s4.1, seed 002).
+"""Adaptive damping: reduction ratio and Levenberg-Marquardt rule (Grosse ch. 4 s4.1, seed 002).
 
-`rho = (h(theta) - h(theta + d)) / (Q_lambda(0) - Q_lambda(d))` (eq. (14), `ngd_ref.dense.reduction_ratio`):
+`rho = (h(theta) - h(theta + d)) / (Q_lambda(0) - Q_lambda(d))` (eq. (14),
+`ngd_ref.dense.reduction_ratio`):
 
 * on an exactly quadratic objective with exact curvature and `lambda = 0` in the model,
   `rho = 1` for every step `d` (the model *is* the objective). Every problem supplies one:
@@ -40,7 +41,10 @@ LM_DECREASE = 2.0 / 3.0
 
 
 def quadratic_twin(problem: Problem) -> Problem:
-    """A one-layer linear mse problem on `problem`'s last hidden activations (h exactly quadratic)."""
+    """A one-layer linear mse problem on `problem`'s last hidden activations.
+
+    Its objective `h` is exactly quadratic.
+    """
     ref = reference(problem)
     inputs = np.stack([t.abar[-1][:-1] for t in ref.traces]).astype(np.float64)
     n_in, n_out = problem.layers[-1].n_in, problem.output_dim
@@ -77,7 +81,8 @@ def reduction_ratio_quadratic(problem: Problem, *, direction: np.ndarray | None 
 
 
 @identity("reduction_ratio_large_damping", source=SOURCE,
-          statement="rho -> 2 as lambda -> inf (|2 - rho| <= 2||H||/lambda), and LM decreases lambda",
+          statement="rho -> 2 as lambda -> inf (|2 - rho| <= 2||H||/lambda), "
+                    "and LM decreases lambda",
           applies=lambda p: bool(np.any(reference(p).gradient != 0)))
 def reduction_ratio_large_damping(problem: Problem, *, curvature: str = "ggn"):
     """Grosse s4.1's first bullet, with the bound derived in the module docstring."""
@@ -86,7 +91,8 @@ def reduction_ratio_large_damping(problem: Problem, *, curvature: str = "ggn"):
     lam = LARGE * (h_norm + float(np.linalg.norm(ref.matrix(curvature), 2)))
     d = ref.damped_update(curvature, lam)
     rho = float(reduction_ratio(problem, d, damping=lam, curvature=curvature))
-    predicted = -float(ref.gradient @ d + 0.5 * d @ (ref.matrix(curvature) @ d) + 0.5 * lam * d @ d)
+    predicted = -float(ref.gradient @ d + 0.5 * d @ (ref.matrix(curvature) @ d)
+                       + 0.5 * lam * d @ d)
     bound = 2.0 * h_norm / lam + _rho_tolerance(problem, d, predicted)
     new = levenberg_marquardt(lam, rho)
     return [
@@ -98,7 +104,8 @@ def reduction_ratio_large_damping(problem: Problem, *, curvature: str = "ggn"):
 
 
 @identity("reduction_ratio_not_one", source=SOURCE,
-          statement="rho != 1 for a finite step when h is not quadratic (the model is only a model)",
+          statement="rho != 1 for a finite step when h is not quadratic "
+                    "(the model is only a model)",
           applies=lambda p: p.loss != "mse" or network_curved(p),
           negative_control=True)
 def reduction_ratio_not_one(problem: Problem, *, direction: np.ndarray | None = None):

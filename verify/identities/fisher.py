@@ -180,7 +180,8 @@ def mp_loss(problem: Problem, theta: np.ndarray, bk: Backend):
     loss = get_loss(problem.loss)
     targets = problem.targets if problem.targets.dtype.kind == "i" else bk.asarray(problem.targets)
     z = forward_outputs(problem, theta, bk)
-    return bk.scalar(problem.scale) * sum(loss.value(bk, y, zb) for y, zb in zip(targets, z, strict=True))
+    return bk.scalar(problem.scale) * sum(loss.value(bk, y, zb)
+                                          for y, zb in zip(targets, z, strict=True))
 
 
 def kl_step_scale(problem: Problem, direction: np.ndarray) -> int:

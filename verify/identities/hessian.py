@@ -53,10 +53,14 @@ def hessian_decomposition(problem: Problem):
 
 
 @identity("hessian_equals_ggn_last_layer", source=SOURCE,
-          statement="H and G share the last layer's diagonal block when its activation is the identity",
+          statement="H and G share the last layer's diagonal block "
+                    "when its activation is the identity",
           applies=lambda p: p.layers[-1].activation == "identity")
 def hessian_equals_ggn_last_layer(problem: Problem):
-    """`H_LL = G_LL` for the last layer's block: z is affine in `Wbar_L`, so `H_[f]_j` vanishes there."""
+    """`H_LL = G_LL` for the last layer's block.
+
+    z is affine in `Wbar_L`, so `H_[f]_j` vanishes there.
+    """
     ref, tol, mag = _ggn_tolerance(problem)
     last = layer_slices(problem.layers)[-1]
     cmp = compare(ref.hessian[last, last], ref.ggn[last, last], tolerance=tol, magnitude=mag)
@@ -70,7 +74,8 @@ def hessian_equals_ggn_affine_network(problem: Problem):
     """`H = G` for a one-layer linear network: every `H_[f]_j` is zero."""
     ref, tol, mag = _ggn_tolerance(problem)
     cmp = compare(ref.hessian, ref.ggn, tolerance=tol, magnitude=mag)
-    return result("hessian_equals_ggn_affine_network", problem, cmp, "H = G (affine network)", SOURCE)
+    return result("hessian_equals_ggn_affine_network", problem, cmp,
+                  "H = G (affine network)", SOURCE)
 
 
 def zero_residual_twin(problem: Problem) -> Problem:

@@ -107,7 +107,8 @@ def numerically_consistent(c: np.ndarray, g: np.ndarray, tol: float, band: float
 
 
 @identity("affine_invariance", source=f"{GROSSE}; {MARTENS}",
-          statement="undamped Newton, Gauss-Newton and natural gradient steps commute with w = R w~ + b")
+          statement="undamped Newton, Gauss-Newton and natural gradient steps "
+                    "commute with w = R w~ + b")
 def affine_invariance(problem: Problem, *, reparameterization=None):
     """`R d_gamma` solves `C d = -g` for `C` in {H, G, F} (Grosse s2.3; Martens s10).
 
@@ -211,7 +212,9 @@ def _differences_smooth(problem: Problem) -> bool:
           statement="G, F, EF transform as J_g^T C J_g under a nonlinear reparameterization",
           applies=_differences_smooth)
 def pullback_curvatures(problem: Problem, *, direction: np.ndarray | None = None):
-    """`v^T C_gamma v = (J_g v)^T C (J_g v)` for `C` in {G, F, EF}, `theta = sinh(gamma)` (Martens s10).
+    """`v^T C_gamma v = (J_g v)^T C (J_g v)` for `C` in {G, F, EF} (Martens s10).
+
+    The reparameterization is `theta = sinh(gamma)`.
 
     `C_gamma` is built from the gamma-space output Jacobian `J_{f o g} v`, measured by a central
     difference of the outputs in mpmath, with the same middle matrices as `C`.

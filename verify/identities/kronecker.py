@@ -103,7 +103,8 @@ def kron_transpose(problem: Problem):
     return result("kron_transpose", problem, cmp, "transpose", f"{SOURCE} eq. (18)")
 
 
-@identity("kron_inverse", source=f"{SOURCE} eq. (19)", statement="(A (x) S)^{-1} = A^{-1} (x) S^{-1}")
+@identity("kron_inverse", source=f"{SOURCE} eq. (19)",
+          statement="(A (x) S)^{-1} = A^{-1} (x) S^{-1}")
 def kron_inverse(problem: Problem):
     """Grosse eq. (19) for SPD factors; tolerance scaled by `kappa(A) kappa(S)`."""
     s, _, a = _factors(problem)
@@ -121,7 +122,8 @@ def kron_vec_outer(problem: Problem):
     """Grosse eq. (20) on the problem's gradients: `g_b[layer l] = abar_{l-1} (x) dL/ds_l`."""
     ref = reference(problem)
     out = []
-    for index, (layer, sl) in enumerate(zip(problem.layers, layer_slices(problem.layers), strict=True)):
+    for index, (layer, sl) in enumerate(zip(problem.layers, layer_slices(problem.layers),
+                                            strict=True)):
         bias_columns = slice(sl.stop - layer.n_out, sl.stop)
         kron = np.stack([
             np.kron(trace.abar[index], trace.jacobian[:, bias_columns].T @ r)
@@ -129,7 +131,8 @@ def kron_vec_outer(problem: Problem):
         grads = ref.per_example_gradients[:, sl]
         mag = magnitude(grads) + float(np.sum(np.linalg.norm(ref.jacobians, axis=(1, 2))
                                               * np.linalg.norm(ref.loss_grads, axis=1)))
-        cmp = compare(kron, grads, tolerance=_tol(layer.n_in + 1, problem.output_dim), magnitude=mag)
+        cmp = compare(kron, grads, tolerance=_tol(layer.n_in + 1, problem.output_dim),
+                      magnitude=mag)
         out.append(result("kron_vec_outer", problem, cmp,
                           f"layer {index + 1}: g_b = abar (x) dL/ds", f"{SOURCE} eq. (20)"))
     return out

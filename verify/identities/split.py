@@ -40,7 +40,8 @@ def split_twin(problem: Problem) -> Problem:
         ValueError: if `problem` is not `splittable`.
     """
     if not splittable(problem):
-        raise ValueError(f"problem: {problem.name!r} is not a softmax classifier with a movable softmax")
+        raise ValueError(f"problem: {problem.name!r} is not a softmax classifier "
+                         "with a movable softmax")
     *hidden, last = problem.layers
     to_nll = problem.loss == Loss.SOFTMAX_CROSS_ENTROPY.value
     layer = Layer(last.n_in, last.n_out, "softmax" if to_nll else "identity")
@@ -49,7 +50,8 @@ def split_twin(problem: Problem) -> Problem:
 
 
 @identity("split_invariance", source=SOURCE,
-          statement="moving the softmax between network and loss leaves h, grad h, H and F unchanged",
+          statement="moving the softmax between network and loss leaves h, grad h, H and F "
+                    "unchanged",
           applies=splittable)
 def split_invariance(problem: Problem):
     """`h`, `grad h`, `H` and `F` of a problem equal those of its `split_twin`."""
@@ -63,7 +65,8 @@ def split_invariance(problem: Problem):
     checks = [
         ("loss", ref.loss, twin.loss,
          problem.scale * float(np.sum(1.0 + np.abs(ref.outputs).max(axis=1)))),
-        ("gradient", ref.gradient, twin.gradient, problem.scale * float(np.sum(jac * (1 + residual)))),
+        ("gradient", ref.gradient, twin.gradient,
+         problem.scale * float(np.sum(jac * (1 + residual)))),
         ("hessian", ref.hessian, twin.hessian,
          max(gauss_newton_magnitude(ref), gauss_newton_magnitude(twin))
          + magnitude(ref.hessian - ref.ggn, twin.hessian - twin.ggn)),
