@@ -252,7 +252,8 @@ class _SigmoidCrossEntropy(_Separable):
 
     def terms(self, bk, y, zeta):
         p = bk.sigmoid(zeta)
-        return bk.softplus(zeta) - y * zeta, p - y, (p * (1 - p))[None]
+        # p (1 - p) as sigmoid(z) sigmoid(-z): no cancellation when p saturates at 1.
+        return bk.softplus(zeta) - y * zeta, p - y, (p * bk.sigmoid(-zeta))[None]
 
     def rule(self, bk, zeta):
         p = bk.sigmoid(zeta[0])

@@ -123,3 +123,24 @@ def test_objective_validation_names_argument():
         nj.Objective(nj.mlp_apply(("tanh",)), "mse", "avg")
     with pytest.raises(ValueError, match="loss"):
         nj.Objective(nj.mlp_apply(("tanh",)), "hinge")
+
+
+@pytest.mark.parametrize("loss, z", [
+    ("softmax_cross_entropy", [40.0, 0.0, -3.0]),
+    ("sigmoid_cross_entropy", [40.0, -0.5, 25.0]),
+], ids=["softmax", "sigmoid"])
+def test_output_fisher_of_a_saturated_distribution_keeps_its_accuracy(loss, z):
+    """`F_R u` at `p_max = 1 - 4e-18`: the closed form must not cancel (fuzz: 2.8e-6 off).
+
+    The exact value is the dense reference's `F_R` in mpmath at 50 digits; float64 keeps every
+    entry to a few ulps, where `p * u - p * (p^T u)` lost all digits of the largest entry.
+    """
+    from ngd_ref.dense import get_loss, mp_backend
+
+    u = np.array([0.75, -1.25, 0.5])
+    bk = mp_backend(50)
+    with bk.precision():
+        fisher = get_loss(loss).moments(bk, bk.asarray(np.asarray(z))).fisher
+        exact = bk.to_float64(fisher @ bk.asarray(u))
+    got = np.asarray(nj.get_jax_loss(loss).fisher_vp(jnp.asarray(z), jnp.asarray(u)))
+    np.testing.assert_allclose(got, exact, rtol=8 * np.finfo(np.float64).eps, atol=0)
