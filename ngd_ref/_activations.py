@@ -87,14 +87,18 @@ def _identity_derivatives(backend: Backend, s: np.ndarray, a: np.ndarray):
     return backend.asarray(np.ones(s.shape)), backend.zeros(s.shape)
 
 
+# Derivatives without cancellation at saturation (the JAX twin, `ngd_ref._activations_jax`,
+# uses the same forms): `1 - a^2` and `a (1 - a)` subtract numbers close to 1 where |s| is
+# large and keep only `eps / phi'(s)` of relative accuracy (none at |s| = 18).
 def _tanh_derivatives(backend: Backend, s: np.ndarray, a: np.ndarray):
-    d1 = 1 - a * a
+    complement = 2 * backend.sigmoid(-2 * np.abs(s))            # 1 - |tanh s|, exactly
+    d1 = complement * (2 - complement)                           # (1 - |a|)(1 + |a|)
     return d1, -2 * a * d1
 
 
 def _sigmoid_derivatives(backend: Backend, s: np.ndarray, a: np.ndarray):
-    d1 = a * (1 - a)
-    return d1, d1 * (1 - 2 * a)
+    d1 = a * backend.sigmoid(-s)                                 # sigmoid(s) sigmoid(-s)
+    return d1, -d1 * backend.tanh(s / 2)                         # 1 - 2a = -tanh(s/2)
 
 
 def _relu_value(backend: Backend, s: np.ndarray) -> np.ndarray:
@@ -108,7 +112,7 @@ def _relu_derivatives(backend: Backend, s: np.ndarray, a: np.ndarray):
 
 def _softplus_derivatives(backend: Backend, s: np.ndarray, a: np.ndarray):
     sig = backend.sigmoid(s)
-    return sig, sig * (1 - sig)
+    return sig, sig * backend.sigmoid(-s)
 
 
 _ACTIVATIONS = {

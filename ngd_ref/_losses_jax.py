@@ -32,6 +32,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from ngd_ref._activations_jax import softmax_jacobian_vp
 from ngd_ref._problem import Loss
 
 __all__ = ["JaxLoss", "get_jax_loss"]
@@ -120,17 +121,8 @@ def _softmax_ce_grad(y, z):
 
 
 def _softmax_fisher_vp(z, u):
-    """`(diag(p) - p p^T) u = p * (u - p^T u)`, the centering without cancellation.
-
-    With `m = argmax z`, `u_m - p^T u = sum_j p_j (u_m - u_j)` (as `sum_j p_j = 1`) is a sum of
-    terms weighted by the small probabilities, and `u_i - p^T u = (u_i - u_m) + (u_m - p^T u)`.
-    The direct `u_m - p^T u` subtracts two numbers of size `|u|` to get one of size
-    `(1 - p_m) |u|`: for a saturated softmax it would lose a factor `1 / (1 - p_m)` of
-    relative accuracy (the dense twin, `ngd_ref._activations._centered`, sums pairwise).
-    """
-    p = jax.nn.softmax(z)
-    from_max = u[jnp.argmax(z)] - u                       # u_m - u_j
-    return p * (jnp.sum(p * from_max) - from_max)
+    """`(diag(p) - p p^T) u`: the softmax's Jacobian, in the form without cancellation."""
+    return softmax_jacobian_vp(z, u)
 
 
 def _categorical_sample(key, logits):

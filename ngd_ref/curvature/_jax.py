@@ -50,6 +50,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
+from ngd_ref._activations_jax import ACTIVATIONS_JAX
 from ngd_ref._layout import layer_slices
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
 from ngd_ref._problem import Layer, Loss, Problem, Reduction
@@ -432,14 +433,7 @@ def hutchinson_diag(matvec: Operator, like: Params, num_samples: int, key: Array
 # ---------------------------------------------------------------------------------------------
 # The canonical MLP of PROTOCOL section 1
 # ---------------------------------------------------------------------------------------------
-_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "identity": lambda s: s,
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "relu": jax.nn.relu,  # derivative 0 at 0, as the reference
-    "softplus": jax.nn.softplus,
-    "softmax": jax.nn.softmax,
-}
+_ACTIVATIONS = ACTIVATIONS_JAX  # derivatives without cancellation at saturation
 
 
 @functools.cache

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ngd_ref._activations_jax import ACTIVATIONS_JAX
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
 from ngd_ref._problem import Loss, Problem
 from ngd_ref.curvature._jax import canonical_vector, mlp_params
@@ -63,15 +64,6 @@ Array = jax.Array
 Layers = list[tuple[Array, Array]]
 # tap(index, a_in (B, n_in), s (B, n_out)) -> s: every dense layer must route its output through it.
 Tap = Callable[[int, Array, Array], Array]
-
-ACTIVATIONS_JAX: dict[str, Callable[[Array], Array]] = {
-    "identity": lambda s: s,
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "relu": jax.nn.relu,
-    "softplus": jax.nn.softplus,
-    "softmax": lambda s: jax.nn.softmax(s, axis=-1),
-}
 
 
 class Estimator(str, enum.Enum):
