@@ -75,8 +75,9 @@ __all__ = [
     "verify_fixtures",
 ]
 
-#: The shipped fixtures: `fixtures/` at the root of the source tree (editable install).
-FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fixtures"
+#: The shipped fixtures: `fixtures/` at the root of the source tree, reached through the
+#: package-data link `verify/_golden` (a wheel carries the files themselves there).
+FIXTURE_DIR = Path(__file__).parent / "_golden"
 
 #: Stored condition numbers and magnitudes are rounded to `CONDITION_DIGITS` significant
 #: digits, so a recomputation may differ by one unit in the last of them.
