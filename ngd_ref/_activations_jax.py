@@ -28,54 +28,34 @@ __all__ = ["ACTIVATIONS_JAX", "sigmoid", "softmax", "softmax_jacobian_vp", "soft
 Array = jax.Array
 
 
-@jax.custom_jvp
-def tanh(s: Array) -> Array:
-    """Hyperbolic tangent; derivative `(1 - |a|)(1 + |a|)`, `1 - |a| = 2 sigmoid(-2|s|)`."""
-    return jnp.tanh(s)
+def _with_slope(value: Callable[[Array], Array],
+                slope: Callable[[Array], Array]) -> Callable[[Array], Array]:
+    """The elementwise function `value` with the JVP rule `d value = slope(s) ds`."""
+    function = jax.custom_jvp(value)
+    function.defjvp(lambda primals, tangents: (function(primals[0]),
+                                               slope(primals[0]) * tangents[0]))
+    return function
 
 
-@tanh.defjvp
-def _tanh_jvp(primals, tangents):
-    (s,), (ds,) = primals, tangents
-    complement = 2 * jax.nn.sigmoid(-2 * jnp.abs(s))  # its own derivative has no cancellation
-    return tanh(s), complement * (2 - complement) * ds
+def _tanh_slope(s: Array) -> Array:
+    """`tanh'(s) = (1 - |a|)(1 + |a|)`, `1 - |a| = 2 sigmoid(-2|s|)` (derivative accurate too)."""
+    complement = 2 * jax.nn.sigmoid(-2 * jnp.abs(s))
+    return complement * (2 - complement)
 
 
-@jax.custom_jvp
-def _sigmoid_slope(s: Array) -> Array:
-    """`sigmoid'(s) = sigmoid(s) sigmoid(-s)`, with `sigmoid''(s) = -sigmoid'(s) tanh(s/2)`."""
+def _sigmoid_product(s: Array) -> Array:
+    """`sigmoid'(s) = sigmoid(s) sigmoid(-s)`."""
     return jax.nn.sigmoid(s) * jax.nn.sigmoid(-s)
 
 
-@_sigmoid_slope.defjvp
-def _sigmoid_slope_jvp(primals, tangents):
-    (s,), (ds,) = primals, tangents
-    slope = _sigmoid_slope(s)
-    return slope, -slope * jnp.tanh(s / 2) * ds
-
-
-@jax.custom_jvp
-def sigmoid(s: Array) -> Array:
-    """Logistic function `1 / (1 + e^-s)`; its derivative is the product of it at s and -s."""
-    return jax.nn.sigmoid(s)
-
-
-@sigmoid.defjvp
-def _sigmoid_jvp(primals, tangents):
-    (s,), (ds,) = primals, tangents
-    return sigmoid(s), _sigmoid_slope(s) * ds
-
-
-@jax.custom_jvp
-def softplus(s: Array) -> Array:
-    """`log(1 + e^s)` with the derivative `sigmoid(s)` (whose derivative is accurate too)."""
-    return jax.nn.softplus(s)
-
-
-@softplus.defjvp
-def _softplus_jvp(primals, tangents):
-    (s,), (ds,) = primals, tangents
-    return softplus(s), sigmoid(s) * ds
+#: `sigmoid'`, whose own derivative is `sigmoid''(s) = -sigmoid'(s) tanh(s / 2)`.
+_sigmoid_slope = _with_slope(_sigmoid_product, lambda s: -_sigmoid_slope(s) * jnp.tanh(s / 2))
+#: Hyperbolic tangent with the derivative `_tanh_slope`.
+tanh = _with_slope(jnp.tanh, _tanh_slope)
+#: Logistic function with the derivative `sigmoid(s) sigmoid(-s)`.
+sigmoid = _with_slope(jax.nn.sigmoid, _sigmoid_slope)
+#: `log(1 + e^s)` with the derivative `sigmoid` (whose derivative is accurate too).
+softplus = _with_slope(jax.nn.softplus, sigmoid)
 
 
 def softmax_jacobian_vp(s: Array, u: Array) -> Array:
