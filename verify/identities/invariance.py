@@ -100,6 +100,12 @@ def numerically_consistent(c: np.ndarray, g: np.ndarray, tol: float, band: float
     lose rank by cancellation while `g` stays in the range of the Jacobians: exactly
     solvable, yet not in float64 (fuzzing found `lambda = -3.6e-15 ||G||` carrying `5e-8` of
     `g`, whose solution `d ~ 5e7` is set by rounding).
+
+    Args:
+        c: the curvature `C` (symmetric, `(n, n)`).
+        g: the gradient.
+        tol: the residual test's tolerance (`affine_invariance`'s `solve_rtol`).
+        band: relative singular-value cutoff of the least-squares solve.
     """
     d = scipy.linalg.lstsq(c, -g, cond=band)[0]
     mag = float(np.linalg.norm(c) * np.linalg.norm(d) + np.linalg.norm(g))
