@@ -95,6 +95,27 @@ def _select(flag: jax.Array, a: Params, b: Params) -> Params:
     return jax.tree.map(lambda u, v: jnp.where(flag, u, v), a, b)
 
 
+def _cg_step(matvec: Operator, apply_m: Operator, x: Params, r: Params, p: Params, rho,
+             restart):
+    """One step of the PCG recurrence (Grosse ch. 4 s4, seed 002), shared by both loops.
+
+    `z = M r`, `rho' = r^T z`, `p' = z` on a (re)start else `z + (rho'/rho) p`,
+    `alpha = rho' / p'^T A p'` (0 when `p'^T A p' <= 0`), `x' = x + alpha p'`,
+    `r' = r - alpha A p'`.
+
+    Returns:
+        `(x', r', p', rho', p'^T A p' > 0)`.
+    """
+    z = apply_m(r)
+    rho_new = _dot(r, z)
+    p = _select(restart, z, _axpy(rho_new / jnp.where(restart, 1, rho), p, z))
+    ap = matvec(p)
+    curvature = _dot(p, ap)
+    positive = curvature > 0
+    alpha = jnp.where(positive, rho_new / jnp.where(positive, curvature, 1), 0)
+    return _axpy(alpha, p, x), _axpy(-alpha, ap, r), p, rho_new, positive
+
+
 def cg_solve(
     matvec: Operator,
     b: Params,
@@ -159,16 +180,8 @@ def cg_solve(
 
         def step(args):
             k, x, r, p, rho, restart = args
-            z = apply_m(r)
-            rho_new = _dot(r, z)
-            p = _select(restart, z, _axpy(rho_new / jnp.where(restart, 1, rho), p, z))
-            ap = matvec(p)
-            curvature = _dot(p, ap)
-            positive = curvature > 0
-            alpha = jnp.where(positive, rho_new / jnp.where(positive, curvature, 1), 0)
-            x = _axpy(alpha, p, x)
-            r = _axpy(-alpha, ap, r)
-            return (k + 1, x, r, p, rho_new, jnp.asarray(False)), ~positive
+            x, r, p, rho, positive = _cg_step(matvec, apply_m, x, r, p, rho, restart)
+            return (k + 1, x, r, p, rho, jnp.asarray(False)), ~positive
 
         (k, x, r, p, rho, restart), indefinite = jax.lax.cond(
             stop, lambda args: (args, jnp.asarray(False)), step, (k, x, r, p, rho, restart))
@@ -226,15 +239,9 @@ def cg_iterates(matvec: Operator, b: Params, x0: Params | None = None, *, maxite
 
     def step(state, _):
         x, r, p, rho, first, done = state
-        z = apply_m(r)
-        rho_new = _dot(r, z)
-        p_new = _select(first, z, _axpy(rho_new / jnp.where(first, 1, rho), p, z))
-        ap = matvec(p_new)
-        curvature = _dot(p_new, ap)
-        done = done | ~(curvature > 0)
-        alpha = jnp.where(done, 0, rho_new / jnp.where(done, 1, curvature))
-        new = (_axpy(alpha, p_new, x), _axpy(-alpha, ap, r), p_new, rho_new)
-        x, r, p, rho = _select(done, (x, r, p, rho), new)
+        *new, positive = _cg_step(matvec, apply_m, x, r, p, rho, first)
+        done = done | ~positive
+        x, r, p, rho = _select(done, (x, r, p, rho), tuple(new))
         return (x, r, p, rho, jnp.asarray(False), done), x
 
     state = (x0, r0, r0, jnp.zeros((), dtype), jnp.asarray(True), jnp.asarray(False))

@@ -191,16 +191,8 @@ class KfacJax:
         def dense(args):
             rng = jax.random.PRNGKey(0)
             state = estimator.init(rng, args, None, None)
-            state = estimator.update_curvature_matrix_estimate(
-                state,
-                ema_old=0.0,
-                ema_new=1.0,
-                identity_weight=0.0,
-                batch_size=problem.batch_size,
-                rng=rng,
-                func_args=args,
-            )
-            return estimator.to_dense_matrix(state)
+            return estimator.to_dense_matrix(
+                _one_exact_update(estimator, state, rng, args, problem.batch_size))
 
         return setup, dense
 
@@ -230,15 +222,7 @@ class KfacJax:
         def estimate(args):
             rng = jax.random.PRNGKey(0)
             state = estimator.init(rng, args, exact_powers_to_cache=-1, approx_powers_to_cache=-1)
-            return estimator.update_curvature_matrix_estimate(
-                state,
-                ema_old=0.0,
-                ema_new=1.0,
-                identity_weight=0.0,
-                batch_size=problem.batch_size,
-                rng=rng,
-                func_args=args,
-            )
+            return _one_exact_update(estimator, state, rng, args, problem.batch_size)
 
         @jax.jit
         def factors(args):
@@ -330,3 +314,10 @@ class KfacJax:
         setup, _, solve, k = self._kfac(problem, kind)
         out = solve(setup.args, setup.model.tree(np.asarray(v)), damping / k, method == "eigen")
         return setup.model.canonical(out) / k
+
+
+def _one_exact_update(estimator, state, rng, args, batch_size: int):
+    """Replace `state`'s curvature estimate by the one batch's (no EMA, no damping)."""
+    return estimator.update_curvature_matrix_estimate(
+        state, ema_old=0.0, ema_new=1.0, identity_weight=0.0, batch_size=batch_size, rng=rng,
+        func_args=args)
