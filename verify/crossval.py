@@ -60,9 +60,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ngd_ref import Loss, Problem, unflatten
+from ngd_ref import LOSSES, Loss, Problem, unflatten
 from ngd_ref import jax as nj
-from ngd_ref._problem import LOSSES
 from ngd_ref.curvature._dense import Curvature
 from ngd_ref.curvature._jax import _ACTIVATIONS, _gauss_newton_operator, _middle
 from ngd_ref.dense import dense, krylov_optimal_iterate

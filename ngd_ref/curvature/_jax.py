@@ -53,8 +53,9 @@ from jax.sharding import Mesh
 from ngd_ref._activations_jax import ACTIVATIONS_JAX
 from ngd_ref._layout import layer_slices
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
-from ngd_ref._problem import Layer, Loss, Problem, Reduction
+from ngd_ref._problem import Problem
 from ngd_ref._sharding import allsum, run_sharded
+from ngd_ref._spec import Layer, Loss, Reduction
 from ngd_ref.curvature._dense import Curvature
 
 __all__ = [

@@ -45,7 +45,8 @@ import numpy as np
 
 from ngd_ref._backend import FLOAT64, Backend
 from ngd_ref._layout import layer_slices
-from ngd_ref._problem import Loss, Problem
+from ngd_ref._problem import Problem
+from ngd_ref._spec import Loss
 from ngd_ref.curvature._dense import Curvature, DenseCurvature, dense
 
 __all__ = [
@@ -246,8 +247,8 @@ def exactness_regimes(problem: Problem, kind: KfacKind | str) -> tuple[Exactness
     regimes = []
     if problem.batch_size == 1:
         regimes.append(ExactnessRegime.ONE_EXAMPLE)
-    linear = all(layer.activation == "identity" for layer in problem.layers)
-    if linear and problem.loss == Loss.MSE.value and kind is not KfacKind.EMPIRICAL:
+    linear = all(layer.phi.linear for layer in problem.layers)
+    if linear and Loss(problem.loss).spec.residual and kind is not KfacKind.EMPIRICAL:
         regimes.append(ExactnessRegime.DEEP_LINEAR_MSE)
     same_inputs = bool(np.all(problem.inputs == problem.inputs[:1]))
     same_targets = bool(np.all(problem.targets == problem.targets[:1]))

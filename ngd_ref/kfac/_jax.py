@@ -38,7 +38,8 @@ import jax.numpy as jnp
 
 from ngd_ref._activations_jax import ACTIVATIONS_JAX
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
-from ngd_ref._problem import Loss, Problem
+from ngd_ref._problem import Problem
+from ngd_ref._spec import Loss
 from ngd_ref.curvature._jax import canonical_vector, mlp_params
 from ngd_ref.kfac._dense import DampingMethod, KfacKind, _as_kind, _as_method, _check_damping
 

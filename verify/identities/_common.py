@@ -139,7 +139,8 @@ def at_most(name: str, problem: Problem, value: float, bound: float, what: str, 
 def smooth_along(problem: Problem, direction: np.ndarray, step: float) -> bool:
     """Whether h is smooth on `theta + t d`, `|t| <= step`: no ReLU pre-activation meets 0.
 
-    ReLU is not differentiable at `s = 0` (the reference, like JAX, takes `phi'(0) = 0`), so a
+    A kinked activation (`ActivationSpec.smooth` false: ReLU) is not differentiable at
+    `s = 0` (the reference, like JAX, takes `phi'(0) = 0`), so a
     Taylor expansion or a difference quotient through `theta +- t d` -- of h, of the outputs,
     of the KL -- measures the theorem only where every ReLU pre-activation keeps its sign:
     `|s| > 2 step |(ds/dtheta) d|` (the first-order reach, doubled for the higher orders at
@@ -150,7 +151,7 @@ def smooth_along(problem: Problem, direction: np.ndarray, step: float) -> bool:
     """
     ref = reference(problem)
     for index, layer in enumerate(problem.layers):
-        if layer.activation != "relu":
+        if layer.phi.smooth:
             continue
         for trace in ref.traces:
             s = np.abs(np.asarray(trace.s[index], dtype=np.float64))
