@@ -41,6 +41,7 @@ import numpy as np
 
 from ngd_ref._backend import FLOAT64, Backend
 from ngd_ref._problem import Problem
+from ngd_ref._validation import check_damping
 from ngd_ref.curvature._dense import Curvature, DenseCurvature, dense
 from ngd_ref.newton._dense import quadratic_model
 
@@ -66,12 +67,6 @@ class SubspaceStep(NamedTuple):
     alpha: Any
     beta: Any
     step: np.ndarray
-
-
-def _check_damping(damping: float) -> None:
-    if not (isinstance(damping, (int, float, np.floating, np.integer))
-            and math.isfinite(damping) and damping >= 0):
-        raise ValueError(f"damping: expected a finite number >= 0, got {damping!r}")
 
 
 def _vector(problem: Problem, name: str, value: Any, backend: Backend) -> np.ndarray:
@@ -111,7 +106,7 @@ def reduction_ratio(problem: Problem, step: np.ndarray, *, damping: float = 0.0,
         backend: `FLOAT64` or `mp_backend(dps)`; use mpmath for tiny steps, where the
             numerator cancels catastrophically in float64.
     """
-    _check_damping(damping)
+    check_damping(damping)
     with backend.precision():
         d = _vector(problem, "step", step, backend)
         ref = dense(problem, backend)
@@ -132,7 +127,7 @@ def levenberg_marquardt(damping: float, rho: float, *, low: float = 0.25, high: 
     Raises:
         ValueError: for a negative or non-finite `damping`, or inconsistent thresholds/factors.
     """
-    _check_damping(damping)
+    check_damping(damping)
     if not (low <= high and increase > 1 and 0 < decrease < 1):
         raise ValueError("low/high/increase/decrease: need low <= high, increase > 1 and "
                          f"0 < decrease < 1; got {low}, {high}, {increase}, {decrease}")
@@ -154,7 +149,7 @@ def optimal_step_size(problem: Problem, direction: np.ndarray, *, damping: float
     Raises:
         ValueError: if the curvature along `direction` is not positive (no minimizer).
     """
-    _check_damping(damping)
+    check_damping(damping)
     ref = dense(problem, backend)
     with backend.precision():
         r = _vector(problem, "direction", direction, backend)
@@ -183,7 +178,7 @@ def momentum_subspace_step(problem: Problem, direction: np.ndarray, previous: np
         ValueError: if the 2 x 2 model matrix is not positive definite (e.g. `previous`
             parallel to `direction`), naming `previous`.
     """
-    _check_damping(damping)
+    check_damping(damping)
     ref = dense(problem, backend)
     with backend.precision():
         r = _vector(problem, "direction", direction, backend)

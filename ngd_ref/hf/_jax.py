@@ -26,9 +26,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from ngd_ref._sharding import allsum
-from ngd_ref.cg._jax import CGResult, _dot, cg_solve
+from ngd_ref._validation import check_damping
+from ngd_ref.cg._jax import CGResult, cg_solve, tree_vdot
 from ngd_ref.curvature._dense import Curvature
-from ngd_ref.curvature._jax import Batch, Objective, _local_loss, _local_operator, _run
+from ngd_ref.curvature._jax import Batch, Objective, local_loss, local_operator, run_objective
 
 __all__ = [
     "HFInfo",
@@ -44,11 +45,6 @@ __all__ = [
 Params = Any
 
 
-def _check_damping(damping: Any) -> None:
-    if isinstance(damping, int | float) and not damping >= 0:
-        raise ValueError(f"damping: expected a non-negative number, got {damping!r}")
-
-
 def _add_scaled(v: Params, alpha: Any, w: Params) -> Params:
     return jax.tree.map(lambda a, b: a + jnp.asarray(alpha, a.dtype) * b, v, w)
 
@@ -56,10 +52,10 @@ def _add_scaled(v: Params, alpha: Any, w: Params) -> Params:
 def _local_damped(objective: Objective, curvature: Curvature, cg_options: dict[str, Any],
                   axis, params, damping, x0, inputs, targets, weights):
     """Gradient, damped operator and the CG solve of `(C + lambda I) d = -g` on one shard."""
-    loss, g = jax.value_and_grad(_local_loss, argnums=1)(objective, params, inputs, targets,
+    loss, g = jax.value_and_grad(local_loss, argnums=1)(objective, params, inputs, targets,
                                                          weights)
     loss, g = allsum((loss, g), axis)
-    op = _local_operator(objective, curvature, axis, params, inputs, targets, weights)
+    op = local_operator(objective, curvature, axis, params, inputs, targets, weights)
 
     def damped(v):
         return _add_scaled(op(v), damping, v)
@@ -94,7 +90,7 @@ def damped_update(objective: Objective, params: Params, batch: Batch, damping: A
     Returns:
         `(d, cg_result)`; check `cg_result.converged`.
     """
-    _check_damping(damping)
+    check_damping(damping)
     kind = Curvature(curvature)
     x0 = jax.tree.map(jnp.zeros_like, params) if x0 is None else x0
     options = {"tol": tol, "atol": atol, "maxiter": maxiter}
@@ -104,7 +100,7 @@ def damped_update(objective: Objective, params: Params, batch: Batch, damping: A
                                    targets, weights)
         return result
 
-    result = _run(objective, mesh, local, (params, damping, x0), batch)
+    result = run_objective(objective, mesh, local, (params, damping, x0), batch)
     return result.x, result
 
 
@@ -118,8 +114,8 @@ def hf_quadratic_model(gradient: Params, step: Params, curvature_step: Params,
         curvature_step: `C d` (undamped).
         damping: `lambda`.
     """
-    quadratic = _dot(step, curvature_step) + damping * _dot(step, step)
-    return _dot(gradient, step) + 0.5 * quadratic
+    quadratic = tree_vdot(step, curvature_step) + damping * tree_vdot(step, step)
+    return tree_vdot(gradient, step) + 0.5 * quadratic
 
 
 def reduction_ratio(loss_before: Any, loss_after: Any, model_value: Any) -> jax.Array:
@@ -217,8 +213,7 @@ def hessian_free(objective: Objective, *, damping: float = 1.0,
     Returns:
         A `HessianFree` `(init, update)` pair.
     """
-    if not (isinstance(damping, int | float) and damping > 0):
-        raise ValueError(f"damping: expected a positive number, got {damping!r}")
+    check_damping(damping, positive=True)
     kind = Curvature(curvature)
     if kind not in (Curvature.GGN, Curvature.FISHER):
         raise ValueError(
@@ -233,9 +228,9 @@ def hessian_free(objective: Objective, *, damping: float = 1.0,
         loss, g, damped, result = _local_damped(objective, kind, options, axis, params, damping,
                                                 x0, inputs, targets, weights)
         d = result.x
-        model = _dot(g, d) + 0.5 * _dot(d, damped(d))  # Q_lambda(d), eq. (12)
+        model = tree_vdot(g, d) + 0.5 * tree_vdot(d, damped(d))  # Q_lambda(d), eq. (12)
         stepped = _add_scaled(params, 1.0, d)
-        new_loss = allsum(_local_loss(objective, stepped, inputs, targets, weights), axis)
+        new_loss = allsum(local_loss(objective, stepped, inputs, targets, weights), axis)
         return loss, new_loss, model, d, result
 
     def init(params: Params) -> HFState:
@@ -247,7 +242,7 @@ def hessian_free(objective: Objective, *, damping: float = 1.0,
     @jax.jit
     def update(params: Params, state: HFState, batch: Batch):
         x0 = jax.tree.map(lambda p: warm_start * p, state.previous)
-        loss, new_loss, model, d, result = _run(objective, mesh, local,
+        loss, new_loss, model, d, result = run_objective(objective, mesh, local,
                                                 (params, state.damping, x0), batch)
         rho = reduction_ratio(loss, new_loss, model)
         accepted = jnp.isfinite(new_loss) & (new_loss < loss)
