@@ -8,8 +8,8 @@ import pytest
 from ngd_ref import jax as nj
 from ngd_ref import zoo
 from ngd_ref.hf import _dense as hf_dense
+from verify._policy import tolerance_policy
 from verify._tolerance import compare
-from verify.harness._budget import budget
 
 pytestmark = pytest.mark.usefixtures("x64")  # float64 JAX, see conftest
 
@@ -20,7 +20,7 @@ PROBLEM = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
 @pytest.mark.parametrize("curvature", ["ggn", "fisher", "empirical_fisher"])
 def test_damped_update_matches_dense_solve(curvature):
     objective, params, batch = nj.from_problem(PROBLEM)
-    b = budget(PROBLEM, "float64")
+    b = tolerance_policy(PROBLEM, "float64")
     damping = 0.05
     step, result = nj.damped_update(objective, params, batch, damping, curvature, tol=1e-13)
     assert bool(result.converged)

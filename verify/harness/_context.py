@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from ngd_ref import Problem
+from verify._policy import TolerancePolicy, tolerance_policy
 from verify._report import CheckResult, Status
 from verify._tolerance import Comparison, compare
-from verify.harness._budget import Budget, budget
 from verify.harness._faults import call_port, readonly
 
 __all__ = ["CheckContext"]
@@ -47,9 +47,9 @@ class CheckContext:
     current: str = ""
 
     @property
-    def budget(self) -> Budget:
+    def policy(self) -> TolerancePolicy:
         """Reference values and tolerances for this problem at the port's precision."""
-        return budget(self.problem, self.dtype)
+        return tolerance_policy(self.problem, self.dtype)
 
     @property
     def rng(self) -> np.random.Generator:
