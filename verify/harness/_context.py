@@ -19,7 +19,8 @@ from ngd_ref import Problem
 from verify._report import CheckResult, Status
 from verify._tolerance import Comparison, compare
 from verify.harness._budget import Budget, budget
-from verify.harness._faults import call_port, readonly
+from verify.harness._faults import call_port_with, readonly
+from verify.harness._isolation import DEFAULT_TIMEOUT
 
 __all__ = ["CheckContext"]
 
@@ -36,6 +37,8 @@ class CheckContext:
         seed: seed of the probe vectors.
         results: results appended so far.
         current: name of the check in progress (for fault attribution).
+        timeout: seconds one port call may take (None: no limit).
+        probed: methods already given the writable second pass in this context.
     """
 
     adapter: Any
@@ -45,6 +48,8 @@ class CheckContext:
     seed: int = 0
     results: list[CheckResult] = dataclasses.field(default_factory=list)
     current: str = ""
+    timeout: float | None = DEFAULT_TIMEOUT
+    probed: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def budget(self) -> Budget:
@@ -71,8 +76,12 @@ class CheckContext:
         self.current = check
 
     def port(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the port (contained)."""
-        return call_port(self.adapter, method, *args, **kwargs)
+        """Call the port (contained; the first call of each method also with writable copies)."""
+        probe = method not in self.probed
+        self.probed.add(method)
+        return call_port_with(
+            self.adapter, method, args, kwargs, timeout=self.timeout, probe_writes=probe
+        )
 
     # -- recording -------------------------------------------------------------------------
     def record(

@@ -6,14 +6,24 @@ capability and each problem the capability's check function (one module per fami
 a `CheckContext`; a fault in the port (exception, modified input) is recorded as that
 check's `error`/`fail` and the run goes on with the next (capability, problem). Capabilities
 the adapter does not claim are reported once each as `skip`, never as passed.
+
+A call that exceeds the timeout (`--timeout`, default `DEFAULT_TIMEOUT`) is abandoned and
+recorded as `error`; the capability's remaining problems are then recorded as `error` ("not
+run: ... timed out") without calling the port again, so a hanging capability costs at most
+one timeout. An exception of the oracle's own code (the reference, the tolerance policy) is
+contained the same way, as an `error` whose message names ngd-verify, not the port, as its
+source: an internal failure never crashes a run, and never passes.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ngd_ref import Problem, ProblemError, zoo
 from verify._errors import UsageError
@@ -21,7 +31,15 @@ from verify._report import CheckResult, Report, Status
 from verify.harness._cg import check_cg
 from verify.harness._context import CheckContext
 from verify.harness._diagonals import DIAGONALS, check_diagonal
-from verify.harness._faults import InputModified, NotClaimed, PortFault
+from verify.harness._faults import (
+    BadResult,
+    InputModified,
+    NotClaimed,
+    PortFault,
+    PortTimeout,
+    describe_exception,
+)
+from verify.harness._isolation import DEFAULT_TIMEOUT
 from verify.harness._kfac import check_kfac_factors, check_kfac_solve
 from verify.harness._loading import CAPABILITIES, LoadedAdapter, load_adapter
 from verify.harness._matrices import check_gradient, check_loss, check_matrix
@@ -50,19 +68,50 @@ assert set(CHECKS) == set(CAPABILITIES), "every capability needs a check functio
 
 
 def run_capability(
-    adapter: Any, capability: str, problem: Problem, *, dtype: str, seed: int = 0
+    adapter: Any,
+    capability: str,
+    problem: Problem,
+    *,
+    dtype: str,
+    seed: int = 0,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> list[CheckResult]:
     """All checks of one capability on one problem, with fault containment."""
-    ctx = CheckContext(adapter, capability, problem, dtype, seed)
-    try:
-        CHECKS[capability](ctx)
-    except NotClaimed as exc:
-        ctx.record(ctx.current or capability, Status.SKIP, f"port declines: {exc}")
-    except InputModified as exc:
-        ctx.record(ctx.current or capability, Status.FAIL, str(exc))
-    except PortFault as exc:
-        ctx.record(ctx.current or capability, Status.ERROR, str(exc))
-    return ctx.results
+    return _run_one(adapter, capability, problem, dtype, seed, timeout)[0]
+
+
+def _run_one(
+    adapter: Any, capability: str, problem: Problem, dtype: str, seed: int,
+    timeout: float | None,
+) -> tuple[list[CheckResult], bool]:
+    """`run_capability`'s results, and whether a port call timed out."""
+    ctx = CheckContext(adapter, capability, problem, dtype, seed, timeout=timeout)
+    timed_out = False
+    # The oracle's own arithmetic runs with numpy's errors ignored (non-finite values are
+    # caught explicitly by the comparisons) and warnings as warnings: a port's global
+    # `np.seterr(all="raise")` or `warnings.simplefilter("error")` cannot turn them into
+    # exceptions of the harness.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("default")
+        try:
+            CHECKS[capability](ctx)
+        except NotClaimed as exc:
+            ctx.record(ctx.current or capability, Status.SKIP, f"port declines: {exc}")
+        except (InputModified, BadResult) as exc:
+            ctx.record(ctx.current or capability, Status.FAIL, str(exc))
+        except PortTimeout as exc:
+            timed_out = True
+            ctx.record(ctx.current or capability, Status.ERROR, str(exc))
+        except PortFault as exc:
+            ctx.record(ctx.current or capability, Status.ERROR, str(exc))
+        except Exception as exc:  # noqa: BLE001 -- an oracle bug must not end the run
+            ctx.record(
+                ctx.current or capability,
+                Status.ERROR,
+                f"internal error of ngd-verify (the oracle's reference or tolerance code, not "
+                f"the port): {describe_exception(exc)}; please report it",
+            )
+    return ctx.results, timed_out
 
 
 def run_checks(
@@ -73,6 +122,8 @@ def run_checks(
     capabilities: Iterable[str] | None = None,
     advance: Callable[[str], None] = lambda label: None,
     stop_at_first_failure: bool = False,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    report: Report | None = None,
 ) -> Report:
     """Check `loaded` on `problems`.
 
@@ -83,8 +134,13 @@ def run_checks(
         capabilities: restrict to these claimed capabilities (default: all claimed).
         advance: called once per finished (capability, problem) with a label.
         stop_at_first_failure: return as soon as a check fails or errors (mutation runs).
+        timeout: seconds one port call may take (None: no limit); after a timeout the
+            capability's remaining problems are recorded as `error` without calling it.
+        report: append to this report (so a caller holds the partial results if the run is
+            interrupted); default a new one.
     """
-    report = Report(adapter=loaded.name, dtype=loaded.dtype)
+    if report is None:
+        report = Report(adapter=loaded.name, dtype=loaded.dtype)
     wanted = (
         loaded.capabilities
         if capabilities is None
@@ -102,10 +158,18 @@ def run_checks(
                 )
             )
     for capability in wanted:
+        hung: str | None = None
         for problem in problems:
-            results = run_capability(
-                loaded.instance, capability, problem, dtype=loaded.dtype, seed=seed
-            )
+            if hung is not None:
+                results = [
+                    CheckResult(capability, capability, problem.name, Status.ERROR,
+                                message=f"not run: {capability} timed out on {hung}")
+                ]
+            else:
+                results, timed_out = _run_one(
+                    loaded.instance, capability, problem, loaded.dtype, seed, timeout
+                )
+                hung = problem.name if timed_out else None
             report.extend(results)
             advance(f"{capability} {problem.name}")
             if stop_at_first_failure and any(
