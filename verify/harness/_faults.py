@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from ngd_ref import Problem
-from verify.harness._isolation import DEFAULT_TIMEOUT, CallTimedOut, run_isolated
+from verify.harness._isolation import DEFAULT_TIMEOUT, CallTimedOut, Outcome, run_isolated
 
 __all__ = [
     "BadResult",
@@ -209,13 +209,16 @@ def _modified(watched: Watched) -> list[str]:
     ]
 
 
-def _invoke(instance: Any, method: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
-    """Call the port on the worker thread; its value as float64 arrays, or the fault.
+def _invoke(
+    instance: Any, method: str, args: tuple, kwargs: dict, timeout: float | None
+) -> Outcome:
+    """Call the port on the worker thread; its value as float64 arrays, or what it raised.
+
+    What the *port* raised (including `BadResult` from converting its value) comes back in
+    `Outcome.error`; only a real interrupt of the waiting harness (Ctrl-C) propagates.
 
     Raises:
         PortTimeout: the call was abandoned after `timeout` seconds.
-        BadResult: see `real_result`.
-        BaseException: whatever the call raised, unchanged (the caller classifies it).
     """
     streams = sys.stdout, sys.stderr
 
@@ -223,14 +226,11 @@ def _invoke(instance: Any, method: str, args: tuple, kwargs: dict, timeout: floa
         return real_result(getattr(instance, method)(*args, **kwargs))
 
     try:
-        outcome = run_isolated(call, timeout)
+        return run_isolated(call, timeout)
     except CallTimedOut as exc:
         raise PortTimeout(f"{method} {exc} (abandoned; --timeout sets the limit)") from None
     finally:
         sys.stdout, sys.stderr = streams  # a port that replaced them does not break reports
-    if outcome.error is not None:
-        raise outcome.error
-    return outcome.value
 
 
 def _read_only_write(
@@ -262,12 +262,7 @@ def _writes_with_writable_copies(
 ) -> list[str]:
     """Call once more with writable copies; the labels of the inputs that came back changed."""
     retry_args, retry_kwargs, watched = _copies(args, kwargs, writable=True)
-    try:
-        _invoke(instance, method, retry_args, retry_kwargs, timeout)
-    except PortTimeout:
-        raise
-    except BaseException:  # noqa: BLE001, S110 -- only the retry's writes matter
-        pass
+    _invoke(instance, method, retry_args, retry_kwargs, timeout)  # only its writes matter
     return _modified(watched)
 
 
@@ -296,18 +291,17 @@ def call_port_with(
 ) -> Any:
     """`call_port` with the timeout and the writable second pass (`probe_writes`) chosen."""
     private_args, private_kwargs, watched = _copies(args, kwargs, writable=False)
-    try:
-        out = _invoke(instance, method, private_args, private_kwargs, timeout)
-    except (PortFault, BadResult):
-        raise
-    except NotImplementedError as exc:
-        raise NotClaimed(f"{method} raised NotImplementedError: {port_text(exc)}") from None
-    except ValueError as exc:
-        if _READ_ONLY in port_text(exc, limit=10**4):
-            raise _read_only_write(instance, method, args, kwargs, exc, timeout) from None
-        raise PortFault(f"{method} raised {describe_exception(exc)}") from None
-    except BaseException as exc:  # noqa: BLE001 -- containment is the point
-        raise PortFault(f"{method} raised {describe_exception(exc)}") from None
+    outcome = _invoke(instance, method, private_args, private_kwargs, timeout)
+    exc = outcome.error
+    if isinstance(exc, BadResult):
+        raise BadResult(f"{method}: {exc}")
+    if isinstance(exc, NotImplementedError):
+        raise NotClaimed(f"{method} raised NotImplementedError: {port_text(exc)}")
+    if isinstance(exc, ValueError) and _READ_ONLY in port_text(exc, limit=10**4):
+        raise _read_only_write(instance, method, args, kwargs, exc, timeout)
+    if exc is not None:  # any BaseException: SystemExit, a raised KeyboardInterrupt, ...
+        raise PortFault(f"{method} raised {describe_exception(exc)}")
+    out = outcome.value
     changed = _modified(watched)
     if changed:
         raise InputModified(

@@ -47,7 +47,15 @@ from verify.harness._methods import METHOD_CHECKS
 from verify.harness._products import PRODUCTS, check_product
 from verify.harness._updates import check_damped_update
 
-__all__ = ["CHECKS", "check_adapter", "load_problems", "run_capability", "run_checks"]
+__all__ = [
+    "CHECKS",
+    "MAX_PARAMS",
+    "check_adapter",
+    "check_problem_size",
+    "load_problems",
+    "run_capability",
+    "run_checks",
+]
 
 CheckFn = Callable[[CheckContext], None]
 
@@ -179,23 +187,89 @@ def run_checks(
     return report
 
 
-def _problems_from_file(path: Path) -> list[Problem]:
+#: largest `--problems` file read (a problem within `MAX_PARAMS` is far smaller)
+MAX_FILE_BYTES = 64 * 2**20
+#: most parameters of a problem: the dense reference forms several n x n float64 matrices
+#: (and 40-digit CG iterates); n = 1024 keeps each matrix at 8 MiB
+MAX_PARAMS = 1024
+#: most entries of the per-example Jacobians `(B, C, n)` the reference holds (128 MiB)
+MAX_JACOBIAN = 2**24
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def check_problem_size(layers: Any, batch: int, where: str) -> None:
+    """Refuse a problem too large for the dense reference, before anything is allocated.
+
+    Args:
+        layers: the problem's layers as `(n_in, n_out, activation)` items (as in the JSON).
+        batch: its batch size.
+        where: the problem's label for the message.
+
+    Raises:
+        UsageError: `n > MAX_PARAMS` or `B C n > MAX_JACOBIAN`, naming the limit.
+    """
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"--problems {str(path)!r}: cannot read JSON ({exc})") from None
+        sizes = [(int(layer[0]), int(layer[1])) for layer in layers]
+    except (TypeError, ValueError, IndexError, KeyError):
+        return  # malformed: `Problem` says what is wrong
+    if not sizes:
+        return
+    n = sum((n_in + 1) * n_out for n_in, n_out in sizes)
+    if n > MAX_PARAMS:
+        raise UsageError(
+            f"{where}: {n} parameters; the dense reference is limited to n <= {MAX_PARAMS} "
+            "(it forms n x n matrices)"
+        )
+    if batch * sizes[-1][1] * n > MAX_JACOBIAN:
+        raise UsageError(
+            f"{where}: batch {batch} x {sizes[-1][1]} outputs x {n} parameters exceeds the "
+            f"reference's limit of {MAX_JACOBIAN} Jacobian entries"
+        )
+
+
+def _problems_from_file(path: Path) -> list[Problem]:
+    label = f"--problems {str(path)!r}"
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise UsageError(f"{label}: {size} bytes; the limit is {MAX_FILE_BYTES} bytes")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot read ({exc.strerror or exc})") from None
+    if raw.startswith(_GZIP_MAGIC):
+        raise UsageError(f"{label}: is gzip-compressed; decompress it first (gunzip)")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{label}: not UTF-8 text (a binary file?)") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{label}: cannot read JSON ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"{label}: JSON nested too deeply") from None
     if isinstance(data, dict) and "problem" in data:
         data = [data["problem"]]  # a single fixture file
     if not isinstance(data, list) or not data:
         raise UsageError(
-            f"--problems {str(path)!r}: expected a non-empty JSON list of problem objects"
+            f"{label}: expected a non-empty JSON list of problem objects"
         )
     problems = []
     for index, item in enumerate(data):
+        if isinstance(item, dict):
+            inputs = item.get("inputs")
+            check_problem_size(
+                item.get("layers", ()), len(inputs) if isinstance(inputs, list) else 1,
+                f"{label}: problem {index}",
+            )
         try:
             problems.append(Problem.from_dict(item))
         except ProblemError as exc:
-            raise UsageError(f"--problems {str(path)!r}: problem {index}: {exc}") from None
+            raise UsageError(f"{label}: problem {index}: {exc}") from None
+        except (RecursionError, MemoryError):
+            raise UsageError(f"{label}: problem {index}: nested too deeply or too large") from None
+        except Exception as exc:  # noqa: BLE001 -- any malformed value is the user's input
+            raise UsageError(
+                f"{label}: problem {index}: malformed ({describe_exception(exc)})"
+            ) from None
     return problems
 
 
@@ -237,6 +311,8 @@ def check_adapter(
     seed: int = 0,
     show_progress: bool = True,
     capabilities: Iterable[str] | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    report: Report | None = None,
 ) -> Report:
     """Validate a port: load it, check every claimed capability on every problem.
 
@@ -248,6 +324,9 @@ def check_adapter(
         seed: seed for generated problems and probe vectors.
         show_progress: show a progress bar on stderr.
         capabilities: restrict to these (default: every claimed capability).
+        timeout: seconds one port call may take (see `run_checks`).
+        report: fill this report (its `adapter` and `dtype` are set from the adapter), so
+            that a caller interrupted mid-run still holds the results so far.
 
     Raises:
         UsageError: see `load_adapter` and `load_problems`.
@@ -256,6 +335,8 @@ def check_adapter(
 
     loaded = load_adapter(target)
     problems = load_problems(source, fuzz=fuzz, seed=seed)
+    if report is not None:
+        report.adapter, report.dtype = loaded.name, loaded.dtype
     wanted = (
         loaded.capabilities
         if capabilities is None
@@ -264,4 +345,5 @@ def check_adapter(
     with progress(
         len(wanted) * len(problems), f"checking {loaded.name}", enabled=show_progress
     ) as advance:
-        return run_checks(loaded, problems, seed=seed, capabilities=wanted, advance=advance)
+        return run_checks(loaded, problems, seed=seed, capabilities=wanted, advance=advance,
+                          timeout=timeout, report=report)
