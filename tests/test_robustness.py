@@ -5,16 +5,27 @@ One regression test per case of the issue (tiny problems, the quick zoo, short t
 
 from __future__ import annotations
 
+import gzip
+import io
+import json
+import os
+import subprocess
 import sys
+import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from ngd_ref import zoo
 from ngd_ref.dense import krylov_optimal_iterate, mp_backend
 from verify import Status
-from verify.harness import load_adapter, run_checks
+from verify._console import print_report
+from verify._report import CheckResult, Report
+from verify.cli import main
+from verify.harness import MAX_PARAMS, load_adapter, run_checks
 from verify.harness._budget import Budget
 from verify.harness._cg import cg_system
 from verify.harness._context import CheckContext
@@ -214,3 +225,197 @@ def test_an_internal_error_of_the_oracle_is_an_error_naming_the_oracle(monkeypat
     assert ggn[0].status is Status.ERROR
     assert "internal error of ngd-verify" in ggn[0].message and "not the port" in ggn[0].message
     assert all(r.status is Status.PASS for r in report.results if r.capability == "loss")
+
+
+# -- usage errors: exit 2, one line, also under --debug -----------------------------------------
+def _one_line_usage_error(argv, capsys, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ngd-verify: error:") and needle in last, err
+    return err
+
+
+def _adapter_file(tmp_path, body, name="port.py"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+def test_negative_seed_is_a_usage_error(debug, capsys):
+    err = _one_line_usage_error(["--debug"] * debug + ["check", "--adapter", "numpy-port",
+                                                       "--seed", "-1"], capsys, "--seed")
+    assert debug or "Traceback" not in err
+
+
+ADAPTER_ERRORS = {
+    "exit-at-import": ("import sys\nsys.exit(0)\nclass P: pass\n", "SystemExit"),
+    "exit-in-constructor": (
+        "import sys\nclass P:\n    def __init__(self):\n        sys.exit(0)\n", "SystemExit"),
+    "dtype-property-raises": (
+        "from verify.mutants import NumpyPort\nclass P(NumpyPort):\n    @property\n"
+        "    def dtype(self):\n        raise RuntimeError('no dtype')\n", "'dtype' raised"),
+    "capability-property-raises": (
+        "from verify.mutants import NumpyPort\nclass P(NumpyPort):\n    @property\n"
+        "    def ggn(self):\n        raise RuntimeError('no ggn')\n", "'ggn' raised"),
+}
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+@pytest.mark.parametrize("case", sorted(ADAPTER_ERRORS))
+def test_adapter_faults_at_load_time_exit_2(case, debug, tmp_path, capsys):
+    body, needle = ADAPTER_ERRORS[case]
+    path = _adapter_file(tmp_path, body)
+    _one_line_usage_error(["--debug"] * debug + ["check", "--adapter", f"{path}:P", "--quick"],
+                          capsys, needle)
+
+
+def test_sys_exit_in_a_port_method_is_not_a_pass(capsys):
+    assert main(["check", "--adapter", f"{__name__}:_ExitingLossOnly", "--quick", "--no-progress",
+                 "-v"]) == 1
+    assert "SystemExit" in capsys.readouterr().out
+
+
+def test_gzip_and_deeply_nested_problem_files_exit_2(tmp_path, capsys):
+    plain = tmp_path / "p.json"
+    plain.write_text(json.dumps([zoo.get("mlp-3x4x3-tanh-mse-b1").to_dict()]))
+    packed = tmp_path / "p.json.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    _one_line_usage_error(["check", "--adapter", "numpy-port", "--problems", str(packed)],
+                          capsys, "gzip")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    _one_line_usage_error(["check", "--adapter", "numpy-port", "--problems", str(deep)],
+                          capsys, "nested too deeply")
+
+
+def test_a_huge_problem_is_refused_before_allocating(tmp_path, capsys):
+    n_in = 10**6  # consistent: one identity layer 10^6 -> 1, one example
+    problem = {"name": "huge", "layers": [[n_in, 1, "identity"]], "loss": "mse",
+               "params": [0.0] * (n_in + 1), "inputs": [[0.0] * n_in], "targets": [[0.0]]}
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps([problem]))
+    _one_line_usage_error(["check", "--adapter", "numpy-port", "--problems", str(path)], capsys,
+                          f"n <= {MAX_PARAMS}")
+
+
+def test_run_devices_10000_is_refused_up_front(capsys):
+    start = time.monotonic()
+    _one_line_usage_error(["run", "--devices", "10000", "--quick"], capsys, "--devices 10000")
+    assert time.monotonic() - start < 60  # no battery ran
+
+
+# -- reports: validated first, never an input, written whatever happens ----------------------------
+def test_report_paths_are_validated_before_any_work(tmp_path, capsys):
+    _one_line_usage_error(["check", "--adapter", "numpy-port", "--json",
+                           str(tmp_path / "missing" / "r.json")], capsys, "does not exist")
+    _one_line_usage_error(["check", "--adapter", "numpy-port", "--junit", str(tmp_path)], capsys,
+                          "is a directory")
+    problems = tmp_path / "p.json"
+    problems.write_text(json.dumps([zoo.get("mlp-3x4x3-tanh-mse-b1").to_dict()]))
+    before = problems.read_text()
+    _one_line_usage_error(["check", "--adapter", "numpy-port", "--problems", str(problems),
+                           "--json", str(problems)], capsys, "refusing to overwrite")
+    assert problems.read_text() == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_an_unwritable_report_is_refused_before_any_work(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        _one_line_usage_error(["check", "--adapter", "numpy-port", "--junit",
+                               str(locked / "r.xml")], capsys, "cannot write")
+    finally:
+        locked.chmod(0o700)
+
+
+class _LossOnly:
+    name = "loss-only"
+
+    def loss(self, problem):
+        return NumpyPort().loss(problem)
+
+
+class _ExitingLossOnly:
+    def loss(self, problem):
+        sys.exit(0)
+
+
+class _ChangesDirectory(_LossOnly):
+    target = ""
+
+    def loss(self, problem):
+        os.chdir(type(self).target)
+        return super().loss(problem)
+
+
+def test_a_port_that_changes_directory_cannot_redirect_the_report(tmp_path, monkeypatch, capsys):
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "r.json").write_text("a user's file")
+    monkeypatch.chdir(home)
+    monkeypatch.setattr(_ChangesDirectory, "target", str(elsewhere))
+    main(["check", "--adapter", f"{__name__}:_ChangesDirectory", "--quick", "--no-progress",
+          "--json", "r.json"])
+    assert (elsewhere / "r.json").read_text() == "a user's file"
+    assert json.loads((home / "r.json").read_text())["summary"]["pass"] > 0
+
+
+def test_the_report_is_written_when_stdout_is_piped_into_head(tmp_path):
+    report = tmp_path / "r.json"
+    command = (f"{sys.executable} -c 'import sys; from verify.cli import main; sys.exit(main())' "
+               f"check --adapter {__name__}:_LossOnly --quick --no-progress -v --json {report} "
+               "| head -c 1")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
+                                                         str(Path(__file__).parent)])}
+    done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).parent)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert json.loads(report.read_text())["summary"]["pass"] > 0
+
+
+def test_ctrl_c_writes_a_partial_report(tmp_path, monkeypatch, capsys):
+    from verify.harness import _run
+
+    calls = []
+    original = _run._run_one
+
+    def interrupted(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(_run, "_run_one", interrupted)
+    json_path, junit_path = tmp_path / "r.json", tmp_path / "r.xml"
+    code = main(["check", "--adapter", f"{__name__}:_LossOnly", "--quick", "--no-progress",
+                 "--json", str(json_path), "--junit", str(junit_path)])
+    assert code == 1
+    data = json.loads(json_path.read_text())
+    assert data["partial"] is True and data["summary"]["pass"] == 4  # 2 problems x 2 checks
+    assert "interrupted" in junit_path.read_text()
+    assert "partial" in capsys.readouterr().out
+
+
+# -- display --------------------------------------------------------------------------------------
+def test_markup_in_port_text_is_shown_as_written_and_the_table_fits_100_columns():
+    text = "[/bold] [red]boom[/x] " + "x" * 300
+    report = Report(adapter="[evil]", results=[
+        CheckResult("loss_matches_reference", "loss", "p[0]", Status.ERROR, message=text)])
+    out = io.StringIO()
+    print_report(report, group="capability", verbose=True,
+                 console=Console(file=out, width=100))
+    printed = out.getvalue()
+    assert "[red]boom[/x]" in printed and "[evil]" in printed
+    table = printed.split("ERROR")[0]
+    assert max(len(line) for line in table.splitlines()) <= 100
+
+
+def test_the_cli_table_fits_100_columns(capsys):
+    main(["check", "--adapter", f"{__name__}:_Complex", "--problems", "quick", "--no-progress"])
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines() if line) <= 100, out

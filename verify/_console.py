@@ -51,16 +51,23 @@ def print_report(report: Report, *, group: str = "check", console: Console | Non
     if console is None:
         console = Console()
         console.width = min(console.width, WIDTH) if sys.stdout.isatty() else WIDTH
+    groups = group_by(report.results, group)
+    width = min(console.width, WIDTH)
+    name_width = min(max((len(name) for name in groups), default=8), 32)
+    # 7 columns: 8 borders and 2 spaces of padding each; 4 counts of 5 and err/tol of 7
+    note_width = max(width - name_width - 4 * 5 - 7 - 8 - 2 * 7, 10)
     table = Table(title=escape(f"ngd-verify: {report.adapter} ({report.dtype}, {report.devices} "
                                f"device{'s' if report.devices != 1 else ''})"
                                + (" PARTIAL: interrupted" if report.partial else "")),
-                  show_lines=False, width=min(console.width, WIDTH), padding=(0, 1))
-    table.add_column(group, overflow="fold", max_width=28)
+                  show_lines=False, padding=(0, 1))
+    table.add_column(group, overflow="fold", min_width=name_width, max_width=name_width)
     for status in Status:
-        table.add_column(status.value, justify="right", style=_STYLE[status], no_wrap=True)
-    table.add_column("err/tol", justify="right", no_wrap=True)
-    table.add_column("first failure (smallest problem)", overflow="ellipsis", no_wrap=True)
-    for name, results in group_by(report.results, group).items():
+        table.add_column(status.value, justify="right", style=_STYLE[status], no_wrap=True,
+                         min_width=5, max_width=5)
+    table.add_column("err/tol", justify="right", no_wrap=True, min_width=7, max_width=7)
+    table.add_column("first failure (smallest problem)", overflow="ellipsis", no_wrap=True,
+                     max_width=note_width)
+    for name, results in groups.items():
         counts = {s: sum(Status(r.status) is s for r in results) for s in Status}
         ratios = [r.error / r.tolerance for r in results
                   if r.error is not None and r.tolerance and Status(r.status) is not Status.SKIP]

@@ -19,11 +19,19 @@ docstrings of the private modules (`_matrices`, `_products`, `_diagonals`, `_upd
 
 from verify.harness._faults import call_port, fresh_problem, readonly
 from verify.harness._loading import CAPABILITIES, LoadedAdapter, capabilities_of, load_adapter
-from verify.harness._run import CHECKS, check_adapter, load_problems, run_capability, run_checks
+from verify.harness._run import (
+    CHECKS,
+    MAX_PARAMS,
+    check_adapter,
+    load_problems,
+    run_capability,
+    run_checks,
+)
 
 __all__ = [
     "CAPABILITIES",
     "CHECKS",
+    "MAX_PARAMS",
     "LoadedAdapter",
     "call_port",
     "capabilities_of",
