@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from ngd_ref import zoo
+from ngd_ref import unflatten, zoo
 from ngd_ref.dense import krylov_optimal_iterate, mp_backend
 from verify import Status
 from verify._console import print_report
+from verify._diagnosis import parameter_name
 from verify._report import CheckResult, Report
 from verify.cli import main
 from verify.harness import MAX_PARAMS, load_adapter, run_checks
@@ -459,3 +460,59 @@ def test_the_seed202_problem_is_saturated():
     p = np.exp(outputs - outputs.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     assert p.max() > 0.999  # the p = 0.99923
+
+
+# -- messages: relative/absolute, layer and coordinate, scalar multiples ---------------------------
+def test_parameter_names_follow_the_canonical_layout():
+    problem = zoo.get("mlp-3x4x3-tanh-mse-b1")
+    for index in range(problem.n_params):
+        e = np.zeros(problem.n_params)
+        e[index] = 1.0
+        for number, (w, b) in enumerate(unflatten(problem.layers, e), start=1):
+            if w.any():
+                (i, j), = np.argwhere(w)
+                assert parameter_name(problem, index) == f"layer {number} W[{i}, {j}]"
+            if b.any():
+                (i,), = np.argwhere(b)
+                assert parameter_name(problem, index) == f"layer {number} b[{i}]"
+
+
+class _GgnOverC(NumpyPort):
+    def ggn(self, problem):
+        return super().ggn(problem) / problem.output_dim
+
+
+class _GradientTimesTwo(NumpyPort):
+    def gradient(self, problem):
+        return super().gradient(problem) * 2
+
+
+class _OneWrongEntry(NumpyPort):
+    def gradient(self, problem):
+        out = super().gradient(problem).copy()
+        out[problem.n_params - 1] += 1e-3
+        return out
+
+
+@pytest.mark.parametrize(("cls", "capability", "factor", "name"), [
+    (_GgnOverC, "ggn", 1 / 3, "1/C"), (_GradientTimesTwo, "gradient", 2.0, "2"),
+], ids=["ggn-over-C", "gradient-times-2"])
+def test_a_scalar_multiple_of_the_reference_is_named(cls, capability, factor, name):
+    problem = zoo.get("mlp-3x4x3-tanh-mse-b1")  # B = 1, C = 3
+    report = run_checks(load_adapter(cls), [problem], capabilities=[capability])
+    bad = next(r for r in report.results if r.status is Status.FAIL)
+    assert bad.factor == pytest.approx(factor)
+    assert f"the result is {factor:.6g} = {name} " in bad.message, bad.message
+    assert "docs/protocol.md" in bad.message and "relative to" in bad.message
+    data = bad.to_json()
+    assert data["factor"] == pytest.approx(factor) and data["measure"].startswith("relative")
+    assert set(data) >= {"check", "capability", "problem", "status", "error", "tolerance",
+                         "message"}
+
+
+def test_a_failure_names_the_layer_and_coordinate_and_no_false_factor():
+    problem = zoo.get("mlp-3x4x3-tanh-mse-b1")
+    report = run_checks(load_adapter(_OneWrongEntry), [problem], capabilities=["gradient"])
+    bad = next(r for r in report.results if r.status is Status.FAIL)
+    assert bad.where == "layer 2 b[2]" and "at layer 2 b[2]" in bad.message
+    assert bad.factor is None and "x the reference" not in bad.message

@@ -42,6 +42,12 @@ class CheckResult:
         error: measured error (see `verify._tolerance`), or None.
         tolerance: the threshold it was held to, or None.
         message: one line: what was compared, the equation it comes from, why it failed.
+        measure: what `error` is relative to (`"relative to ||ref||"`, `"relative to the
+            computation's magnitude MAG"`), or None (JSON key `measure`, an extension).
+        scale: the denominator of `error` (JSON `scale`), or None.
+        where: the largest difference's location, e.g. `layer 1 W[2, 0]` (JSON `where`).
+        factor: the fitted scalar when the result is a plain multiple of the reference
+            (JSON `factor`), or None; see `verify._diagnosis`.
     """
 
     check: str
@@ -51,11 +57,18 @@ class CheckResult:
     error: float | None = None
     tolerance: float | None = None
     message: str = ""
+    measure: str | None = None
+    scale: float | None = None
+    where: str | None = None
+    factor: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The protocol's JSON object (non-finite errors are written as null)."""
+        """The protocol's JSON object (non-finite errors are written as null).
+
+        PROTOCOL s6's keys always; `measure`, `scale`, `where`, `factor` when known.
+        """
         error = self.error if self.error is None or math.isfinite(self.error) else None
-        return {
+        out = {
             "check": self.check,
             "capability": self.capability,
             "problem": self.problem,
@@ -64,6 +77,11 @@ class CheckResult:
             "tolerance": self.tolerance,
             "message": self.message,
         }
+        for key in ("measure", "scale", "where", "factor"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, float) or math.isfinite(value)):
+                out[key] = value
+        return out
 
 
 @dataclasses.dataclass

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ngd_ref import Problem
+from verify._diagnosis import diagnose
 from verify._report import CheckResult, Status
 from verify._tolerance import Comparison, compare
 from verify.harness._budget import Budget, budget
@@ -91,11 +92,13 @@ class CheckContext:
         message: str,
         error: float | None = None,
         tolerance: float | None = None,
+        **details: Any,
     ) -> None:
-        """Append a result."""
+        """Append a result (`details`: `CheckResult`'s optional fields, e.g. `where`)."""
         self.results.append(
             CheckResult(
-                check, self.capability, self.problem.name, Status(status), error, tolerance, message
+                check, self.capability, self.problem.name, Status(status), error, tolerance,
+                message, **details,
             )
         )
 
@@ -111,12 +114,26 @@ class CheckContext:
     ) -> Comparison:
         """Record `actual ~ desired` within `tolerance`, relative to max(||desired||, MAG)."""
         comparison = compare(actual, desired, tolerance=tolerance, magnitude=magnitude)
+        if comparison.passed or comparison.reason:
+            self.record(
+                check,
+                Status.PASS if comparison.passed else Status.FAIL,
+                f"{what}: {comparison.describe()}",
+                comparison.error,
+                comparison.tolerance,
+            )
+            return comparison
+        found = diagnose(actual, desired, comparison, self.problem)  # what the failure means
         self.record(
             check,
-            Status.PASS if comparison.passed else Status.FAIL,
-            f"{what}: {comparison.describe()}",
+            Status.FAIL,
+            f"{what}: {found.describe(comparison.error, comparison.tolerance, comparison.max_abs)}",
             comparison.error,
             comparison.tolerance,
+            measure=found.measure,
+            scale=found.scale,
+            where=found.where,
+            factor=found.factor,
         )
         return comparison
 
