@@ -19,6 +19,7 @@ from ngd_ref._layout import (
     unflatten,
 )
 from ngd_ref._problem import ACTIVATIONS, LOSSES, Layer, Loss, Problem, ProblemError, Reduction
+from ngd_ref._problem_io import write_problems
 
 __all__ = [
     "ACTIVATIONS",
@@ -35,5 +36,6 @@ __all__ = [
     "to_flax",
     "to_torch",
     "unflatten",
+    "write_problems",
     "zoo",
 ]

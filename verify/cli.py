@@ -5,6 +5,8 @@
     ngd-verify bench [--json F]
     ngd-verify fixtures verify|regenerate
     ngd-verify mutants
+    ngd-verify problems export FILE [--quick] [--fuzz N --seed S] [--no-zoo]
+    ngd-verify campaign [--seeds 30] [--fuzz 25] [--time-limit S] [--adapter TARGET ...]
 
 Exit status: 0 every claimed capability passed; 1 a check failed (or the run was interrupted:
 the report is then written and marked partial); 2 usage error or bad input, with one line on
@@ -208,6 +210,85 @@ def mutants(dtype) -> int:
     from verify.mutants import mutants_command
 
     return mutants_command(dtype)
+
+
+@cli.group()
+def problems() -> None:
+    """Problems files (the `--problems FILE` format, PROTOCOL s8's `problem` objects)."""
+
+
+@problems.command("export")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--quick", is_flag=True, help="The quick zoo instead of the full one.")
+@click.option("--fuzz", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Add the N generated problems of `check --fuzz N --seed S`.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the generated problems.")
+@click.option("--no-zoo", is_flag=True, help="Only the generated problems.")
+def export(output, quick, fuzz, seed, no_zoo) -> int:
+    """Write the zoo, the quick zoo and/or a fuzz draw as a problems file (OUTPUT, or -)."""
+    from ngd_ref import zoo
+    from ngd_ref._problem_io import problems_json
+    from verify.strategies import generate
+
+    if no_zoo and not fuzz:
+        raise UsageError("--no-zoo needs --fuzz N (else there is nothing to export)")
+    chosen = ([] if no_zoo else list(zoo.problems(quick=quick))) + list(
+        generate(fuzz, seed, quick=quick))
+    text = problems_json(chosen)
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        files = ReportFiles.open(output, None)
+        path, handle = files.handles["--json"]
+        handle.seek(0)
+        handle.truncate()
+        handle.write(text)
+        files.close()
+        click.echo(f"wrote {len(chosen)} problems to {path}", err=True)
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--seeds", type=click.IntRange(min=1), default=30, show_default=True,
+              help="How many seeds.")
+@click.option("--first-seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--fuzz", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Generated problems per seed.")
+@click.option("--adapter", "ports", multiple=True, metavar="TARGET",
+              help="A correct port to check (repeatable; default: numpy-port and "
+                   "numpy-port-float32).")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this many seconds (between problems).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds one port call may take.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write the summary here.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def campaign(seeds, first_seed, fuzz, ports, time_limit, timeout, json_path, no_progress) -> int:
+    """Fuzz the oracle against correct ports: count crashes and false alarms (issue 13)."""
+    import json
+
+    from verify._campaign import DEFAULT_PORTS, run_campaign
+    from verify._console import progress
+
+    files = ReportFiles.open(json_path, None)
+    ports = ports or DEFAULT_PORTS
+    with progress(seeds * fuzz * len(ports), "campaign", enabled=not no_progress) as advance:
+        try:
+            result = run_campaign(seeds=seeds, first_seed=first_seed, fuzz=fuzz, ports=ports,
+                                  time_limit=time_limit, timeout=timeout, advance=advance)
+        except KeyboardInterrupt:
+            click.echo("ngd-verify: campaign interrupted", err=True)
+            return EXIT_FAILED
+    if json_path:
+        _, handle = files.handles["--json"]
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(result.to_json(), indent=1) + "\n")
+    files.close()
+    click.echo(result.summary())
+    return EXIT_OK if result.clean else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
