@@ -19,14 +19,15 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from ngd_ref import unflatten, zoo
+from ngd_ref import unflatten, write_problems, zoo
 from ngd_ref.dense import krylov_optimal_iterate, mp_backend
 from verify import Status
+from verify._campaign import run_campaign
 from verify._console import print_report
 from verify._diagnosis import parameter_name
 from verify._report import CheckResult, Report
 from verify.cli import main
-from verify.harness import MAX_PARAMS, load_adapter, run_checks
+from verify.harness import MAX_PARAMS, load_adapter, load_problems, run_checks
 from verify.harness._budget import Budget
 from verify.harness._cg import cg_system
 from verify.harness._context import CheckContext
@@ -516,3 +517,35 @@ def test_a_failure_names_the_layer_and_coordinate_and_no_false_factor():
     bad = next(r for r in report.results if r.status is Status.FAIL)
     assert bad.where == "layer 2 b[2]" and "at layer 2 b[2]" in bad.message
     assert bad.factor is None and "x the reference" not in bad.message
+
+
+# -- problems files and the campaign --------------------------------------------------------------
+def test_write_problems_round_trips_bit_for_bit(tmp_path):
+    problems = list(zoo.problems(quick=True)) + generate(2, 5, quick=True)
+    path = write_problems(tmp_path / "p.json", problems)
+    back = load_problems(str(path))
+    assert [p.name for p in back] == [p.name for p in problems]
+    for a, b in zip(back, problems, strict=True):
+        assert a.layers == b.layers and a.loss == b.loss and a.reduction == b.reduction
+        for field in ("params", "inputs", "targets"):
+            assert np.array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_problems_export_writes_the_fuzz_draw_of_check(tmp_path, capsys):
+    path = tmp_path / "fuzz.json"
+    assert main(["problems", "export", str(path), "--quick", "--fuzz", "2", "--seed", "5",
+                 "--no-zoo"]) == 0
+    assert [p.name for p in load_problems(str(path))] == [
+        p.name for p in generate(2, 5, quick=True)]
+    _one_line_usage_error(["problems", "export", str(tmp_path / "no" / "f.json")], capsys,
+                          "does not exist")
+
+
+def test_campaign_counts_false_alarms_and_stops_by_itself():
+    clean = run_campaign(seeds=1, fuzz=1, ports=["numpy-port"])
+    assert clean.clean and clean.seeds_done == [0] and clean.checks == clean.passed > 0
+    broken = run_campaign(seeds=1, fuzz=1, ports=[f"{__name__}:_GradientTimesTwo"])
+    assert not broken.clean and any("gradient" in f for f in broken.false_alarms)
+    stopped = run_campaign(seeds=5, fuzz=1, ports=["numpy-port"], time_limit=1e-9)
+    assert stopped.stopped_by_time and stopped.seeds_done == []
+    assert "stopped at the time limit" in stopped.summary()
