@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -549,3 +550,42 @@ def test_campaign_counts_false_alarms_and_stops_by_itself():
     stopped = run_campaign(seeds=5, fuzz=1, ports=["numpy-port"], time_limit=1e-9)
     assert stopped.stopped_by_time and stopped.seeds_done == []
     assert "stopped at the time limit" in stopped.summary()
+
+
+# -- more hostile inputs of the same classes ---------------------------------------------
+class _ControlCharacters(NumpyPort):
+    def loss(self, problem):
+        raise RuntimeError("\x1b[31mred\x00 and\nnewline")
+
+
+class _WarningsAsErrors(NumpyPort):
+    def ggn(self, problem):
+        warnings.simplefilter("error")
+        return super().ggn(problem)
+
+
+def test_control_characters_in_port_text_are_escaped():
+    mine = _results(_ControlCharacters, "loss")
+    assert "\\x1b[31mred\\x00 and newline" in mine[0].message
+    assert mine[0].message.isprintable()
+
+
+def test_a_port_setting_warnings_to_errors_does_not_break_the_harness():
+    report = run_checks(load_adapter(_WarningsAsErrors), SMALL, capabilities=["ggn"])
+    assert report.passed, [r.message for r in report.results if r.status is not Status.PASS]
+
+
+def test_nan_timeout_and_duplicate_problem_names_are_usage_errors(tmp_path, capsys):
+    _one_line_usage_error(["check", "--adapter", "numpy-port", "--timeout", "nan"], capsys,
+                          "--timeout")
+    problem = zoo.get("mlp-3x4x3-tanh-mse-b1").to_dict()
+    path = tmp_path / "twice.json"
+    path.write_text(json.dumps([problem, problem]))
+    _one_line_usage_error(["check", "--adapter", "numpy-port", "--problems", str(path)], capsys,
+                          "duplicate problem names")
+
+
+def test_non_finite_tolerances_are_valid_json():
+    result = CheckResult("c", "cap", "p", Status.PASS, error=0.0, tolerance=float("inf"))
+    assert result.to_json()["tolerance"] is None
+    json.loads(json.dumps(Report("a", results=[result]).to_json(), allow_nan=False))

@@ -68,13 +68,15 @@ class CheckResult:
         PROTOCOL s6's keys always; `measure`, `scale`, `where`, `factor` when known.
         """
         error = self.error if self.error is None or math.isfinite(self.error) else None
+        tolerance = (self.tolerance if self.tolerance is None or math.isfinite(self.tolerance)
+                     else None)  # JSON has no inf
         out = {
             "check": self.check,
             "capability": self.capability,
             "problem": self.problem,
             "status": Status(self.status).value,
             "error": error,
-            "tolerance": self.tolerance,
+            "tolerance": tolerance,
             "message": self.message,
         }
         for key in ("measure", "scale", "where", "factor"):

@@ -69,7 +69,7 @@ def _finish(report: Any, files: ReportFiles, group: str, verbose: bool) -> int:
     try:
         print_report(report, group=group, verbose=verbose)
         sys.stdout.flush()
-    except BrokenPipeError:  # `ngd-verify ... | head`: the reports are written already
+    except (OSError, ValueError):  # `| head`, or a closed stdout: the reports are written
         _silence_stdout()
     return EXIT_OK if report.passed else EXIT_FAILED
 
@@ -160,6 +160,8 @@ def run(json_path, junit_path, seed, fuzz, quick, verbose, no_progress, devices)
 def check(json_path, junit_path, seed, fuzz, quick, verbose, no_progress, target, source,
           timeout) -> int:
     """Validate a port (an adapter class) against the dense reference."""
+    if timeout != timeout:  # NaN passes FloatRange's comparisons
+        raise UsageError("--timeout: expected a positive number of seconds (inf: no limit)")
     adapter_file = target.rpartition(":")[0] if target and ":" in target else None
     files = ReportFiles.open(json_path, junit_path,
                              inputs=(resolve_input(source), resolve_input(adapter_file)))

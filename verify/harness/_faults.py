@@ -42,6 +42,7 @@ run goes on with the next (capability, problem).
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,8 @@ def port_text(value: Any, limit: int = MAX_TEXT) -> str:
     except BaseException:  # noqa: BLE001 -- a port's object may raise anything
         text = f"<unprintable {type(value).__name__}>"
     text = " ".join(text.split())
+    if not text.isprintable():  # control characters (ANSI escapes, NUL) break terminals and XML
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -226,7 +229,8 @@ def _invoke(
         return real_result(getattr(instance, method)(*args, **kwargs))
 
     try:
-        return run_isolated(call, timeout)
+        with warnings.catch_warnings():  # a port's warnings.simplefilter("error") stays its own
+            return run_isolated(call, timeout)
     except CallTimedOut as exc:
         raise PortTimeout(f"{method} {exc} (abandoned; --timeout sets the limit)") from None
     finally:

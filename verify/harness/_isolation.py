@@ -100,6 +100,8 @@ def run_isolated(fn: Callable[[], Any], timeout: float | None) -> Outcome:
     Raises:
         CallTimedOut: the call did not finish in time; it is abandoned (see module docstring).
     """
+    if timeout is not None and not timeout < float("inf"):
+        timeout = None  # inf: no limit (Event.wait cannot take it)
     done = threading.Event()
     outcome = Outcome()
 

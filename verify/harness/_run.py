@@ -270,6 +270,10 @@ def _problems_from_file(path: Path) -> list[Problem]:
             raise UsageError(
                 f"{label}: problem {index}: malformed ({describe_exception(exc)})"
             ) from None
+    names = [problem.name for problem in problems]
+    if len(set(names)) != len(names):
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        raise UsageError(f"{label}: duplicate problem names {duplicated[:5]}")
     return problems
 
 
@@ -333,8 +337,8 @@ def check_adapter(
     """
     from verify._console import progress
 
+    problems = load_problems(source, fuzz=fuzz, seed=seed)  # before a port's import can chdir
     loaded = load_adapter(target)
-    problems = load_problems(source, fuzz=fuzz, seed=seed)
     if report is not None:
         report.adapter, report.dtype = loaded.name, loaded.dtype
     wanted = (
