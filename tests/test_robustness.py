@@ -589,3 +589,18 @@ def test_non_finite_tolerances_are_valid_json():
     result = CheckResult("c", "cap", "p", Status.PASS, error=0.0, tolerance=float("inf"))
     assert result.to_json()["tolerance"] is None
     json.loads(json.dumps(Report("a", results=[result]).to_json(), allow_nan=False))
+
+
+class _HangsInConstructor:
+    def __init__(self):
+        time.sleep(30)
+
+    def loss(self, problem):
+        return 0.0
+
+
+def test_a_constructor_that_hangs_is_a_usage_error_after_the_timeout(capsys):
+    start = time.monotonic()
+    _one_line_usage_error(["check", "--adapter", f"{__name__}:_HangsInConstructor", "--quick",
+                           "--timeout", "0.3"], capsys, "did not return within 0.3 s")
+    assert time.monotonic() - start < 10

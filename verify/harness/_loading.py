@@ -21,6 +21,7 @@ from typing import Any
 
 from verify._errors import UsageError
 from verify.harness._faults import describe_exception, port_text
+from verify.harness._isolation import DEFAULT_TIMEOUT, CallTimedOut, run_isolated
 
 __all__ = ["CAPABILITIES", "LoadedAdapter", "capabilities_of", "load_adapter"]
 
@@ -143,11 +144,16 @@ def _import_class(target: str) -> type:
     return cls
 
 
-def load_adapter(target: str | type | Any) -> LoadedAdapter:
+def load_adapter(target: str | type | Any, *, timeout: float | None = DEFAULT_TIMEOUT
+                 ) -> LoadedAdapter:
     """Build the adapter named by `target` and discover its capabilities.
+
+    The constructor runs on the worker thread that will make the port calls (so thread-local
+    state it sets up is seen by them), within `timeout` seconds.
 
     Args:
         target: a TARGET string (see module docstring), an adapter class, or an instance.
+        timeout: seconds the constructor may take (None: no limit).
 
     Raises:
         UsageError: unloadable target, failing constructor, bad `dtype`, or no capability.
@@ -161,11 +167,15 @@ def load_adapter(target: str | type | Any) -> LoadedAdapter:
         cls, label = None, type(target).__qualname__
     if cls is not None:
         try:
-            instance = cls()
-        except BaseException as exc:  # noqa: BLE001 -- sys.exit in __init__ is not a pass
+            outcome = run_isolated(cls, timeout)
+        except CallTimedOut as exc:
+            raise UsageError(f"--adapter {label!r}: constructing {cls.__name__}() {exc}") from None
+        if outcome.error is not None:  # sys.exit in __init__ is not a pass
             raise UsageError(
-                f"--adapter {label!r}: constructing {cls.__name__}() failed: {_describe(exc)}"
-            ) from None
+                f"--adapter {label!r}: constructing {cls.__name__}() failed: "
+                f"{_describe(outcome.error)}"
+            )
+        instance = outcome.value
     else:
         instance = target
     try:

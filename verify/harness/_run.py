@@ -338,7 +338,7 @@ def check_adapter(
     from verify._console import progress
 
     problems = load_problems(source, fuzz=fuzz, seed=seed)  # before a port's import can chdir
-    loaded = load_adapter(target)
+    loaded = load_adapter(target, timeout=timeout)
     if report is not None:
         report.adapter, report.dtype = loaded.name, loaded.dtype
     wanted = (
