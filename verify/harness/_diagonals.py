@@ -1,6 +1,6 @@
 """Checks of exact curvature diagonals (PROTOCOL s5).
 
-`hessian_diag`, `ggn_diag`, `empirical_fisher_diag`: against `diag(C)` of the dense reference,
+`hessian_diag`, `ggn_diag`, `fisher_diag` (PROTOCOL s13), `empirical_fisher_diag`: against `diag(C)` of the dense reference,
 tolerance `Budget.rtol` relative to `||diag(MAG(C))||`; repeated calls identical.
 """
 
@@ -15,6 +15,7 @@ __all__ = ["DIAGONALS", "check_diagonal"]
 DIAGONALS = {
     "hessian_diag": "hessian",
     "ggn_diag": "ggn",
+    "fisher_diag": "fisher",  # PROTOCOL s13
     "empirical_fisher_diag": "empirical_fisher",
 }
 
