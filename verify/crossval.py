@@ -6,7 +6,9 @@ Part of `ngd-verify run` (PROTOCOL s6). There is no second checking engine: the 
 anyone's port (`ngd-verify check --adapter ngd-ref-jax`), restricted to `CAPABILITIES`:
 
 * `loss`, `gradient`; the four products `hvp`, `ggn_vp`, `fisher_vp`, `empirical_fisher_vp`
-  on two probe vectors and their linear combination; the exact diagonals of H, G, F and EF;
+  on two probe vectors and their linear combination; the exact diagonals of G, F and EF
+  (`diag(H)` is n HVPs in `ngd_ref.jax`, covered by the `hvp` checks and by `ngd-verify
+  check --adapter ngd-ref-jax`);
 * `damped_update`: `-(C + lambda I)^{-1} grad h` for C in H, G, F, EF and two dampings, which
   the adapter computes by `ngd_ref.jax.cg_solve` on the linearized operator;
 * `cg`: iterate by iterate (plain, Jacobi-preconditioned, from a nonzero `x0`) against the
@@ -42,11 +44,11 @@ DTYPES = ("float64", "float32")
 
 #: the capabilities the cross-validation checks (harness order)
 CAPABILITIES = ("loss", "gradient", "hvp", "ggn_vp", "fisher_vp", "empirical_fisher_vp",
-                "hessian_diag", "ggn_diag", "fisher_diag", "empirical_fisher_diag",
+                "ggn_diag", "fisher_diag", "empirical_fisher_diag",
                 "damped_update", "cg")
-#: those computed from the batch, hence sharded with `devices > 1` (`hessian_diag` is n
-#: unsharded HVPs in `ngd_ref.jax`; `cg` runs on the caller's operator)
-SHARDED_CAPABILITIES = tuple(c for c in CAPABILITIES if c not in ("hessian_diag", "cg"))
+#: those computed from the batch, hence sharded with `devices > 1` (`cg` runs on the
+#: caller's operator)
+SHARDED_CAPABILITIES = tuple(c for c in CAPABILITIES if c != "cg")
 
 
 def count(problems: Sequence[Problem], devices: int = 1) -> int:

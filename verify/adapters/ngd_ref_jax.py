@@ -14,7 +14,8 @@ with `problems=` (as `ngd-verify run` does) it plans the frames over them (the f
 frames); built with no arguments (as `ngd-verify check` does) every problem gets a frame of
 its own. The kernels, called once per problem (per vector for the products):
 
-* `_quantities`: `h`, `grad h` and the exact diagonals of H (n HVPs), G, F, EF;
+* `_quantities`: `h`, `grad h` and the exact diagonals of G, F, EF;
+* `_hessian_diag`: the exact `diag(H)` by n HVPs;
 * `_matrices`: H, G, F, EF from products with the basis vectors;
 * `_products`: the four curvature-vector products of one vector;
 * `_damped`: `-(C + lambda I)^{-1} grad h` by `ngd_ref.jax.cg_solve` on the restricted,
@@ -82,16 +83,21 @@ def _operator(objective, params, batch, kind: str, mesh) -> Callable[[Any], Any]
 
 @_kernel
 def _quantities(objective, params, batch, *, mesh) -> dict[str, jax.Array]:
-    """`h`, `grad h` and the exact diagonals (`diag(H)` only without a mesh: n HVPs)."""
+    """`h`, `grad h` and the exact diagonals of G, F and EF."""
     loss, grad = nj.value_and_gradient(objective, params, batch, mesh=mesh)
     out = {"loss": loss, "gradient": _flat(grad),
            "ggn_diag": _flat(nj.ggn_diag(objective, params, batch, mesh=mesh)),
            "fisher_diag": _flat(nj.fisher_diag(objective, params, batch, mesh=mesh)),
            "empirical_fisher_diag": _flat(nj.empirical_fisher_diag(objective, params, batch,
                                                                    mesh=mesh))}
-    if mesh is None:
-        out["hessian_diag"] = _flat(nj.hessian_diag(objective, params, batch))
     return out
+
+
+@_kernel
+def _hessian_diag(objective, params, batch, *, mesh) -> dict[str, jax.Array]:
+    """The exact `diag(H)` by n HVPs (`ngd_ref.jax.hessian_diag` has no mesh)."""
+    del mesh
+    return {"hessian_diag": _flat(nj.hessian_diag(objective, params, batch))}
 
 
 @_kernel
@@ -116,19 +122,21 @@ def _products(objective, params, batch, v, *, mesh) -> dict[str, jax.Array]:
 
 @_kernel
 def _damped(objective, params, batch, mask, which, damping, *, mesh) -> jax.Array:
-    """`-(P C P^T + lambda I)^{-1} P grad h` by CG, `C = _KINDS[which]`."""
+    """`-(P C P^T + lambda I)^{-1} P grad h` by CG, `C = _KINDS[which]`.
+
+    One CG loop whose product switches (`lax.switch`, at run time) among the four operators,
+    each linearized once before the loop.
+    """
     unravel = ravel_pytree(params)[1]
     neg_g = -mask * _flat(nj.gradient(objective, params, batch, mesh=mesh))
+    operators = [_operator(objective, params, batch, kind, mesh) for kind in _KINDS]
+    products = [lambda u, op=op: _flat(op(u)) for op in operators]
 
-    def solver(kind: str) -> Callable[[jax.Array], jax.Array]:
-        def solve(damping: jax.Array) -> jax.Array:
-            op = _operator(objective, params, batch, kind, mesh)
-            return nj.cg_solve(lambda v: mask * _flat(op(unravel(mask * v))) + damping * v,
-                               neg_g, tol=10 * unit_roundoff(str(neg_g.dtype)),
-                               maxiter=10 * neg_g.shape[0]).x
-        return solve
+    def matvec(v: jax.Array) -> jax.Array:
+        return mask * jax.lax.switch(which, products, unravel(mask * v)) + damping * v
 
-    return jax.lax.switch(which, [solver(kind) for kind in _KINDS], damping)
+    return nj.cg_solve(matvec, neg_g, tol=10 * unit_roundoff(str(neg_g.dtype)),
+                       maxiter=10 * neg_g.shape[0]).x
 
 
 # -- cg with host callables ----------------------------------------------------------------------
@@ -304,7 +312,7 @@ class NgdRefJax:
 
     def hessian_diag(self, problem: Problem) -> np.ndarray:
         """Exact `diag(H)` (n HVPs; not sharded)."""
-        return self._own(problem, _quantities, "hessian_diag", sharded=False)
+        return self._own(problem, _hessian_diag, "hessian_diag", sharded=False)
 
     def ggn_diag(self, problem: Problem) -> np.ndarray:
         """Exact `diag(G)`."""
