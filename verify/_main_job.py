@@ -28,13 +28,15 @@ def run_main_job(*, quick: bool, fuzz: int, seed: int, devices: int, show_progre
         show_progress: draw progress bars on stderr.
     """
     from ngd_ref import zoo
-    from verify.crossval import count, crossvalidate
+    from verify.crossval import count, crossvalidate, prepare
 
     problems = list(zoo.problems(quick)) + generate(fuzz, seed, quick=quick)
     report = Report(adapter="ngd-ref", dtype="float64", devices=devices)
+    prepared = prepare(problems, devices=devices)  # JAX compiles while the battery runs
     with progress(len(problems), "identities", enabled=show_progress) as advance:
         report.extend(run_battery(problems, progress=advance))
     with progress(count(problems, devices), "JAX cross-validation",
                   enabled=show_progress) as advance:
-        report.extend(crossvalidate(problems, devices=devices, seed=seed, progress=advance))
+        report.extend(crossvalidate(problems, devices=devices, seed=seed, progress=advance,
+                                    prepared=prepared))
     return report

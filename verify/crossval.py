@@ -30,15 +30,25 @@ compilation cache (`$NGD_VERIFY_CACHE`, default `~/.cache/ngd-verify/jax`;
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ngd_ref import Problem
 from verify._report import CheckResult
 from verify.harness import load_adapter, run_checks
 
-__all__ = ["CAPABILITIES", "DTYPES", "SHARDED_CAPABILITIES", "count", "crossvalidate"]
+__all__ = [
+    "CAPABILITIES",
+    "DTYPES",
+    "SHARDED_CAPABILITIES",
+    "Prepared",
+    "count",
+    "crossvalidate",
+    "prepare",
+]
 
 DTYPES = ("float64", "float32")
 
@@ -57,8 +67,55 @@ def count(problems: Sequence[Problem], devices: int = 1) -> int:
     return len(DTYPES) * per_dtype * len(problems)
 
 
+@dataclasses.dataclass
+class Prepared:
+    """The adapters of a cross-validation, compiling in background threads (`prepare`).
+
+    Attributes:
+        runs: `(adapter, capabilities, dtype, suffix)` per harness run.
+        compiling: one future per adapter (`NgdRefJax.precompile`).
+    """
+
+    runs: list[tuple[Any, tuple[str, ...], str, str]]
+    compiling: list[concurrent.futures.Future]
+
+    def wait(self) -> None:
+        """Wait for the compilations.
+
+        A failure there is no result: the harness makes the same calls and reports their
+        outcome, contained.
+        """
+        concurrent.futures.wait(self.compiling)
+
+
+def prepare(problems: Sequence[Problem], *, devices: int = 1) -> Prepared:
+    """Build the adapters (frames planned over `problems`) and start compiling their kernels.
+
+    Two threads, one adapter each at a time: XLA compiles without the GIL, so compilation
+    overlaps whatever the caller does meanwhile (`ngd-verify run`: the identity battery)
+    and the tracing of the other thread. The results do not depend on it.
+    """
+    from verify.adapters.ngd_ref_jax import NgdRefJax, NgdRefJaxFloat32
+
+    _enable_compilation_cache()
+    runs: list[tuple[Any, tuple[str, ...], str, str]] = []
+    for cls in (NgdRefJax, NgdRefJaxFloat32):
+        runs.append((cls(problems), CAPABILITIES, cls.dtype, ""))
+    if devices > 1:
+        for cls in (NgdRefJax, NgdRefJaxFloat32):
+            runs.append((cls(problems, devices=devices), SHARDED_CAPABILITIES, cls.dtype,
+                         f"_sharded{devices}"))
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
+                                                 thread_name_prefix="ngd-verify-compile")
+    compiling = [pool.submit(adapter.precompile, capabilities)
+                 for adapter, capabilities, _, _ in runs]
+    pool.shutdown(wait=False)
+    return Prepared(runs, compiling)
+
+
 def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 0,
-                  progress: Callable[[str], None] | None = None) -> list[CheckResult]:
+                  progress: Callable[[str], None] | None = None,
+                  prepared: Prepared | None = None) -> list[CheckResult]:
     """Check `ngd_ref.jax` (through its adapters) against the dense reference on `problems`.
 
     Args:
@@ -66,25 +123,20 @@ def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 
         devices: with N > 1, also check the adapters with the batch sharded over N devices.
         seed: seed of the probe vectors.
         progress: called once per finished (capability, problem) of each adapter.
+        prepared: from `prepare(problems, devices=devices)` (default: prepared here).
 
     Returns:
         The harness's results, checks renamed `jax_<check>_<dtype>[_sharded<N>]`.
     """
-    from verify.adapters.ngd_ref_jax import NgdRefJax, NgdRefJaxFloat32
-
-    _enable_compilation_cache()
+    prepared = prepared or prepare(problems, devices=devices)
+    prepared.wait()
     advance = progress or (lambda label: None)
     results: list[CheckResult] = []
-    for cls in (NgdRefJax, NgdRefJaxFloat32):
-        runs = [(cls(problems), CAPABILITIES, "")]
-        if devices > 1:
-            runs.append((cls(problems, devices=devices), SHARDED_CAPABILITIES,
-                         f"_sharded{devices}"))
-        for adapter, capabilities, suffix in runs:
-            report = run_checks(load_adapter(adapter), problems, seed=seed,
-                                capabilities=capabilities, advance=advance)
-            results += [dataclasses.replace(r, check=f"jax_{r.check}_{cls.dtype}{suffix}")
-                        for r in report.results if r.capability in capabilities]
+    for adapter, capabilities, dtype, suffix in prepared.runs:
+        report = run_checks(load_adapter(adapter), problems, seed=seed,
+                            capabilities=capabilities, advance=advance)
+        results += [dataclasses.replace(r, check=f"jax_{r.check}_{dtype}{suffix}")
+                    for r in report.results if r.capability in capabilities]
     return results
 
 

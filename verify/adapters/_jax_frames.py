@@ -282,7 +282,12 @@ class FramePlan:
 
     def __init__(self, problems: Sequence[Problem] = ()) -> None:
         self._frames: dict[tuple[Any, ...], Frame] = {}
-        for group in _groups(problems):
+        groups = _groups(problems)
+        #: one planned problem per frame (e.g. to compile each frame's programs early)
+        self.representatives: list[Problem] = [group[0] for group in groups]
+        #: the parameter counts n of the planned problems
+        self.sizes: set[int] = {problem.n_params for problem in problems}
+        for group in groups:
             frame = Frame.of(group)
             self._frames.update({_key(problem): frame for problem in group})
         self._embedded: dict[tuple[Any, ...], Embedded] = {}

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -142,6 +143,12 @@ def _damped(objective, params, batch, mask, which, damping, *, mesh) -> jax.Arra
 # -- cg with host callables ----------------------------------------------------------------------
 _HOST: dict[str, Callable[[np.ndarray], Any]] = {}
 _MIN_BUCKET = 64
+#: one `cg` at a time across threads: the host operators are module state, called back
+#: from XLA's threads
+_HOST_LOCK = threading.Lock()
+#: one sharded program at a time across threads: XLA's in-process CPU collectives deadlock
+#: (a rendezvous missing a thread) when several are in flight at once
+_SHARDED_LOCK = threading.Lock()
 
 
 def _bucket(n: int) -> int:
@@ -159,12 +166,13 @@ def _host_operators(matvec: Callable, precond: Callable | None, n: int) -> Itera
             return out
         return apply
 
-    _HOST["matvec"] = padded(matvec)
-    _HOST["precond"] = padded(precond or (lambda r: r))
-    try:
-        yield
-    finally:
-        _HOST.clear()
+    with _HOST_LOCK:
+        _HOST["matvec"] = padded(matvec)
+        _HOST["precond"] = padded(precond or (lambda r: r))
+        try:
+            yield
+        finally:
+            _HOST.clear()
 
 
 def _host_call(name: str, v: np.ndarray) -> np.ndarray:
@@ -241,6 +249,11 @@ class NgdRefJax:
         batch = nj.Batch(*self._cast((e.inputs, e.targets, e.weights)))
         return e, self._cast(e.params), batch
 
+    def _run(self, kernel: Any, *args: Any, mesh: Any) -> Any:
+        """`kernel(*args, mesh=mesh)` on the host (sharded programs one at a time)."""
+        with _SHARDED_LOCK if mesh is not None else contextlib.nullcontext():
+            return jax.tree.map(np.asarray, kernel(*args, mesh=mesh))
+
     def _computed(self, kernel: Any, problem: Problem, sharded: bool = True
                   ) -> dict[str, np.ndarray]:
         """A vector-free kernel's host outputs for the problem (cached per embedding)."""
@@ -248,8 +261,7 @@ class NgdRefJax:
         mesh = self._mesh if sharded else None
         key = (id(e), kernel.__name__, mesh is not None)
         if key not in self._cache:
-            out = kernel(e.frame.objective, params, batch, mesh=mesh)
-            self._cache[key] = {k: np.asarray(value) for k, value in out.items()}
+            self._cache[key] = self._run(kernel, e.frame.objective, params, batch, mesh=mesh)
         return self._cache[key]
 
     def _vector(self, v: Any) -> jax.Array:
@@ -257,7 +269,7 @@ class NgdRefJax:
 
     def _product(self, kind: str, problem: Problem, v: Any) -> np.ndarray:
         e, params, batch = self._framed(problem)
-        out = _products(e.frame.objective, params, batch,
+        out = self._run(_products, e.frame.objective, params, batch,
                         self._vector(e.flat(np.asarray(v, dtype=np.float64))), mesh=self._mesh)
         return e.own(out[kind])
 
@@ -329,9 +341,9 @@ class NgdRefJax:
     def damped_update(self, problem: Problem, curvature: str, damping: float) -> np.ndarray:
         """`-(C + damping I)^{-1} grad h` by `cg_solve` on the linearized operator."""
         e, params, batch = self._framed(problem)
-        x = _damped(e.frame.objective, params, batch, self._cast(e.mask),
-                    jnp.asarray(_KINDS.index(curvature), jnp.int32),
-                    jnp.asarray(damping, self.dtype), mesh=self._mesh)
+        x = self._run(_damped, e.frame.objective, params, batch, self._cast(e.mask),
+                      jnp.asarray(_KINDS.index(curvature), jnp.int32),
+                      jnp.asarray(damping, self.dtype), mesh=self._mesh)
         return e.own(x)
 
     def cg(self, matvec: Callable, b: Any, x0: Any = None, tol: float = 1e-10,
@@ -351,6 +363,33 @@ class NgdRefJax:
                          jnp.asarray(tol, self.dtype), jnp.asarray(maxiter, jnp.int32),
                          history=10 * size + 1, preconditioned=precond is not None)
             return np.asarray(x)[:n]
+
+    # -- not a capability ----------------------------------------------------------------------
+    def precompile(self, capabilities: Iterable[str]) -> None:
+        """Trace and compile, for every planned frame, the kernels behind `capabilities`.
+
+        Not part of the protocol (the harness never calls it): `ngd-verify run` calls it in
+        background threads, one adapter per thread, so that compilation overlaps other work.
+        It calls the public methods once on one problem per frame; nothing else changes.
+        """
+        wanted = set(capabilities)
+        for problem in self._plan.representatives:
+            zeros = np.zeros(problem.n_params)
+            if wanted & {"loss", "gradient", "ggn_diag", "fisher_diag", "empirical_fisher_diag"}:
+                self.loss(problem)
+            if wanted & {"hvp", "ggn_vp", "fisher_vp", "empirical_fisher_vp"}:
+                self.hvp(problem, zeros)
+            if wanted & {"hessian", "ggn", "fisher", "empirical_fisher"}:
+                self.hessian(problem)
+            if "hessian_diag" in wanted:
+                self.hessian_diag(problem)
+            if "damped_update" in wanted:
+                self.damped_update(problem, "ggn", 1.0)
+        if "cg" in wanted:
+            buckets = {_bucket(n): n for n in self._plan.sizes}
+            for n in buckets.values():
+                for precond in (None, np.asarray):
+                    self.cg(np.asarray, np.ones(n), maxiter=1, precond=precond)
 
     # -- PROTOCOL s9 (the seeds' other second-order methods; ngd_ref.{newton,quasi_newton,...}) --
     def _matrix(self, m: Any) -> jax.Array:
