@@ -60,6 +60,7 @@ __all__ = [
     "factored_damping_pi",
     "kfac_approximation",
     "kfac_factors",
+    "kfac_factors_of",
     "kfac_magnitudes",
     "kfac_matrix",
     "kfac_solve",
@@ -188,9 +189,16 @@ def kfac_factors(problem: Problem, kind: KfacKind | str, backend: Backend = FLOA
         >>> [(a.shape, s.shape) for a, s in kfac_factors(zoo.get("mlp-3x4x3-tanh-mse-b1"), "ggn")]
         [((4, 4), (4, 4)), ((5, 5), (3, 3))]
     """
-    kind = _as_kind(kind)
-    ref = dense(problem, backend)
-    return _assemble(*_pieces(ref, kind), ref.c, backend)
+    return kfac_factors_of(dense(problem, backend), kind)
+
+
+def kfac_factors_of(ref: DenseCurvature, kind: KfacKind | str) -> Factors:
+    """`kfac_factors` of an existing `DenseCurvature` (any parameters, any backend).
+
+    The optimizer trajectories (`ngd_ref.trajectory`) need the factors at parameters that are
+    not a problem's float64 `params` (mpmath iterates); this is the same computation.
+    """
+    return _assemble(*_pieces(ref, _as_kind(kind)), ref.c, ref.backend)
 
 
 def kfac_magnitudes(problem: Problem, kind: KfacKind | str) -> Factors:
@@ -325,7 +333,7 @@ def kfac_solve_factors(factors: Sequence[tuple[np.ndarray, np.ndarray]], v: np.n
         ValueError: for a bad `damping`, `method`, or a `v` whose length is not `n`.
     """
     method = _as_method(method)
-    damping = _check_damping(damping)
+    _check_damping(damping)  # keeps the caller's scalar: an mpmath damping stays exact
     n = sum(a.shape[0] * s.shape[0] for a, s in factors)
     with backend.precision():
         v = backend.asarray(v)
