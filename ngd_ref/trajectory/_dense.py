@@ -182,12 +182,14 @@ class Trajectory:
         params: `theta_1, ..., theta_K` (arrays of the backend).
         steps: one `StepLog` per step.
         backend: the backend's name.
+        start: `theta_0` rounded to float64.
     """
 
     method: Method
     params: tuple[np.ndarray, ...]
     steps: tuple[StepLog, ...]
     backend: str
+    start: np.ndarray
 
     def float64(self) -> np.ndarray:
         """`theta_1 .. theta_K` rounded to float64, `(K, n)`."""
@@ -505,4 +507,5 @@ def trajectory(problem: Problem, batches: Sequence[tuple[Any, Any]], method: Met
         for k in range(len(batches)):
             steps.append(run.step(k))
             params.append(run.theta)
-    return Trajectory(method, tuple(params), tuple(steps), backend.name)
+    return Trajectory(method, tuple(params), tuple(steps), backend.name,
+                      backend.to_float64(theta))
