@@ -293,8 +293,10 @@ def _compare(ctx: CheckContext, check: str, sched: Schedule, value: Any) -> None
             return
         error = float(np.linalg.norm(a - e))
         if not error <= tol:
+            before = f" (after {sched.reference.steps[k - 1].describe()})" if k else ""
             ctx.record(check, Status.FAIL, f"{label}: theta_{k + 1} leaves the tolerance first, "
-                       f"error {error:.2e} > tol {tol:.2e} at {step.describe()}", error, tol)
+                       f"error {error:.2e} > tol {tol:.2e} at {step.describe()}{before}",
+                       error, tol)
             return
         worst = max(worst, (error / tol if tol > 0 else 0.0, k))
     k = worst[1]

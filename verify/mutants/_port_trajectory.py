@@ -8,7 +8,8 @@ overrides exactly one:
 
 * `_ema(average, new, eta)` -- eq. 25, `eta average + (1 - eta) new`;
 * `_bias(eta, m)` -- the bias correction `1 - eta^m`;
-* `_due(k, every)` -- whether a periodic refresh fires at step k (`k % every == 0`);
+* `_due(k, every)` -- whether a periodic refresh fires at step k (`k % every == 0`), and
+  `_inverse_due` the same for K-FAC's inverses;
 * `_inverse_after_direction` -- False: a K-FAC inverse rebuilt at step k is used at step k;
 * `_levenberg_marquardt(lam, rho, omega)` -- Grosse s4.1's rule;
 * `_model_damping(lam)` -- the damping inside the model `M_k` of `rho_k` (eq. 14: `lam`);
@@ -38,6 +39,9 @@ class TrajectoryPort:
 
     def _due(self, k: int, every: int) -> bool:
         return k % every == 0
+
+    def _inverse_due(self, k: int, every: int) -> bool:
+        return self._due(k, every)
 
     _inverse_after_direction = False
 
@@ -159,8 +163,8 @@ class TrajectoryPort:
             state["avg"] = [(self._ema(a0, a1, eta), self._ema(s0, s1, eta))
                             for (a0, s0), (a1, s1) in zip(old, new, strict=True)]
             state["m"] += 1
-        rebuild = self._due(k, int(hyper["inverse_every"])) and state["avg"] is not None
-        if rebuild and not self._inverse_after_direction:
+        rebuild = self._inverse_due(k, int(hyper["inverse_every"])) and state["avg"] is not None
+        if state["solver"] is None or (rebuild and not self._inverse_after_direction):
             state["solver"] = self._kfac_rebuild(hyper, state)
         factors, lam_solve = state["solver"]
         delta = np.concatenate([
