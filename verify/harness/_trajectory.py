@@ -52,6 +52,9 @@ __all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory", "sched
 STEPS = 6
 FAMILIES = ("damped_newton", "hessian_free", "kfac_fixed", "kfac_rescaled", "kfac_momentum_qm",
             "shampoo", "lbfgs")
+#: the events each family can have (the candidate search stops at one that has each twice)
+_POSSIBLE = {"damped_newton": 2, "hessian_free": 2, "kfac_fixed": 4, "kfac_rescaled": 4,
+             "kfac_momentum_qm": 5, "shampoo": 1, "lbfgs": 3}
 
 
 def trajectory_batches(problem: Problem, count: int = STEPS) -> list[tuple[np.ndarray, Any]]:
@@ -264,6 +267,8 @@ def schedule(problem: Problem, family: str, dtype: str) -> Schedule | str:
             reasons.append("a tolerance exceeds the distance travelled (not informative)")
         elif best is None or score > best[0]:
             best = (score, method, hyper, outcome)
+            if score[1:3] == (_POSSIBLE[family], 2 * _POSSIBLE[family]):
+                break
     if best is None:
         return (f"no unambiguous, informative setting among {len(reasons)} candidates "
                 f"(first: {reasons[0]})")
