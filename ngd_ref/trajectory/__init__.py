@@ -3,7 +3,8 @@
 * `trajectory(problem, batches, method, hyper, backend=FLOAT64)` -- the dense exact reference
   (numpy float64, or mpmath through the same code), built on `ngd_ref.dense`; returns a
   `Trajectory`: `theta_1 .. theta_K` and one `StepLog` of `Event`s per step.
-* `ngd_ref.trajectory._jax` -- the JAX twin is not written yet (see docs/trajectories.md).
+* `ngd_ref.jax.trajectory_jax` -- the JAX twin (same recurrences, every numerical piece in
+  JAX; module `_jax`, not imported here so that this package never imports JAX).
 
 Example:
     >>> from ngd_ref import zoo

@@ -242,6 +242,25 @@ class _Runner:
         self.roots: tuple | None = None  # shampoo (left roots, right roots, condition)
         self.pairs: list[tuple[np.ndarray, np.ndarray]] = []  # lbfgs, oldest first
 
+    # -- the numerical primitives (the JAX twin overrides these and `at`) -------------------
+    def _solve(self, system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+        return self.bk.solve(system, rhs)
+
+    def _cg(self, system: np.ndarray, rhs: np.ndarray, start: np.ndarray, iters: int):
+        return cg_solve(system, rhs, start, tol=0.0, maxiter=iters).x
+
+    def _factors(self, ref: DenseCurvature, kind: str) -> list:
+        return kfac_factors_of(ref, kind)
+
+    def _kfac_solve(self, factors: list, v: np.ndarray, lam: Any, method: str) -> np.ndarray:
+        return kfac_solve_factors(factors, v, lam, method, backend=self.bk)
+
+    def _root(self, matrix: np.ndarray, eps: float) -> np.ndarray:
+        return inverse_root(matrix, 4, eps, backend=self.bk)
+
+    def _two_loop(self, g: np.ndarray, s_list: list, y_list: list, gamma: Any) -> np.ndarray:
+        return lbfgs_direction(g, s_list, y_list, gamma, backend=self.bk)
+
     # -- helpers ---------------------------------------------------------------------------
     def at(self, k: int, theta: np.ndarray) -> DenseCurvature:
         """The dense reference of batch k at `theta`."""
@@ -328,7 +347,7 @@ class _Runner:
     def _damped_newton(self, k, ref, g, events, log) -> np.ndarray:
         system = self.damped(self.curvature(ref), self.lam)
         log["condition"] = float(np.linalg.cond(self.f64(system)))
-        return -self.bk.scalar(self.hyper["lr"]) * self.bk.solve(system, g)
+        return -self.bk.scalar(self.hyper["lr"]) * self._solve(system, g)
 
     def _hessian_free(self, k, ref, g, events, log) -> np.ndarray:
         bk, hyper = self.bk, self.hyper
@@ -336,14 +355,14 @@ class _Runner:
         log["condition"] = float(np.linalg.cond(self.f64(system)))
         log["min_eigenvalue"] = self.min_eigenvalue(system)
         start = bk.scalar(hyper["cg_warm_start"]) * self.p_prev
-        p = cg_solve(system, -g, start, tol=0.0, maxiter=int(hyper["cg_iters"])).x
+        p = self._cg(system, -g, start, int(hyper["cg_iters"]))
         self.p_prev = p
         return bk.scalar(hyper["lr"]) * p
 
     def _kfac(self, k, ref, g, events, log) -> np.ndarray:
         bk, hyper = self.bk, self.hyper
         if k % int(hyper["stats_every"]) == 0:
-            new = kfac_factors_of(ref, hyper["kind"])
+            new = self._factors(ref, hyper["kind"])
             if self.average is None:
                 self.average = [(a * 0, s * 0) for a, s in new]
             self.average = ema_update(self.average, new, hyper["ema"])
@@ -359,7 +378,7 @@ class _Runner:
             events.append(Event.INVERSE)
         factors, lam_solve, condition = self.solver
         log["condition"] = condition
-        delta = kfac_solve_factors(factors, g, lam_solve, hyper["damping_method"], backend=bk)
+        delta = self._kfac_solve(factors, g, lam_solve, hyper["damping_method"])
         rule = StepRule(hyper["step_rule"])
         if rule is StepRule.FIXED:
             alpha, beta = -bk.scalar(hyper["lr"]), bk.scalar(hyper["momentum"])
@@ -418,8 +437,7 @@ class _Runner:
                      for (lm, rm), gm in zip(self.left, grads, strict=True)]
         if k % int(hyper["root_every"]) == 0:
             eps = hyper["eps"]
-            roots = [(inverse_root(lm, 4, eps, backend=bk), inverse_root(rm, 4, eps, backend=bk))
-                     for lm, rm in self.left]
+            roots = [(self._root(lm, eps), self._root(rm, eps)) for lm, rm in self.left]
             eye = np.eye
             condition = max(
                 float(np.linalg.cond(self.f64(lm) + eps * eye(lm.shape[0])))
@@ -450,7 +468,7 @@ class _Runner:
             h = inverse_bfgs_matrix([self.f64(s) for s in s_list], [self.f64(y) for y in y_list],
                                     float(gamma), n=self.n)
             log["condition"] = float(np.linalg.cond(h))
-        direction = lbfgs_direction(g, s_list, y_list, gamma, backend=bk)
+        direction = self._two_loop(g, s_list, y_list, gamma)
         return -bk.scalar(self.hyper["lr"]) * direction
 
     def _store_pair(self, s, y, g, after, mag_g, events, log) -> None:
@@ -502,10 +520,14 @@ def trajectory(problem: Problem, batches: Sequence[tuple[Any, Any]], method: Met
     eps = float(np.finfo(np.float64).eps) if eps is None else float(eps)
     with backend.precision():
         theta = backend.asarray(problem.params if start is None else start)
-        run = _Runner(problem, batches, method, hyper, backend, eps, theta, perturb)
-        params, steps = [], []
-        for k in range(len(batches)):
-            steps.append(run.step(k))
-            params.append(run.theta)
-    return Trajectory(method, tuple(params), tuple(steps), backend.name,
-                      backend.to_float64(theta))
+        return drive(_Runner(problem, batches, method, hyper, backend, eps, theta, perturb))
+
+
+def drive(run: _Runner) -> Trajectory:
+    """Take every step of a runner (inside its backend's precision) and collect the result."""
+    start = run.bk.to_float64(run.theta)
+    params, steps = [], []
+    for k in range(len(run.batches)):
+        steps.append(run.step(k))
+        params.append(run.theta)
+    return Trajectory(run.method, tuple(params), tuple(steps), run.bk.name, start)
