@@ -20,6 +20,7 @@ docstrings of the private modules (`_matrices`, `_products`, `_diagonals`, `_upd
 from verify.harness._faults import call_port, fresh_problem, readonly
 from verify.harness._loading import CAPABILITIES, LoadedAdapter, capabilities_of, load_adapter
 from verify.harness._run import CHECKS, check_adapter, load_problems, run_capability, run_checks
+from verify.harness._trajectory import trajectory_batches, trajectory_reference
 
 __all__ = [
     "CAPABILITIES",
@@ -34,4 +35,6 @@ __all__ = [
     "readonly",
     "run_capability",
     "run_checks",
+    "trajectory_batches",
+    "trajectory_reference",
 ]

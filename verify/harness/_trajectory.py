@@ -45,7 +45,7 @@ from verify.harness._context import CheckContext
 from verify.harness._faults import InputModified, NotClaimed, PortFault, readonly
 
 __all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory", "schedule",
-           "trajectory_batches"]
+           "trajectory_batches", "trajectory_reference"]
 
 #: steps per trajectory: enough for two statistics updates, an inverse refresh between them,
 #: two root refreshes, an eviction with memory 2
@@ -187,13 +187,16 @@ def _ambiguity(nominal: StepLog, shifted: StepLog, factor: float, rtol: float,
     return ""
 
 
-def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
-              dtype: str) -> tuple[Trajectory, list[float]] | str:
-    """The reference run and its tolerances, or why the setting is not usable."""
+def trajectory_reference(problem: Problem, batches: list, method: str, hyper: dict,
+                         dtype: str) -> tuple[Trajectory, Trajectory, list[float]]:
+    """The reference run, its twin started `2u` apart, and the tolerances of a `dtype` port.
+
+    Raises:
+        ValueError: where the reference cannot run the setting (e.g. CG on a matrix that is
+            not positive definite), or the trajectory is not finite.
+    """
     u = unit_roundoff(dtype)
     eps = float(np.finfo(np.dtype(dtype)).eps)
-    length = max(problem.n_params, problem.batch_size * problem.output_dim)
-    depth = len(problem.layers) + 2
     theta0 = problem.params
     signs = np.where(np.random.default_rng(zlib.crc32(problem.name.encode())).random(
         theta0.shape) < 0.5, -1.0, 1.0)
@@ -202,10 +205,29 @@ def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
         with np.errstate(all="ignore"):
             nominal = trajectory(problem, batches, method, hyper, eps=eps)
             shifted = trajectory(problem, batches, method, hyper, eps=eps, start=start)
-    except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:
-        return f"the reference cannot run it ({exc})"
+    except (np.linalg.LinAlgError, FloatingPointError) as exc:
+        raise ValueError(str(exc)) from exc
     if not (_finite(nominal) and _finite(shifted)):
-        return "the reference trajectory is not finite"
+        raise ValueError("the reference trajectory is not finite")
+    path = np.vstack([theta0, nominal.float64()])
+    divergences = np.linalg.norm(path - np.vstack([start, shifted.float64()]), axis=1)
+    tolerances = trajectory_tolerances(
+        dtype, length=max(problem.n_params, problem.batch_size * problem.output_dim),
+        depth=len(problem.layers) + 2, step_norms=np.linalg.norm(np.diff(path, axis=0), axis=1),
+        param_norms=np.linalg.norm(path[1:], axis=1),
+        conditions=[s.condition * s.gradient_cancellation for s in nominal.steps],
+        divergences=divergences)
+    return nominal, shifted, tolerances
+
+
+def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
+              dtype: str) -> tuple[Trajectory, list[float]] | str:
+    """The reference run and its tolerances, or why the setting is not usable."""
+    try:
+        nominal, shifted, tolerances = trajectory_reference(problem, batches, method, hyper,
+                                                            dtype)
+    except ValueError as exc:
+        return f"the reference cannot run it ({exc})"
     # every exp and log of the loss must stay inside the port's range (softmax probabilities
     # underflow, exp(z) overflows): the summed magnitudes c^-1 sum_b (|L_b| + ||z_b||_1) bound
     # their arguments
@@ -213,18 +235,12 @@ def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
     exponent_range = math.log(float(np.finfo(np.dtype(dtype)).max))
     if any(s.loss_magnitude / c > exponent_range for s in nominal.steps):
         return f"the losses leave the exponent range of {dtype}"
-    path = np.vstack([theta0, nominal.float64()])
-    other = np.vstack([start, shifted.float64()])
-    divergences = np.linalg.norm(path - other, axis=1)
-    steps = np.linalg.norm(np.diff(path, axis=0), axis=1)
-    conditions = [s.condition * s.gradient_cancellation for s in nominal.steps]
-    tolerances = trajectory_tolerances(
-        dtype, length=length, depth=depth, step_norms=steps,
-        param_norms=np.linalg.norm(path[1:], axis=1), conditions=conditions,
-        divergences=divergences)
-    rtol = rounding_rtol(dtype, length=length, depth=depth)
+    rtol = rounding_rtol(dtype, length=max(problem.n_params, problem.batch_size
+                                           * problem.output_dim), depth=len(problem.layers) + 2)
+    divergences = np.linalg.norm(nominal.float64() - shifted.float64(), axis=1)
     tiny = np.finfo(np.float64).tiny
-    factors = [0.0] + [t / max(d, tiny) for t, d in zip(tolerances, divergences[1:], strict=True)]
+    factors = [0.0] + [t / max(d, tiny) for t, d in zip(tolerances, divergences, strict=True)]
+    eps = float(np.finfo(np.dtype(dtype)).eps)
     for k, (a, b) in enumerate(zip(nominal.steps, shifted.steps, strict=True)):
         why = _ambiguity(a, b, max(1.0, factors[k], factors[k + 1]), rtol, eps)
         if why:
