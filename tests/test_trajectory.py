@@ -186,3 +186,31 @@ def test_quick_zoo_schedules_make_every_event_happen_twice(dtype):
     wanted = [e for e in Event if e is not Event.DAMPING_KEPT]
     assert {e: counts[e] for e in wanted if counts[e] < 2} == {}
     assert inverse_alone >= 2
+
+
+# -- identities over trajectories -------------------------------------------------------------
+from verify.identities import IDENTITIES  # noqa: E402
+from verify.identities import trajectory as trajectory_ids  # noqa: E402
+from verify.identities._registry import result, separated  # noqa: E402
+
+TRAJECTORY_IDENTITIES = [i for i in IDENTITIES if i.name.startswith("trajectory_")]
+
+
+@pytest.mark.parametrize("problem", [TINY, QUICK[1]], ids=lambda p: p.name)
+def test_trajectory_identities_and_controls_pass(problem):
+    results = [r for i in TRAJECTORY_IDENTITIES if i.applies(problem) for r in i.run(problem)]
+    assert len(results) >= 6
+    assert all(r.status is Status.PASS for r in results), [r.message for r in results]
+
+
+def test_trajectory_controls_fail_where_the_identity_holds():
+    batches = trajectory_batches(TINY, 2)
+    newton = ("damped_newton", trajectory_ids._newton("ggn", 0.5))
+    same = trajectory_ids._compare_runs(TINY, batches, newton, newton)
+    assert separated("control", TINY, same, "x", "y").status is Status.FAIL
+    twin = trajectory_ids.quadratic_twin(TINY)
+    constant = [(twin.inputs, twin.targets)] * 2
+    raw = trajectory_ids._compare_runs(
+        twin, constant, ("kfac", trajectory_ids._constant_statistics(0.875, False, 0.5)),
+        ("kfac", trajectory_ids._constant_statistics(0.0, True, 0.5)))
+    assert result("identity", twin, raw, "x", "y").status is Status.FAIL
