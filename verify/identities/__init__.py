@@ -38,7 +38,7 @@
 | `optimal_step_stationary` | alpha* of eq. (26) | Grosse eq. (26) |
 | `seed_step_formula_literal` (neg.) | eq. (26) as printed (no 1/2) | Grosse eq. (26) |
 | `momentum_subspace_stationary` (incl. neg.) | 2-D subspace minimizer | Grosse eq. (27) |
-| `trajectory_*` (incl. neg.) | K-FAC B = 1 = block natural gradient; HF with n CG steps = Newton; eq. 27's first step = eq. 26; bias-corrected constant statistics | PROTOCOL s10 |
+| `trajectory_*` (incl. neg.) | optimizer trajectories (K-FAC, HF, eq. 27, EMA) | PROTOCOL s10 |
 
 plus the K-FAC identities (`verify.identities.kfac`) and the other methods' identities
 (`verify.identities.methods`). Importing this package registers every identity in
