@@ -214,3 +214,26 @@ def test_trajectory_controls_fail_where_the_identity_holds():
         twin, constant, ("kfac", trajectory_ids._constant_statistics(0.875, False, 0.5)),
         ("kfac", trajectory_ids._constant_statistics(0.0, True, 0.5)))
     assert result("identity", twin, raw, "x", "y").status is Status.FAIL
+
+
+# -- the strategy over method x hyperparameters x batch sequences ------------------------------
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from verify.harness._trajectory import _evaluate  # noqa: E402
+from verify.strategies import TRAJECTORY_FAMILIES, problems, trajectory_settings  # noqa: E402
+
+
+@settings(max_examples=6, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(st.data())
+def test_numpy_port_follows_the_reference_on_drawn_settings(data):
+    problem = data.draw(problems(max_layers=2, max_width=3, max_batch=2))
+    family, method, hyper, batches = data.draw(trajectory_settings(problem))
+    assert family in TRAJECTORY_FAMILIES
+    outcome = _evaluate(problem, method, hyper, batches, "float64")
+    assume(not isinstance(outcome, str))
+    run, tolerances = outcome
+    port = NumpyPort().optimizer_trajectory(problem, batches, method, dict(hyper))
+    errors = np.linalg.norm(np.asarray(port) - run.float64(), axis=1)
+    assert np.all(errors <= tolerances), (family, hyper, errors, tolerances)

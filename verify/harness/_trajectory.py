@@ -7,7 +7,9 @@ the others are reproducible dyadic perturbations of it, the same B, exact in flo
 compares `theta_1 .. theta_K` with the dense reference (`ngd_ref.trajectory`).
 
 Schedules. Each family has a short list of candidate settings, built from the problem (the
-damping is a power of two times the curvature's norm, every value exact in float32). Every
+damping is a power of two times the curvature's norm, every value exact in float32), and
+`DRAWN` more drawn from `verify.strategies`' space of settings (seeded by the problem), so
+`--fuzz` problems also meet settings no fixed list holds. Every
 candidate is run twice by the reference: as given and from a start a rounding of the port's
 dtype apart. A candidate is *ambiguous* -- and not used -- when the two runs' events differ,
 or when a discrete decision lies within its own uncertainty of its threshold: the distance of
@@ -43,6 +45,7 @@ from verify._report import Status
 from verify._tolerance import rounding_rtol, trajectory_tolerances, unit_roundoff
 from verify.harness._context import CheckContext
 from verify.harness._faults import InputModified, NotClaimed, PortFault, readonly
+from verify.strategies import TRAJECTORY_FAMILIES, generate_trajectory_settings
 
 __all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory", "schedule",
            "trajectory_batches", "trajectory_reference"]
@@ -50,8 +53,9 @@ __all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory", "sched
 #: steps per trajectory: enough for two statistics updates, an inverse refresh between them,
 #: two root refreshes, an eviction with memory 2
 STEPS = 6
-FAMILIES = ("damped_newton", "hessian_free", "kfac_fixed", "kfac_rescaled", "kfac_momentum_qm",
-            "shampoo", "lbfgs")
+FAMILIES = TRAJECTORY_FAMILIES
+#: settings drawn from `verify.strategies`' space appended to each family's fixed candidates
+DRAWN = 2
 #: the events each family can have (the candidate search stops at one that has each twice)
 _POSSIBLE = {"damped_newton": 2, "hessian_free": 2, "kfac_fixed": 4, "kfac_rescaled": 4,
              "kfac_momentum_qm": 5, "shampoo": 1, "lbfgs": 3}
@@ -130,7 +134,7 @@ def _candidates(problem: Problem, family: str, ref: DenseCurvature) -> list[tupl
             out.append(("lbfgs", dict(lr=lr, memory=memory, gamma=g0)))
     else:
         raise ValueError(f"family: expected one of {', '.join(FAMILIES)}, got {family!r}")
-    return out
+    return out + generate_trajectory_settings(problem, family, DRAWN, seed=0)
 
 
 @dataclasses.dataclass(frozen=True)
