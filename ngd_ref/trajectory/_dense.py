@@ -149,6 +149,8 @@ class StepLog:
         det_ratio: `det / (a11 a22)` of the eq. 27 system (`momentum_qm`, when formed).
         alpha: the coefficient of `Delta_k` (K-FAC).
         beta: the coefficient of `d_{k-1}` (K-FAC).
+        undefined: why the step's linear algebra is undefined by PROTOCOL s4/s10 (e.g. eq.
+            24's pi with a factor of zero trace), "" when it is defined.
     """
 
     k: int
@@ -165,6 +167,7 @@ class StepLog:
     det_ratio: Any = None
     alpha: Any = None
     beta: Any = None
+    undefined: str = ""
 
     def describe(self) -> str:
         """The events of the step in words, e.g. `step 3: inverse refresh, damping increase`."""
@@ -376,6 +379,9 @@ class _Runner:
                 factors = list(self.average)
             self.solver = (factors, self.lam, self._kfac_condition(factors, self.lam))
             events.append(Event.INVERSE)
+            if DampingMethod(hyper["damping_method"]) is DampingMethod.FACTORED and not all(
+                    np.trace(self.f64(a)) > 0 and np.trace(self.f64(s)) > 0 for a, s in factors):
+                log["undefined"] = "eq. 24's pi: a K-FAC factor has zero trace"
         factors, lam_solve, condition = self.solver
         log["condition"] = condition
         delta = self._kfac_solve(factors, g, lam_solve, hyper["damping_method"])

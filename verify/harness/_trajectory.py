@@ -165,6 +165,8 @@ def _finite(run: Trajectory) -> bool:
 def _ambiguity(nominal: StepLog, shifted: StepLog, factor: float, rtol: float,
                eps: float) -> str:
     """Why the decisions of one step are not resolvable (empty when they are)."""
+    if nominal.undefined:
+        return f"undefined: {nominal.undefined}"
     if nominal.events != shifted.events:
         return "the events change between two starts a rounding apart"
     if nominal.min_eigenvalue is not None and not nominal.min_eigenvalue > rtol:
