@@ -237,3 +237,27 @@ def test_numpy_port_follows_the_reference_on_drawn_settings(data):
     port = NumpyPort().optimizer_trajectory(problem, batches, method, dict(hyper))
     errors = np.linalg.norm(np.asarray(port) - run.float64(), axis=1)
     assert np.all(errors <= tolerances), (family, hyper, errors, tolerances)
+
+
+# -- the JAX twin and ngd-ref-jax -------------------------------------------------------------
+@pytest.mark.slow
+def test_ngd_ref_jax_claims_and_passes_trajectories():
+    """float32 in the core suite (the float64 adapter: 49/49 on the quick zoo, docs)."""
+    adapter = "verify.adapters.ngd_ref_jax:NgdRefJaxFloat32"
+    assert "optimizer_trajectory" in load_adapter("ngd-ref-jax").capabilities
+    results = _run(adapter)
+    assert len(results) == len(FAMILIES)
+    assert all(r.status is Status.PASS for r in results), [r.message for r in results]
+
+
+def test_jax_twin_takes_the_reference_decisions():
+    pytest.importorskip("jax")
+    import verify.adapters.ngd_ref_jax  # noqa: F401  (enables float64 in JAX, as the adapter does)
+    from ngd_ref.jax import trajectory_jax
+
+    batches = _batches(TINY, 3)
+    for method, hyper in SETTINGS.items():
+        twin = trajectory_jax(TINY, batches, method, hyper)
+        ref = trajectory(TINY, batches, method, hyper)
+        assert [s.events for s in twin.steps] == [s.events for s in ref.steps], method
+        np.testing.assert_allclose(twin.float64(), ref.float64(), rtol=0, atol=1e-11)
