@@ -204,6 +204,13 @@ class Trajectory:
         return sum(event in s.events for s in self.steps)
 
 
+def _condition(matrix: np.ndarray) -> float:
+    """2-norm condition number in float64 (inf for a non-finite matrix: LAPACK must not see it)."""
+    if not np.all(np.isfinite(matrix)):
+        return math.inf
+    return float(np.linalg.cond(matrix))
+
+
 def _check_hyper(method: Method, hyper: Mapping[str, Any]) -> None:
     missing = [k for k in HYPER_KEYS[method] if k not in hyper]
     if missing:
@@ -287,7 +294,10 @@ class _Runner:
         return ref.gradient @ d + (d @ (self.damped(self.curvature(ref), self.lam) @ d)) / 2
 
     def min_eigenvalue(self, matrix: np.ndarray) -> float:
-        values = np.linalg.eigvalsh(self.f64(matrix))
+        matrix = self.f64(matrix)
+        if not np.all(np.isfinite(matrix)):
+            return -math.inf
+        values = np.linalg.eigvalsh(matrix)
         return float(values[0] / max(np.max(np.abs(values)), np.finfo(np.float64).tiny))
 
     def magnitudes(self, ref: DenseCurvature) -> tuple[float, float, float]:
@@ -349,13 +359,13 @@ class _Runner:
     # -- the methods -----------------------------------------------------------------------
     def _damped_newton(self, k, ref, g, events, log) -> np.ndarray:
         system = self.damped(self.curvature(ref), self.lam)
-        log["condition"] = float(np.linalg.cond(self.f64(system)))
+        log["condition"] = _condition(self.f64(system))
         return -self.bk.scalar(self.hyper["lr"]) * self._solve(system, g)
 
     def _hessian_free(self, k, ref, g, events, log) -> np.ndarray:
         bk, hyper = self.bk, self.hyper
         system = self.damped(self.curvature(ref), self.lam)
-        log["condition"] = float(np.linalg.cond(self.f64(system)))
+        log["condition"] = _condition(self.f64(system))
         log["min_eigenvalue"] = self.min_eigenvalue(system)
         start = bk.scalar(hyper["cg_warm_start"]) * self.p_prev
         p = self._cg(system, -g, start, int(hyper["cg_iters"]))
@@ -428,7 +438,7 @@ class _Runner:
             else:
                 a_d, s_d = damped_factors(a, s, lam, backend=self.bk)
                 block = np.kron(self.f64(a_d), self.f64(s_d))
-            worst = max(worst, float(np.linalg.cond(block)))
+            worst = max(worst, _condition(block))
         return worst
 
     def _shampoo(self, k, ref, g, events, log) -> np.ndarray:
@@ -446,8 +456,8 @@ class _Runner:
             roots = [(self._root(lm, eps), self._root(rm, eps)) for lm, rm in self.left]
             eye = np.eye
             condition = max(
-                float(np.linalg.cond(self.f64(lm) + eps * eye(lm.shape[0])))
-                + float(np.linalg.cond(self.f64(rm) + eps * eye(rm.shape[0])))
+                _condition(self.f64(lm) + eps * eye(lm.shape[0]))
+                + _condition(self.f64(rm) + eps * eye(rm.shape[0]))
                 for lm, rm in self.left)
             self.roots = (roots, condition)
             events.append(Event.ROOT)
@@ -473,7 +483,7 @@ class _Runner:
         if self.pairs:
             h = inverse_bfgs_matrix([self.f64(s) for s in s_list], [self.f64(y) for y in y_list],
                                     float(gamma), n=self.n)
-            log["condition"] = float(np.linalg.cond(h))
+            log["condition"] = _condition(h)
         direction = self._two_loop(g, s_list, y_list, gamma)
         return -bk.scalar(self.hyper["lr"]) * direction
 
