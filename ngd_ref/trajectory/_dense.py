@@ -138,6 +138,9 @@ class StepLog:
             scale of the loss's rounding error (log-sum-exp cancellation grows with |z|).
         gradient_cancellation: `||c sum_b |J_b|^T |dL/dz_b| || / ||g_k||` (>= 1): how much the
             gradient cancels (its rounding error is relative to the numerator).
+        exponent_range: `2 max |s_l|` over layers and examples at `theta_k` on batch k
+            (float64): a bound on every exponential's argument (a max-shifted softmax's
+            spread included), for the harness's range test of the port's dtype.
         condition: condition number of the step's linear algebra (float64): `C_k + lambda_k I`
             (Newton, HF), the damped K-FAC blocks in use, `L + eps I` and `R + eps I`
             (Shampoo), the dense `H_k` (L-BFGS).
@@ -160,6 +163,7 @@ class StepLog:
     model: Any = None
     loss_magnitude: float = 0.0
     gradient_cancellation: float = 1.0
+    exponent_range: float = 0.0
     condition: float = 1.0
     min_eigenvalue: float | None = None
     pair_curvature: Any = None
@@ -311,6 +315,10 @@ class _Runner:
         loss_mag = c * (sum(values) + float(np.sum(np.abs(self.f64(ref.outputs)))))
         return loss_mag, float(np.linalg.norm(mag_g)), float(np.linalg.norm(self.f64(ref.gradient)))
 
+    def exponent_range(self, ref: DenseCurvature) -> float:
+        """`2 max |s_l|` over layers and examples (float64)."""
+        return 2 * max(float(np.max(np.abs(self.f64(s)))) for t in ref.traces for s in t.s)
+
     # -- the step --------------------------------------------------------------------------
     def step(self, k: int) -> StepLog:
         hyper = self.hyper
@@ -318,7 +326,8 @@ class _Runner:
         g = ref.gradient
         loss_mag, mag_g, norm_g = self.magnitudes(ref)
         log: dict[str, Any] = {"k": k, "damping": self.lam, "loss_magnitude": loss_mag,
-                               "gradient_cancellation": max(1.0, mag_g / max(norm_g, 1e-300))}
+                               "gradient_cancellation": max(1.0, mag_g / max(norm_g, 1e-300)),
+                               "exponent_range": self.exponent_range(ref)}
         events: list[Event] = []
         d = getattr(self, f"_{self.method.value}")(k, ref, g, events, log)
         if self.perturb is not None:

@@ -103,6 +103,10 @@ class _JaxRunner(_Runner):
         """Not needed by a port's trajectory (only by the harness's ambiguity test)."""
         return 0.0, 0.0, 1.0
 
+    def exponent_range(self, ref: Any) -> float:
+        """Not needed by a port's trajectory (only by the harness's range test)."""
+        return 0.0
+
     def _solve(self, system, rhs):
         return self._host(jnp.linalg.solve(self._jnp(system), self._jnp(rhs)))
 

@@ -234,13 +234,13 @@ def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
                                                             dtype)
     except ValueError as exc:
         return f"the reference cannot run it ({exc})"
-    # every exp and log of the loss must stay inside the port's range (softmax probabilities
-    # underflow, exp(z) overflows): the summed magnitudes c^-1 sum_b (|L_b| + ||z_b||_1) bound
-    # their arguments
+    # every exp and log must stay inside the port's range (a softmax probability underflows to
+    # 0, exp(z) overflows): the losses' summed magnitudes c^-1 sum_b (|L_b| + ||z_b||_1) and
+    # twice the largest pre-activation bound their arguments; -log(tiny) is the smaller end
     c = 1.0 / problem.batch_size if problem.reduction == "mean" else 1.0
-    exponent_range = math.log(float(np.finfo(np.dtype(dtype)).max))
-    if any(s.loss_magnitude / c > exponent_range for s in nominal.steps):
-        return f"the losses leave the exponent range of {dtype}"
+    exponent_range = -math.log(float(np.finfo(np.dtype(dtype)).tiny))
+    if any(max(s.loss_magnitude / c, s.exponent_range) > exponent_range for s in nominal.steps):
+        return f"the exponentials leave the range of {dtype}"
     rtol = rounding_rtol(dtype, length=max(problem.n_params, problem.batch_size
                                            * problem.output_dim), depth=len(problem.layers) + 2)
     divergences = np.linalg.norm(nominal.float64() - shifted.float64(), axis=1)
