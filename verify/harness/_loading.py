@@ -53,6 +53,7 @@ CAPABILITIES: tuple[str, ...] = (
     "shampoo_direction",
     "lowrank_ggn_update",
     "lbfgs_step",  # protocol extension (docs/protocol.md "Extensions")
+    "optimizer_trajectory",  # PROTOCOL s10
 )
 
 
