@@ -42,6 +42,9 @@ class CheckResult:
         error: measured error (see `verify._tolerance`), or None.
         tolerance: the threshold it was held to, or None.
         message: one line: what was compared, the equation it comes from, why it failed.
+        power: for a statistical check, the smallest effect it detects with probability 0.99
+            (PROTOCOL s11: the relative bias `delta` for a mean test); None otherwise.
+        statistics: for a statistical check, its design (draws, calls, blocks, levels).
     """
 
     check: str
@@ -51,11 +54,13 @@ class CheckResult:
     error: float | None = None
     tolerance: float | None = None
     message: str = ""
+    power: float | None = None
+    statistics: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The protocol's JSON object (non-finite errors are written as null)."""
         error = self.error if self.error is None or math.isfinite(self.error) else None
-        return {
+        out = {
             "check": self.check,
             "capability": self.capability,
             "problem": self.problem,
@@ -64,6 +69,11 @@ class CheckResult:
             "tolerance": self.tolerance,
             "message": self.message,
         }
+        if self.power is not None:  # extension keys, statistical checks only (PROTOCOL s11)
+            out["power"] = self.power if math.isfinite(self.power) else None
+        if self.statistics is not None:
+            out["statistics"] = self.statistics
+        return out
 
 
 @dataclasses.dataclass

@@ -47,6 +47,11 @@ CAPABILITIES: tuple[str, ...] = (
     "shampoo_direction",
     "lowrank_ggn_update",
     "lbfgs_step",  # protocol extension (docs/protocol.md "Extensions")
+    "mc_fisher",  # PROTOCOL s11 (verify.harness._sampled)
+    "mc_fisher_vp",
+    "mc_fisher_diag",
+    "mc_kfac_factors",
+    "hutchinson_trace",
 )
 
 
