@@ -1,7 +1,8 @@
 """Checks of exact curvature diagonals (PROTOCOL s5).
 
-`hessian_diag`, `ggn_diag`, `empirical_fisher_diag`: against `diag(C)` of the dense reference,
-tolerance `Budget.rtol` relative to `||diag(MAG(C))||`; repeated calls identical.
+`hessian_diag`, `ggn_diag`, `empirical_fisher_diag`, `fisher_diag` (s13): against `diag(C)` of
+the dense reference, tolerance `Budget.rtol` relative to `||diag(MAG(C))||`; repeated calls
+identical.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ DIAGONALS = {
     "hessian_diag": "hessian",
     "ggn_diag": "ggn",
     "empirical_fisher_diag": "empirical_fisher",
+    "fisher_diag": "fisher",  # PROTOCOL s13
 }
 
 

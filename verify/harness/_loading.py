@@ -52,6 +52,11 @@ CAPABILITIES: tuple[str, ...] = (
     "mc_fisher_diag",
     "mc_kfac_factors",
     "hutchinson_trace",
+    "fisher_diag",  # PROTOCOL s13 (verify.harness._s13, _diagonals)
+    "per_example_gradients",
+    "kfac_factors_separate",
+    "top_eigenpairs",
+    "trace",
 )
 
 
