@@ -49,7 +49,7 @@ import functools
 import math
 
 import numpy as np
-from scipy.stats import binom
+from scipy.special import betainc
 
 from verify._tolerance import FALSE_POSITIVE_RATE
 
@@ -81,8 +81,13 @@ _CHEBYSHEV_SHARE = 0.9
 
 
 def majority_tail(blocks: int, p: float) -> float:
-    """`P(Binomial(blocks, p) >= ceil(blocks / 2))`: the level of a median of `blocks` blocks."""
-    return float(binom.sf(math.ceil(blocks / 2) - 1, blocks, p))
+    """`P(Binomial(blocks, p) >= ceil(blocks / 2))`: the level of a median of `blocks` blocks.
+
+    Computed as the regularized incomplete beta function `I_p(k, K - k + 1)`, `k = ceil(K/2)`
+    (the binomial tail identity).
+    """
+    k = math.ceil(blocks / 2)
+    return float(betainc(k, blocks - k + 1, p))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -91,7 +96,7 @@ def block_level(blocks: int, level: float) -> float:
     lo, hi = 0.0, 0.5
     if majority_tail(blocks, hi) <= level:
         return hi
-    for _ in range(100):
+    for _ in range(60):
         mid = (lo + hi) / 2
         if majority_tail(blocks, mid) <= level:
             lo = mid
