@@ -348,15 +348,9 @@ def _validate_report(data):
     assert isinstance(data["adapter"], str) and data["dtype"] in ("float64", "float32")
     assert isinstance(data["devices"], int)
     for r in data["results"]:
-        assert set(r) == {
-            "check",
-            "capability",
-            "problem",
-            "status",
-            "error",
-            "tolerance",
-            "message",
-        }
+        protocol = {"check", "capability", "problem", "status", "error", "tolerance", "message"}
+        # PROTOCOL s6's keys, plus the statistical checks' extension keys (s11)
+        assert protocol <= set(r) <= protocol | {"power", "statistics"}
         assert all(isinstance(r[k], str) for k in ("check", "capability", "problem", "message"))
         assert r["status"] in ("pass", "fail", "skip", "error")
         assert all(r[k] is None or isinstance(r[k], float | int) for k in ("error", "tolerance"))

@@ -132,7 +132,7 @@ class BlockDesign:
 
 
 @functools.lru_cache(maxsize=256)
-def block_design(entries: int, *, calls_per_block: int = 16,
+def block_design(entries: int, *, calls_per_block: int = 8,
                  false_positive_rate: float = FALSE_POSITIVE_RATE) -> BlockDesign:
     """The K minimizing `K / p` for `entries + 1` mean tests at their share of the level."""
     mean_level = MEAN_SHARE * false_positive_rate / (entries + 1)

@@ -46,7 +46,7 @@ __all__ = ["MAX_DRAWS", "SAMPLED_CHECKS", "call_seeds", "kfac_split"]
 
 #: total draws per check (all calls together); Hutchinson's probes are one matvec each
 MAX_DRAWS = 2**21
-MAX_PROBES = 2**15
+MAX_PROBES = 2**14
 _SEED_STEP = 104729  # odd: j -> (base + step (j + 1)) mod 2^31 is injective
 
 
