@@ -192,3 +192,15 @@ def test_sampling_mutants_are_killed_by_the_expected_test(name, capability, prob
     results = _statuses(MUTANTS[name].adapter_class(), capability, problem)
     failed = [r.check for r in results if r.status is Status.FAIL]
     assert any(c.startswith(check) for c in failed), failed
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_jax_adapter_passes_the_sampled_and_s13_checks(dtype):
+    from verify.adapters.ngd_ref_jax import NgdRefJax, NgdRefJaxFloat32
+
+    port = NgdRefJax() if dtype == "float64" else NgdRefJaxFloat32()
+    for capability in ("mc_fisher_diag", "mc_kfac_factors", "per_example_gradients",
+                       "fisher_diag", "kfac_factors_separate", "hutchinson_trace"):
+        results = _statuses(port, capability, SOFTMAX_SUM)
+        assert results and all(r.status in (Status.PASS, Status.SKIP) for r in results), [
+            (r.check, r.message) for r in results if r.status not in (Status.PASS, Status.SKIP)]

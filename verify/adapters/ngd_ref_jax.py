@@ -27,6 +27,7 @@ import numpy as np
 
 from ngd_ref import Problem
 from ngd_ref import jax as nj
+from verify.adapters._ngd_ref_jax_sampled import SampledJaxMixin
 
 __all__ = ["NgdRefJax", "NgdRefJaxFloat32"]
 
@@ -106,7 +107,7 @@ def _cg_host(b, x0, tol, maxiter, *, history: int, preconditioned: bool):
                        history=history).x
 
 
-class NgdRefJax:
+class NgdRefJax(SampledJaxMixin):
     """`ngd_ref.jax` in float64 through PROTOCOL section 5."""
 
     name = "ngd-ref-jax"

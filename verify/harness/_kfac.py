@@ -55,8 +55,9 @@ def factor_split(actual, desired: np.ndarray) -> str:
     """Describe the scalar `k` of `actual ~ k desired` (least squares), e.g. `k = 1`."""
     try:
         a = np.asarray(actual, dtype=np.float64)
-        k = float(np.sum(a * desired) / np.sum(desired * desired))
-    except (TypeError, ValueError, ZeroDivisionError, FloatingPointError):
+        norm2 = float(np.sum(desired * desired))
+        k = float(np.sum(a * desired)) / norm2 if norm2 > 0 else float("nan")
+    except (TypeError, ValueError):
         return "k undetermined"
     return f"k = {k:.6g}" if np.isfinite(k) else "k undetermined"
 
