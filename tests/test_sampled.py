@@ -7,6 +7,8 @@ factor split (must pass) and against buggy ports (must fail). Problems are the q
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -194,13 +196,30 @@ def test_sampling_mutants_are_killed_by_the_expected_test(name, capability, prob
     assert any(c.startswith(check) for c in failed), failed
 
 
+def test_the_jax_adapter_passes_a_sampled_and_the_s13_checks():
+    from verify.adapters.ngd_ref_jax import NgdRefJaxFloat32
+
+    port = NgdRefJaxFloat32()
+    for capability in ("mc_fisher_diag", "per_example_gradients", "fisher_diag",
+                       "kfac_factors_separate", "hutchinson_trace"):
+        results = _statuses(port, capability, SOFTMAX_SUM)
+        assert results and all(r.status in (Status.PASS, Status.SKIP) for r in results), [
+            (r.check, r.message) for r in results if r.status not in (Status.PASS, Status.SKIP)]
+
+
+JAX_ALL = SAMPLED + S13
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("NGD_VERIFY_SLOW"),
+                    reason="compiles every s11/s13 method per problem (minutes): tox -e sampled")
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_the_jax_adapter_passes_the_sampled_and_s13_checks(dtype):
+@pytest.mark.parametrize("problem", list(QUICK.values()), ids=list(QUICK))
+def test_the_jax_adapter_passes_every_sampled_and_s13_check(dtype, problem):
     from verify.adapters.ngd_ref_jax import NgdRefJax, NgdRefJaxFloat32
 
     port = NgdRefJax() if dtype == "float64" else NgdRefJaxFloat32()
-    for capability in ("mc_fisher_diag", "mc_kfac_factors", "per_example_gradients",
-                       "fisher_diag", "kfac_factors_separate", "hutchinson_trace"):
-        results = _statuses(port, capability, SOFTMAX_SUM)
+    for capability in JAX_ALL:
+        results = _statuses(port, capability, problem)
         assert results and all(r.status in (Status.PASS, Status.SKIP) for r in results), [
             (r.check, r.message) for r in results if r.status not in (Status.PASS, Status.SKIP)]
