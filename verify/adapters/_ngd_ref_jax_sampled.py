@@ -1,10 +1,11 @@
 """`ngd-ref-jax`'s sampled estimators (PROTOCOL s11) and s13 capabilities, as a mixin.
 
 Each method translates the problem (`ngd_ref.jax.from_problem`, the adapter's dtype) and calls
-the JAX twin: `ngd_ref.sampled._jax` (MC Fisher dense and diagonal, targets- and
-sketch-sampled K-FAC `S_l`, per-example gradients, Lanczos), `ngd_ref.jax.mc_fisher_vp`,
-`ngd_ref.jax.fisher_diag`, `ngd_ref.jax.kfac_factors` (the exact `A_l`). The PRNG key is
-`jax.random.PRNGKey(seed)`. `top_eigenpairs` runs Lanczos on the JAX curvature operator.
+the JAX twin (`ngd_ref/sampled/_jax.py`, re-exported by `ngd_ref.jax`: MC Fisher dense and
+diagonal, targets- and sketch-sampled K-FAC `S_l`, per-example gradients, Lanczos),
+`ngd_ref.jax.mc_fisher_vp`, `ngd_ref.jax.fisher_diag` and `ngd_ref.jax.kfac_factors` (the
+exact `A_l`). The PRNG key is `jax.random.PRNGKey(seed)`. `top_eigenpairs` runs Lanczos on the
+JAX curvature operator.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 
 from ngd_ref import Problem
 from ngd_ref import jax as nj
-from ngd_ref.sampled import _jax as sj
 
 __all__ = ["SampledJaxMixin"]
 
@@ -34,13 +34,13 @@ class SampledJaxMixin:
     def mc_fisher(self, problem: Problem, num_samples: int, seed: int) -> np.ndarray:
         """`c sum_b (1/S) sum_s gh gh^T`."""
         objective, theta, batch = self._flat(problem)
-        return np.asarray(sj.mc_fisher(objective, problem.layers, theta, batch.inputs,
+        return np.asarray(nj.mc_fisher(objective, problem.layers, theta, batch.inputs,
                                        jax.random.PRNGKey(seed), int(num_samples)))
 
     def mc_fisher_diag(self, problem: Problem, num_samples: int, seed: int) -> np.ndarray:
         """Its diagonal."""
         objective, theta, batch = self._flat(problem)
-        return np.asarray(sj.mc_fisher_diag(objective, problem.layers, theta, batch.inputs,
+        return np.asarray(nj.mc_fisher_diag(objective, problem.layers, theta, batch.inputs,
                                             jax.random.PRNGKey(seed), int(num_samples)))
 
     def mc_fisher_vp(self, problem: Problem, v: Any, num_samples: int, seed: int) -> np.ndarray:
@@ -56,7 +56,7 @@ class SampledJaxMixin:
         if estimator not in ("targets", "sketch"):
             raise ValueError(f"estimator: expected 'targets' or 'sketch', got {estimator!r}")
         objective, theta, batch = self._flat(problem)
-        s = sj.mc_kfac_s(objective, problem.layers, theta, batch.inputs,
+        s = nj.mc_kfac_s(objective, problem.layers, theta, batch.inputs,
                          jax.random.PRNGKey(seed), int(num_samples), estimator == "sketch")
         exact = nj.kfac_factors(problem, "fisher", dtype=self.dtype)
         return [(np.asarray(a), np.asarray(sl)) for (a, _), sl in zip(exact, s, strict=True)]
@@ -78,7 +78,7 @@ class SampledJaxMixin:
     def per_example_gradients(self, problem: Problem) -> np.ndarray:
         """Rows `grad_theta L(y_b, f(x_b))` (vmapped gradients)."""
         objective, theta, batch = self._flat(problem)
-        return np.asarray(sj.per_example_gradients(objective, problem.layers, theta,
+        return np.asarray(nj.per_example_gradients(objective, problem.layers, theta,
                                                    batch.inputs, batch.targets))
 
     def kfac_factors_separate(self, problem: Problem, kind: str, approx: str = "expand"):
@@ -111,6 +111,6 @@ def _lanczos(objective, layers, curvature: str, dtype: str):
         def matvec(q):
             return nj.canonical_vector(op(nj.mlp_params(layers, q)))
 
-        return sj.lanczos(matvec, n, key, jnp.dtype(dtype))
+        return nj.lanczos(matvec, n, key, jnp.dtype(dtype))
 
     return run

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ngd_ref.kfac._dense import kfac_factors, kfac_magnitudes
+from ngd_ref.dense import kfac_factors, kfac_magnitudes
 from verify._report import Status
 from verify.harness._context import CheckContext
 from verify.harness._kfac import KINDS, factor_split

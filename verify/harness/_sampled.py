@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ngd_ref.kfac._dense import kfac_factors, kfac_magnitudes
+from ngd_ref.dense import kfac_factors, kfac_magnitudes
 from ngd_ref.sampled import Estimator, estimator_entries, estimator_moments, hutchinson_moments
 from verify._report import CheckResult, Status
 from verify._statistics import (
