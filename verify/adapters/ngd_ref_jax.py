@@ -52,6 +52,7 @@ from ngd_ref import Problem
 from ngd_ref import jax as nj
 from verify._tolerance import unit_roundoff
 from verify.adapters._jax_frames import Embedded, FramePlan
+from verify.adapters._ngd_ref_jax_sampled import SampledJaxMixin
 from verify.adapters._ngd_ref_jax_trajectory import TrajectoryJax
 
 __all__ = ["NgdRefJax", "NgdRefJaxFloat32"]
@@ -217,7 +218,7 @@ def _in_x64(cls: type) -> type:
 
 
 @_in_x64
-class NgdRefJax(TrajectoryJax):
+class NgdRefJax(TrajectoryJax, SampledJaxMixin):
     """`ngd_ref.jax` in float64 through PROTOCOL section 5.
 
     Args:

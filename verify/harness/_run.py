@@ -45,6 +45,8 @@ from verify.harness._loading import CAPABILITIES, LoadedAdapter, load_adapter
 from verify.harness._matrices import check_gradient, check_loss, check_matrix
 from verify.harness._methods import METHOD_CHECKS
 from verify.harness._products import PRODUCTS, check_product
+from verify.harness._s13 import S13_CHECKS
+from verify.harness._sampled import SAMPLED_CHECKS
 from verify.harness._trajectory import check_optimizer_trajectory
 from verify.harness._updates import check_damped_update
 
@@ -73,6 +75,8 @@ CHECKS: dict[str, CheckFn] = {
     "cg": check_cg,
     **METHOD_CHECKS,
     "optimizer_trajectory": check_optimizer_trajectory,
+    **SAMPLED_CHECKS,
+    **S13_CHECKS,
 }
 assert set(CHECKS) == set(CAPABILITIES), "every capability needs a check function"
 

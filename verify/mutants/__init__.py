@@ -69,6 +69,7 @@ class BugClass(str, enum.Enum):
     LOSS_HESSIAN = "loss-Hessian arithmetic"
     SEED_METHODS = "seed 004 second-order methods"
     OPTIMIZER_STATE = "optimizer state and schedules"
+    SAMPLING = "Monte Carlo sampling"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +101,8 @@ MUTANTS: dict[str, Mutant] = {}
 CONTROLS: tuple[type, ...] = (NumpyPort, NumpyPort32)
 
 CORPUS_MODULES: tuple[str, ...] = ("verify.mutants._corpus", "verify.mutants.seed_methods",
-                                   "verify.mutants._corpus_trajectory")
+                                   "verify.mutants._corpus_trajectory",
+                                   "verify.mutants.sampling")
 
 
 def register_mutant(
