@@ -131,12 +131,15 @@ def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 
     prepared = prepared or prepare(problems, devices=devices)
     prepared.wait()
     advance = progress or (lambda label: None)
+    loaded = [(load_adapter(adapter), capabilities, dtype, suffix)
+              for adapter, capabilities, dtype, suffix in prepared.runs]
     results: list[CheckResult] = []
-    for adapter, capabilities, dtype, suffix in prepared.runs:
-        report = run_checks(load_adapter(adapter), problems, seed=seed,
-                            capabilities=capabilities, advance=advance)
-        results += [dataclasses.replace(r, check=f"jax_{r.check}_{dtype}{suffix}")
-                    for r in report.results if r.capability in capabilities]
+    for problem in problems:  # problem-major: the reference is built once per problem
+        for adapter, capabilities, dtype, suffix in loaded:
+            report = run_checks(adapter, [problem], seed=seed, capabilities=capabilities,
+                                advance=advance)
+            results += [dataclasses.replace(r, check=f"jax_{r.check}_{dtype}{suffix}")
+                        for r in report.results if r.capability in capabilities]
     return results
 
 

@@ -161,8 +161,8 @@ def _host_operators(matvec: Callable, precond: Callable | None, n: int) -> Itera
     """Expose the caller's operators on padded vectors: an identity block beyond `n`."""
     def padded(function: Callable) -> Callable[[np.ndarray], np.ndarray]:
         def apply(v: np.ndarray) -> np.ndarray:
-            out = np.array(v, dtype=np.float64)
-            out[:n] = np.asarray(function(out[:n].copy()), dtype=np.float64)
+            out = np.array(v, dtype=np.float64)  # an owned copy: the caller may keep `v[:n]`
+            out[:n] = np.asarray(function(out[:n]), dtype=np.float64)
             return out
         return apply
 
@@ -176,7 +176,7 @@ def _host_operators(matvec: Callable, precond: Callable | None, n: int) -> Itera
 
 
 def _host_call(name: str, v: np.ndarray) -> np.ndarray:
-    return np.asarray(_HOST[name](np.array(v)), dtype=v.dtype)
+    return np.asarray(_HOST[name](v), dtype=v.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("history", "preconditioned"),
@@ -234,6 +234,7 @@ class NgdRefJax:
         if devices > 1:
             self.name = f"{type(self).name}-sharded{devices}"
         self._cache: dict[tuple[int, str, bool], dict[str, np.ndarray]] = {}
+        self._device: dict[int, tuple[Embedded, Any, nj.Batch]] = {}
 
     # -- translation ---------------------------------------------------------------------------
     def _prepared(self, problem: Problem) -> tuple[nj.Objective, Any, nj.Batch]:
@@ -244,10 +245,12 @@ class NgdRefJax:
         return jax.tree.map(lambda leaf: jnp.asarray(leaf, self.dtype), tree)
 
     def _framed(self, problem: Problem) -> tuple[Embedded, Any, nj.Batch]:
-        """The problem's embedding and its universal params and batch in this dtype."""
+        """The problem's embedding and its universal params and batch in this dtype (cached)."""
         e = self._plan.embedded(problem)
-        batch = nj.Batch(*self._cast((e.inputs, e.targets, e.weights)))
-        return e, self._cast(e.params), batch
+        if id(e) not in self._device:
+            batch = nj.Batch(*self._cast((e.inputs, e.targets, e.weights)))
+            self._device[id(e)] = (e, self._cast(e.params), batch)
+        return self._device[id(e)]
 
     def _run(self, kernel: Any, *args: Any, mesh: Any) -> Any:
         """`kernel(*args, mesh=mesh)` on the host (sharded programs one at a time)."""
@@ -270,7 +273,8 @@ class NgdRefJax:
     def _product(self, kind: str, problem: Problem, v: Any) -> np.ndarray:
         e, params, batch = self._framed(problem)
         out = self._run(_products, e.frame.objective, params, batch,
-                        self._vector(e.flat(np.asarray(v, dtype=np.float64))), mesh=self._mesh)
+                        e.flat(np.asarray(v, dtype=np.float64)).astype(self.dtype),
+                        mesh=self._mesh)
         return e.own(out[kind])
 
     def _own(self, problem: Problem, kernel: Any, key: str, sharded: bool = True) -> np.ndarray:
@@ -341,7 +345,7 @@ class NgdRefJax:
     def damped_update(self, problem: Problem, curvature: str, damping: float) -> np.ndarray:
         """`-(C + damping I)^{-1} grad h` by `cg_solve` on the linearized operator."""
         e, params, batch = self._framed(problem)
-        x = self._run(_damped, e.frame.objective, params, batch, self._cast(e.mask),
+        x = self._run(_damped, e.frame.objective, params, batch, e.mask.astype(self.dtype),
                       jnp.asarray(_KINDS.index(curvature), jnp.int32),
                       jnp.asarray(damping, self.dtype), mesh=self._mesh)
         return e.own(x)
