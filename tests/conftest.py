@@ -23,3 +23,37 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+class Battery:
+    """Identity results memoized per (identity, problem) for the whole test session.
+
+    `run(problems, identities)` computes the missing results problem-major, so each problem's
+    dense reference (`ngd_ref.dense.dense` keeps the last 16) is built once rather than once
+    per identity, and a result several test files need (the quick zoo's battery) is computed
+    once per session (per worker under xdist).
+    """
+
+    def __init__(self):
+        self._memo = {}
+
+    def run(self, problems, identities):
+        """`{(identity name, problem name): results}` (`run_identity`'s, [] if not applicable)."""
+        from threadpoolctl import threadpool_limits
+
+        from verify.battery import run_identity
+
+        with threadpool_limits(limits=1, user_api="blas"):  # as `run_battery` does
+            for problem in problems:
+                for ident in identities:
+                    key = (ident.name, problem.name)
+                    if key not in self._memo:
+                        self._memo[key] = run_identity(ident, problem)
+        return {(i.name, p.name): self._memo[(i.name, p.name)]
+                for p in problems for i in identities}
+
+
+@pytest.fixture(scope="session")
+def battery():
+    """The session's `Battery`."""
+    return Battery()
