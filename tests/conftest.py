@@ -8,21 +8,23 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import jax  # noqa: E402 -- after XLA_FLAGS on purpose
+import jax  # noqa: E402, F401 -- after XLA_FLAGS on purpose
 import pytest  # noqa: E402
+
+from verify.adapters._x64 import x64 as x64_context  # noqa: E402
 
 
 @pytest.fixture
 def x64():
-    """Enable float64 in JAX for one test, restoring the previous setting afterwards.
+    """Enable float64 in JAX for one test (a thread-local context; nothing global changes).
 
     Modules that compare JAX with the float64 dense reference opt in with
-    `pytestmark = pytest.mark.usefixtures("x64")`.
+    `pytestmark = pytest.mark.usefixtures("x64")`. No library module flips the global flag
+    (the adapters run their methods in `verify.adapters._x64`'s context), so a test without
+    this fixture really computes in JAX's default 32 bits.
     """
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+    with x64_context():
+        yield
 
 
 class Battery:

@@ -28,8 +28,8 @@ identity block with zero right-hand side: exact zeros, so the iterates are uncha
 compiled once per (bucket, dtype, preconditioned).
 
 JAX's global state is left alone: every method runs inside `jax.enable_x64(True)` (a
-thread-local context), so float64 works without flipping the global flag; float32 arrays
-stay float32.
+thread-local context, `verify.adapters._x64`), so float64 works without flipping the global
+flag; float32 arrays stay float32.
 
 To extend (K-FAC, PROTOCOL s9 methods), add methods that call `self._prepared(problem)` for
 `(objective, params, batch)` and return numpy arrays.
@@ -52,6 +52,7 @@ from ngd_ref import Problem
 from ngd_ref import jax as nj
 from verify._tolerance import unit_roundoff
 from verify.adapters._jax_frames import Embedded, FramePlan
+from verify.adapters._x64 import in_x64, x64
 
 __all__ = ["NgdRefJax", "NgdRefJaxFloat32"]
 
@@ -202,19 +203,7 @@ def _lbfgs_step(objective: nj.Objective, layers, params, batch, s_stack, y_stack
     return new, new - theta, moved - g
 
 
-def _in_x64(cls: type) -> type:
-    """Run every public method of `cls` inside `jax.enable_x64(True)` (thread-local)."""
-    for name, method in list(vars(cls).items()):
-        if callable(method) and not name.startswith("_"):
-            @functools.wraps(method)
-            def wrapped(self, *args, _method=method, **kwargs):
-                with jax.enable_x64(True):
-                    return _method(self, *args, **kwargs)
-            setattr(cls, name, wrapped)
-    return cls
-
-
-@_in_x64
+@in_x64
 class NgdRefJax:
     """`ngd_ref.jax` in float64 through PROTOCOL section 5.
 
@@ -478,5 +467,5 @@ class NgdRefJaxFloat32(NgdRefJax):
 
 @functools.lru_cache(maxsize=256)
 def _prepare(problem: Problem, dtype: str):
-    with jax.enable_x64(True):
+    with x64():
         return nj.from_problem(problem, dtype)
