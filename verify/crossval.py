@@ -151,7 +151,8 @@ def _enable_compilation_cache() -> None:
     import jax
 
     path = os.environ.get("NGD_VERIFY_CACHE", os.path.expanduser("~/.cache/ngd-verify/jax"))
-    if jax.config.jax_compilation_cache_dir or path == "off":
+    configured = getattr(jax.config, "jax_compilation_cache_dir")  # noqa: B009 (dynamic for mypy)
+    if configured or path == "off":
         return
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

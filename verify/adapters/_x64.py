@@ -26,9 +26,9 @@ def x64() -> contextlib.AbstractContextManager[Any]:
     enable = getattr(jax, "enable_x64", None)
     if callable(enable):
         return enable(True)
-    from jax.experimental import enable_x64  # JAX before the top-level context
+    import importlib
 
-    return enable_x64()
+    return importlib.import_module("jax.experimental").enable_x64()  # JAX before jax.enable_x64
 
 
 def in_x64(cls: T) -> T:

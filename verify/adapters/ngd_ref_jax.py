@@ -417,7 +417,8 @@ class NgdRefJax:
         dtype = stacks[0].dtype
         out = _lbfgs_step(objective, problem.layers, params, batch, *stacks,
                           jnp.asarray(lr, dtype), jnp.asarray(gamma, dtype))
-        return tuple(np.asarray(part) for part in out)
+        new, s, y = (np.asarray(part) for part in out)
+        return new, s, y
 
     def hutchinson_diag(self, matvec: Callable, n: int, num_samples: int, seed: int) -> np.ndarray:
         """`ngd_ref.jax.hutchinson_diag` on the caller's numpy `matvec` (host callback)."""
