@@ -32,9 +32,10 @@ def x64() -> contextlib.AbstractContextManager[Any]:
 
 
 def in_x64(cls: T) -> T:
-    """Run every public method defined by `cls` inside `x64()` (a class decorator)."""
-    for name, method in list(vars(cls).items()):
-        if callable(method) and not name.startswith("_"):
+    """Run every public method of `cls` (inherited ones too) inside `x64()` (a decorator)."""
+    for name in dir(cls):
+        method = getattr(cls, name)
+        if callable(method) and not name.startswith("_") and not isinstance(method, type):
             @functools.wraps(method)
             def wrapped(self: Any, *args: Any, _method: Any = method, **kwargs: Any) -> Any:
                 with x64():

@@ -52,6 +52,7 @@ from ngd_ref import Problem
 from ngd_ref import jax as nj
 from verify._tolerance import unit_roundoff
 from verify.adapters._jax_frames import Embedded, FramePlan
+from verify.adapters._ngd_ref_jax_trajectory import TrajectoryJax
 from verify.adapters._x64 import in_x64, x64
 
 __all__ = ["NgdRefJax", "NgdRefJaxFloat32"]
@@ -204,7 +205,7 @@ def _lbfgs_step(objective: nj.Objective, layers, params, batch, s_stack, y_stack
 
 
 @in_x64
-class NgdRefJax:
+class NgdRefJax(TrajectoryJax):
     """`ngd_ref.jax` in float64 through PROTOCOL section 5.
 
     Args:

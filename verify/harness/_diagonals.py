@@ -1,7 +1,7 @@
 """Checks of exact curvature diagonals (PROTOCOL s5).
 
 `hessian_diag`, `ggn_diag`, `fisher_diag` (PROTOCOL s13), `empirical_fisher_diag`: against
-`diag(C)` of the dense reference, tolerance `Budget.rtol` relative to `||diag(MAG(C))||`;
+`diag(C)` of the dense reference, tolerance `TolerancePolicy.rtol` relative to `||diag(MAG(C))||`;
 repeated calls identical.
 """
 
@@ -25,7 +25,7 @@ def check_diagonal(ctx: CheckContext) -> None:
     """`ctx.capability(problem)` equals the exact diagonal."""
     name = ctx.capability
     curvature = DIAGONALS[name]
-    b = ctx.budget
+    b = ctx.policy
     ctx.begin(f"{name}_matches_reference")
     value = ctx.port(name, ctx.problem)
     ctx.compare(
