@@ -10,6 +10,8 @@
 * The adapters share compilations across the problems of a frame.
 """
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +27,7 @@ _PROBLEMS = ("mlp-3x4x3-tanh-mse-b1", "mlp-3x4x3-tanh-softmax_cross_entropy-b1",
              "mlp-3x4x4-tanh-gaussian_logvar-b1")
 
 
-pytestmark = pytest.mark.usefixtures("x64")  # float64 JAX, see conftest
+pytestmark = pytest.mark.usefixtures("x64")  # float64 JAX (a context), see conftest
 
 
 def _system(n=8, seed=0):
@@ -146,3 +148,23 @@ def test_adapters_share_frames_across_problems():
     alone = NgdRefJax()
     alone.loss(problems[0])
     assert len(alone._plan.frames) == 1
+
+
+def _global_x64() -> bool:
+    """JAX's global flag, as a thread without this test's (x64 fixture) context sees it."""
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(bool(jax.config.jax_enable_x64)))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_adapters_leave_jax_global_x64_flag_alone():
+    """Importing and using the JAX adapters computes float64 inside, changes nothing outside."""
+    import verify.adapters._jax_model  # noqa: F401
+    import verify.adapters.optax_adapter  # noqa: F401
+
+    assert not _global_x64()
+    problem = zoo.get(_PROBLEMS[0])
+    assert NgdRefJax().gradient(problem).dtype == np.float64
+    assert not _global_x64()

@@ -42,8 +42,8 @@ CASES = [(i, p) for i in METHODS for p in QUICK if i.applies(p)]
 
 
 @pytest.mark.parametrize("identity, problem", CASES, ids=[f"{i.name}-{p.name}" for i, p in CASES])
-def test_identity_holds_on_quick_zoo(identity, problem):
-    results = identity.run(problem)
+def test_identity_holds_on_quick_zoo(battery, identity, problem):
+    results = battery.run([problem], [identity])[(identity.name, problem.name)]
     assert results
     for r in results:
         assert r.status == Status.PASS, r.message

@@ -131,12 +131,15 @@ def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 
     prepared = prepared or prepare(problems, devices=devices)
     prepared.wait()
     advance = progress or (lambda label: None)
+    loaded = [(load_adapter(adapter), capabilities, dtype, suffix)
+              for adapter, capabilities, dtype, suffix in prepared.runs]
     results: list[CheckResult] = []
-    for adapter, capabilities, dtype, suffix in prepared.runs:
-        report = run_checks(load_adapter(adapter), problems, seed=seed,
-                            capabilities=capabilities, advance=advance)
-        results += [dataclasses.replace(r, check=f"jax_{r.check}_{dtype}{suffix}")
-                    for r in report.results if r.capability in capabilities]
+    for problem in problems:  # problem-major: the reference is built once per problem
+        for adapter, capabilities, dtype, suffix in loaded:
+            report = run_checks(adapter, [problem], seed=seed, capabilities=capabilities,
+                                advance=advance)
+            results += [dataclasses.replace(r, check=f"jax_{r.check}_{dtype}{suffix}")
+                        for r in report.results if r.capability in capabilities]
     return results
 
 
@@ -148,7 +151,8 @@ def _enable_compilation_cache() -> None:
     import jax
 
     path = os.environ.get("NGD_VERIFY_CACHE", os.path.expanduser("~/.cache/ngd-verify/jax"))
-    if jax.config.jax_compilation_cache_dir or path == "off":
+    configured = getattr(jax.config, "jax_compilation_cache_dir")  # noqa: B009 (dynamic for mypy)
+    if configured or path == "off":
         return
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

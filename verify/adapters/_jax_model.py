@@ -5,6 +5,8 @@ Shared by the `optax` and `kfac-jax` adapters. Parameters are `[{"kernel": (n_in
 and the objective is `h = c sum_b L(y_b, z_b)` with the per-example losses of
 `ngd_ref._losses_jax` (PROTOCOL s2), `c = 1/B` or 1. Converting results back to the
 canonical layout goes through `ngd_ref.from_flax`, so no number is touched on the way.
+Float64 needs a 64-bit context (`verify.adapters._x64`; the adapters' methods run in one):
+this module leaves JAX's global flag alone.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from ngd_ref import Problem, from_flax, to_flax
 from ngd_ref._losses_jax import get_jax_loss
 
 __all__ = ["JaxModel", "activation", "jax_model"]
-
-jax.config.update("jax_enable_x64", True)
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:

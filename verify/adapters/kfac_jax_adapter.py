@@ -51,7 +51,8 @@ Loss conventions, with their documented constants (kfac-jax registration docstri
   `pi` absorbs `k`: `pi(A, k S) = pi(A, S) / sqrt(k)`).
 
 These constants are the only changes; a disagreement beyond them is a finding
-(docs/findings.md). Computation is in float64 (`jax_enable_x64`, set by `_jax_model`).
+(docs/findings.md). Computation is in float64 (the methods run in a 64-bit context,
+`verify.adapters._x64`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ import numpy as np
 
 from ngd_ref import Problem
 from verify.adapters._jax_model import JaxModel, activation, jax_model
+from verify.adapters._x64 import in_x64
 
 __all__ = ["KfacJax"]
 
@@ -95,6 +97,7 @@ class _Setup:
     weight: float
 
 
+@in_x64
 class KfacJax:
     """kfac-jax's curvature estimators as a port (float64)."""
 

@@ -28,8 +28,8 @@ identity block with zero right-hand side: exact zeros, so the iterates are uncha
 compiled once per (bucket, dtype, preconditioned).
 
 JAX's global state is left alone: every method runs inside `jax.enable_x64(True)` (a
-thread-local context), so float64 works without flipping the global flag; float32 arrays
-stay float32.
+thread-local context, `verify.adapters._x64`), so float64 works without flipping the global
+flag; float32 arrays stay float32.
 
 To extend (K-FAC, PROTOCOL s9 methods), add methods that call `self._prepared(problem)` for
 `(objective, params, batch)` and return numpy arrays.
@@ -54,6 +54,7 @@ from verify._tolerance import unit_roundoff
 from verify.adapters._jax_frames import Embedded, FramePlan
 from verify.adapters._ngd_ref_jax_sampled import SampledJaxMixin
 from verify.adapters._ngd_ref_jax_trajectory import TrajectoryJax
+from verify.adapters._x64 import in_x64, x64
 
 __all__ = ["NgdRefJax", "NgdRefJaxFloat32"]
 
@@ -163,8 +164,8 @@ def _host_operators(matvec: Callable, precond: Callable | None, n: int) -> Itera
     """Expose the caller's operators on padded vectors: an identity block beyond `n`."""
     def padded(function: Callable) -> Callable[[np.ndarray], np.ndarray]:
         def apply(v: np.ndarray) -> np.ndarray:
-            out = np.array(v, dtype=np.float64)
-            out[:n] = np.asarray(function(out[:n].copy()), dtype=np.float64)
+            out = np.array(v, dtype=np.float64)  # an owned copy: the caller may keep `v[:n]`
+            out[:n] = np.asarray(function(out[:n]), dtype=np.float64)
             return out
         return apply
 
@@ -178,7 +179,7 @@ def _host_operators(matvec: Callable, precond: Callable | None, n: int) -> Itera
 
 
 def _host_call(name: str, v: np.ndarray) -> np.ndarray:
-    return np.asarray(_HOST[name](np.array(v)), dtype=v.dtype)
+    return np.asarray(_HOST[name](v), dtype=v.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("history", "preconditioned"),
@@ -204,20 +205,7 @@ def _lbfgs_step(objective: nj.Objective, layers, params, batch, s_stack, y_stack
     return new, new - theta, moved - g
 
 
-def _in_x64(cls: type) -> type:
-    """Run every public method of `cls` inside `jax.enable_x64(True)` (thread-local)."""
-    for name in dir(cls):  # inherited ones too (the trajectory mixin)
-        method = getattr(cls, name)
-        if callable(method) and not name.startswith("_") and not isinstance(method, type):
-            @functools.wraps(method)
-            def wrapped(self, *args, _method=method, **kwargs):
-                with jax.enable_x64(True):
-                    return _method(self, *args, **kwargs)
-            setattr(cls, name, wrapped)
-    return cls
-
-
-@_in_x64
+@in_x64
 class NgdRefJax(TrajectoryJax, SampledJaxMixin):
     """`ngd_ref.jax` in float64 through PROTOCOL section 5.
 
@@ -237,6 +225,7 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         if devices > 1:
             self.name = f"{type(self).name}-sharded{devices}"
         self._cache: dict[tuple[int, str, bool], dict[str, np.ndarray]] = {}
+        self._device: dict[int, tuple[Embedded, Any, nj.Batch]] = {}
 
     # -- translation ---------------------------------------------------------------------------
     def _prepared(self, problem: Problem) -> tuple[nj.Objective, Any, nj.Batch]:
@@ -247,10 +236,12 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         return jax.tree.map(lambda leaf: jnp.asarray(leaf, self.dtype), tree)
 
     def _framed(self, problem: Problem) -> tuple[Embedded, Any, nj.Batch]:
-        """The problem's embedding and its universal params and batch in this dtype."""
+        """The problem's embedding and its universal params and batch in this dtype (cached)."""
         e = self._plan.embedded(problem)
-        batch = nj.Batch(*self._cast((e.inputs, e.targets, e.weights)))
-        return e, self._cast(e.params), batch
+        if id(e) not in self._device:
+            batch = nj.Batch(*self._cast((e.inputs, e.targets, e.weights)))
+            self._device[id(e)] = (e, self._cast(e.params), batch)
+        return self._device[id(e)]
 
     def _run(self, kernel: Any, *args: Any, mesh: Any) -> Any:
         """`kernel(*args, mesh=mesh)` on the host (sharded programs one at a time)."""
@@ -273,7 +264,8 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
     def _product(self, kind: str, problem: Problem, v: Any) -> np.ndarray:
         e, params, batch = self._framed(problem)
         out = self._run(_products, e.frame.objective, params, batch,
-                        self._vector(e.flat(np.asarray(v, dtype=np.float64))), mesh=self._mesh)
+                        e.flat(np.asarray(v, dtype=np.float64)).astype(self.dtype),
+                        mesh=self._mesh)
         return e.own(out[kind])
 
     def _own(self, problem: Problem, kernel: Any, key: str, sharded: bool = True) -> np.ndarray:
@@ -344,7 +336,7 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
     def damped_update(self, problem: Problem, curvature: str, damping: float) -> np.ndarray:
         """`-(C + damping I)^{-1} grad h` by `cg_solve` on the linearized operator."""
         e, params, batch = self._framed(problem)
-        x = self._run(_damped, e.frame.objective, params, batch, self._cast(e.mask),
+        x = self._run(_damped, e.frame.objective, params, batch, e.mask.astype(self.dtype),
                       jnp.asarray(_KINDS.index(curvature), jnp.int32),
                       jnp.asarray(damping, self.dtype), mesh=self._mesh)
         return e.own(x)
@@ -427,7 +419,8 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         dtype = stacks[0].dtype
         out = _lbfgs_step(objective, problem.layers, params, batch, *stacks,
                           jnp.asarray(lr, dtype), jnp.asarray(gamma, dtype))
-        return tuple(np.asarray(part) for part in out)
+        new, s, y = (np.asarray(part) for part in out)
+        return new, s, y
 
     def hutchinson_diag(self, matvec: Callable, n: int, num_samples: int, seed: int) -> np.ndarray:
         """`ngd_ref.jax.hutchinson_diag` on the caller's numpy `matvec` (host callback)."""
@@ -477,5 +470,5 @@ class NgdRefJaxFloat32(NgdRefJax):
 
 @functools.lru_cache(maxsize=256)
 def _prepare(problem: Problem, dtype: str):
-    with jax.enable_x64(True):
+    with x64():
         return nj.from_problem(problem, dtype)

@@ -23,10 +23,12 @@ import numpy as np
 
 from ngd_ref import Problem
 from verify.adapters._jax_model import JaxModel, jax_model
+from verify.adapters._x64 import in_x64
 
 __all__ = ["Optax"]
 
 
+@in_x64
 class Optax:
     """optax's second-order utilities as a port (float64)."""
 

@@ -4,8 +4,8 @@ Capabilities: `hvp`, `ggn_vp`, `fisher_vp`, `empirical_fisher_vp`.
 
 For two probe vectors `v, w` (dyadic, exact in float32) and scalars `a = 3/4, b = -5/4`:
 
-* `C v` against the dense reference's `C @ v`, tolerance `TolerancePolicy.rtol` relative to
-  `||MAG(C) |v| ||` (the product's magnitude);
+* `C v` and `C w` against the dense reference's `C @ v`, `C @ w`, tolerance `TolerancePolicy.rtol`
+  relative to `||MAG(C) |v| ||` (the product's magnitude);
 * linearity `C(a v + b w) = a C v + b C w` -- a port that caches, normalizes or
   otherwise treats its argument non-linearly fails even where its `C v` happens to match;
 * repeated calls identical.
@@ -52,6 +52,15 @@ def check_product(ctx: CheckContext) -> None:
     combined = ctx.port(name, ctx.problem, _A * v + _B * w)
     cv_arr = ctx.require_shape(f"{name}_linear", cv, v.shape)
     cw_arr = ctx.require_shape(f"{name}_linear", cw, v.shape) if cv_arr is not None else None
+    if cw_arr is not None:
+        ctx.compare(
+            f"{name}_matches_reference",
+            cw_arr,
+            matrix @ w,
+            tolerance=b.rtol,
+            magnitude=float(np.linalg.norm(mag @ np.abs(w))),
+            what=f"{curvature} times a second probe vector (PROTOCOL s5)",
+        )
     if cv_arr is not None and cw_arr is not None:
         ctx.compare(
             f"{name}_linear",
