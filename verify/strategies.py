@@ -196,7 +196,6 @@ def register_profiles() -> None:
 
 
 # -- optimizer trajectories (PROTOCOL s10): method x hyperparameters x batch sequences ----------
-#: the harness's families of `optimizer_trajectory` (one per method and K-FAC step rule)
 #: every grid value is exact in float32 (PROTOCOL s10); dampings and Shampoo's eps are powers of
 #: two times the problem's own scale, so the draws stay meaningful at any conditioning
 _LRS = (0.125, 0.25, 0.5, 1.0, 1.5)
@@ -204,6 +203,7 @@ _EMAS = (0.0, 0.5, 0.75, 0.875)
 _FACTORS = (1.5, 2.0, 4.0)
 _WARM = (0.0, 0.5, 0.875, 1.0)
 _BETA2 = (0.0, 0.5, 0.875, 0.9375)
+#: the harness's families of `optimizer_trajectory` (one per method and K-FAC step rule)
 TRAJECTORY_FAMILIES = ("damped_newton", "hessian_free", "kfac_fixed", "kfac_rescaled",
                        "kfac_momentum_qm", "shampoo", "lbfgs")
 
