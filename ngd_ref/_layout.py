@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ngd_ref._problem import Layer, ProblemError
+from ngd_ref._problem import ProblemError
+from ngd_ref._spec import Layer
 
 __all__ = [
     "flatten",

@@ -31,6 +31,7 @@ import mpmath
 import numpy as np
 
 from ngd_ref._backend import Backend
+from ngd_ref._spec import Loss, loss_spec
 
 __all__ = ["OutputLoss", "OutputMoments", "get_loss"]
 
@@ -375,6 +376,11 @@ _LOSSES: dict[str, OutputLoss] = {
 }
 
 
-def get_loss(name: str) -> OutputLoss:
-    """The loss called `name` (validated problems only carry known names)."""
-    return _LOSSES[name]
+def get_loss(name: str | Loss) -> OutputLoss:
+    """The dense formulas of the loss called `name`.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones (as the JAX twin's
+            `get_jax_loss`).
+    """
+    return _LOSSES[loss_spec(name).value]

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from ngd_ref._activations_jax import softmax_jacobian_vp
-from ngd_ref._problem import Loss
+from ngd_ref._spec import Loss
 
 __all__ = ["JaxLoss", "get_jax_loss"]
 

@@ -8,65 +8,18 @@ losses), so no consumer -- the reference, a port under test -- can mutate a shar
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "ACTIVATIONS",
-    "LOSSES",
-    "Layer",
-    "Loss",
-    "Problem",
-    "ProblemError",
-    "Reduction",
-]
+from ngd_ref._spec import Layer, Loss, Reduction, TargetKind, activation_spec, loss_spec
+
+__all__ = ["Problem", "ProblemError"]
 
 
 class ProblemError(ValueError):
     """A malformed problem; the message names the offending field and what to do instead."""
-
-
-class Loss(str, enum.Enum):
-    """The losses of PROTOCOL section 2, i.e. the output distributions r(y|z)."""
-
-    MSE = "mse"
-    SOFTMAX_CROSS_ENTROPY = "softmax_cross_entropy"
-    SIGMOID_CROSS_ENTROPY = "sigmoid_cross_entropy"
-    POISSON = "poisson"
-    NLL_PROBS = "nll_probs"
-    GAUSSIAN_LOGVAR = "gaussian_logvar"
-
-    @property
-    def has_class_labels(self) -> bool:
-        """Whether targets are `(B,)` integer class labels rather than `(B, C)` floats."""
-        return self in (Loss.SOFTMAX_CROSS_ENTROPY, Loss.NLL_PROBS)
-
-    @property
-    def outputs_are_natural_parameters(self) -> bool:
-        """Whether z is the natural parameter of r(y|z), so that F = G (Martens s9)."""
-        return self not in (Loss.NLL_PROBS, Loss.GAUSSIAN_LOGVAR)
-
-
-class Reduction(str, enum.Enum):
-    """How per-example losses are combined: h = c * sum_b L_b with c = 1/B or 1."""
-
-    MEAN = "mean"
-    SUM = "sum"
-
-
-LOSSES: tuple[str, ...] = tuple(loss.value for loss in Loss)
-ACTIVATIONS: tuple[str, ...] = ("identity", "tanh", "sigmoid", "relu", "softplus", "softmax")
-
-
-class Layer(NamedTuple):
-    """A dense layer `a = phi(W a_prev + b)` with `W` of shape `(n_out, n_in)`."""
-
-    n_in: int
-    n_out: int
-    activation: str
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -126,11 +79,9 @@ class Problem:
             raise ProblemError(f"name: expected a non-empty string, got {self.name!r}")
         set_(self, "layers", _validate_layers(self.layers))
         try:
-            loss = Loss(self.loss)
-        except ValueError:
-            raise ProblemError(
-                f"loss: unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}"
-            ) from None
+            loss = loss_spec(self.loss)
+        except ValueError as exc:
+            raise ProblemError(str(exc)) from None
         set_(self, "loss", loss.value)
         try:
             set_(self, "reduction", Reduction(self.reduction).value)
@@ -139,27 +90,29 @@ class Problem:
                 f"reduction: expected 'mean' or 'sum', got {self.reduction!r}"
             ) from None
         last = self.layers[-1]
-        if loss is Loss.NLL_PROBS and last.activation != "softmax":
+        required = loss.spec.last_activation
+        if required is not None and last.activation != required:
             raise ProblemError(
-                "layers: loss 'nll_probs' takes probabilities; the last layer's activation "
-                f"must be 'softmax', got {last.activation!r}"
+                f"layers: loss {loss.value!r} takes {loss.spec.probabilities.value}; the last "
+                f"layer's activation must be {required!r}, got {last.activation!r}"
             )
-        if loss is Loss.GAUSSIAN_LOGVAR and last.n_out % 2:
+        per_target = loss.spec.outputs_per_target
+        if last.output_size % per_target:
             raise ProblemError(
-                "layers: loss 'gaussian_logvar' needs an even output size (mean and "
-                f"log-variance halves), got n_out={last.n_out}"
+                f"layers: loss {loss.value!r} needs an output size divisible by {per_target} "
+                f"({per_target} outputs per target), got n_out={last.output_size}"
             )
         params = _as_float_array("params", self.params, 1)
-        n = sum((layer.n_in + 1) * layer.n_out for layer in self.layers)
+        n = sum(layer.n_params for layer in self.layers)
         if params.shape != (n,):
             raise ProblemError(
                 f"params: expected {n} parameters for layers {_describe(self.layers)} "
                 f"(sum of (n_in + 1) * n_out), got {params.shape[0]}"
             )
         inputs = _as_float_array("inputs", self.inputs, 2)
-        if inputs.shape[0] < 1 or inputs.shape[1] != self.layers[0].n_in:
+        if inputs.shape[0] < 1 or inputs.shape[1] != self.layers[0].input_size:
             raise ProblemError(
-                f"inputs: expected shape (B >= 1, {self.layers[0].n_in}), got {inputs.shape}"
+                f"inputs: expected shape (B >= 1, {self.layers[0].input_size}), got {inputs.shape}"
             )
         set_(self, "params", _readonly(params))
         set_(self, "inputs", _readonly(inputs))
@@ -180,12 +133,12 @@ class Problem:
     @property
     def output_dim(self) -> int:
         """Network output size `C` (twice the target size for `gaussian_logvar`)."""
-        return self.layers[-1].n_out
+        return self.layers[-1].output_size
 
     @property
     def scale(self) -> float:
         """The reduction constant `c`: `1/B` for mean, `1` for sum."""
-        return 1.0 / self.batch_size if self.reduction == "mean" else 1.0
+        return 1.0 / self.batch_size if self.reduction == Reduction.MEAN.value else 1.0
 
     # -- conversion ------------------------------------------------------------------------
     def replace(self, **changes: Any) -> Problem:
@@ -231,7 +184,7 @@ class Problem:
 
 
 def _describe(layers: Sequence[Layer]) -> str:
-    sizes = [str(layers[0].n_in)] + [str(layer.n_out) for layer in layers]
+    sizes = [str(layers[0].input_size)] + [str(layer.output_size) for layer in layers]
     return "x".join(sizes) + " " + "/".join(layer.activation for layer in layers)
 
 
@@ -275,14 +228,13 @@ def _validate_layers(layers: Any) -> tuple[Layer, ...]:
                 raise ProblemError(
                     f"layers[{index}].{label}: expected a positive int, got {size!r}"
                 )
-        if activation not in ACTIVATIONS:
+        try:
+            phi = activation_spec(activation)
+        except ValueError as exc:
+            raise ProblemError(f"layers[{index}].{exc}") from None
+        if phi.last_layer_only and index != len(layers) - 1:
             raise ProblemError(
-                f"layers[{index}].activation: unknown activation {activation!r}; expected one "
-                f"of {', '.join(ACTIVATIONS)}"
-            )
-        if activation == "softmax" and index != len(layers) - 1:
-            raise ProblemError(
-                f"layers[{index}].activation: 'softmax' is allowed only on the last layer"
+                f"layers[{index}].activation: {activation!r} is allowed only on the last layer"
             )
         if index and int(n_in) != checked[-1].n_out:
             raise ProblemError(
@@ -294,21 +246,23 @@ def _validate_layers(layers: Any) -> tuple[Layer, ...]:
 
 
 def _validate_targets(loss: Loss, targets: Any, batch: int, last: Layer) -> np.ndarray:
-    if loss.has_class_labels:
+    kind = loss.spec.targets
+    if kind is TargetKind.CLASS_LABEL:
         raw = _as_float_array("targets", targets, 1)
         if raw.shape != (batch,):
             raise ProblemError(f"targets: expected {batch} class labels, got shape {raw.shape}")
-        if np.any(raw != np.round(raw)) or np.any(raw < 0) or np.any(raw >= last.n_out):
+        if np.any(raw != np.round(raw)) or np.any(raw < 0) or np.any(raw >= last.output_size):
             raise ProblemError(
-                f"targets: class labels must be integers in [0, {last.n_out}), got {raw.tolist()}"
+                f"targets: class labels must be integers in [0, {last.output_size}), "
+                f"got {raw.tolist()}"
             )
         return raw.astype(np.int64)
-    n_targets = last.n_out // 2 if loss is Loss.GAUSSIAN_LOGVAR else last.n_out
+    n_targets = last.output_size // loss.spec.outputs_per_target
     array = _as_float_array("targets", targets, 2)
     if array.shape != (batch, n_targets):
         raise ProblemError(f"targets: expected shape ({batch}, {n_targets}), got {array.shape}")
-    if loss is Loss.SIGMOID_CROSS_ENTROPY and not np.all((array == 0) | (array == 1)):
-        raise ProblemError("targets: sigmoid_cross_entropy targets must be 0 or 1")
-    if loss is Loss.POISSON and (np.any(array < 0) or np.any(array != np.round(array))):
-        raise ProblemError("targets: poisson targets must be non-negative integer counts")
+    if kind is TargetKind.BINARY and not np.all((array == 0) | (array == 1)):
+        raise ProblemError(f"targets: {loss.value} targets must be {kind.value}")
+    if kind is TargetKind.COUNT and (np.any(array < 0) or np.any(array != np.round(array))):
+        raise ProblemError(f"targets: {loss.value} targets must be {kind.value}s")
     return array

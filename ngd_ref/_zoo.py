@@ -18,7 +18,8 @@ import zlib
 
 import numpy as np
 
-from ngd_ref._problem import LOSSES, Layer, Problem
+from ngd_ref._problem import Problem
+from ngd_ref._spec import LOSSES, Layer
 
 __all__ = ["HIDDEN_ACTIVATIONS", "LOSSES", "get", "make_problem", "names", "problems"]
 

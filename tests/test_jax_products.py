@@ -8,8 +8,8 @@ import pytest
 from ngd_ref import jax as nj
 from ngd_ref import zoo
 from ngd_ref.dense import dense
+from verify._policy import tolerance_policy
 from verify._tolerance import compare, hoeffding_bound, rounding_rtol
-from verify.harness._budget import budget
 
 pytestmark = pytest.mark.usefixtures("x64")  # float64 JAX, see conftest
 
@@ -28,7 +28,7 @@ def _probe(problem):
 @pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.name)
 def test_products_match_dense_reference(problem, dtype):
     objective, params, batch = nj.from_problem(problem, dtype)
-    b = budget(problem, dtype)
+    b = tolerance_policy(problem, dtype)
     v = _probe(problem)
     tree = nj.mlp_params(problem.layers, v, dtype)
     for kind, product in KINDS.items():
@@ -43,7 +43,7 @@ def test_products_match_dense_reference(problem, dtype):
 @pytest.mark.parametrize("problem", PROBLEMS[:4], ids=lambda p: p.name)
 def test_exact_diagonals(problem):
     objective, params, batch = nj.from_problem(problem)
-    b = budget(problem, "float64")
+    b = tolerance_policy(problem, "float64")
     for kind, fn in (("ggn", nj.ggn_diag), ("fisher", nj.fisher_diag),
                      ("empirical_fisher", nj.empirical_fisher_diag), ("hessian", nj.hessian_diag)):
         actual = nj.canonical_vector(fn(objective, params, batch))
@@ -56,7 +56,7 @@ def test_ggn_vp_without_reduction_constant_fails():
     """Negative control: a GGN-vp that forgets c = 1/B is caught by the same comparison."""
     problem = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
     objective, params, batch = nj.from_problem(problem)
-    b = budget(problem, "float64")
+    b = tolerance_policy(problem, "float64")
     v = _probe(problem)
     summed = nj.Objective(objective.apply, objective.loss, "sum")  # the bug: no 1/B
     actual = nj.canonical_vector(nj.ggn_vp(summed, params, batch, nj.mlp_params(problem.layers, v)))

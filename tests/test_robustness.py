@@ -26,10 +26,10 @@ from verify import Status
 from verify._campaign import run_campaign
 from verify._console import print_report
 from verify._diagnosis import parameter_name
+from verify._policy import TolerancePolicy
 from verify._report import CheckResult, Report
 from verify.cli import main
 from verify.harness import MAX_PARAMS, load_adapter, load_problems, run_checks
-from verify.harness._budget import Budget
 from verify.harness._cg import cg_system
 from verify.harness._context import CheckContext
 from verify.mutants import NumpyPort
@@ -222,7 +222,7 @@ def test_an_internal_error_of_the_oracle_is_an_error_naming_the_oracle(monkeypat
     def broken(self, curvature):
         raise ZeroDivisionError("oracle bug")
 
-    monkeypatch.setattr(Budget, "matrix_magnitude", broken)
+    monkeypatch.setattr(TolerancePolicy, "matrix_magnitude", broken)
     report = run_checks(load_adapter(NumpyPort), SMALL[:1], capabilities=["ggn", "loss"])
     ggn = [r for r in report.results if r.capability == "ggn"]
     assert ggn[0].status is Status.ERROR

@@ -154,10 +154,10 @@ def relu_margin_violations(problem: Problem) -> list[str]:
     out = []
     for index, (layer, sl) in enumerate(zip(problem.layers, layer_slices(problem.layers),
                                             strict=True)):
-        if layer.activation != "relu":
+        if layer.phi.smooth:
             continue
-        wbar = np.abs(problem.params[sl].reshape((layer.n_out, layer.n_in + 1), order="F"))
-        rtol = rounding_rtol("float32", length=layer.n_in + 1, depth=index + 1)
+        wbar = np.abs(problem.params[sl].reshape(layer.weight_shape, order="F"))
+        rtol = rounding_rtol("float32", length=layer.weight_shape[1], depth=index + 1)
         for b, trace in enumerate(ref.traces):
             margin = rtol * (wbar @ np.abs(trace.abar[index]))
             for unit in np.flatnonzero(np.abs(trace.s[index]) <= margin):

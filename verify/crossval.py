@@ -16,7 +16,7 @@ Part of `ngd-verify run` (PROTOCOL s6). For every problem, in float64 and in flo
 * with `devices > 1`: the same computations with the batch sharded over the devices, checked
   against the unsharded ones (`jax_<capability>_<dtype>_sharded<N>`).
 
-Tolerances are the harness's (`verify.harness._budget`): rounding tolerances relative to the
+Tolerances are the harness's (`verify._policy`): rounding tolerances relative to the
 computation's magnitude, solve tolerances with the condition number.
 
 Few, small compilations (issue 4). Problems are grouped into *frames* by output size C (a
@@ -60,15 +60,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ngd_ref import Loss, Problem, unflatten
+from ngd_ref import LOSSES, Loss, Problem, unflatten
 from ngd_ref import jax as nj
-from ngd_ref._problem import LOSSES
 from ngd_ref.curvature._dense import Curvature
 from ngd_ref.curvature._jax import _ACTIVATIONS, _gauss_newton_operator, _middle
 from ngd_ref.dense import dense, krylov_optimal_iterate
+from verify._policy import tolerance_policy
 from verify._report import CheckResult, Status
 from verify._tolerance import compare, solve_rtol, unit_roundoff
-from verify.harness._budget import budget
 from verify.harness._cg import MAX_ITERATES
 from verify.identities._common import default_damping, problem_rng
 
@@ -457,7 +456,7 @@ def _check_problem(case: _Case, dtype: str, out: dict[str, np.ndarray], suffix: 
                    against: dict[str, np.ndarray] | None = None) -> list[CheckResult]:
     """Compare the kernels' outputs with the reference (or, for sharding, with `against`)."""
     problem = case.problem
-    b = budget(problem, dtype)
+    b = tolerance_policy(problem, dtype)
     ref = b.ref
     results: list[CheckResult] = []
 

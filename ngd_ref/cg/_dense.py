@@ -53,7 +53,7 @@ class CGResult:
         residual_norms: `||r_j||` of the recurrence residual for j = 0..k (after a residual
             replacement the recomputed true residual), as backend scalars.
         residual_norm: `||b - A x||`, recomputed from `x` at the end.
-        iterates: `(x_0, ..., x_k)` when requested (`keep_iterates=True`), else `None`.
+        iterates: `(x_0, ..., x_k)` for `cg_iterates`, else `None`.
     """
 
     x: np.ndarray
@@ -112,7 +112,6 @@ def cg_solve(
     atol: float = 0.0,
     maxiter: int | None = None,
     precond: Matvec | np.ndarray | None = None,
-    keep_iterates: bool = False,
 ) -> CGResult:
     """Preconditioned CG on SPD `A` (Grosse ch. 4 s4), with a true-residual convergence test.
 
@@ -125,7 +124,6 @@ def cg_solve(
         maxiter: most iterations (default `10 n`); with `tol = atol = 0` exactly this many
             are taken unless the residual becomes exactly zero.
         precond: `r -> M r` with `M ~ A^{-1}` SPD, or the matrix M (default identity).
-        keep_iterates: also return every iterate.
 
     Returns:
         A `CGResult`.
@@ -134,6 +132,14 @@ def cg_solve(
         ValueError: for malformed arguments, or when `p^T A p <= 0` or `r^T M r < 0` shows
             that A or M is not positive definite (naming which, with the value).
     """
+    return _run_cg(matvec, b, x0, tol=tol, atol=atol, maxiter=maxiter, precond=precond,
+                   keep_iterates=False)
+
+
+def _run_cg(matvec: Matvec | np.ndarray, b: np.ndarray, x0: np.ndarray | None, *, tol: float,
+            atol: float, maxiter: int | None, precond: Matvec | np.ndarray | None,
+            keep_iterates: bool) -> CGResult:
+    """The recurrence of `cg_solve`, also recording every iterate with `keep_iterates`."""
     b, x, maxiter = _check(b, x0, tol, atol, maxiter)
     apply_a = _as_callable(matvec, "matvec")
     apply_m = (lambda r: r) if precond is None else _as_callable(precond, "precond")
@@ -197,13 +203,17 @@ def cg_iterates(
     matvec: Matvec | np.ndarray,
     b: np.ndarray,
     x0: np.ndarray | None = None,
-    tol: float = 0.0,
-    maxiter: int | None = None,
+    *,
+    maxiter: int,
     precond: Matvec | np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """All iterates `(x_0, x_1, ..., x_k)` of `cg` (by default `tol=0`: every one up to maxiter)."""
-    return cg_solve(matvec, b, x0, tol=tol, maxiter=maxiter, precond=precond,
-                    keep_iterates=True).iterates
+    """Every CG iterate `(x_0, x_1, ..., x_maxiter)` (`tol = 0`), as the JAX twin's `cg_iterates`.
+
+    Stops early only where the residual becomes exactly zero (then fewer are returned; the
+    JAX twin repeats the last one to keep its static shape).
+    """
+    return _run_cg(matvec, b, x0, tol=0.0, atol=0.0, maxiter=maxiter, precond=precond,
+                   keep_iterates=True).iterates
 
 
 def _solve_spd(k: np.ndarray, f: np.ndarray) -> np.ndarray:

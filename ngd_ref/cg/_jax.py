@@ -79,7 +79,8 @@ class CGResult(NamedTuple):
     residual_norm: jax.Array
 
 
-def _dot(a: Params, b: Params) -> jax.Array:
+def tree_vdot(a: Params, b: Params) -> jax.Array:
+    """`<a, b>` summed over the leaves of two pytrees of the same structure."""
     return sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
@@ -107,10 +108,10 @@ def _cg_step(matvec: Operator, apply_m: Operator, x: Params, r: Params, p: Param
         `(x', r', p', rho', p'^T A p' > 0)`.
     """
     z = apply_m(r)
-    rho_new = _dot(r, z)
+    rho_new = tree_vdot(r, z)
     p = _select(restart, z, _axpy(rho_new / jnp.where(restart, 1, rho), p, z))
     ap = matvec(p)
-    curvature = _dot(p, ap)
+    curvature = tree_vdot(p, ap)
     positive = curvature > 0
     alpha = jnp.where(positive, rho_new / jnp.where(positive, curvature, 1), 0)
     return _axpy(alpha, p, x), _axpy(-alpha, ap, r), p, rho_new, positive
@@ -159,23 +160,23 @@ def cg_solve(
     dtype = flat_b.dtype
     apply_m = precond if precond is not None else (lambda r: r)
     x0 = jax.tree.map(jnp.zeros_like, b) if x0 is None else x0
-    bb = _dot(b, b)
+    bb = tree_vdot(b, b)
     threshold_sq = jnp.maximum(jnp.asarray(tol, dtype) ** 2 * bb, jnp.asarray(atol, dtype) ** 2)
     r0 = _sub(b, matvec(x0))
     norms0 = jnp.full((history,), jnp.nan, dtype)
 
     def true_residual(x, r):
         tr = _sub(b, matvec(x))
-        return tr, _dot(tr, tr) <= threshold_sq
+        return tr, tree_vdot(tr, tr) <= threshold_sq
 
     def body(state):
         k, x, r, p, rho, restart, _, _, norms = state
-        small = _dot(r, r) <= threshold_sq
+        small = tree_vdot(r, r) <= threshold_sq
         r, confirmed = jax.lax.cond(small, true_residual,
                                     lambda x, r: (r, jnp.asarray(False)), x, r)
         converged = small & confirmed
         restart = restart | (small & ~confirmed)  # residual replacement
-        norms = norms.at[k].set(jnp.sqrt(_dot(r, r)))
+        norms = norms.at[k].set(jnp.sqrt(tree_vdot(r, r)))
         stop = converged | (k >= maxiter)
 
         def step(args):
@@ -198,7 +199,8 @@ def cg_solve(
              jnp.asarray(CGStatus.MAX_ITERATIONS, jnp.int32), norms0)
     k, x, _, _, _, _, _, status, norms = jax.lax.while_loop(cond, body, state)
     final = _sub(b, matvec(x))
-    return CGResult(x, k, status == CGStatus.CONVERGED, status, norms, jnp.sqrt(_dot(final, final)))
+    return CGResult(x, k, status == CGStatus.CONVERGED, status, norms,
+                    jnp.sqrt(tree_vdot(final, final)))
 
 
 def cg(matvec: Operator, b: Params, x0: Params | None = None, tol: float = 1e-10,

@@ -38,9 +38,10 @@ from ngd_ref._activations import get_activation
 from ngd_ref._backend import FLOAT64, Backend
 from ngd_ref._layout import layer_slices
 from ngd_ref._losses import OutputMoments, get_loss
-from ngd_ref._problem import Loss, Problem
+from ngd_ref._problem import Problem
+from ngd_ref._spec import Loss, Reduction
 
-__all__ = ["Curvature", "DenseCurvature", "ExampleTrace", "dense"]
+__all__ = ["Curvature", "DenseCurvature", "ExampleTrace", "dense", "network_outputs"]
 
 
 class Curvature(str, enum.Enum):
@@ -74,25 +75,44 @@ class ExampleTrace:
 
 
 def _weights(problem: Problem, theta: np.ndarray) -> list[np.ndarray]:
-    """Per-layer `Wbar_l` (n_out, n_in + 1) from canonical `theta` (any backend)."""
+    """Per-layer `Wbar_l` (`layer.weight_shape`) from canonical `theta` (any backend)."""
     return [
-        theta[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
+        theta[sl].reshape(layer.weight_shape, order="F")
         for layer, sl in zip(problem.layers, layer_slices(problem.layers), strict=True)
     ]
+
+
+def _affine(wbar: np.ndarray, a_prev: np.ndarray, bk: Backend) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's affine rule: `(abar, s)` with `abar = [a_prev; 1]`, `s = Wbar abar`."""
+    abar = np.concatenate([a_prev, bk.asarray(np.ones(1))])
+    return abar, wbar @ abar
+
+
+def network_outputs(problem: Problem, theta: np.ndarray, bk: Backend) -> np.ndarray:
+    """Network outputs `z_b`, `(B, C)`, at parameters `theta`: the forward pass only.
+
+    The same layer rule as `trace_example` without the tangents (any backend; call inside
+    `bk.precision()` for mpmath).
+    """
+    outputs = []
+    for x in bk.asarray(problem.inputs):
+        a = x
+        for layer, wbar in zip(problem.layers, _weights(problem, theta), strict=True):
+            a = get_activation(layer.activation).value(bk, _affine(wbar, a, bk)[1])
+        outputs.append(a)
+    return np.stack(outputs)
 
 
 def trace_example(problem: Problem, theta: np.ndarray, x: np.ndarray, bk: Backend) -> ExampleTrace:
     """Forward pass of one example with parameter tangents (forward-mode Jacobian)."""
     n = theta.shape[0]
-    one = bk.asarray(np.ones(1))
     a_prev, da_prev = x, bk.zeros((x.shape[0], n))
     out = ExampleTrace([], [], [], [], [], bk.zeros((0, n)))
     for layer, sl, wbar in zip(problem.layers, layer_slices(problem.layers),
                                _weights(problem, theta), strict=True):
         act = get_activation(layer.activation)
-        abar = np.concatenate([a_prev, one])
+        abar, s = _affine(wbar, a_prev, bk)
         dabar = np.concatenate([da_prev, bk.zeros((1, n))])
-        s = wbar @ abar
         # ds = Wbar dabar + (d Wbar/dtheta) abar; the second term is abar^T (x) I in layer l's
         # block.
         ds = wbar @ dabar
@@ -171,8 +191,8 @@ class DenseCurvature:
             self.inputs = backend.asarray(problem.inputs)
             labels = Loss(problem.loss).has_class_labels
             self.targets = problem.targets if labels else backend.asarray(problem.targets)
-            self.c = (backend.scalar(1) / problem.batch_size if problem.reduction == "mean"
-                      else backend.scalar(1))
+            self.c = (backend.scalar(1) / problem.batch_size
+                      if problem.reduction == Reduction.MEAN.value else backend.scalar(1))
 
     # -- per-example pieces ----------------------------------------------------------------
     @functools.cached_property

@@ -53,8 +53,9 @@ from jax.sharding import Mesh
 from ngd_ref._activations_jax import ACTIVATIONS_JAX
 from ngd_ref._layout import layer_slices
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
-from ngd_ref._problem import Layer, Loss, Problem, Reduction
+from ngd_ref._problem import Problem
 from ngd_ref._sharding import allsum, run_sharded
+from ngd_ref._spec import Layer, Loss, Reduction
 from ngd_ref.curvature._dense import Curvature
 
 __all__ = [
@@ -141,7 +142,7 @@ class Objective:
 # ---------------------------------------------------------------------------------------------
 # Local computations: sum over the examples held, then all-reduce over `axis` (None: no mesh)
 # ---------------------------------------------------------------------------------------------
-def _local_loss(obj: Objective, params, inputs, targets, weights):
+def local_loss(obj: Objective, params, inputs, targets, weights):
     return jnp.sum(weights * obj.per_example_losses(params, inputs, targets))
 
 
@@ -183,11 +184,11 @@ def _mc_middle(loss: JaxLoss, num_samples: int) -> Callable[[Array, Array, Array
     return middle
 
 
-def _local_operator(obj: Objective, curvature: Curvature, axis: str | None, params, inputs, aux,
+def local_operator(obj: Objective, curvature: Curvature, axis: str | None, params, inputs, aux,
                     weights) -> Operator:
     """Build the all-reduced curvature product on the examples held (call it in a trace)."""
     if curvature is Curvature.HESSIAN:
-        grad_fn = jax.grad(lambda p: _local_loss(obj, p, inputs, aux, weights))
+        grad_fn = jax.grad(lambda p: local_loss(obj, p, inputs, aux, weights))
         _, local = jax.linearize(grad_fn, params)
     else:
         local = _gauss_newton_operator(obj, params, inputs, aux, weights,
@@ -210,7 +211,7 @@ def curvature_operator(objective: Objective, params: Params, batch: Batch,
         curvature: `hessian`, `ggn`, `fisher` or `empirical_fisher`.
         axis: mesh axis to all-reduce over, when called inside `shard_map`.
     """
-    return _local_operator(objective, Curvature(curvature), axis, params, batch.inputs,
+    return local_operator(objective, Curvature(curvature), axis, params, batch.inputs,
                            batch.targets, _weights(objective, batch, params))
 
 
@@ -230,7 +231,7 @@ def _weights(objective: Objective, batch: Batch, params: Params) -> Array:
     return batch.weights
 
 
-def _run(objective: Objective, mesh: Mesh | None, local, replicated, batch: Batch,
+def run_objective(objective: Objective, mesh: Mesh | None, local, replicated, batch: Batch,
          per_example: tuple[Array, ...] = ()):
     return run_sharded(local, mesh, replicated, (batch.inputs, batch.targets, *per_example),
                        _weights(objective, batch, replicated[0]))
@@ -244,9 +245,9 @@ def loss_value(objective: Objective, params: Params, batch: Batch, *,
                mesh: Mesh | None = None) -> Array:
     """`h(params)`."""
     def local(axis, params, inputs, targets, weights):
-        return allsum(_local_loss(objective, params, inputs, targets, weights), axis)
+        return allsum(local_loss(objective, params, inputs, targets, weights), axis)
 
-    return _run(objective, mesh, local, (params,), batch)
+    return run_objective(objective, mesh, local, (params,), batch)
 
 
 @functools.partial(jax.jit, static_argnames=("objective", "mesh"))
@@ -254,10 +255,10 @@ def value_and_gradient(objective: Objective, params: Params, batch: Batch, *,
                        mesh: Mesh | None = None) -> tuple[Array, Params]:
     """`(h(params), grad h(params))` in one forward and one backward pass."""
     def local(axis, params, inputs, targets, weights):
-        return allsum(jax.value_and_grad(_local_loss, argnums=1)(objective, params, inputs,
+        return allsum(jax.value_and_grad(local_loss, argnums=1)(objective, params, inputs,
                                                                  targets, weights), axis)
 
-    return _run(objective, mesh, local, (params,), batch)
+    return run_objective(objective, mesh, local, (params,), batch)
 
 
 def gradient(objective: Objective, params: Params, batch: Batch, *,
@@ -276,9 +277,9 @@ def curvature_vp(objective: Objective, params: Params, batch: Batch, v: Params,
     kind = Curvature(curvature)
 
     def local(axis, params, v, inputs, targets, weights):
-        return _local_operator(objective, kind, axis, params, inputs, targets, weights)(v)
+        return local_operator(objective, kind, axis, params, inputs, targets, weights)(v)
 
-    return _run(objective, mesh, local, (params, v), batch)
+    return run_objective(objective, mesh, local, (params, v), batch)
 
 
 def hvp(objective: Objective, params: Params, batch: Batch, v: Params, *,
@@ -324,7 +325,7 @@ def mc_fisher_vp(objective: Objective, params: Params, batch: Batch, v: Params, 
         op = _gauss_newton_operator(objective, params, inputs, keys, weights, middle)
         return allsum(op(v), axis)
 
-    return _run(objective, mesh, local, (params, v), batch, (keys,))
+    return run_objective(objective, mesh, local, (params, v), batch, (keys,))
 
 
 # -- diagonals ---------------------------------------------------------------------------------
@@ -365,7 +366,7 @@ def _exact_diagonal(objective: Objective, params: Params, batch: Batch, curvatur
             return jnp.ones((1,), z.dtype), loss.grad(y, z)[:, None]
     else:
         factor = _eigen_factor(_middle(loss, kind))
-    return _run(objective, mesh, functools.partial(_local_diagonal, objective, factor),
+    return run_objective(objective, mesh, functools.partial(_local_diagonal, objective, factor),
                 (params,), batch)
 
 

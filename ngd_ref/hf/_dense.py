@@ -41,6 +41,7 @@ import numpy as np
 
 from ngd_ref._backend import FLOAT64, Backend
 from ngd_ref._problem import Problem
+from ngd_ref._validation import check_damping
 from ngd_ref.curvature._dense import Curvature, DenseCurvature, dense
 from ngd_ref.newton._dense import quadratic_model
 
@@ -66,12 +67,6 @@ class SubspaceStep(NamedTuple):
     alpha: Any
     beta: Any
     step: np.ndarray
-
-
-def _check_damping(damping: float) -> None:
-    if not (isinstance(damping, (int, float, np.floating, np.integer))
-            and math.isfinite(damping) and damping >= 0):
-        raise ValueError(f"damping: expected a finite number >= 0, got {damping!r}")
 
 
 def _vector(problem: Problem, name: str, value: Any, backend: Backend) -> np.ndarray:
@@ -101,7 +96,7 @@ def reduction_ratio(problem: Problem, step: np.ndarray, *, damping: float = 0.0,
     """`rho = (h(theta) - h(theta + d)) / (Q_lambda(0) - Q_lambda(d))` (Grosse eq. (14)).
 
     The objective at `theta + d` is evaluated exactly with the dense reference at those
-    parameters. Raises `ZeroDivisionError` when the model predicts no change (`d = 0`).
+    parameters. NaN when the model predicts no change (`d = 0`), as in the JAX twin.
 
     Args:
         problem: the problem.
@@ -111,13 +106,15 @@ def reduction_ratio(problem: Problem, step: np.ndarray, *, damping: float = 0.0,
         backend: `FLOAT64` or `mp_backend(dps)`; use mpmath for tiny steps, where the
             numerator cancels catastrophically in float64.
     """
-    _check_damping(damping)
+    check_damping(damping)
     with backend.precision():
         d = _vector(problem, "step", step, backend)
         ref = dense(problem, backend)
         shifted = DenseCurvature(problem, backend, params=ref.theta + d)
         predicted = -hf_quadratic_model(problem, d, damping=damping, curvature=curvature,
                                         backend=backend)
+        if predicted == 0:
+            return backend.scalar(math.nan)
         return (ref.loss - shifted.loss) / predicted
 
 
@@ -132,7 +129,7 @@ def levenberg_marquardt(damping: float, rho: float, *, low: float = 0.25, high: 
     Raises:
         ValueError: for a negative or non-finite `damping`, or inconsistent thresholds/factors.
     """
-    _check_damping(damping)
+    check_damping(damping)
     if not (low <= high and increase > 1 and 0 < decrease < 1):
         raise ValueError("low/high/increase/decrease: need low <= high, increase > 1 and "
                          f"0 < decrease < 1; got {low}, {high}, {increase}, {decrease}")
@@ -154,7 +151,7 @@ def optimal_step_size(problem: Problem, direction: np.ndarray, *, damping: float
     Raises:
         ValueError: if the curvature along `direction` is not positive (no minimizer).
     """
-    _check_damping(damping)
+    check_damping(damping)
     ref = dense(problem, backend)
     with backend.precision():
         r = _vector(problem, "direction", direction, backend)
@@ -183,7 +180,7 @@ def momentum_subspace_step(problem: Problem, direction: np.ndarray, previous: np
         ValueError: if the 2 x 2 model matrix is not positive definite (e.g. `previous`
             parallel to `direction`), naming `previous`.
     """
-    _check_damping(damping)
+    check_damping(damping)
     ref = dense(problem, backend)
     with backend.precision():
         r = _vector(problem, "direction", direction, backend)

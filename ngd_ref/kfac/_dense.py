@@ -38,14 +38,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from ngd_ref._backend import FLOAT64, Backend
 from ngd_ref._layout import layer_slices
-from ngd_ref._problem import Loss, Problem
+from ngd_ref._problem import Problem
+from ngd_ref._spec import Loss
+from ngd_ref._validation import as_member, check_damping
 from ngd_ref.curvature._dense import Curvature, DenseCurvature, dense
 
 __all__ = [
@@ -96,31 +97,6 @@ class ExactnessRegime(str, enum.Enum):
     ONE_EXAMPLE = "one_example"
     DEEP_LINEAR_MSE = "deep_linear_mse"
     IDENTICAL_EXAMPLES = "identical_examples"
-
-
-def _as_kind(kind: KfacKind | str) -> KfacKind:
-    try:
-        return KfacKind(kind)
-    except ValueError:
-        raise ValueError(
-            f"kind: expected one of {', '.join(k.value for k in KfacKind)}, got {kind!r}"
-        ) from None
-
-
-def _as_method(method: DampingMethod | str) -> DampingMethod:
-    try:
-        return DampingMethod(method)
-    except ValueError:
-        raise ValueError(
-            f"method: expected one of {', '.join(m.value for m in DampingMethod)}, got {method!r}"
-        ) from None
-
-
-def _check_damping(damping: float) -> float:
-    value = float(damping)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"damping: expected a finite number > 0, got {damping!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +164,7 @@ def kfac_factors(problem: Problem, kind: KfacKind | str, backend: Backend = FLOA
         >>> [(a.shape, s.shape) for a, s in kfac_factors(zoo.get("mlp-3x4x3-tanh-mse-b1"), "ggn")]
         [((4, 4), (4, 4)), ((5, 5), (3, 3))]
     """
-    kind = _as_kind(kind)
+    kind = as_member(KfacKind, kind, "kind")
     ref = dense(problem, backend)
     return _assemble(*_pieces(ref, kind), ref.c, backend)
 
@@ -201,7 +177,8 @@ def kfac_magnitudes(problem: Problem, kind: KfacKind | str) -> Factors:
     cancelling factors themselves.
     """
     ref = dense(problem)
-    return _assemble(*_pieces(ref, _as_kind(kind), absolute=True), ref.c, FLOAT64)
+    pieces = _pieces(ref, as_member(KfacKind, kind, "kind"), absolute=True)
+    return _assemble(*pieces, ref.c, FLOAT64)
 
 
 def _block_diagonal(blocks: Sequence[np.ndarray], bk: Backend) -> np.ndarray:
@@ -229,7 +206,7 @@ def kfac_matrix(problem: Problem, kind: KfacKind | str, backend: Backend = FLOAT
 def exact_diagonal_blocks(problem: Problem, kind: KfacKind | str,
                           backend: Backend = FLOAT64) -> list[np.ndarray]:
     """Return the diagonal blocks `C_ll` of the exact `F`, `G` or `EF` that K-FAC approximates."""
-    matrix = dense(problem, backend).matrix(_as_kind(kind).curvature)
+    matrix = dense(problem, backend).matrix(as_member(KfacKind, kind, "kind").curvature)
     return [matrix[sl, sl] for sl in layer_slices(problem.layers)]
 
 
@@ -242,12 +219,12 @@ def exactness_regimes(problem: Problem, kind: KfacKind | str) -> tuple[Exactness
     * `IDENTICAL_EXAMPLES`: `B > 1` and all inputs equal; for `ggn` and `empirical` (which read
       the targets through `H_L` or `dL/dz`) all targets equal too.
     """
-    kind = _as_kind(kind)
+    kind = as_member(KfacKind, kind, "kind")
     regimes = []
     if problem.batch_size == 1:
         regimes.append(ExactnessRegime.ONE_EXAMPLE)
-    linear = all(layer.activation == "identity" for layer in problem.layers)
-    if linear and problem.loss == Loss.MSE.value and kind is not KfacKind.EMPIRICAL:
+    linear = all(layer.phi.linear for layer in problem.layers)
+    if linear and Loss(problem.loss).spec.residual and kind is not KfacKind.EMPIRICAL:
         regimes.append(ExactnessRegime.DEEP_LINEAR_MSE)
     same_inputs = bool(np.all(problem.inputs == problem.inputs[:1]))
     same_targets = bool(np.all(problem.targets == problem.targets[:1]))
@@ -286,7 +263,7 @@ def damped_factors(a: np.ndarray, s: np.ndarray, damping: float, *, pi=None,
         pi: the split; `factored_damping_pi(a, s)` when None.
         backend: the factors' backend.
     """
-    _check_damping(damping)
+    check_damping(damping, positive=True)
     with backend.precision():
         pi = factored_damping_pi(a, s, backend) if pi is None else backend.scalar(pi)
         root = backend.sqrt(backend.scalar(damping))
@@ -324,8 +301,8 @@ def kfac_solve_factors(factors: Sequence[tuple[np.ndarray, np.ndarray]], v: np.n
     Raises:
         ValueError: for a bad `damping`, `method`, or a `v` whose length is not `n`.
     """
-    method = _as_method(method)
-    damping = _check_damping(damping)
+    method = as_member(DampingMethod, method, "method")
+    damping = check_damping(damping, positive=True)
     n = sum(a.shape[0] * s.shape[0] for a, s in factors)
     with backend.precision():
         v = backend.asarray(v)
@@ -408,7 +385,7 @@ def _relative(diff: np.ndarray, ref: np.ndarray) -> float:
 
 def kfac_approximation(problem: Problem, kind: KfacKind | str) -> KfacApproximation:
     """Relative Frobenius errors and spectra of K-FAC against the exact `F`, `G` or `EF`."""
-    kind = _as_kind(kind)
+    kind = as_member(KfacKind, kind, "kind")
     k = kfac_matrix(problem, kind)
     c = dense(problem).matrix(kind.curvature)
     slices = layer_slices(problem.layers)

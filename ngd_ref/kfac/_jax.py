@@ -38,9 +38,11 @@ import jax.numpy as jnp
 
 from ngd_ref._activations_jax import ACTIVATIONS_JAX
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
-from ngd_ref._problem import Loss, Problem
+from ngd_ref._problem import Problem
+from ngd_ref._spec import Loss
+from ngd_ref._validation import as_member, check_damping
 from ngd_ref.curvature._jax import canonical_vector, mlp_params
-from ngd_ref.kfac._dense import DampingMethod, KfacKind, _as_kind, _as_method, _check_damping
+from ngd_ref.kfac._dense import DampingMethod, KfacKind
 
 __all__ = [
     "ACTIVATIONS_JAX",
@@ -253,7 +255,8 @@ def kfac_statistics(network: DenseNetwork, params, x: Array, y: Array, loss: str
     Returns:
         Per layer `(A_l (n_in+1, n_in+1), S_l (n_out, n_out))`.
     """
-    kind, estimator = _as_kind(kind), Estimator(estimator)
+    kind = as_member(KfacKind, kind, "kind")
+    estimator = as_member(Estimator, estimator, "estimator")
     jloss = get_jax_loss(loss)
     batch = x.shape[0]
     c = 1.0 / batch if scale is None else scale
@@ -299,7 +302,8 @@ def kfac_factors(problem: Problem, kind: KfacKind | str, *, dtype=jnp.float64,
     One compilation per architecture, loss, kind, estimator and shapes (cached), so the zoo's
     problems of one architecture share it.
     """
-    kind, estimator = _as_kind(kind), Estimator(estimator)
+    kind = as_member(KfacKind, kind, "kind")
+    estimator = as_member(Estimator, estimator, "estimator")
     if estimator is Estimator.SAMPLED and kind is not KfacKind.EMPIRICAL and key is None:
         raise ValueError("key: the sampled estimator needs a PRNG key")
     _, params = problem_network(problem, dtype)
@@ -340,7 +344,7 @@ def damped_solve_layers(factors: Sequence[tuple[Array, Array]], v_layers: Sequen
 
     `v_layers[l]` is layer-shaped `(n_out, n_in + 1)` (`[dW db]`); results have the same shape.
     """
-    method = _as_method(method)
+    method = as_member(DampingMethod, method, "method")
     out = []
     for (a, s), v in zip(factors, v_layers, strict=True):
         if method is DampingMethod.EIGEN:
@@ -366,12 +370,13 @@ def _jitted_solve(method: DampingMethod):
 def kfac_solve(problem: Problem, v, damping: float, method: DampingMethod | str,
                kind: KfacKind | str = "fisher", *, dtype=jnp.float64) -> Array:
     """Block-diagonal damped K-FAC solve of canonical `v` (PROTOCOL s4), exact factors."""
-    damping = _check_damping(damping)
+    damping = check_damping(damping, positive=True)
     v = jnp.asarray(v, dtype)
     if v.shape != (problem.n_params,):
         raise ValueError(f"v: expected shape ({problem.n_params},), got {v.shape}")
     factors = kfac_factors(problem, kind, dtype=dtype)
     v_layers = [jnp.concatenate([w, b[:, None]], axis=1) for w, b in
                 mlp_params(problem.layers, v, dtype)]
-    solved = _jitted_solve(_as_method(method))(factors, v_layers, jnp.asarray(damping, dtype))
+    solve = _jitted_solve(as_member(DampingMethod, method, "method"))
+    solved = solve(factors, v_layers, jnp.asarray(damping, dtype))
     return canonical_vector([(x[:, :-1], x[:, -1]) for x in solved])

@@ -39,7 +39,10 @@ import jax
 import jax.numpy as jnp
 
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
-from ngd_ref.kfac._dense import DampingMethod, KfacKind, _as_kind, _as_method
+from ngd_ref._validation import as_member
+from ngd_ref.cg._jax import tree_vdot
+from ngd_ref.hf._jax import levenberg_marquardt
+from ngd_ref.kfac._dense import DampingMethod, KfacKind
 from ngd_ref.kfac._jax import (
     DenseNetwork,
     Estimator,
@@ -114,11 +117,6 @@ def _split(v: Array) -> tuple[Array, Array]:
     return v[:, :-1], v[:, -1]
 
 
-def _dot(xs, ys) -> Array:
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(xs),
-                                               jax.tree_util.tree_leaves(ys), strict=True))
-
-
 def kfac(network: DenseNetwork, loss: str | JaxLoss, *, learning_rate: float | None = None,
          momentum: float | None = None, damping: float = 1e-3,
          damping_method: DampingMethod | str = "factored", kind: KfacKind | str = "fisher",
@@ -150,7 +148,9 @@ def kfac(network: DenseNetwork, loss: str | JaxLoss, *, learning_rate: float | N
     Raises:
         ValueError: naming the first invalid argument.
     """
-    method, kind, estimator = _as_method(damping_method), _as_kind(kind), Estimator(estimator)
+    method = as_member(DampingMethod, damping_method, "method")
+    kind = as_member(KfacKind, kind, "kind")
+    estimator = as_member(Estimator, estimator, "estimator")
     jloss = get_jax_loss(loss)
     for name, value in (("stats_every", stats_every), ("inverse_every", inverse_every),
                         ("damping_every", damping_every)):
@@ -262,10 +262,10 @@ def kfac(network: DenseNetwork, loss: str | JaxLoss, *, learning_rate: float | N
 
         if learning_rate is None:
             jr, jd = model_terms(r), model_terms(state.delta)
-            m_rr = curvature_products(z, y, jr, jr) + lam * _dot(r, r)
-            m_rd = curvature_products(z, y, jr, jd) + lam * _dot(r, state.delta)
-            m_dd = curvature_products(z, y, jd, jd) + lam * _dot(state.delta, state.delta)
-            g_r, g_d = _dot(grads, r), _dot(grads, state.delta)
+            m_rr = curvature_products(z, y, jr, jr) + lam * tree_vdot(r, r)
+            m_rd = curvature_products(z, y, jr, jd) + lam * tree_vdot(r, state.delta)
+            m_dd = curvature_products(z, y, jd, jd) + lam * tree_vdot(state.delta, state.delta)
+            g_r, g_d = tree_vdot(grads, r), tree_vdot(grads, state.delta)
             first = m_dd == 0  # no previous step: minimize over span{r} (eq. 26)
             det = jnp.where(first, 1.0, m_rr * m_dd - m_rd * m_rd)
             alpha = jnp.where(first, -g_r / m_rr, (-g_r * m_dd + g_d * m_rd) / det)
@@ -283,13 +283,14 @@ def kfac(network: DenseNetwork, loss: str | JaxLoss, *, learning_rate: float | N
                     quad = predicted
                 else:
                     jd = model_terms(delta)
-                    quad = _dot(grads, delta) + 0.5 * (curvature_products(z, y, jd, jd)
-                                                       + lam * _dot(delta, delta))
+                    quad = tree_vdot(grads, delta) + 0.5 * (curvature_products(z, y, jd, jd)
+                                                       + lam * tree_vdot(delta, delta))
                 moved = jax.tree_util.tree_map(jnp.add, network.get_layers(params), delta)
                 new_h = loss_of(network.apply(network.set_layers(params, moved), x), y)
                 ratio = (new_h - h) / quad
-                factor = jnp.where(ratio < 0.25, 1.5, jnp.where(ratio > 0.75, 2.0 / 3.0, 1.0))
-                return jnp.clip(lam * factor, min_damping, max_damping), ratio
+                # one LM rule for both optimizers: a NaN ratio (non-finite new loss) raises
+                # the damping, as a failed step must
+                return jnp.clip(levenberg_marquardt(lam, ratio), min_damping, max_damping), ratio
 
             lam, rho = jax.lax.cond(state.step % damping_every == 0, adapt,
                                     lambda lam: (lam, rho), lam)

@@ -20,12 +20,11 @@ only), so the seed's step differs from the dense damped GGN step whenever `B > 1
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ngd_ref._backend import FLOAT64, Backend
 from ngd_ref._problem import Problem
+from ngd_ref._validation import check_damping
 from ngd_ref.curvature._dense import dense
 
 __all__ = ["block_diagonal", "lowrank_ggn_update"]
@@ -55,12 +54,7 @@ def lowrank_ggn_update(
     Raises:
         ValueError: for `damping <= 0` or non-finite.
     """
-    if not (
-        isinstance(damping, (int, float, np.floating, np.integer))
-        and math.isfinite(damping)
-        and damping > 0
-    ):
-        raise ValueError(f"damping: expected a finite number > 0, got {damping!r}")
+    check_damping(damping, positive=True)
     ref = dense(problem, backend)
     with backend.precision():
         jac = ref.jacobians.reshape(-1, problem.n_params)  # (BC, n)

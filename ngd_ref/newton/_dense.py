@@ -26,24 +26,14 @@ the two agree where `lambda_i >= 0`, and where `lambda_i + lambda < 0` the Newto
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ngd_ref._backend import FLOAT64, Backend
 from ngd_ref._problem import Problem
+from ngd_ref._validation import check_damping
 from ngd_ref.curvature._dense import dense
 
 __all__ = ["absolute_hessian", "newton_update", "quadratic_model", "trust_region_update"]
-
-
-def _check_damping(damping: float) -> None:
-    if not (
-        isinstance(damping, (int, float, np.floating, np.integer))
-        and math.isfinite(damping)
-        and damping >= 0
-    ):
-        raise ValueError(f"damping: expected a finite number >= 0, got {damping!r}")
 
 
 def absolute_hessian(matrix: np.ndarray, *, backend: Backend = FLOAT64) -> np.ndarray:
@@ -72,7 +62,7 @@ def newton_update(problem: Problem, damping: float, *, backend: Backend = FLOAT6
         damping: `lambda >= 0`; with `H + lambda I` singular the solve raises.
         backend: `FLOAT64` or `mp_backend(dps)`.
     """
-    _check_damping(damping)
+    check_damping(damping)
     return dense(problem, backend).damped_update("hessian", damping)
 
 
@@ -92,7 +82,7 @@ def trust_region_update(
     Raises:
         ValueError: for a negative or non-finite damping, or when `|H| + damping I` is singular.
     """
-    _check_damping(damping)
+    check_damping(damping)
     ref = dense(problem, backend)
     with backend.precision():
         values, vectors = backend.eigh(ref.hessian)
@@ -121,7 +111,7 @@ def quadratic_model(
         damping: `lambda >= 0`.
         backend: `FLOAT64` or `mp_backend(dps)`.
     """
-    _check_damping(damping)
+    check_damping(damping)
     ref = dense(problem, backend)
     with backend.precision():
         d = backend.asarray(step)

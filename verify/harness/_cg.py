@@ -63,10 +63,10 @@ _INFORMATIVE = {dtype: unit_roundoff(dtype) ** 0.5 for dtype in ("float64", "flo
 
 def cg_system(ctx: CheckContext) -> tuple[np.ndarray, np.ndarray]:
     """`(A, b)` for the problem (see module docstring)."""
-    fisher = ctx.budget.matrix("fisher")
+    fisher = ctx.policy.matrix("fisher")
     norm = float(np.linalg.norm(fisher, 2))
     a = fisher + (norm / 50.0 if norm > 0 else 1.0) * np.eye(fisher.shape[0])
-    g = -ctx.budget.ref.gradient
+    g = -ctx.policy.ref.gradient
     b = g if np.any(g) else ctx.probe(g.shape[0])[0]
     return a, b
 

@@ -1,4 +1,4 @@
-"""The context one capability check runs in: the port, the problem, the budget, the results.
+"""The context one capability check runs in: the port, the problem, the policy, the results.
 
 A check function receives a `CheckContext` and calls `ctx.port(...)` (contained, see
 `_faults`), `ctx.compare(...)` (a reference comparison) and the structural helpers
@@ -17,9 +17,9 @@ import numpy as np
 
 from ngd_ref import Problem
 from verify._diagnosis import diagnose
+from verify._policy import TolerancePolicy, tolerance_policy
 from verify._report import CheckResult, Status
 from verify._tolerance import Comparison, compare
-from verify.harness._budget import Budget, budget
 from verify.harness._faults import call_port_with, readonly
 from verify.harness._isolation import DEFAULT_TIMEOUT
 
@@ -53,9 +53,9 @@ class CheckContext:
     probed: set[str] = dataclasses.field(default_factory=set)
 
     @property
-    def budget(self) -> Budget:
+    def policy(self) -> TolerancePolicy:
         """Reference values and tolerances for this problem at the port's precision."""
-        return budget(self.problem, self.dtype)
+        return tolerance_policy(self.problem, self.dtype)
 
     @property
     def rng(self) -> np.random.Generator:

@@ -1,7 +1,7 @@
 """Checks of exact curvature diagonals (PROTOCOL s5).
 
 `hessian_diag`, `ggn_diag`, `empirical_fisher_diag`: against `diag(C)` of the dense reference,
-tolerance `Budget.rtol` relative to `||diag(MAG(C))||`; repeated calls identical.
+tolerance `TolerancePolicy.rtol` relative to `||diag(MAG(C))||`; repeated calls identical.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def check_diagonal(ctx: CheckContext) -> None:
     """`ctx.capability(problem)` equals the exact diagonal."""
     name = ctx.capability
     curvature = DIAGONALS[name]
-    b = ctx.budget
+    b = ctx.policy
     ctx.begin(f"{name}_matches_reference")
     value = ctx.port(name, ctx.problem)
     ctx.compare(

@@ -3,7 +3,7 @@
 * `kfac_factors(problem, kind)` for every kind (`fisher`, `ggn`, `empirical`): a list of one
   `(A_l, S_l)` pair per layer with the right shapes, each factor equal to the exact reference
   (`ngd_ref.kfac._dense.kfac_factors`; `A_l = mean_b abar abar^T`, `S_l = c sum_b M_b`),
-  tolerance `Budget.rtol` relative to the factor's magnitude (`kfac_magnitudes`), both
+  tolerance `TolerancePolicy.rtol` relative to the factor's magnitude (`kfac_magnitudes`), both
   factors symmetric. Swapped factors, a missing bias row, a wrong batch constant or the
   empirical statistics in place of the true ones all fail here.
 * `kfac_solve(problem, v, damping, method, kind)` for both methods (`eigen`, eq. 23;
@@ -51,7 +51,7 @@ def _pairs(ctx: CheckContext, check: str, value, expected: list) -> list | None:
 
 def check_kfac_factors(ctx: CheckContext) -> None:
     """Every kind's factors against the exact reference."""
-    b = ctx.budget
+    b = ctx.policy
     for kind in KINDS:
         check = f"kfac_factors_{kind}"
         expected = kfac_factors(ctx.problem, kind)
@@ -85,7 +85,7 @@ def check_kfac_factors(ctx: CheckContext) -> None:
 
 
 def _condition(factors, magnitudes, damping: float, method: str) -> float:
-    """Largest per-layer condition of the damped Kronecker matrix, in the units of `_budget`."""
+    """Largest per-layer condition of the damped Kronecker matrix (units of `verify._policy`)."""
     worst = 1.0
     for (a, s), (a_mag, s_mag) in zip(factors, magnitudes, strict=True):
         la = np.clip(np.linalg.eigvalsh(a), 0.0, None)
@@ -109,7 +109,7 @@ def _condition(factors, magnitudes, damping: float, method: str) -> float:
 
 def check_kfac_solve(ctx: CheckContext) -> None:
     """Damped K-FAC solves for every kind, both methods, two dampings."""
-    b = ctx.budget
+    b = ctx.policy
     (v,) = ctx.probe(ctx.problem.n_params)
     for kind, method, damping in _SOLVE_CASES:
         check = f"kfac_solve_{method}_{kind}"

@@ -5,7 +5,7 @@
 * `hessian`, `ggn`, `fisher`, `empirical_fisher`: against the exact dense matrices
   (Martens s3, s5, s7; seeds 000/001 for the Fisher), symmetry (all four are symmetric by
   definition), repeated calls identical.
-Tolerances: `Budget.rtol` relative to `max(||desired||, MAG)` (see `_budget`).
+Tolerances: `TolerancePolicy.rtol` relative to `max(||desired||, MAG)` (see `verify._policy`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _SOURCES = {
 
 def check_loss(ctx: CheckContext) -> None:
     """`loss(problem)` equals `h(theta)`."""
-    b = ctx.budget
+    b = ctx.policy
     ctx.begin("loss_matches_reference")
     value = ctx.port("loss", ctx.problem)
     ctx.compare(
@@ -42,7 +42,7 @@ def check_loss(ctx: CheckContext) -> None:
 
 def check_gradient(ctx: CheckContext) -> None:
     """`gradient(problem)` equals `grad h`."""
-    b = ctx.budget
+    b = ctx.policy
     ctx.begin("gradient_matches_reference")
     value = ctx.port("gradient", ctx.problem)
     ctx.compare(
@@ -59,7 +59,7 @@ def check_gradient(ctx: CheckContext) -> None:
 def check_matrix(ctx: CheckContext) -> None:
     """A dense curvature matrix (`ctx.capability` names it) against the reference."""
     name = ctx.capability
-    b = ctx.budget
+    b = ctx.policy
     magnitude = float(np.linalg.norm(b.matrix_magnitude(name)))
     ctx.begin(f"{name}_matches_reference")
     value = ctx.port(name, ctx.problem)

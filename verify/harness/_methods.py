@@ -23,7 +23,7 @@ Every input is built from the problem so the checks run over the whole zoo:
   (`hutchinson_range`), so by Hoeffding with a union bound over the n entries a correct
   estimator exceeds `hoeffding_bound(width_i, N, tests=n)` with probability <= 1e-6.
   A different seed must not be required; the same seed twice must give identical results.
-Deterministic tolerances follow `verify._tolerance` as in `_budget`; the solves use the
+Deterministic tolerances follow `verify._tolerance` as in `verify._policy`; the solves use the
 condition number of the system solved.
 """
 
@@ -43,9 +43,9 @@ from ngd_ref.dense import (
     shampoo_direction,
     trust_region_update,
 )
+from verify._policy import TolerancePolicy
 from verify._report import Status
 from verify._tolerance import hoeffding_bound, rounding_rtol, solve_rtol
-from verify.harness._budget import Budget
 from verify.harness._context import CheckContext
 from verify.harness._faults import readonly
 
@@ -58,14 +58,14 @@ _MEMORY, _GAMMA, _LR = 3, 0.5, 0.25
 
 
 def _spd_pair(ctx: CheckContext) -> tuple[np.ndarray, np.ndarray]:
-    fisher = ctx.budget.matrix("fisher")
+    fisher = ctx.policy.matrix("fisher")
     eye = np.eye(fisher.shape[0])
     return fisher + eye, fisher + 0.5 * eye
 
 
 def check_trust_region_update(ctx: CheckContext) -> None:
     """`-(|H| + lambda I)^{-1} grad h` against the reference."""
-    b = ctx.budget
+    b = ctx.policy
     abs_h = absolute_hessian(b.matrix("hessian"))
     for damping in _DAMPINGS:
         tolerance, kappa = b.solve_tolerance(
@@ -84,7 +84,7 @@ def check_trust_region_update(ctx: CheckContext) -> None:
 
 def check_lowrank_ggn_update(ctx: CheckContext) -> None:
     """`-(G + lambda I)^{-1} grad h` in output space, against the reference."""
-    b = ctx.budget
+    b = ctx.policy
     for damping in _DAMPINGS:
         tolerance, kappa = b.solve_tolerance(
             b.matrix("ggn"),
@@ -121,7 +121,7 @@ def check_bfgs_update(ctx: CheckContext) -> None:
         "bfgs_update",
         value,
         bfgs_update(bmat, s, y),
-        tolerance=ctx.budget.rtol,
+        tolerance=ctx.policy.rtol,
         magnitude=float(magnitude),
         what="B + y y^T/(y^T s) - B s s^T B/(s^T B s) (PROTOCOL s9)",
     )
@@ -177,7 +177,7 @@ def _lbfgs_step_bounds(
 ) -> tuple[float, float]:
     """Absolute error bounds `(E_params, E_y)` a correct port stays within.
 
-    With `rtol = Budget.rtol` (the gradient's rounding policy) and `rtol_k` the same with
+    With `rtol = TolerancePolicy.rtol` (the gradient's rounding policy) and `rtol_k` the same with
     `2m` more levels of depth (the two loops):
 
     * `theta' = theta - lr H_k g`: `g` is known to `rtol MAG(g)` and the two loops add their
@@ -190,8 +190,8 @@ def _lbfgs_step_bounds(
       which moves it by at most `MAG(H(theta')) e`:
       `E_y = rtol (||MAG(g(theta))|| + ||MAG(g(theta'))||) + ||MAG(H(theta')) e||`.
     """
-    b = ctx.budget
-    moved = Budget(ctx.problem.replace(params=new_params), ctx.dtype)
+    b = ctx.policy
+    moved = TolerancePolicy(ctx.problem.replace(params=new_params), ctx.dtype)
     rtol_k = rounding_rtol(ctx.dtype, length=b.length, depth=b.depth + 2 * _MEMORY)
     e_s = rtol_k * _LR * two_loop_magnitude(b.gradient_magnitude, s_list, y_list, _GAMMA)
     e = b.rtol * np.abs(new_params) + e_s
@@ -226,7 +226,7 @@ def check_lbfgs_step(ctx: CheckContext) -> None:
             + (f" of length {len(parts)}" if parts else ""),
         )
         return
-    rtol = ctx.budget.rtol
+    rtol = ctx.policy.rtol
     for label, actual, desired, bound, what in zip(
         ("params", "s", "y"),
         parts,
@@ -252,7 +252,7 @@ def check_lbfgs_step(ctx: CheckContext) -> None:
 
 def check_inverse_root(ctx: CheckContext) -> None:
     """`(M + ridge I)^{-1/p}` for p = 2 and 4."""
-    m = ctx.budget.matrix("fisher")
+    m = ctx.policy.matrix("fisher")
     ridge = float(np.linalg.norm(m, 2)) / 100.0 + 1.0 / 64.0
     kappa = float(np.linalg.cond(m + ridge * np.eye(m.shape[0])))
     for p in (2, 4):
@@ -271,7 +271,7 @@ def check_shampoo_direction(ctx: CheckContext) -> None:
     """`(L + eps I)^{-1/4} G (R + eps I)^{-1/4}` with statistics of the first layer's gradient."""
     layer = ctx.problem.layers[0]
     sl = layer_slices(ctx.problem.layers)[0]
-    grad = ctx.budget.ref.gradient[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
+    grad = ctx.policy.ref.gradient[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
     left, right, eps = grad @ grad.T, grad.T @ grad, 0.1
     condition = float(
         np.linalg.cond(left + eps * np.eye(left.shape[0]))
@@ -290,7 +290,7 @@ def check_shampoo_direction(ctx: CheckContext) -> None:
 
 def check_hutchinson_diag(ctx: CheckContext) -> None:
     """Hutchinson's estimator on H: within Hoeffding bounds of diag(H); same seed, same result."""
-    h = ctx.budget.matrix("hessian")
+    h = ctx.policy.matrix("hessian")
     n = h.shape[0]
 
     def matvec(v):

@@ -4,7 +4,7 @@ Capabilities: `hvp`, `ggn_vp`, `fisher_vp`, `empirical_fisher_vp`.
 
 For two probe vectors `v, w` (dyadic, exact in float32) and scalars `a = 3/4, b = -5/4`:
 
-* `C v` against the dense reference's `C @ v`, tolerance `Budget.rtol` relative to
+* `C v` against the dense reference's `C @ v`, tolerance `TolerancePolicy.rtol` relative to
   `||MAG(C) |v| ||` (the product's magnitude);
 * linearity `C(a v + b w) = a C v + b C w` -- a port that caches, normalizes or
   otherwise treats its argument non-linearly fails even where its `C v` happens to match;
@@ -34,7 +34,7 @@ def check_product(ctx: CheckContext) -> None:
     """`ctx.capability(problem, v)` equals `C v`, is linear in v and deterministic."""
     name = ctx.capability
     curvature = PRODUCTS[name]
-    b = ctx.budget
+    b = ctx.policy
     matrix, mag = b.matrix(curvature), b.matrix_magnitude(curvature)
     v, w = ctx.probe(ctx.problem.n_params, 2)
     ctx.begin(f"{name}_matches_reference")

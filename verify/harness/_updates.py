@@ -3,7 +3,7 @@
 For every curvature in {hessian, ggn, fisher, empirical_fisher} and two dampings, the port's
 `-(C + lambda I)^{-1} grad h` (Grosse ch. 4 eq. 5 for the Newton step, eq. 13 for the damped
 Gauss-Newton/natural gradient step, seed 002) is compared with the dense solve, tolerance
-`solve_rtol` with the condition number of `C + lambda I` (see `_budget`). The dampings are
+`solve_rtol` with the condition number of `C + lambda I` (see `verify._policy`). The dampings are
 1 and 1/10; for the (possibly indefinite) Hessian both are shifted by `2 max(0, -lambda_min(H))`
 so that `H + lambda I` is positive definite and the step is well defined.
 """
@@ -28,7 +28,7 @@ def dampings_for(matrix: np.ndarray) -> tuple[float, ...]:
 
 def check_damped_update(ctx: CheckContext) -> None:
     """`damped_update` for every curvature and both dampings."""
-    b = ctx.budget
+    b = ctx.policy
     ref = b.ref
     for curvature in CURVATURES:
         matrix = b.matrix(curvature)

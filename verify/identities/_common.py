@@ -1,13 +1,14 @@
 """What the identity modules share: deterministic defaults, magnitudes and tolerances.
 
-Every tolerance here is a call to `verify._tolerance` with the sizes of the problem:
+Every tolerance here is the float64 `TolerancePolicy` of the problem (`verify._policy`), the
+same object the harness uses:
 
 * `exact_rtol(problem)` -- two float64 computations of the same exact quantity:
-  `rounding_rtol("float64", length=max(n, B C), depth=L + 2)` (L layers, +1 for the loss,
-  +1 for second-order quantities), relative to the computation's magnitude;
-* magnitudes (`gauss_newton_magnitude`, `magnitude`) follow the tolerance module's `MAG`:
-  the same formula evaluated on absolute values, e.g. `c sum_b ||J_b||^2 ||M_b||` for
-  `c sum_b J_b^T M_b J_b`, and the sum of the norms of the terms of a sum.
+  `TolerancePolicy.rtol` (length `max(n, B C)`, depth L + 2), relative to the computation's
+  magnitude;
+* magnitudes (`gauss_newton_magnitude`, `middle_magnitudes`) are the policy's one magnitude
+  model (the same formula evaluated on absolute values, e.g. `c sum_b ||J_b||^2 ||MAG(M_b)||`
+  for `c sum_b J_b^T M_b J_b`); `magnitude` is the sum of the norms of the terms of a sum.
 
 Defaults of identities that take a damping, a vector or a reparameterization are drawn from
 a generator seeded by the problem's name and the purpose (`problem_rng`), so a rerun, a
@@ -22,8 +23,8 @@ import numpy as np
 
 from ngd_ref import Problem
 from ngd_ref.dense import DenseCurvature, dense
+from verify._policy import tolerance_policy
 from verify._report import CheckResult, Status
-from verify._tolerance import rounding_rtol
 
 __all__ = [
     "at_most",
@@ -73,47 +74,21 @@ def default_damping(problem: Problem, purpose: str = "damping") -> float:
 
 def exact_rtol(problem: Problem) -> float:
     """Tolerance of a float64 identity between two exact computations of one quantity."""
-    length = max(problem.n_params, problem.batch_size * problem.output_dim)
-    return rounding_rtol("float64", length=length, depth=len(problem.layers) + 2)
+    return tolerance_policy(problem, "float64").rtol
 
 
 def middle_magnitudes(ref: DenseCurvature) -> np.ndarray:
-    """`MAG` of each example's output-space middle matrix, `(B,)`.
+    """`MAG` of each example's output-space middle matrix, `(B,)` (`TolerancePolicy.middle_norms`).
 
-    The largest of `||H_L,b||`, `||F_R,b||` and, for softmax / sigmoid outputs, the magnitude
-    of the formula on absolute values, `||p|| + ||p||^2` (`diag(p) - p p^T` and `p (1 - p)`
-    cancel when the probabilities saturate, so their computed values carry an absolute error
-    of order `u`, not `u ||H_L||`).
+    Includes the saturation floor of softmax / sigmoid outputs (`diag(p) - p p^T` and
+    `p (1 - p)` cancel when the probabilities saturate).
     """
-    values = np.maximum(
-        np.linalg.norm(np.asarray(ref.loss_hessians, dtype=np.float64), axis=(1, 2)),
-        np.linalg.norm(np.asarray(ref.output_fishers, dtype=np.float64), axis=(1, 2)))
-    loss = ref.problem.loss
-    if loss in ("softmax_cross_entropy", "sigmoid_cross_entropy", "nll_probs"):
-        z = np.asarray(ref.outputs, dtype=np.float64)
-        if loss == "softmax_cross_entropy":
-            p = np.exp(z - z.max(axis=1, keepdims=True))
-            p /= p.sum(axis=1, keepdims=True)
-        elif loss == "sigmoid_cross_entropy":
-            p = 1.0 / (1.0 + np.exp(-z))
-        else:
-            p = z
-        norms = np.linalg.norm(p, axis=1)
-        values = np.maximum(values, norms + norms**2)
-    return values
+    return tolerance_policy(ref.problem, "float64").middle_norms
 
 
 def gauss_newton_magnitude(ref: DenseCurvature, middles: np.ndarray | None = None) -> float:
-    """`MAG(c sum_b J_b^T M_b J_b) = c sum_b ||J_b||_F^2 MAG(M_b)`.
-
-    `MAG(M_b)` is `middle_magnitudes` (the same for H_L, F_R and E[H_L], which are computed
-    from the same output quantities), or `||M_b||` if larger.
-    """
-    mid = middle_magnitudes(ref)
-    if middles is not None:
-        mid = np.maximum(mid, np.linalg.norm(np.asarray(middles, dtype=np.float64), axis=(1, 2)))
-    jac = np.linalg.norm(ref.jacobians, axis=(1, 2)) ** 2
-    return float(ref.problem.scale * np.sum(jac * mid))
+    """`MAG(c sum_b J_b^T M_b J_b)` (`TolerancePolicy.gauss_newton_magnitude`)."""
+    return tolerance_policy(ref.problem, "float64").gauss_newton_magnitude(middles)
 
 
 def magnitude(*terms: np.ndarray | float) -> float:
@@ -139,7 +114,8 @@ def at_most(name: str, problem: Problem, value: float, bound: float, what: str, 
 def smooth_along(problem: Problem, direction: np.ndarray, step: float) -> bool:
     """Whether h is smooth on `theta + t d`, `|t| <= step`: no ReLU pre-activation meets 0.
 
-    ReLU is not differentiable at `s = 0` (the reference, like JAX, takes `phi'(0) = 0`), so a
+    A kinked activation (`ActivationSpec.smooth` false: ReLU) is not differentiable at
+    `s = 0` (the reference, like JAX, takes `phi'(0) = 0`), so a
     Taylor expansion or a difference quotient through `theta +- t d` -- of h, of the outputs,
     of the KL -- measures the theorem only where every ReLU pre-activation keeps its sign:
     `|s| > 2 step |(ds/dtheta) d|` (the first-order reach, doubled for the higher orders at
@@ -150,7 +126,7 @@ def smooth_along(problem: Problem, direction: np.ndarray, step: float) -> bool:
     """
     ref = reference(problem)
     for index, layer in enumerate(problem.layers):
-        if layer.activation != "relu":
+        if layer.phi.smooth:
             continue
         for trace in ref.traces:
             s = np.abs(np.asarray(trace.s[index], dtype=np.float64))

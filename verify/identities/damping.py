@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ngd_ref import Layer, Problem
+from ngd_ref import Layer, Loss, Problem
 from ngd_ref.dense import levenberg_marquardt, reduction_ratio
 from verify.identities._common import at_most, default_direction, exact_rtol, problem_rng, reference
 from verify.identities._registry import identity
@@ -106,7 +106,7 @@ def reduction_ratio_large_damping(problem: Problem, *, curvature: str = "ggn"):
 @identity("reduction_ratio_not_one", source=SOURCE,
           statement="rho != 1 for a finite step when h is not quadratic "
                     "(the model is only a model)",
-          applies=lambda p: p.loss != "mse" or network_curved(p),
+          applies=lambda p: not Loss(p.loss).spec.residual or network_curved(p),
           negative_control=True)
 def reduction_ratio_not_one(problem: Problem, *, direction: np.ndarray | None = None):
     """Negative control of `reduction_ratio_quadratic`: on the problem itself, `rho(d) != 1`."""

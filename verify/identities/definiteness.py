@@ -73,14 +73,14 @@ def _register_psd(curvature: str, source: str, applies: Callable[[Problem], bool
 
 
 _register_psd("ggn", "Martens s3 (seed 003); Grosse s2.1 (seed 002)",
-              lambda p: p.loss != Loss.GAUSSIAN_LOGVAR.value)
+              lambda p: Loss(p.loss).spec.hessian_psd)
 _register_psd("fisher", "Martens s5 (seed 003)", lambda p: True)
 _register_psd("empirical_fisher", "Martens s7 (seed 003)", lambda p: True)
 
 
 def _hessian_witness(problem: Problem) -> bool:
     layers = problem.layers
-    return (len(layers) >= 2 and layers[-1].activation == "identity"
+    return (len(layers) >= 2 and layers[-1].phi.linear
             and layers[-1].n_in + 1 > problem.batch_size and curved_with_residual(problem))
 
 
@@ -97,7 +97,7 @@ def hessian_indefinite(problem: Problem):
 
 def _logvar_witness(problem: Problem) -> bool:
     """Some example has a nonzero residual and the last-layer inputs are linearly independent."""
-    if problem.loss != Loss.GAUSSIAN_LOGVAR.value:
+    if Loss(problem.loss).spec.hessian_psd:
         return False
     ref = reference(problem)
     inputs = np.stack([t.abar[-1] for t in ref.traces])

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ngd_ref import Problem
+from ngd_ref import Loss, Problem
 from ngd_ref.dense import mp_backend
 from verify._tolerance import solve_rtol
 from verify.identities._common import (
@@ -79,7 +79,7 @@ def damped_steps_descend(problem: Problem, *, damping: float | None = None):
     g = ref.gradient
     out = []
     for curvature in ("ggn", "fisher", "empirical_fisher"):
-        if curvature == "ggn" and problem.loss == "gaussian_logvar":
+        if curvature == "ggn" and not Loss(problem.loss).spec.hessian_psd:
             continue  # G is not PSD for a non-convex loss (see definiteness)
         d = ref.damped_update(curvature, lam)
         cosine = float(g @ d) / (float(np.linalg.norm(g) * np.linalg.norm(d)))

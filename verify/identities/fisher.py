@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ngd_ref import Loss, Problem, unflatten
-from ngd_ref._activations import get_activation
-from ngd_ref.dense import Backend, get_loss, mp_backend
+from ngd_ref import Loss, Problem
+from ngd_ref.dense import Backend, get_loss, mp_backend, network_outputs
 from verify._tolerance import compare
 from verify.identities._common import (
     default_direction,
@@ -48,7 +47,6 @@ __all__ = [
     "kl_second_order",
     "mean_score_vanishes",
     "mp_loss",
-    "forward_outputs",
 ]
 
 MARTENS_S9 = "Martens s8-s9 (seed 003)"
@@ -165,21 +163,11 @@ def empirical_fisher_differs(problem: Problem):
 # ---------------------------------------------------------------------------------------------
 # KL second-order expansion
 # ---------------------------------------------------------------------------------------------
-def forward_outputs(problem: Problem, theta: np.ndarray, bk: Backend) -> np.ndarray:
-    """Network outputs `z_b` `(B, C)` at parameters `theta`, forward pass only (any backend)."""
-    a = bk.asarray(problem.inputs).T
-    for layer, (weight, bias) in zip(problem.layers, unflatten(problem.layers, theta), strict=True):
-        s = weight @ a + bias[:, None]
-        act = get_activation(layer.activation)
-        a = act.value(bk, s.T).T if layer.activation == "softmax" else act.value(bk, s)
-    return a.T
-
-
 def mp_loss(problem: Problem, theta: np.ndarray, bk: Backend):
     """`h(theta) = c sum_b L(y_b, z_b)` by a forward pass only (call inside `bk.precision()`)."""
     loss = get_loss(problem.loss)
     targets = problem.targets if problem.targets.dtype.kind == "i" else bk.asarray(problem.targets)
-    z = forward_outputs(problem, theta, bk)
+    z = network_outputs(problem, theta, bk)
     return bk.scalar(problem.scale) * sum(loss.value(bk, y, zb)
                                           for y, zb in zip(targets, z, strict=True))
 
@@ -208,11 +196,11 @@ def kl_curvature(problem: Problem, direction: np.ndarray,
     first = KL_FIRST_EXPONENT + kl_step_scale(problem, direction)
     with bk.precision():
         theta, d = bk.asarray(problem.params), bk.asarray(direction)
-        z0 = forward_outputs(problem, theta, bk)
+        z0 = network_outputs(problem, theta, bk)
         scale = bk.scalar(problem.scale)
 
         def kl(t):
-            zt = forward_outputs(problem, theta + t * d, bk)
+            zt = network_outputs(problem, theta + t * d, bk)
             return scale * sum(loss.kl(bk, z0[b], zt[b]) for b in range(len(z0)))
 
         table = []

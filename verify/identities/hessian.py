@@ -33,7 +33,7 @@ SOURCE = "Martens s3 (seed 003)"
 
 def affine_network(problem: Problem) -> bool:
     """Whether z is affine in theta: one layer with the identity activation."""
-    return len(problem.layers) == 1 and problem.layers[0].activation == "identity"
+    return len(problem.layers) == 1 and problem.layers[0].phi.linear
 
 
 def _ggn_tolerance(problem: Problem):
@@ -55,7 +55,7 @@ def hessian_decomposition(problem: Problem):
 @identity("hessian_equals_ggn_last_layer", source=SOURCE,
           statement="H and G share the last layer's diagonal block "
                     "when its activation is the identity",
-          applies=lambda p: p.layers[-1].activation == "identity")
+          applies=lambda p: p.layers[-1].phi.linear)
 def hessian_equals_ggn_last_layer(problem: Problem):
     """`H_LL = G_LL` for the last layer's block.
 
@@ -79,20 +79,22 @@ def hessian_equals_ggn_affine_network(problem: Problem):
 
 
 def zero_residual_twin(problem: Problem) -> Problem:
-    """The mse problem with targets replaced by the network's outputs (so `dL/dz = 0` exactly).
+    """The problem with targets replaced by the network's outputs (so `dL/dz = 0` exactly).
 
     Raises:
-        ValueError: for a loss other than mse (no target makes every `dL/dz` vanish).
+        ValueError: for a loss that is not a residual loss (`LossSpec.residual`: no target
+            makes every `dL/dz` vanish).
     """
-    if problem.loss != Loss.MSE.value:
-        raise ValueError(f"problem: zero-residual targets exist for mse only, got {problem.loss!r}")
+    if not Loss(problem.loss).spec.residual:
+        raise ValueError(f"problem: zero-residual targets exist for residual losses only (mse), "
+                         f"got {problem.loss!r}")
     outputs = np.asarray(reference(problem).outputs, dtype=np.float64)
     return problem.replace(name=f"{problem.name}/zero-residual", targets=outputs)
 
 
 @identity("hessian_equals_ggn_zero_residual", source=SOURCE,
           statement="H = G at zero residual (mse with targets = outputs)",
-          applies=lambda p: p.loss == Loss.MSE.value)
+          applies=lambda p: Loss(p.loss).spec.residual)
 def hessian_equals_ggn_zero_residual(problem: Problem):
     """`H = G` when `dL/dz = 0` for every example (checked on `zero_residual_twin`)."""
     twin = zero_residual_twin(problem)
@@ -111,7 +113,7 @@ def network_curved(problem: Problem) -> bool:
     """
     if affine_network(problem):
         return False
-    if problem.layers[-1].activation != "identity":
+    if not problem.layers[-1].phi.linear:
         return True
     earlier = layer_slices(problem.layers)[-1].start
     return bool(np.any(reference(problem).jacobians[:, :, :earlier] != 0))

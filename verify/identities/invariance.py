@@ -28,7 +28,7 @@ import numpy as np
 import scipy.linalg
 
 from ngd_ref import Problem
-from ngd_ref.dense import get_loss, mp_backend
+from ngd_ref.dense import get_loss, mp_backend, network_outputs
 from verify._tolerance import compare, solve_rtol
 from verify.identities._common import (
     default_damping,
@@ -41,7 +41,6 @@ from verify.identities._common import (
     smooth_along,
 )
 from verify.identities._registry import identity, result, separated
-from verify.identities.fisher import forward_outputs
 
 __all__ = [
     "affine_invariance",
@@ -189,7 +188,7 @@ def _mp_objective_and_outputs(problem: Problem, direction: np.ndarray):
                    else bk.asarray(problem.targets))
         outputs, values = [], []
         for sign in (1, 0, -1):
-            z = forward_outputs(problem, sinh(gamma + sign * eps * v), bk)
+            z = network_outputs(problem, sinh(gamma + sign * eps * v), bk)
             outputs.append(z)
             values.append(bk.scalar(problem.scale) * sum(
                 loss.value(bk, y, zb) for y, zb in zip(targets, z, strict=True)))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ngd_ref import Problem, layer_slices
+from ngd_ref import Loss, Problem, layer_slices
 from ngd_ref.dense import (
     ExactnessRegime,
     KfacKind,
@@ -312,7 +312,7 @@ def _psd_part(m: np.ndarray) -> np.ndarray:
 
 def _psd_kinds(problem: Problem) -> list[KfacKind]:
     """Kinds whose `S_l` is PSD by construction: all but the GGN of an indefinite `H_L`."""
-    indefinite = problem.loss == "gaussian_logvar"
+    indefinite = not Loss(problem.loss).spec.hessian_psd
     return [k for k in KfacKind if not (indefinite and k is KfacKind.GGN)]
 
 

@@ -32,9 +32,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ngd_ref import Problem, layer_slices
+from ngd_ref import Loss, Probabilities, Problem, layer_slices
 from ngd_ref import dense as ref
-from ngd_ref._problem import Loss
 from verify._report import CheckResult, Status
 from verify._tolerance import compare, hoeffding_bound, rounding_rtol, solve_rtol
 from verify.identities._registry import detectable, identity, result, separated
@@ -515,7 +514,8 @@ def _lowrank(problem: Problem) -> CheckResult:
 
 
 @identity("lowrank_seed_coupled_softmax_differs", source=f"{_SEED_004} `gauss_newton`",
-          applies=lambda p: p.loss == Loss.SOFTMAX_CROSS_ENTROPY and p.batch_size > 1,
+          applies=lambda p: (Loss(p.loss).spec.probabilities is Probabilities.SOFTMAX
+                             and p.batch_size > 1),
           negative_control=True,
           statement="one softmax Hessian over the flattened batch couples examples: its step "
                     "is not the damped GGN step")

@@ -85,7 +85,7 @@ def _solve_tol(problem: Problem, matrix: np.ndarray) -> float:
 
 
 def _convex_loss(problem: Problem) -> bool:
-    return problem.loss != Loss.GAUSSIAN_LOGVAR.value
+    return Loss(problem.loss).spec.hessian_psd
 
 
 def _loss_hessian_tol(problem: Problem) -> float:

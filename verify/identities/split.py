@@ -25,9 +25,15 @@ SOURCE = "Martens s3, s9 (seed 003); PROTOCOL s2"
 
 def splittable(problem: Problem) -> bool:
     """Whether the problem is a softmax classifier whose softmax can move across the split."""
-    last = problem.layers[-1].activation
-    return ((problem.loss == Loss.SOFTMAX_CROSS_ENTROPY.value and last == "identity")
-            or problem.loss == Loss.NLL_PROBS.value)
+    loss = Loss(problem.loss)
+    if loss.spec.probability_form is not None:
+        return problem.layers[-1].phi.linear
+    return _logits_form(loss) is not None
+
+
+def _logits_form(loss: Loss) -> Loss | None:
+    """The loss whose `probability_form` is `loss` (nll_probs -> softmax_cross_entropy)."""
+    return next((other for other in Loss if other.spec.probability_form is loss), None)
 
 
 def split_twin(problem: Problem) -> Problem:
@@ -43,9 +49,14 @@ def split_twin(problem: Problem) -> Problem:
         raise ValueError(f"problem: {problem.name!r} is not a softmax classifier "
                          "with a movable softmax")
     *hidden, last = problem.layers
-    to_nll = problem.loss == Loss.SOFTMAX_CROSS_ENTROPY.value
-    layer = Layer(last.n_in, last.n_out, "softmax" if to_nll else "identity")
-    loss = Loss.NLL_PROBS if to_nll else Loss.SOFTMAX_CROSS_ENTROPY
+    own = Loss(problem.loss)
+    probability_form = own.spec.probability_form
+    if probability_form is not None:
+        loss, activation = probability_form, probability_form.spec.last_activation
+    else:
+        loss, activation = _logits_form(own), "identity"
+    assert loss is not None and activation is not None  # guaranteed by splittable
+    layer = Layer(last.n_in, last.n_out, activation)
     return problem.replace(name=f"{problem.name}/split", layers=(*hidden, layer), loss=loss.value)
 
 

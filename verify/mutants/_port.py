@@ -49,7 +49,7 @@ class NumpyPort:
 
     def _scale(self, problem) -> float:
         """The reduction constant c (1/B for mean, 1 for sum)."""
-        return 1.0 / problem.batch_size if problem.reduction == "mean" else 1.0
+        return 1.0 / problem.batch_size if problem.reduction == "mean" else 1.0  # PROTOCOL s1
 
     def _layer_offsets(self, problem) -> list[int]:
         offsets, start = [], 0
@@ -136,8 +136,20 @@ class NumpyPort:
         ]
         return np.concatenate(blocks, axis=1)
 
+    #: the losses this port implements (its loss formulas below branch on these names, the
+    #: protocol's strings, as a user's port would; the last branch is gaussian_logvar)
+    SUPPORTED_LOSSES = ("mse", "softmax_cross_entropy", "sigmoid_cross_entropy", "poisson",
+                        "nll_probs", "gaussian_logvar")
+
     def _examples(self, problem):
-        """Per example `(trace, J, z, y)` at the problem's parameters, in `dtype`."""
+        """Per example `(trace, J, z, y)` at the problem's parameters, in `dtype`.
+
+        Raises:
+            ValueError: for a loss outside `SUPPORTED_LOSSES` (never computed as another).
+        """
+        if problem.loss not in self.SUPPORTED_LOSSES:
+            raise ValueError(f"loss: this port implements {', '.join(self.SUPPORTED_LOSSES)}; "
+                             f"got {problem.loss!r}")
         theta = self._cast(problem.params)
         targets = (
             problem.targets if problem.targets.dtype.kind == "i" else self._cast(problem.targets)

@@ -1,0 +1,174 @@
+"""The tolerance policy of one problem at one precision: every check's tolerance comes from here.
+
+`TolerancePolicy(problem, dtype)` (cached: `tolerance_policy(problem, dtype)`) applies the
+rules of `verify._tolerance` (Higham's rounding model) to a problem, with one magnitude model
+and one method per kind of check:
+
+* sizes: `length = max(n, B*C)` (the longest sum), `depth = L + 2` (L layers, then the loss
+  and the second derivative); `rtol = rounding_rtol(dtype, length, depth)` for an exact
+  quantity, relative to `max(||desired||, MAG)`;
+* the magnitude model, `MAG` = the same formula on absolute values:
+  - per example, the output-space middle matrices: `|H_L,b|` (GGN), `|F_R,b|` (Fisher),
+    each at least the magnitude of its closed form where the loss's probabilities saturate
+    (`LossSpec.probabilities`): `diag(p) + p p^T` for softmax outputs (the formula
+    `diag(p) - p p^T` cancels to `p (1 - p)` when `p -> 1`, so a correct port's value
+    carries an absolute error `u (p + p^2)`, not `u p (1 - p)`) and `p + p^2` per sigmoid
+    output;
+  - `MAG(grad) = c sum_b |J_b|^T |dL/dz_b|`, `MAG(G) = c sum_b |J_b|^T MAG(H_L,b) |J_b|`,
+    `MAG(F)` likewise with `MAG(F_R,b)`, `MAG(EF) = c sum_b m_b m_b^T` with
+    `m_b = |J_b|^T |dL/dz_b|` (Martens s3, s5, s7 on absolute values), and
+    `MAG(H) = MAG(G) + |H - G|` (the second-order term of Martens s3's decomposition);
+  - products use `MAG(C) |v|`, diagonals `diag(MAG(C))`;
+  - scalar magnitudes of a sum of terms (the identities' two-sided comparisons) are the
+    Frobenius-norm bound `c sum_b ||J_b||_F^2 ||MAG(M_b)||_F` of the same model;
+* `solve_tolerance`: `solve_rtol` with `condition = kappa(C + lambda I) * max(MAG(C)/||C +
+  lambda I||, MAG(g)/||g||)` (Higham Thm 7.2: the perturbation, in units of the matrix and
+  right side, amplified by the condition number).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ngd_ref import Loss, Probabilities, Problem
+from ngd_ref.dense import FLOAT64, DenseCurvature, dense, get_loss
+from verify._tolerance import rounding_rtol, solve_rtol
+
+__all__ = ["TolerancePolicy", "tolerance_policy"]
+
+_TINY = np.finfo(np.float64).tiny
+
+
+class TolerancePolicy:
+    """Reference values, magnitudes and tolerances of one problem at one precision."""
+
+    def __init__(self, problem: Problem, dtype: str) -> None:
+        self.problem = problem
+        self.dtype = dtype
+        self.ref: DenseCurvature = dense(problem)
+        self.length = max(problem.n_params, problem.batch_size * problem.output_dim)
+        self.depth = len(problem.layers) + 2
+        self.rtol = rounding_rtol(dtype, length=self.length, depth=self.depth)
+
+    # -- magnitudes ------------------------------------------------------------------------
+    @functools.cached_property
+    def _abs_pieces(self) -> tuple[np.ndarray, np.ndarray]:
+        jac = np.abs(self.ref.jacobians)
+        grads = np.abs(self.ref.loss_grads)
+        return jac, np.einsum("bcn,bc->bn", jac, grads)
+
+    @functools.cached_property
+    def loss_magnitude(self) -> float:
+        """`c sum_b (|L_b| + ||z_b||_1)`: log-sum-exp style cancellation scales with |z|."""
+        loss = get_loss(self.problem.loss)
+        outputs, targets = self.ref.outputs, self.ref.targets
+        total = sum(
+            abs(float(loss.value(FLOAT64, y, z))) + float(np.sum(np.abs(z)))
+            for y, z in zip(targets, outputs, strict=True)
+        )
+        return float(self.ref.c) * total
+
+    @functools.cached_property
+    def gradient_magnitude(self) -> np.ndarray:
+        """`MAG(grad h)` as a vector."""
+        return float(self.ref.c) * np.sum(self._abs_pieces[1], axis=0)
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 -- one policy per (problem, dtype), cached below
+    def matrix_magnitude(self, curvature: str) -> np.ndarray:
+        """`MAG(C)` as an `(n, n)` matrix (see module docstring)."""
+        jac, m = self._abs_pieces
+        c = float(self.ref.c)
+        if curvature == "empirical_fisher":
+            return c * (m.T @ m)
+        middles = self.middle_magnitudes(curvature)
+        gauss_newton = c * np.einsum("bcn,bcd,bdm->nm", jac, middles, jac)
+        if curvature == "hessian":
+            return gauss_newton + np.abs(self.ref.hessian - self.ref.ggn)
+        return gauss_newton
+
+    @functools.cached_property
+    def saturation_floor(self) -> np.ndarray:
+        """Per example, `MAG` of the closed form of a saturating loss's middle, `(B, C, C)`.
+
+        `diag(p) + p p^T` for softmax probabilities, `diag(p + p^2)` for sigmoid ones, zero
+        for losses without probabilities (`LossSpec.probabilities`).
+        """
+        z = np.asarray(self.ref.outputs, dtype=np.float64)
+        kind = Loss(self.problem.loss).spec.probabilities
+        if kind is Probabilities.NONE:
+            return np.zeros(z.shape + z.shape[-1:])
+        if kind is Probabilities.SIGMOID:
+            p = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid without overflow
+            return np.einsum("bc,cd->bcd", p + p * p, np.eye(z.shape[1]))
+        if kind is Probabilities.SOFTMAX:
+            p = np.exp(z - z.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+        else:
+            p = z
+        return np.einsum("bc,cd->bcd", p, np.eye(z.shape[1])) + np.einsum("bc,bd->bcd", p, p)
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 -- one policy per (problem, dtype)
+    def middle_magnitudes(self, curvature: str) -> np.ndarray:
+        """Entrywise `MAG` of each example's output-space middle, `(B, C, C)`.
+
+        `|F_R,b|` for `"fisher"`, `|H_L,b|` otherwise, at least the `saturation_floor`.
+        """
+        middles = self.ref.output_fishers if curvature == "fisher" else self.ref.loss_hessians
+        return np.maximum(np.abs(np.asarray(middles, dtype=np.float64)), self.saturation_floor)
+
+    @functools.cached_property
+    def middle_norms(self) -> np.ndarray:
+        """`||MAG(M_b)||_F` per example, `(B,)`: the larger of the H_L and F_R magnitudes.
+
+        One number serves every output-space middle (H_L, F_R, E[H_L]): all are computed
+        from the same output quantities.
+        """
+        return np.maximum(np.linalg.norm(self.middle_magnitudes("ggn"), axis=(1, 2)),
+                          np.linalg.norm(self.middle_magnitudes("fisher"), axis=(1, 2)))
+
+    def gauss_newton_magnitude(self, middles: np.ndarray | None = None) -> float:
+        """Scalar `MAG(c sum_b J_b^T M_b J_b) <= c sum_b ||J_b||_F^2 ||MAG(M_b)||_F`.
+
+        `MAG(M_b)` is `middle_norms`, or `||M_b||` for the given `middles` where larger.
+        """
+        mid = self.middle_norms
+        if middles is not None:
+            mid = np.maximum(mid, np.linalg.norm(np.asarray(middles, dtype=np.float64),
+                                                 axis=(1, 2)))
+        jac = np.linalg.norm(np.asarray(self.ref.jacobians, dtype=np.float64), axis=(1, 2)) ** 2
+        return float(self.problem.scale * np.sum(jac * mid))
+
+    def matrix(self, curvature: str) -> np.ndarray:
+        """The reference matrix."""
+        return self.ref.matrix(curvature)
+
+    # -- tolerances ------------------------------------------------------------------------
+    def solve_tolerance(
+        self,
+        matrix: np.ndarray,
+        magnitude: np.ndarray,
+        damping: float,
+        rhs: np.ndarray,
+        rhs_magnitude: np.ndarray,
+    ) -> tuple[float, float]:
+        """`(tolerance, kappa)` for `(C + damping I)^{-1} rhs` (relative to `||x||`)."""
+        damped = matrix + damping * np.eye(matrix.shape[0])
+        kappa = float(np.linalg.cond(damped))
+        units = max(
+            np.linalg.norm(magnitude) / max(np.linalg.norm(damped), _TINY),
+            np.linalg.norm(rhs_magnitude) / max(np.linalg.norm(rhs), _TINY),
+        )
+        return solve_rtol(
+            self.dtype, length=self.length, depth=self.depth, condition=kappa * max(units, 1.0)
+        ), kappa
+
+
+# Small on purpose: a policy holds the dense reference and n x n magnitudes; the harness and
+# the cross-validation visit one problem at a time (a 512-entry cache exhausted memory on
+# generated problems).
+@functools.lru_cache(maxsize=16)
+def tolerance_policy(problem: Problem, dtype: str) -> TolerancePolicy:
+    """The cached `TolerancePolicy` of a problem (problems are immutable)."""
+    return TolerancePolicy(problem, dtype)
