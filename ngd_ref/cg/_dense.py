@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CGResult", "cg", "cg_iterates", "cg_solve", "krylov_optimal_iterate"]
+__all__ = ["CGResult", "cg", "cg_iterates", "cg_solve", "krylov_optimal_iterate",
+           "krylov_optimal_iterates"]
 
 Matvec = Callable[[np.ndarray], np.ndarray]
 
@@ -286,6 +287,23 @@ def krylov_optimal_iterate(
     Returns:
         `x_k`, shape `(n,)`.
     """
+    return krylov_optimal_iterates(a, b, x0, k, precond=precond)[-1]
+
+
+def krylov_optimal_iterates(
+    a: np.ndarray,
+    b: np.ndarray,
+    x0: np.ndarray | None,
+    k: int,
+    precond: Matvec | np.ndarray | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Compute `(x_0, x_1, ..., x_k)`, each `x_j` as `krylov_optimal_iterate(..., j)` does.
+
+    One Krylov basis serves every j: the basis of `K_j` is the first j vectors of that of
+    `K_k`, and the Galerkin matrix of `K_j` the leading `j x j` block of `V^T A V`, so every
+    `x_j` is the same computation as `krylov_optimal_iterate(a, b, x0, j)` (for `k` iterates
+    at the cost of one). Arguments as for `krylov_optimal_iterate`.
+    """
     a = np.asarray(a)
     b, x0, _ = _check(b, x0, 0.0, 0.0, None)
     if a.shape != (b.shape[0], b.shape[0]):
@@ -296,6 +314,7 @@ def krylov_optimal_iterate(
     r0 = b - a @ x0
     basis: list[np.ndarray] = []
     u = _unit_roundoff_of(r0.flat[0]) if r0.size else 0.0
+    images: list[np.ndarray] = []  # a @ basis[j]
     w = apply_m(r0)
     for _ in range(int(k)):
         before = _dot(w, w)
@@ -306,8 +325,12 @@ def krylov_optimal_iterate(
         if not _dot(w, w) > noise * noise * before:
             break
         basis.append(w / np.max(np.abs(w)))  # rescaled: powers of M A neither overflow nor vanish
-        w = apply_m(a @ basis[-1])
-    if not basis:
-        return x0
-    v = np.stack(basis, axis=1)
-    return x0 + v @ _solve_spd(v.T @ (a @ v), v.T @ r0)
+        images.append(a @ basis[-1])
+        w = apply_m(images[-1])
+    iterates = [x0]
+    if basis:
+        v = np.stack(basis, axis=1)
+        galerkin, projected = v.T @ np.stack(images, axis=1), v.T @ r0
+        for j in range(1, len(basis) + 1):
+            iterates.append(x0 + v[:, :j] @ _solve_spd(galerkin[:j, :j], projected[:j]))
+    return tuple(iterates + iterates[-1:] * (int(k) + 1 - len(iterates)))

@@ -61,6 +61,7 @@ __all__ = [
     "factored_damping_pi",
     "kfac_approximation",
     "kfac_factors",
+    "kfac_factors_of",
     "kfac_magnitudes",
     "kfac_matrix",
     "kfac_solve",
@@ -164,9 +165,16 @@ def kfac_factors(problem: Problem, kind: KfacKind | str, backend: Backend = FLOA
         >>> [(a.shape, s.shape) for a, s in kfac_factors(zoo.get("mlp-3x4x3-tanh-mse-b1"), "ggn")]
         [((4, 4), (4, 4)), ((5, 5), (3, 3))]
     """
-    kind = as_member(KfacKind, kind, "kind")
-    ref = dense(problem, backend)
-    return _assemble(*_pieces(ref, kind), ref.c, backend)
+    return kfac_factors_of(dense(problem, backend), kind)
+
+
+def kfac_factors_of(ref: DenseCurvature, kind: KfacKind | str) -> Factors:
+    """`kfac_factors` of an existing `DenseCurvature` (any parameters, any backend).
+
+    The optimizer trajectories (`ngd_ref.trajectory`) need the factors at parameters that are
+    not a problem's float64 `params` (mpmath iterates); this is the same computation.
+    """
+    return _assemble(*_pieces(ref, as_member(KfacKind, kind, "kind")), ref.c, ref.backend)
 
 
 def kfac_magnitudes(problem: Problem, kind: KfacKind | str) -> Factors:
@@ -302,7 +310,7 @@ def kfac_solve_factors(factors: Sequence[tuple[np.ndarray, np.ndarray]], v: np.n
         ValueError: for a bad `damping`, `method`, or a `v` whose length is not `n`.
     """
     method = as_member(DampingMethod, method, "method")
-    damping = check_damping(damping, positive=True)
+    check_damping(damping, positive=True)  # the caller's scalar is kept: mpmath stays exact
     n = sum(a.shape[0] * s.shape[0] for a, s in factors)
     with backend.precision():
         v = backend.asarray(v)

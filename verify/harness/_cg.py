@@ -5,7 +5,7 @@ unlike G for `gaussian_logvar`) with `mu = ||F||_2 / 50` (so
 `kappa(A) <= 51`: the iterates are well determined in float32 too) and `b = -grad h` (a probe
 vector when the gradient vanishes). CG is checked *iterate by iterate* against its defining
 property -- the k-th iterate is the A-norm-optimal point of `x0 + K_k(M A, M r0)` -- computed
-directly by `ngd_ref.dense.krylov_optimal_iterate` (Krylov basis + Galerkin solve, no CG
+directly by `ngd_ref.dense.krylov_optimal_iterates` (Krylov basis + Galerkin solve, no CG
 recurrence), for k = 1..min(n, 6):
 
 * `cg_iterates`: no preconditioner, `x0 = None` (zero start);
@@ -36,18 +36,25 @@ grows only 22 ... 190, and the old model used `kappa(A) = 51` for an operator of
 Once `||r_{k-1}|| <= sqrt(u) ||r_0||` or `kappa(K_hat_k) > 1/sqrt(u)` the remaining iterates
 are not determined by the data in precision u (to at most half the digits) and are not
 compared (the convergence check covers them). The exact iterates
-are computed in 40-digit arithmetic, because the oracle's power-basis Krylov construction
-loses digits near convergence in float64.
+are computed beyond float64, because the oracle's Krylov construction loses digits near
+convergence as CG does: in numpy's x87 `longdouble` (u_x = 2^-64) where the platform has
+it, else in 40-digit mpmath (`EXTENDED`). By the same error model, the oracle's error is at
+most `u_x / u = 2^-11` of the rounding error a float64 port is allowed *before* the
+tolerance's factors (`SAFETY sqrt(n) (k + 1)` >= 16 * 3), i.e. below 1e-5 of the tolerance;
+tests/test_cg_oracle.py checks that the two oracles agree to 1e-5 of it on zoo problems
+(measured: <= 3e-7; a float64 oracle: ~3e-4). mpmath costs ~0.5 s per problem, `longdouble`
+~5 ms: the difference between a 30 s `ngd-verify run` and a 60 s one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
 
 from ngd_ref import Problem
-from ngd_ref.dense import krylov_optimal_iterate, mp_backend
+from ngd_ref.dense import krylov_optimal_iterates, mp_backend
 from verify._report import Status
 from verify._tolerance import solve_rtol, unit_roundoff
 from verify.harness._context import CheckContext
@@ -97,27 +104,34 @@ def iterate_condition(
     return float(np.linalg.cond(a_hat)) * growth, basis
 
 
+#: The oracle's precision: numpy's extended `longdouble` where it is the x87 80-bit format
+#: (u = 2^-64, 2^11 times float64's), else 40-digit mpmath (see the module docstring).
+EXTENDED = bool(np.finfo(np.longdouble).eps <= 2.0**-63)
+
+
 @functools.lru_cache(maxsize=1024)
 def _optimal_iterates(
-    problem: Problem, variant: str, x0_bytes: bytes | None
+    problem: Problem, variant: str, x0_bytes: bytes | None, extended: bool = EXTENDED
 ) -> tuple[tuple[np.ndarray, ...], tuple[float, ...]]:
-    """Krylov-optimal iterates 1..K and residual norms 0..K in 40 digits, as float64 (cached).
+    """Krylov-optimal iterates 1..K and residual norms 0..K beyond float64, as float64 (cached).
 
-    The Krylov basis of `krylov_optimal_iterate` is built from powers of `M A`; in float64 it
-    loses digits as the space nears invariance, so the oracle is evaluated in mpmath (the same
-    code on object arrays) and only its result is rounded.
+    The Gram-Schmidt Krylov basis of `krylov_optimal_iterates` loses digits as the space nears
+    invariance, like CG itself, so the oracle is evaluated in more than float64 precision (the
+    same code on `longdouble` or mpmath object arrays, `extended` choosing) and only its result
+    is rounded. `M` is the float64 `diag(A)^{-1}` the port is given, exactly.
     """
     a, b = _SYSTEMS[problem]
-    bk = mp_backend(40)
     x0 = None if x0_bytes is None else np.frombuffer(x0_bytes, dtype=np.float64)
-    with bk.precision():
-        a_mp, b_mp = bk.asarray(a), bk.asarray(b)
-        x0_mp = None if x0 is None else bk.asarray(x0)
-        m_mp = bk.asarray(np.diag(1.0 / np.diag(a))) if variant == "preconditioned" else None
-        iterates = [x0_mp if x0_mp is not None else b_mp * 0]
-        for k in range(1, min(b.shape[0], MAX_ITERATES) + 1):
-            iterates.append(krylov_optimal_iterate(a_mp, b_mp, x0_mp, k, precond=m_mp))
-        residuals = tuple(float(np.sum((b_mp - a_mp @ x) ** 2) ** 0.5) for x in iterates)
+    bk = mp_backend(40)
+    cast = functools.partial(np.asarray, dtype=np.longdouble) if extended else bk.asarray
+    with contextlib.nullcontext() if extended else bk.precision():
+        a_x, b_x = cast(a), cast(b)
+        m = None
+        if variant == "preconditioned":  # M = diag(A)^{-1}, applied entrywise
+            m = functools.partial(np.multiply, cast(1.0 / np.diag(a)))
+        iterates = krylov_optimal_iterates(a_x, b_x, None if x0 is None else cast(x0),
+                                           min(b.shape[0], MAX_ITERATES), precond=m)
+        residuals = tuple(float(np.sum((b_x - a_x @ x) ** 2) ** 0.5) for x in iterates)
         return tuple(bk.to_float64(x) for x in iterates[1:]), residuals
 
 

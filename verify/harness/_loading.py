@@ -39,6 +39,7 @@ CAPABILITIES: tuple[str, ...] = (
     "empirical_fisher_vp",
     "hessian_diag",
     "ggn_diag",
+    "fisher_diag",  # PROTOCOL s13
     "empirical_fisher_diag",
     "damped_update",
     "kfac_factors",
@@ -52,6 +53,7 @@ CAPABILITIES: tuple[str, ...] = (
     "shampoo_direction",
     "lowrank_ggn_update",
     "lbfgs_step",  # protocol extension (docs/protocol.md "Extensions")
+    "optimizer_trajectory",  # PROTOCOL s10
 )
 
 

@@ -45,6 +45,7 @@ from verify.harness._loading import CAPABILITIES, LoadedAdapter, load_adapter
 from verify.harness._matrices import check_gradient, check_loss, check_matrix
 from verify.harness._methods import METHOD_CHECKS
 from verify.harness._products import PRODUCTS, check_product
+from verify.harness._trajectory import check_optimizer_trajectory
 from verify.harness._updates import check_damped_update
 
 __all__ = [
@@ -71,6 +72,7 @@ CHECKS: dict[str, CheckFn] = {
     "kfac_solve": check_kfac_solve,
     "cg": check_cg,
     **METHOD_CHECKS,
+    "optimizer_trajectory": check_optimizer_trajectory,
 }
 assert set(CHECKS) == set(CAPABILITIES), "every capability needs a check function"
 
