@@ -25,9 +25,10 @@ from ngd_ref.dense import krylov_optimal_iterate, mp_backend
 from verify import Status
 from verify._campaign import run_campaign
 from verify._console import print_report
-from verify._diagnosis import parameter_name
+from verify._diagnosis import diagnose, parameter_name
 from verify._policy import TolerancePolicy
 from verify._report import CheckResult, Report
+from verify._tolerance import compare
 from verify.cli import main
 from verify.harness import MAX_PARAMS, load_adapter, load_problems, run_checks
 from verify.harness._cg import cg_system
@@ -343,6 +344,11 @@ class _LossOnly:
         return NumpyPort().loss(problem)
 
 
+class _ComplexLossOnly(_LossOnly):
+    def loss(self, problem):
+        return complex(super().loss(problem), 1.0)
+
+
 class _ExitingLossOnly:
     def loss(self, problem):
         sys.exit(0)
@@ -420,7 +426,9 @@ def test_markup_in_port_text_is_shown_as_written_and_the_table_fits_100_columns(
 
 
 def test_the_cli_table_fits_100_columns(capsys):
-    main(["check", "--adapter", f"{__name__}:_Complex", "--problems", "quick", "--no-progress"])
+    # a failing row with a long message, and one row per capability (skipped ones too)
+    main(["check", "--adapter", f"{__name__}:_ComplexLossOnly", "--problems", "quick",
+          "--no-progress"])
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines() if line) <= 100, out
 
@@ -604,3 +612,12 @@ def test_a_constructor_that_hangs_is_a_usage_error_after_the_timeout(capsys):
     _one_line_usage_error(["check", "--adapter", f"{__name__}:_HangsInConstructor", "--quick",
                            "--timeout", "0.3"], capsys, "did not return within 0.3 s")
     assert time.monotonic() - start < 10
+
+
+def test_rounding_noise_is_not_reported_as_a_factor_of_one():
+    desired = np.array([[1e-10, 2e-11], [2e-11, 3e-10]])
+    actual = desired * (1 + 1e-6)
+    comparison = compare(actual, desired, tolerance=1e-14)
+    assert not comparison.passed and diagnose(actual, desired, comparison).factor is None
+    comparison = compare(desired / 2, desired, tolerance=1e-14)
+    assert diagnose(desired / 2, desired, comparison).factor == pytest.approx(0.5)

@@ -13,7 +13,9 @@
   `a - s d` is within the tolerance (the scalar explains the whole difference) and `s` is not
   1, the message says "the result is s x the reference" and names `s` when it is one of the
   usual convention factors -- 2, 1/2, B, 1/B, C, 1/C, B*C, 1/(B*C), their squares, -1 --
-  pointing at the reduction and loss-constant notes (docs/protocol.md s1-s2). A wrong
+  pointing at the reduction and loss-constant notes (docs/protocol.md s1-s2). An unnamed `s`
+  is reported only for more than one entry and `|s - 1| >= 1e-3` (a single entry, or
+  rounding noise at a tiny scale, is "explained" by some `s` close to 1). A wrong
   reduction (`mean` vs `sum`) or a dropped loss constant is the most common adapter bug.
 """
 
@@ -134,10 +136,14 @@ def diagnose(actual: Any, desired: Any, comparison: Any, problem: Problem | None
             and not comparison.passed and np.all(np.isfinite(a))):
         s = float(np.sum(a * d) / norm**2)
         residual = float(np.linalg.norm(a - s * d)) / comparison.scale
-        if math.isfinite(s) and residual <= comparison.tolerance and s != 1.0:
-            factor = s
+        if math.isfinite(s) and residual <= comparison.tolerance:
             for value, label in _candidates(problem).items():
                 if abs(s - float(value)) <= 1e-6 * abs(float(value)):
-                    name = label
+                    factor, name = s, label
                     break
+            else:
+                # an unnamed factor is shown only if it is plainly not 1 at the 6 digits
+                # printed (with one entry, or noise at a tiny scale, any s "explains" it)
+                if a.size > 1 and abs(s - 1.0) >= 1e-3:
+                    factor = s
     return Diagnosis(measure, float(comparison.scale), where, factor, name)
