@@ -83,7 +83,7 @@ def test_variance_test_level_and_power():
     rng = np.random.default_rng(1)
     entries, samples, trials = 4, 40, 300
     moments = _two_point_moments(entries)
-    design = block_design(entries, false_positive_rate=0.05)
+    design = block_design(entries, calls_per_block=32, false_positive_rate=0.05)
     false_alarms = hits = 0
     for _ in range(trials):
         results = _sample_means(rng, design.calls, entries, samples)
@@ -91,6 +91,7 @@ def test_variance_test_level_and_power():
                                 magnitude2=np.zeros(entries))
         false_alarms += not outcome.passed
         rho = outcome.power
+        assert 1 < rho < 10
         inflated = moments.mean + math.sqrt(rho) * (
             _sample_means(rng, design.calls, entries, samples) - moments.mean)
         hits += not variance_test(inflated, moments, design, samples, rtol=0.0,
