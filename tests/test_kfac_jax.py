@@ -72,6 +72,27 @@ def test_damped_solve_matches_dense(problem, method, dtype):
         assert cmp.passed, cmp.describe()
 
 
+def test_factored_solve_with_an_indefinite_ggn_factor_is_defined():
+    """S of gaussian_logvar's indefinite GGN leaves `S + sqrt(l)/pi I` indefinite, nonsingular.
+
+    The protocol's factored formula is defined there (the dense reference computes it); a
+    Cholesky solve returned NaN (`check --adapter ngd-ref-jax`'s one failure).
+    """
+    problem = zoo.get("mlp-3x4x4-sigmoid-gaussian_logvar-b3-sum")
+    factors = kd.kfac_factors(problem, "ggn")
+    assert min(np.linalg.eigvalsh(s).min() for _, s in factors) < 0  # the case at hand
+    v = np.asarray(ref.dense(problem).gradient)
+    desired = kd.kfac_solve(problem, v, 0.1, "factored", "ggn")
+    damped = [np.kron(a + p * np.sqrt(0.1) * np.eye(a.shape[0]),
+                      s + np.sqrt(0.1) / p * np.eye(s.shape[0]))
+              for (a, s), p in ((f, kd.factored_damping_pi(*f)) for f in factors)]
+    condition = max(float(np.linalg.cond(m)) for m in damped)
+    tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
+                     condition=condition)
+    cmp = compare(kj.kfac_solve(problem, v, 0.1, "factored", "ggn"), desired, tolerance=tol)
+    assert cmp.passed, cmp.describe()
+
+
 def test_float64_port_off_by_1e7_fails():
     """The tolerance has teeth: a relative 1e-7 perturbation of S is rejected in float64."""
     problem = QUICK[1]

@@ -356,8 +356,11 @@ def damped_solve_layers(factors: Sequence[tuple[Array, Array]], v_layers: Sequen
             pi, root = factored_pi(a, s), jnp.sqrt(damping)
             a_d = a + pi * root * jnp.eye(a.shape[0], dtype=a.dtype)
             s_d = s + root / pi * jnp.eye(s.shape[0], dtype=s.dtype)
-            left = jax.scipy.linalg.solve(s_d, v, assume_a="pos")
-            out.append(jax.scipy.linalg.solve(a_d, left.T, assume_a="pos").T)
+            # symmetric, not necessarily positive definite: S of an indefinite H_L (the GGN
+            # of gaussian_logvar) leaves S + sqrt(l)/pi I indefinite but nonsingular, where a
+            # Cholesky solve returns NaN and the protocol's formula is still defined
+            left = jax.scipy.linalg.solve(s_d, v, assume_a="sym")
+            out.append(jax.scipy.linalg.solve(a_d, left.T, assume_a="sym").T)
     return out
 
 
