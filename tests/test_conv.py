@@ -1,0 +1,188 @@
+"""Convolutional layers (PROTOCOL s12): spec, problems, the dense reference and K-FAC.
+
+The dense reference's H, G, F, EF of conv networks are checked against JAX autodiff of an
+independent forward pass written with `jax.lax.conv_general_dilated` (float64), and the
+mpmath backend against itself (the same code at two precisions).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ngd_ref import Layer, Problem, ProblemError, zoo
+from ngd_ref._spec import Conv2d
+from ngd_ref.dense import FLOAT64, dense, mp_backend, mp_self_agreement
+from ngd_ref.jax import get_jax_loss
+from verify._policy import tolerance_policy
+from verify._tolerance import compare
+
+CONV = zoo.conv_problems()
+NAMES = [p.name for p in CONV]
+
+
+# -- spec and problem ----------------------------------------------------------------------------
+def test_conv_geometry_and_patch_order():
+    conv = Conv2d(2, 3, (2, 3), (2, 1), (1, 0), "tanh", input_hw=(3, 4))
+    assert conv.output_hw == ((3 + 2 - 2) // 2 + 1, (4 - 3) // 1 + 1) == (2, 2)
+    assert conv.weight_shape == (3, 2 * 2 * 3 + 1) and conv.n_params == 39
+    assert (conv.input_size, conv.output_size, conv.n_positions) == (24, 12, 4)
+    x = np.arange(24.0).reshape(2, 3, 4)
+    padded = np.pad(x, ((0, 0), (1, 1), (0, 0)))
+    index = conv.patch_index
+    flat = np.append(x.reshape(-1), 0.0)
+    for t, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        # (channel, kernel row, kernel column) row-major: an im2col / unfold patch
+        expected = padded[:, 2 * i: 2 * i + 2, j: j + 3].reshape(-1)
+        np.testing.assert_array_equal(flat[index[:, t]], expected)
+
+
+def test_conv_needs_binding():
+    with pytest.raises(ValueError, match="spatial size"):
+        _ = Conv2d(1, 1, (2, 2), (1, 1), (0, 0), "tanh").input_size
+    assert Conv2d(1, 1, (2, 2), (1, 1), (0, 0), "tanh").n_params == 5
+
+
+@pytest.mark.parametrize("problem", CONV, ids=NAMES)
+def test_round_trip(problem):
+    data = problem.to_dict()
+    assert data["input_shape"] == list(problem.input_shape)
+    assert all(entry[0] == "conv2d" for entry, layer in zip(data["layers"], problem.layers,
+                                                           strict=True) if layer.is_convolution)
+    back = Problem.from_dict(data)
+    assert back.layers == problem.layers and back.input_shape == problem.input_shape
+    assert [getattr(a, "input_hw", None) for a in back.layers] == \
+        [getattr(a, "input_hw", None) for a in problem.layers]
+    np.testing.assert_array_equal(back.params, problem.params)
+
+
+def _conv_problem(layers, input_shape=(1, 3, 3), n=None, loss="mse"):
+    from ngd_ref._problem import bind_layers
+
+    bound = bind_layers(layers, input_shape)
+    n = sum(layer.n_params for layer in bound) if n is None else n
+    c = bound[-1].output_size
+    targets = np.zeros(1, int) if loss == "softmax_cross_entropy" else np.zeros((1, c))
+    return Problem("p", layers, loss, np.zeros(n), np.zeros((1, int(np.prod(input_shape)))),
+                   targets, input_shape=input_shape)
+
+
+@pytest.mark.parametrize("layers, input_shape, field", [
+    ((Conv2d(1, 2, (2, 2), (1, 1), (0, 0), "tanh"),), None, "input_shape"),
+    ((Conv2d(2, 2, (2, 2), (1, 1), (0, 0), "tanh"),), (1, 3, 3), r"layers\[0\].c_in"),
+    ((Conv2d(1, 2, (4, 2), (1, 1), (0, 0), "tanh"),), (1, 3, 3), r"layers\[0\].kernel"),
+    ((Conv2d(1, 2, (2, 2), (0, 1), (0, 0), "tanh"),), (1, 3, 3), r"layers\[0\].stride"),
+    ((Conv2d(1, 2, (2, 2), (1, 1), (-1, 0), "tanh"),), (1, 3, 3), r"layers\[0\].padding"),
+    ((Conv2d(1, 2, (2, 2), (1, 1), (0, 0), "softmax"),), (1, 3, 3), r"layers\[0\].activation"),
+    ((Layer(9, 4, "tanh"), Conv2d(1, 2, (2, 2), (1, 1), (0, 0), "tanh")), (1, 3, 3),
+     r"layers\[1\]: a convolution must come first"),
+    ((Conv2d(1, 2, (2, 2), (1, 1), (0, 0), "tanh"), Layer(9, 2, "identity")), (1, 3, 3),
+     r"layers\[1\].n_in: expected 8"),
+    ((Conv2d(1, 2, (2, 2), (1, 1), (0, 0), "tanh"),), (1, 3), "input_shape"),
+])
+def test_validation_names_the_field(layers, input_shape, field):
+    with pytest.raises(ProblemError, match=field):
+        _conv_problem(layers, input_shape)
+
+
+def test_fixture_layer_entries_accepted():
+    p = _conv_problem([["conv2d", 1, 2, [2, 2], [1, 1], [1, 1], "tanh"], [32, 2, "identity"]])
+    assert p.layers[0].is_convolution and p.layers[0].kernel == (2, 2)
+    assert p.layers[0].output_hw == (4, 4)
+
+
+# -- the dense reference against JAX autodiff -----------------------------------------------------
+_ACT = {"identity": lambda s: s, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid,
+        "relu": jax.nn.relu, "softplus": jax.nn.softplus, "softmax": jax.nn.softmax}
+
+
+def _jax_forward(problem: Problem):
+    """An independent conv forward: `lax.conv_general_dilated` (NCHW / OIHW cross-correlation)."""
+    def forward(theta, x):
+        a, start = x.reshape(-1, *problem.input_shape) if problem.input_shape else x, 0
+        for layer in problem.layers:
+            wbar = theta[start:start + layer.n_params].reshape(layer.weight_shape[::-1]).T
+            start += layer.n_params
+            w, b = wbar[:, :-1], wbar[:, -1]
+            if layer.is_convolution:
+                kernel = w.reshape(layer.c_out, layer.c_in, *layer.kernel)
+                s = jax.lax.conv_general_dilated(
+                    a, kernel, layer.stride, [(p, p) for p in layer.padding],
+                    dimension_numbers=("NCHW", "OIHW", "NCHW")) + b[None, :, None, None]
+            else:
+                s = a.reshape(a.shape[0], -1) @ w.T + b
+            a = _ACT[layer.activation](s)
+        return a.reshape(a.shape[0], -1)
+    return forward
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("problem", CONV, ids=NAMES)
+def test_dense_reference_matches_jax_autodiff(problem):
+    forward = _jax_forward(problem)
+    loss = get_jax_loss(problem.loss)
+    x, theta = jnp.asarray(problem.inputs), jnp.asarray(problem.params)
+    y = jnp.asarray(problem.targets)
+
+    def h(t):
+        return problem.scale * jnp.sum(jax.vmap(loss.value)(y, forward(t, x)))
+
+    ref = dense(problem)
+    policy = tolerance_policy(problem, "float64")
+    jac = jax.jacobian(lambda t: forward(t, x))(theta)                 # (B, C, n)
+    z = forward(theta, x)
+    h_l = jax.vmap(jax.hessian(loss.value, argnums=1))(y, z)
+    g_l = jax.vmap(jax.grad(loss.value, argnums=1))(y, z)
+    ggn = problem.scale * jnp.einsum("bcn,bcd,bdm->nm", jac, h_l, jac)
+    per_example = jnp.einsum("bcn,bc->bn", jac, g_l)
+    checks = {
+        "outputs": (ref.outputs, z, 0.0),
+        "jacobians": (ref.jacobians, jac, 0.0),
+        "gradient": (ref.gradient, jax.grad(h)(theta), float(np.linalg.norm(
+            policy.gradient_magnitude))),
+        "hessian": (ref.hessian, jax.hessian(h)(theta), float(np.linalg.norm(
+            policy.matrix_magnitude("hessian")))),
+        "ggn": (ref.ggn, ggn, float(np.linalg.norm(policy.matrix_magnitude("ggn")))),
+        "empirical_fisher": (ref.empirical_fisher,
+                             problem.scale * per_example.T @ per_example,
+                             float(np.linalg.norm(policy.matrix_magnitude("empirical_fisher")))),
+    }
+    for name, (actual, desired, mag) in checks.items():
+        cmp = compare(actual, np.asarray(desired), tolerance=policy.rtol, magnitude=mag)
+        assert cmp.passed, f"{name}: {cmp.describe()}"
+    # The Fisher's two forms (Martens s5) agree on conv nets too.
+    cmp = compare(ref.fisher_expected_hessian, ref.fisher, tolerance=policy.rtol,
+                  magnitude=float(np.linalg.norm(policy.matrix_magnitude("fisher"))))
+    assert cmp.passed, cmp.describe()
+
+
+@pytest.mark.usefixtures("x64")
+def test_jax_comparison_detects_a_flipped_kernel():
+    """Negative control: the reference on a flipped kernel (a convolution, not a
+    cross-correlation) disagrees with the s12 forward far beyond the tolerance."""
+    problem = CONV[1]
+    conv = problem.layers[0]
+    wbar = problem.params[:conv.n_params].reshape(conv.weight_shape, order="F")
+    w = wbar[:, :-1].reshape(conv.c_out, conv.c_in, *conv.kernel)[:, :, ::-1, ::-1]
+    flipped = np.column_stack([w.reshape(conv.c_out, -1), wbar[:, -1]]).reshape(-1, order="F")
+    params = np.concatenate([flipped, problem.params[conv.n_params:]])
+    z = _jax_forward(problem)(jnp.asarray(problem.params), jnp.asarray(problem.inputs))
+    wrong = dense(problem.replace(params=params)).outputs
+    cmp = compare(wrong, np.asarray(z), tolerance=tolerance_policy(problem, "float64").rtol)
+    assert cmp.error > 1e6 * cmp.tolerance
+
+
+@pytest.mark.parametrize("problem", [CONV[0], CONV[4]], ids=[CONV[0].name, CONV[4].name])
+def test_mpmath_self_agreement_and_float64_certified(problem):
+    digits = mp_self_agreement(problem, dps=30, check_dps=45,
+                               quantities=("gradient", "hessian", "fisher"))
+    assert min(digits.values()) > 25, digits
+    mp = dense(problem, mp_backend(30))
+    with mp.backend.precision():
+        hessian = np.asarray(mp.hessian, dtype=np.float64)
+    policy = tolerance_policy(problem, "float64")
+    cmp = compare(dense(problem, FLOAT64).hessian, hessian, tolerance=policy.rtol,
+                  magnitude=float(np.linalg.norm(policy.matrix_magnitude("hessian"))))
+    assert cmp.passed, cmp.describe()
