@@ -150,6 +150,19 @@ class Problem:
         return self.layers[-1].output_size
 
     @property
+    def dense_only(self) -> bool:
+        """Whether every layer is dense (PROTOCOL s1), i.e. no convolution (s12)."""
+        return not any(layer.is_convolution for layer in self.layers)
+
+    @property
+    def has_weight_sharing(self) -> bool:
+        """Whether a layer has several output positions sharing its weights (T > 1, s12).
+
+        Dense layers and convolutions whose kernel covers the padded input have one.
+        """
+        return any(layer.n_positions > 1 for layer in self.layers)
+
+    @property
     def scale(self) -> float:
         """The reduction constant `c`: `1/B` for mean, `1` for sum."""
         return 1.0 / self.batch_size if self.reduction == Reduction.MEAN.value else 1.0

@@ -123,8 +123,11 @@ def conv_problems() -> tuple[Problem, ...]:
 
 
 def _identically_fed() -> Problem:
-    """Every position feeds the output identically: a linear conv, then a dense layer whose
-    weight on a channel is the same at every position (`J_{b,t}` does not depend on t), B = 1."""
+    """Every position feeds the output identically, B = 1.
+
+    A linear conv, then a dense layer whose weight on a channel is the same at every position,
+    so `J_{b,t}` does not depend on t.
+    """
     base = make_conv_problem((1, 3, 3), (Conv2d(1, 2, (2, 2), (1, 1), (0, 0), "identity"),
                                          Layer(8, 2, "tanh")),
                              "mse", 1, name="conv-identically-fed-1x3x3-mse-b1")

@@ -43,9 +43,16 @@ from ngd_ref.hf._dense import (
     optimal_step_size,
     reduction_ratio,
 )
+from ngd_ref.kfac._conv import (
+    ConvExactnessRegime,
+    conv_block,
+    conv_exactness_regimes,
+    conv_position_pieces,
+)
 from ngd_ref.kfac._dense import (
     DampingMethod,
     ExactnessRegime,
+    KfacApprox,
     KfacApproximation,
     KfacKind,
     damped_factors,
@@ -89,7 +96,9 @@ __all__ = [
     "Curvature",
     "DampingMethod",
     "DenseCurvature",
+    "ConvExactnessRegime",
     "ExactnessRegime",
+    "KfacApprox",
     "ExampleTrace",
     "FLOAT64",
     "InverseRootResult",
@@ -127,6 +136,9 @@ __all__ = [
     "inverse_bfgs_update",
     "inverse_root",
     "kfac_approximation",
+    "conv_block",
+    "conv_exactness_regimes",
+    "conv_position_pieces",
     "kfac_factors",
     "kfac_magnitudes",
     "kfac_matrix",

@@ -180,7 +180,7 @@ def test_jax_comparison_detects_a_flipped_kernel():
     assert cmp.error > 1e6 * cmp.tolerance
 
 
-@pytest.mark.parametrize("problem", [CONV[0], CONV[4]], ids=[CONV[0].name, CONV[4].name])
+@pytest.mark.parametrize("problem", [CONV[3], CONV[4]], ids=[CONV[3].name, CONV[4].name])
 def test_mpmath_self_agreement_and_float64_certified(problem):
     digits = mp_self_agreement(problem, dps=30, check_dps=45,
                                quantities=("gradient", "hessian", "fisher"))
@@ -192,3 +192,141 @@ def test_mpmath_self_agreement_and_float64_certified(problem):
     cmp = compare(dense(problem, FLOAT64).hessian, hessian, tolerance=policy.rtol,
                   magnitude=float(np.linalg.norm(policy.matrix_magnitude("hessian"))))
     assert cmp.passed, cmp.describe()
+
+
+# -- K-FAC expand and reduce (dense twin) and the identities --------------------------------------
+from ngd_ref.dense import (  # noqa: E402
+    KfacApprox,
+    KfacKind,
+    conv_block,
+    kfac_factors,
+    kfac_solve,
+)
+from verify.identities import conv as conv_ids  # noqa: E402
+
+BY_NAME = {p.name: p for p in CONV}
+SAME_PATCHES = BY_NAME["conv-same-patches-1x3x3-mse-b1"]
+LINEAR_LAST = BY_NAME["conv-last-linear-1x4x3-pad-mse-b3"]
+
+
+@pytest.mark.parametrize("name", ["mlp-3x4x3-tanh-softmax_cross_entropy-b3",
+                                  "deep-linear-2x3x3x2-mse-b4"])
+def test_dense_layers_expand_equals_reduce_equals_s4(name):
+    problem = zoo.get(name)
+    for kind in KfacKind:
+        default = kfac_factors(problem, kind)
+        for approx in KfacApprox:
+            for (a, s), (a0, s0) in zip(kfac_factors(problem, kind, approx=approx), default,
+                                        strict=True):
+                np.testing.assert_array_equal(a, a0)
+                np.testing.assert_array_equal(s, s0)
+
+
+def test_approx_argument_is_validated():
+    with pytest.raises(ValueError, match="approx"):
+        kfac_factors(SAME_PATCHES, "fisher", approx="expanded")
+
+
+def test_expand_and_reduce_definitions():
+    """s12's formulas written out from the patches and the position Jacobians."""
+    from ngd_ref.dense import conv_position_pieces
+
+    problem = BY_NAME["conv-1x4x4-2c-pad-stride-ce-b2"]
+    for index in (0, 1):
+        pieces = conv_position_pieces(problem, index, "ggn")
+        positions = problem.layers[index].n_positions
+        a_exp = sum(cols @ cols.T for cols, _, _ in pieces) / problem.batch_size
+        s_exp = problem.scale * sum(sum(j.T @ m @ j for j in per_t)
+                                    for _, per_t, m in pieces) / positions
+        means = [cols.mean(axis=1) for cols, _, _ in pieces]
+        a_red = sum(np.outer(x, x) for x in means) / problem.batch_size
+        s_red = problem.scale * sum(per_t.sum(0).T @ m @ per_t.sum(0) for _, per_t, m in pieces)
+        for approx, (a, s) in ((KfacApprox.EXPAND, (a_exp, s_exp)),
+                               (KfacApprox.REDUCE, (a_red, s_red))):
+            a_k, s_k = kfac_factors(problem, "ggn", approx=approx)[index]
+            np.testing.assert_allclose(a_k, a, rtol=1e-13, atol=0)
+            np.testing.assert_allclose(s_k, s, rtol=1e-13, atol=1e-300)
+
+
+def test_kfac_mpmath_matches_float64_on_conv():
+    problem = SAME_PATCHES
+    mp = mp_backend(30)
+    for approx in KfacApprox:
+        with mp.precision():
+            high = [(np.asarray(a, dtype=np.float64), np.asarray(s, dtype=np.float64))
+                    for a, s in kfac_factors(problem, "fisher", mp, approx=approx)]
+        policy = tolerance_policy(problem, "float64")
+        for (a, s), (a_h, s_h) in zip(kfac_factors(problem, "fisher", approx=approx), high,
+                                      strict=True):
+            assert compare(np.kron(a, s), np.kron(a_h, s_h), tolerance=policy.rtol).passed
+
+
+def test_expand_off_by_about_t_on_identical_patches():
+    """The issue's measurement: on identical patches expand's product misses the
+    cross-position terms (its bias block is the sum over t of the diagonal terms only)."""
+    exact = conv_block(SAME_PATCHES, 0, "ggn")
+    a, s = kfac_factors(SAME_PATCHES, "ggn", approx="expand")[0]
+    ratio = np.linalg.norm(exact) / np.linalg.norm(np.kron(a, s))
+    assert ratio > 1.2
+
+
+def test_kfac_solve_takes_approx():
+    problem = BY_NAME["conv-2x3x3-tanh-dense-tanh-mse-b3"]
+    v = np.ones(problem.n_params)
+    x_e = kfac_solve(problem, v, 0.1, "eigen", "ggn")
+    x_r = kfac_solve(problem, v, 0.1, "eigen", "ggn", approx="reduce")
+    assert x_e.shape == x_r.shape == (problem.n_params,)
+    assert not np.allclose(x_e, x_r)
+
+
+def _statuses(results):
+    return {r.status.value for r in results}
+
+
+def test_conv_identities_pass_on_the_conv_zoo_subset():
+    for problem in (SAME_PATCHES, LINEAR_LAST):
+        for name in conv_ids.__all__:
+            fn = getattr(conv_ids, name)
+            results = fn(problem)
+            assert _statuses(results) <= {"pass"}, [r.message for r in results]
+
+
+def test_regimes_fail_when_expand_and_reduce_are_swapped(monkeypatch):
+    """Negative control of the regime checks: the swapped-approx bug is caught."""
+    original = conv_ids.kfac_factors
+
+    def swapped(problem, kind, backend=None, *, approx="expand"):
+        other = "reduce" if KfacApprox(approx) is KfacApprox.EXPAND else "expand"
+        return original(problem, kind, approx=other)
+
+    monkeypatch.setattr(conv_ids, "kfac_factors", swapped)
+    for problem in (SAME_PATCHES, LINEAR_LAST):
+        results = conv_ids.conv_kfac_exact_regimes(problem)
+        assert results and all(r.status.value == "fail" for r in results)
+    assert "fail" in _statuses(conv_ids.conv_kfac_reduce_bias_block_exact(SAME_PATCHES))
+
+
+def test_bias_check_fails_with_wrong_power_of_t(monkeypatch):
+    """`S_l` off by a factor T (a wrong power of T in reduce) fails the bias-block theorem."""
+    original = conv_ids.kfac_factors
+
+    def wrong(problem, kind, backend=None, *, approx="expand"):
+        out = original(problem, kind, approx=approx)
+        return [(a, s * layer.n_positions) for (a, s), layer in zip(out, problem.layers,
+                                                                    strict=True)]
+
+    monkeypatch.setattr(conv_ids, "kfac_factors", wrong)
+    problem = BY_NAME["conv-1x1-stride2-3x3x3-poisson-b2"]
+    results = conv_ids.conv_kfac_reduce_bias_block_exact(problem)
+    assert results and all(r.status.value == "fail" for r in results)
+
+
+def test_negative_controls_decline_inside_regimes():
+    """The inexactness control never claims an approximation inside its regime."""
+    cases = list(conv_ids._inexact_cases(SAME_PATCHES))
+    assert cases and all(approx is KfacApprox.EXPAND for _, _, approx in cases)
+    assert not [c for c in conv_ids._inexact_cases(LINEAR_LAST)
+                if c[2] is KfacApprox.EXPAND and c[1] is not KfacKind.EMPIRICAL]
+    full = BY_NAME["conv-full-kernel-2x2x2-ce-b1"]
+    assert not list(conv_ids._inexact_cases(full))
+    assert not conv_ids.conv_kfac_inexact(full)

@@ -39,13 +39,15 @@
 | `seed_step_formula_literal` (neg.) | eq. (26) as printed (no 1/2) | Grosse eq. (26) |
 | `momentum_subspace_stationary` (incl. neg.) | 2-D subspace minimizer | Grosse eq. (27) |
 
-plus the K-FAC identities (`verify.identities.kfac`) and the other methods' identities
+plus the K-FAC identities (`verify.identities.kfac`), the convolutional K-FAC identities
+(`verify.identities.conv`, PROTOCOL s12) and the other methods' identities
 (`verify.identities.methods`). Importing this package registers every identity in
 `IDENTITIES`; `verify.battery.run_battery` runs them. docs/identities.md has the full table
 with hypotheses.
 """
 
 from verify.identities import (  # noqa: F401  (imported to register their identities)
+    conv,
     damping,
     definiteness,
     descent,
