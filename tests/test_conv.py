@@ -330,3 +330,75 @@ def test_negative_controls_decline_inside_regimes():
     full = BY_NAME["conv-full-kernel-2x2x2-ce-b1"]
     assert not list(conv_ids._inexact_cases(full))
     assert not conv_ids.conv_kfac_inexact(full)
+
+
+# -- the JAX twin ---------------------------------------------------------------------------------
+#: Few problems for the twin (each costs 15-30 s of compilation on a loaded 2-core machine):
+#: the products on two convolutions with padding and stride (softmax CE); K-FAC on a conv last
+#: layer (sum reduction) and on identical patches (where expand and reduce differ most).
+TWIN = [BY_NAME["conv-1x4x4-2c-pad-stride-ce-b2"]]
+KFAC_TWIN = [BY_NAME["conv-2x3x3-2c-last-sigmoid-bce-b2"], SAME_PATCHES]
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("problem", TWIN, ids=[p.name for p in TWIN])
+def test_jax_twin_products_match_dense(problem):
+    import ngd_ref.jax as nj
+
+    objective, params, batch = nj.from_problem(problem)
+    ref = dense(problem)
+    policy = tolerance_policy(problem, "float64")
+    v = np.random.default_rng(0).standard_normal(problem.n_params)
+    v_params = nj.mlp_params(problem.layers, v)
+    grad = nj.canonical_vector(nj.gradient(objective, params, batch))
+    assert compare(grad, ref.gradient, tolerance=policy.rtol,
+                   magnitude=float(np.linalg.norm(policy.gradient_magnitude))).passed
+    for name in ("hessian", "ggn", "fisher", "empirical_fisher"):
+        product = nj.canonical_vector(nj.curvature_vp(objective, params, batch, v_params, name))
+        mag = float(np.linalg.norm(policy.matrix_magnitude(name) @ np.abs(v)))
+        cmp = compare(product, ref.matrix(name) @ v, tolerance=policy.rtol, magnitude=mag)
+        assert cmp.passed, f"{name}: {cmp.describe()}"
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("problem", KFAC_TWIN, ids=[p.name for p in KFAC_TWIN])
+def test_jax_kfac_expand_reduce_match_dense(problem):
+    import ngd_ref.jax as nj
+    from ngd_ref.dense import kfac_magnitudes
+
+    rtol = tolerance_policy(problem, "float64").rtol
+    for kind in KfacKind:
+        for approx in KfacApprox:
+            twin = nj.kfac_factors(problem, kind, approx=approx)
+            for (a, s), (a0, s0), (ma, ms) in zip(
+                    twin, kfac_factors(problem, kind, approx=approx),
+                    kfac_magnitudes(problem, kind, approx=approx), strict=True):
+                cmp = compare(np.kron(a, s), np.kron(a0, s0), tolerance=rtol,
+                              magnitude=float(np.linalg.norm(np.kron(ma, ms))))
+                assert cmp.passed, f"{kind.value},{approx.value}: {cmp.describe()}"
+    # negative control: the twin's expand is not its reduce where the dense ones differ
+    a_e, s_e = nj.kfac_factors(problem, "ggn", approx="expand")[0]
+    a_r, s_r = nj.kfac_factors(problem, "ggn", approx="reduce")[0]
+    assert not compare(np.kron(a_e, s_e), np.kron(a_r, s_r), tolerance=rtol).passed
+
+
+@pytest.mark.usefixtures("x64")
+def test_jax_kfac_solve_takes_approx():
+    import ngd_ref.jax as nj
+
+    problem = SAME_PATCHES
+    v = np.ones(problem.n_params)
+    policy = tolerance_policy(problem, "float64")
+    from scipy.linalg import block_diag
+
+    from ngd_ref.dense import kfac_magnitudes
+
+    for approx in KfacApprox:
+        mine = np.asarray(nj.kfac_solve(problem, v, 0.5, "eigen", "ggn", approx=approx))
+        ref = kfac_solve(problem, v, 0.5, "eigen", "ggn", approx=approx)
+        matrix = block_diag(*[np.kron(a, s) for a, s in kfac_factors(problem, "ggn",
+                                                                     approx=approx)])
+        mag = block_diag(*[np.kron(a, s) for a, s in kfac_magnitudes(problem, "ggn",
+                                                                     approx=approx)])
+        tol, _ = policy.solve_tolerance(matrix, mag, 0.5, v, np.abs(v))
+        assert compare(mine, ref, tolerance=tol).passed
