@@ -19,11 +19,12 @@ from ngd_ref._layout import (
     to_torch,
     unflatten,
 )
-from ngd_ref._problem import Problem, ProblemError
+from ngd_ref._problem import Problem, ProblemError, bind_layers
 from ngd_ref._spec import (
     ACTIVATIONS,
     LOSSES,
     ActivationSpec,
+    Conv2d,
     Layer,
     Loss,
     LossSpec,
@@ -38,6 +39,7 @@ __all__ = [
     "ACTIVATIONS",
     "LOSSES",
     "ActivationSpec",
+    "Conv2d",
     "Layer",
     "Loss",
     "LossSpec",
@@ -47,6 +49,7 @@ __all__ = [
     "Reduction",
     "TargetKind",
     "activation_spec",
+    "bind_layers",
     "loss_spec",
     "flatten",
     "from_flax",

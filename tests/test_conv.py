@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ngd_ref import Layer, Problem, ProblemError, zoo
-from ngd_ref._spec import Conv2d
+from ngd_ref import Conv2d, Layer, Problem, ProblemError, bind_layers, zoo
 from ngd_ref.dense import FLOAT64, dense, mp_backend, mp_self_agreement
 from ngd_ref.jax import get_jax_loss
 from verify._policy import tolerance_policy
@@ -64,8 +63,6 @@ def test_round_trip(problem):
 
 
 def _conv_problem(layers, input_shape=(1, 3, 3), n=None, loss="mse"):
-    from ngd_ref._problem import bind_layers
-
     bound = bind_layers(layers, input_shape)
     n = sum(layer.n_params for layer in bound) if n is None else n
     c = bound[-1].output_size
@@ -402,3 +399,24 @@ def test_jax_kfac_solve_takes_approx():
                                                                      approx=approx)])
         tol, _ = policy.solve_tolerance(matrix, mag, 0.5, v, np.abs(v))
         assert compare(mine, ref, tolerance=tol).passed
+
+
+# -- strategies -----------------------------------------------------------------------------------
+def test_conv_strategy_draws_valid_tiny_problems():
+    from hypothesis import HealthCheck, given, settings
+
+    from verify.strategies import problems
+
+    seen = []
+
+    @settings(max_examples=15, derandomize=True, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(problems(conv=True))
+    def check(problem):
+        assert not problem.dense_only and problem.n_params <= 400
+        ref = dense(problem)
+        assert np.all(np.isfinite(ref.hessian))
+        seen.append(problem.layers[-1].is_convolution)
+
+    check()
+    assert len(set(seen)) == 2  # conv last layer and dense head both drawn
