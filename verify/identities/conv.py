@@ -153,7 +153,8 @@ def _predicted(problem: Problem, kind: KfacKind, index: int, approx: KfacApprox,
     else:
         a, s = kfac_factors(problem, kind, approx=approx)[index]
         gap = (block - np.kron(a, s)) if rows is None else (block - np.kron(a, s))[rows, rows]
-    return float(np.linalg.norm(gap)) / _scale(problem, kind, index, approx)
+    scale = _scale(problem, kind, index, approx)
+    return float(np.linalg.norm(gap)) / scale if scale > 0 else 0.0  # a zero block: no gap
 
 
 def _inexact_cases(problem: Problem):
