@@ -291,6 +291,10 @@ class Conv2d(_Conv2dFields):
             self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         return self
 
+    def _replace(self, **changes) -> Conv2d:
+        """A copy with some fields changed, still bound to the same input size."""
+        return Conv2d(*super()._replace(**changes), input_hw=self.input_hw)
+
     def with_input(self, input_hw: tuple[int, int]) -> Conv2d:
         """This convolution bound to an input of spatial size `input_hw = (H, W)`."""
         return Conv2d(*self, input_hw=input_hw)
