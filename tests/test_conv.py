@@ -420,3 +420,15 @@ def test_conv_strategy_draws_valid_tiny_problems():
 
     check()
     assert len(set(seen)) == 2  # conv last layer and dense head both drawn
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+def test_conv_fixtures_verify_in_float64():
+    from verify._fixture_conv import CONV_FIXTURE_DIR, CONV_FIXTURES
+    from verify.fixtures import load_fixtures, verify_fixtures
+
+    fixtures = load_fixtures(CONV_FIXTURE_DIR)
+    assert sorted(f.name for f in fixtures) == sorted(name for name, _ in CONV_FIXTURES)
+    assert all(f.problem.input_shape is not None for f in fixtures)
+    report = verify_fixtures(CONV_FIXTURE_DIR, full=False)
+    assert report.results and report.passed
