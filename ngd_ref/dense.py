@@ -14,7 +14,14 @@ Example:
 from ngd_ref._backend import FLOAT64, Backend, mp_backend
 from ngd_ref._certify import agreement_digits, certify, mp_self_agreement
 from ngd_ref._losses import OutputLoss, OutputMoments, get_loss
-from ngd_ref.cg._dense import CGResult, cg, cg_iterates, cg_solve, krylov_optimal_iterate
+from ngd_ref.cg._dense import (
+    CGResult,
+    cg,
+    cg_iterates,
+    cg_solve,
+    krylov_optimal_iterate,
+    krylov_optimal_iterates,
+)
 from ngd_ref.curvature._dense import (
     Curvature,
     DenseCurvature,
@@ -62,6 +69,7 @@ from ngd_ref.kfac._dense import (
     factored_damping_pi,
     kfac_approximation,
     kfac_factors,
+    kfac_factors_of,
     kfac_magnitudes,
     kfac_matrix,
     kfac_solve,
@@ -140,11 +148,13 @@ __all__ = [
     "conv_exactness_regimes",
     "conv_position_pieces",
     "kfac_factors",
+    "kfac_factors_of",
     "kfac_magnitudes",
     "kfac_matrix",
     "kfac_solve",
     "kfac_solve_factors",
     "krylov_optimal_iterate",
+    "krylov_optimal_iterates",
     "lbfgs_direction",
     "lbfgs_step",
     "levenberg_marquardt",

@@ -73,6 +73,7 @@ from ngd_ref.shampoo._jax import (
     inverse_root,
     shampoo_direction,
 )
+from ngd_ref.trajectory._jax import trajectory_jax
 
 __all__ = [
     "Batch",
@@ -132,5 +133,6 @@ __all__ = [
     "lbfgs_direction",
     "lowrank_ggn_update",
     "shampoo_direction",
+    "trajectory_jax",
     "trust_region_update",
 ]

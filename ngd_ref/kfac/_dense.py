@@ -72,6 +72,7 @@ __all__ = [
     "factored_damping_pi",
     "kfac_approximation",
     "kfac_factors",
+    "kfac_factors_of",
     "kfac_magnitudes",
     "kfac_matrix",
     "kfac_solve",
@@ -215,10 +216,19 @@ def kfac_factors(problem: Problem, kind: KfacKind | str, backend: Backend = FLOA
         >>> [(a.shape, s.shape) for a, s in kfac_factors(zoo.get("mlp-3x4x3-tanh-mse-b1"), "ggn")]
         [((4, 4), (4, 4)), ((5, 5), (3, 3))]
     """
-    kind = as_member(KfacKind, kind, "kind")
-    approx = as_member(KfacApprox, approx, "approx")
-    ref = dense(problem, backend)
-    return _assemble(*_pieces(ref, kind, approx=approx), ref.c, backend)
+    return kfac_factors_of(dense(problem, backend), kind, approx=approx)
+
+
+def kfac_factors_of(ref: DenseCurvature, kind: KfacKind | str, *,
+                    approx: KfacApprox | str = "expand") -> Factors:
+    """`kfac_factors` of an existing `DenseCurvature` (any parameters, any backend).
+
+    The optimizer trajectories (`ngd_ref.trajectory`) need the factors at parameters that are
+    not a problem's float64 `params` (mpmath iterates); this is the same computation.
+    """
+    pieces = _pieces(ref, as_member(KfacKind, kind, "kind"),
+                     approx=as_member(KfacApprox, approx, "approx"))
+    return _assemble(*pieces, ref.c, ref.backend)
 
 
 def kfac_magnitudes(problem: Problem, kind: KfacKind | str, *,
@@ -363,7 +373,7 @@ def kfac_solve_factors(factors: Sequence[tuple[np.ndarray, np.ndarray]], v: np.n
         ValueError: for a bad `damping`, `method`, or a `v` whose length is not `n`.
     """
     method = as_member(DampingMethod, method, "method")
-    damping = check_damping(damping, positive=True)
+    check_damping(damping, positive=True)  # the caller's scalar is kept: mpmath stays exact
     n = sum(a.shape[0] * s.shape[0] for a, s in factors)
     with backend.precision():
         v = backend.asarray(v)

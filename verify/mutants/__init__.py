@@ -68,6 +68,7 @@ class BugClass(str, enum.Enum):
     CG = "CG recurrences and initialization"
     LOSS_HESSIAN = "loss-Hessian arithmetic"
     SEED_METHODS = "seed 004 second-order methods"
+    OPTIMIZER_STATE = "optimizer state and schedules"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,8 @@ MUTANTS: dict[str, Mutant] = {}
 
 CONTROLS: tuple[type, ...] = (NumpyPort, NumpyPort32)
 
-CORPUS_MODULES: tuple[str, ...] = ("verify.mutants._corpus", "verify.mutants.seed_methods")
+CORPUS_MODULES: tuple[str, ...] = ("verify.mutants._corpus", "verify.mutants.seed_methods",
+                                   "verify.mutants._corpus_trajectory")
 
 
 def register_mutant(

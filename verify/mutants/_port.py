@@ -30,10 +30,12 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
+from verify.mutants._port_trajectory import TrajectoryPort
+
 __all__ = ["NumpyPort", "NumpyPort32"]
 
 
-class NumpyPort:
+class NumpyPort(TrajectoryPort):
     """A correct port in numpy at precision `dtype` (PROTOCOL s5, s9 and the extensions)."""
 
     name = "numpy-port"
