@@ -19,12 +19,13 @@ from ngd_ref._layout import (
     to_torch,
     unflatten,
 )
-from ngd_ref._problem import Problem, ProblemError
+from ngd_ref._problem import Problem, ProblemError, bind_layers
 from ngd_ref._problem_io import write_problems
 from ngd_ref._spec import (
     ACTIVATIONS,
     LOSSES,
     ActivationSpec,
+    Conv2d,
     Layer,
     Loss,
     LossSpec,
@@ -39,6 +40,7 @@ __all__ = [
     "ACTIVATIONS",
     "LOSSES",
     "ActivationSpec",
+    "Conv2d",
     "Layer",
     "Loss",
     "LossSpec",
@@ -48,6 +50,7 @@ __all__ = [
     "Reduction",
     "TargetKind",
     "activation_spec",
+    "bind_layers",
     "loss_spec",
     "flatten",
     "from_flax",

@@ -35,22 +35,26 @@ def layer_slices(layers: Sequence[Layer]) -> list[slice]:
     """The slice of the canonical vector holding each layer's `vec([W b])`."""
     slices, start = [], 0
     for layer in layers:
-        stop = start + (layer.n_in + 1) * layer.n_out
+        stop = start + layer.n_params
         slices.append(slice(start, stop))
         start = stop
     return slices
 
 
 def unflatten(layers: Sequence[Layer], params: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Split canonical `params` into per-layer `(W (n_out, n_in), b (n_out,))` views."""
+    """Split canonical `params` into per-layer `(W (n_out, n_in), b (n_out,))` views.
+
+    For a convolution (PROTOCOL s12) `W` is `(c_out, c_in k_h k_w)`, i.e. the kernel
+    `(c_out, c_in, k_h, k_w)` reshaped row-major.
+    """
     params = np.asarray(params)
-    expected = sum((layer.n_in + 1) * layer.n_out for layer in layers)
+    expected = sum(layer.n_params for layer in layers)
     if params.shape != (expected,):
         raise ProblemError(f"params: expected shape ({expected},), got {params.shape}")
     out = []
     for layer, sl in zip(layers, layer_slices(layers), strict=True):
-        wbar = params[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
-        out.append((wbar[:, : layer.n_in], wbar[:, layer.n_in]))
+        wbar = params[sl].reshape(layer.weight_shape, order="F")
+        out.append((wbar[:, :-1], wbar[:, -1]))
     return out
 
 

@@ -13,9 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from ngd_ref._spec import Layer, Loss, Reduction, TargetKind, activation_spec, loss_spec
+from ngd_ref._spec import (
+    Conv2d,
+    Layer,
+    Loss,
+    Reduction,
+    TargetKind,
+    activation_spec,
+    loss_spec,
+)
 
-__all__ = ["Problem", "ProblemError"]
+__all__ = ["Problem", "ProblemError", "bind_layers"]
 
 
 class ProblemError(ValueError):
@@ -53,13 +61,17 @@ class Problem:
 
     Attributes:
         name: Stable identifier, e.g. `mlp-3x4x3-tanh-softmax_cross_entropy-b3`.
-        layers: Dense layers in order.
+        layers: Layers in order: `Conv2d` convolutions first (PROTOCOL s12), then dense
+            `Layer`s; a convolution may be last.
         loss: One of `LOSSES`.
         reduction: `"mean"` or `"sum"`.
         params: `(n,)` float64, canonical layout.
-        inputs: `(B, layers[0].n_in)` float64.
+        inputs: `(B, layers[0].input_size)` float64 (images flattened channel-major).
         targets: `(B,)` int64 labels for `softmax_cross_entropy`/`nll_probs`, else `(B, C)`
             float64 with `C` the number of targets per example.
+        input_shape: `(C, H, W)` of an image input (PROTOCOL s12); None for dense-only
+            problems. The problem's convolutions are bound to their input sizes
+            (`Conv2d.input_hw`).
 
     Raises:
         ProblemError: naming the field, for any malformed input.
@@ -72,12 +84,14 @@ class Problem:
     inputs: np.ndarray
     targets: np.ndarray
     reduction: str = "mean"
+    input_shape: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         if not isinstance(self.name, str) or not self.name:
             raise ProblemError(f"name: expected a non-empty string, got {self.name!r}")
-        set_(self, "layers", _validate_layers(self.layers))
+        set_(self, "input_shape", _validate_input_shape(self.input_shape))
+        set_(self, "layers", _validate_layers(self.layers, self.input_shape))
         try:
             loss = loss_spec(self.loss)
         except ValueError as exc:
@@ -107,7 +121,7 @@ class Problem:
         if params.shape != (n,):
             raise ProblemError(
                 f"params: expected {n} parameters for layers {_describe(self.layers)} "
-                f"(sum of (n_in + 1) * n_out), got {params.shape[0]}"
+                f"(sum of the layers' n_params), got {params.shape[0]}"
             )
         inputs = _as_float_array("inputs", self.inputs, 2)
         if inputs.shape[0] < 1 or inputs.shape[1] != self.layers[0].input_size:
@@ -136,6 +150,19 @@ class Problem:
         return self.layers[-1].output_size
 
     @property
+    def dense_only(self) -> bool:
+        """Whether every layer is dense (PROTOCOL s1), i.e. no convolution (s12)."""
+        return not any(layer.is_convolution for layer in self.layers)
+
+    @property
+    def has_weight_sharing(self) -> bool:
+        """Whether a layer has several output positions sharing its weights (T > 1, s12).
+
+        Dense layers and convolutions whose kernel covers the padded input have one.
+        """
+        return any(layer.n_positions > 1 for layer in self.layers)
+
+    @property
     def scale(self) -> float:
         """The reduction constant `c`: `1/B` for mean, `1` for sum."""
         return 1.0 / self.batch_size if self.reduction == Reduction.MEAN.value else 1.0
@@ -147,15 +174,18 @@ class Problem:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (the `problem` object of the fixture format, PROTOCOL s8)."""
-        return {
+        out = {
             "name": self.name,
-            "layers": [list(layer) for layer in self.layers],
+            "layers": [_layer_entry(layer) for layer in self.layers],
             "loss": self.loss,
             "reduction": self.reduction,
             "params": self.params.tolist(),
             "inputs": self.inputs.tolist(),
             "targets": self.targets.tolist(),
         }
+        if self.input_shape is not None:
+            out["input_shape"] = list(self.input_shape)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Problem:
@@ -174,6 +204,7 @@ class Problem:
             params=_parse_numbers("params", data["params"]),
             inputs=_parse_numbers("inputs", data["inputs"]),
             targets=_parse_numbers("targets", data["targets"]),
+            input_shape=data.get("input_shape"),
         )
 
     def __repr__(self) -> str:
@@ -183,7 +214,7 @@ class Problem:
         )
 
 
-def _describe(layers: Sequence[Layer]) -> str:
+def _describe(layers: Sequence[Layer | Conv2d]) -> str:
     sizes = [str(layers[0].input_size)] + [str(layer.output_size) for layer in layers]
     return "x".join(sizes) + " " + "/".join(layer.activation for layer in layers)
 
@@ -212,37 +243,146 @@ def _map_nested(value: Any, fn: Any) -> Any:
     return fn(value)
 
 
-def _validate_layers(layers: Any) -> tuple[Layer, ...]:
+#: The tag of a convolution in the fixture format (PROTOCOL s12).
+CONV2D_TAG = "conv2d"
+
+
+def _layer_entry(layer: Layer | Conv2d) -> list:
+    """A layer in the fixture format: `[n_in, n_out, act]` or s12's `["conv2d", ...]` entry."""
+    if layer.is_convolution:
+        return [CONV2D_TAG, layer.c_in, layer.c_out, list(layer.kernel), list(layer.stride),
+                list(layer.padding), layer.activation]
+    return list(layer)
+
+
+def _positive_int(field: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ProblemError(f"{field}: expected a {kind} int, got {value!r}")
+    return int(value)
+
+
+def _int_pair(field: str, value: Any, minimum: int) -> tuple[int, int]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ProblemError(f"{field}: expected an (h, w) pair of ints, got {value!r}")
+    return (_positive_int(f"{field}[0]", value[0], minimum),
+            _positive_int(f"{field}[1]", value[1], minimum))
+
+
+def _validate_input_shape(value: Any) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 3:
+        raise ProblemError(f"input_shape: expected (C, H, W) or None, got {value!r}")
+    return tuple(_positive_int(f"input_shape[{i}]", v) for i, v in enumerate(value))
+
+
+def _conv_fields(layer: Any) -> tuple | None:
+    """The six s12 fields of a convolution entry (a `kernel` field or a fixture entry)."""
+    if hasattr(layer, "kernel"):
+        try:
+            return (layer.c_in, layer.c_out, layer.kernel, layer.stride, layer.padding,
+                    layer.activation)
+        except AttributeError as exc:
+            raise ProblemError(f"expected the Conv2d fields ({exc})") from None
+    if (isinstance(layer, Sequence) and not isinstance(layer, str) and layer
+            and isinstance(layer[0], str) and layer[0] == CONV2D_TAG):
+        if len(layer) != 7:
+            raise ProblemError(f"expected [{CONV2D_TAG!r}, c_in, c_out, kernel, stride, padding, "
+                               f"activation], got {layer!r}")
+        return tuple(layer[1:])
+    return None
+
+
+def _validate_conv(index: int, fields: tuple, previous: Layer | Conv2d | None,
+                   input_shape: tuple[int, int, int] | None) -> Conv2d:
+    where = f"layers[{index}]"
+    c_in, c_out, kernel, stride, padding, activation = fields
+    c_in, c_out = _positive_int(f"{where}.c_in", c_in), _positive_int(f"{where}.c_out", c_out)
+    kernel = _int_pair(f"{where}.kernel", kernel, 1)
+    stride = _int_pair(f"{where}.stride", stride, 1)
+    padding = _int_pair(f"{where}.padding", padding, 0)
+    if previous is None:
+        if input_shape is None:
+            raise ProblemError("input_shape: a problem with convolutions needs the image shape "
+                               "(C, H, W) of its inputs, got None")
+        channels, hw = input_shape[0], input_shape[1:]
+        source = "input_shape[0]"
+    elif previous.is_convolution:
+        channels, hw = previous.c_out, previous.output_hw
+        source = "the previous convolution's c_out"
+    else:
+        raise ProblemError(f"{where}: a convolution must come first or after another "
+                           f"convolution (PROTOCOL s12), got one after a dense layer")
+    if c_in != channels:
+        raise ProblemError(f"{where}.c_in: expected {channels} ({source}), got {c_in}")
+    for axis, (size, pad, k) in enumerate(zip(hw, padding, kernel, strict=True)):
+        if size + 2 * pad < k:
+            raise ProblemError(f"{where}.kernel: kernel[{axis}] = {k} exceeds the padded input "
+                               f"size {size} + 2 * {pad}")
+    conv = Conv2d(c_in, c_out, kernel, stride, padding, str(activation), input_hw=hw)
+    return conv
+
+
+def _validate_layers(layers: Any,
+                     input_shape: tuple[int, int, int] | None = None) -> tuple[Layer | Conv2d, ...]:
     if not isinstance(layers, Sequence) or isinstance(layers, str) or not layers:
         raise ProblemError(f"layers: expected a non-empty sequence of Layer, got {layers!r}")
-    checked = []
+    checked: list[Layer | Conv2d] = []
     for index, layer in enumerate(layers):
         try:
-            n_in, n_out, activation = layer
-        except (TypeError, ValueError):
-            raise ProblemError(
-                f"layers[{index}]: expected (n_in, n_out, activation), got {layer!r}"
-            ) from None
-        for label, size in (("n_in", n_in), ("n_out", n_out)):
-            if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
-                raise ProblemError(
-                    f"layers[{index}].{label}: expected a positive int, got {size!r}"
-                )
+            fields = _conv_fields(layer)
+        except ProblemError as exc:
+            raise ProblemError(f"layers[{index}]: {exc}") from None
+        if fields is not None:
+            current = _validate_conv(index, fields, checked[-1] if checked else None,
+                                     input_shape)
+        else:
+            current = _validate_dense(index, layer, checked[-1] if checked else None,
+                                      input_shape)
+        activation = current.activation
         try:
             phi = activation_spec(activation)
         except ValueError as exc:
             raise ProblemError(f"layers[{index}].{exc}") from None
-        if phi.last_layer_only and index != len(layers) - 1:
+        if phi.last_layer_only and (index != len(layers) - 1 or current.is_convolution):
+            where = "on a last dense layer" if current.is_convolution else "on the last layer"
             raise ProblemError(
-                f"layers[{index}].activation: {activation!r} is allowed only on the last layer"
+                f"layers[{index}].activation: {activation!r} is allowed only {where}"
             )
-        if index and int(n_in) != checked[-1].n_out:
-            raise ProblemError(
-                f"layers[{index}].n_in: expected {checked[-1].n_out} (the previous layer's "
-                f"n_out), got {n_in}"
-            )
-        checked.append(Layer(int(n_in), int(n_out), str(activation)))
+        checked.append(current)
     return tuple(checked)
+
+
+def bind_layers(layers: Sequence[Any],
+                input_shape: tuple[int, int, int] | None = None) -> tuple[Layer | Conv2d, ...]:
+    """Validated layers, each convolution bound to its input's spatial size (PROTOCOL s12).
+
+    Raises:
+        ProblemError: naming the layer and field, as `Problem` does.
+    """
+    return _validate_layers(layers, _validate_input_shape(input_shape))
+
+
+def _validate_dense(index: int, layer: Any, previous: Layer | Conv2d | None,
+                    input_shape: tuple[int, int, int] | None) -> Layer:
+    try:
+        n_in, n_out, activation = layer
+    except (TypeError, ValueError):
+        raise ProblemError(
+            f"layers[{index}]: expected (n_in, n_out, activation), got {layer!r}"
+        ) from None
+    n_in = _positive_int(f"layers[{index}].n_in", n_in)
+    n_out = _positive_int(f"layers[{index}].n_out", n_out)
+    if previous is not None and n_in != previous.output_size:
+        what = "c_out H' W' of the previous convolution, flattened channel-major" \
+            if previous.is_convolution else "the previous layer's n_out"
+        raise ProblemError(f"layers[{index}].n_in: expected {previous.output_size} ({what}), "
+                           f"got {n_in}")
+    if previous is None and input_shape is not None and n_in != int(np.prod(input_shape)):
+        raise ProblemError(f"layers[{index}].n_in: expected {int(np.prod(input_shape))} "
+                           f"(C H W of input_shape {input_shape}), got {n_in}")
+    return Layer(n_in, n_out, str(activation))
 
 
 def _validate_targets(loss: Loss, targets: Any, batch: int, last: Layer) -> np.ndarray:

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from typing import NamedTuple
+
+import numpy as np
 
 __all__ = [
     "ACTIVATIONS",
     "LOSSES",
     "ActivationSpec",
+    "Conv2d",
     "Layer",
     "Loss",
     "LossSpec",
@@ -212,6 +216,15 @@ class Layer(NamedTuple):
     n_out: int
     activation: str
 
+    #: A dense layer has one position (T = 1): its patch is its whole input.
+    is_convolution = False
+    n_positions = 1
+
+    @property
+    def patch_size(self) -> int:
+        """Entries of the (non-homogeneous) patch: the whole input `n_in`."""
+        return self.n_in
+
     @property
     def input_size(self) -> int:
         """Size of the (flattened) input `a_prev`."""
@@ -237,3 +250,133 @@ class Layer(NamedTuple):
     def phi(self) -> ActivationSpec:
         """The declared properties of this layer's activation."""
         return activation_spec(self.activation)
+
+
+class _Conv2dFields(NamedTuple):
+    c_in: int
+    c_out: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    activation: str
+
+
+class Conv2d(_Conv2dFields):
+    """A 2-D convolution (PROTOCOL s12): `(c_in, H, W) -> (c_out, H', W')`, zero padding.
+
+    `H' = (H + 2 p_h - k_h) // s_h + 1` (W' alike); a cross-correlation (no kernel flip):
+    `s[o, i, j] = sum_{c,u,v} W[o, (c,u,v)] xp[c, i s_h + u, j s_w + v] + b[o]`, `xp` the
+    input padded with zeros. The homogeneous patch at position `t = (i, j)` (row-major over
+    `(H', W')`) is the `c_in k_h k_w` entries `xp[c, i s_h + u, j s_w + v]` in
+    (channel, kernel row, kernel column) row-major order -- an im2col / `unfold` patch --
+    followed by 1, so `S = Wbar Abar` with `Wbar = [W b]` of shape
+    `(c_out, c_in k_h k_w + 1)` (stored as `vec(Wbar)`, column-major, like a dense layer's) and
+    `Abar` the `(c_in k_h k_w + 1, T)` patch matrix, `T = H' W'`. Inputs and outputs are
+    flattened channel-major (row-major over `(C, H, W)`).
+
+    The six protocol fields are the tuple; the input's spatial size `input_hw` is an attribute
+    that `Problem` sets (from `input_shape` and the layers before), so `input_size`,
+    `output_size`, `output_hw` and `patch_index` are known on a problem's layers. Adapters
+    recognise a convolution by its `kernel` field (PROTOCOL s12).
+    """
+
+    #: `(H, W)` of this layer's input; None until bound (`with_input`, or by a `Problem`).
+    input_hw: tuple[int, int] | None = None
+    is_convolution = True
+
+    def __new__(cls, c_in: int, c_out: int, kernel, stride=(1, 1), padding=(0, 0),
+                activation: str = "identity", *, input_hw=None) -> Conv2d:
+        self = super().__new__(cls, c_in, c_out, kernel, stride, padding, activation)
+        if input_hw is not None:
+            self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        return self
+
+    def _replace(self, **changes) -> Conv2d:
+        """A copy with some fields changed, still bound to the same input size."""
+        return Conv2d(*super()._replace(**changes), input_hw=self.input_hw)
+
+    def with_input(self, input_hw: tuple[int, int]) -> Conv2d:
+        """This convolution bound to an input of spatial size `input_hw = (H, W)`."""
+        return Conv2d(*self, input_hw=input_hw)
+
+    def _hw(self) -> tuple[int, int]:
+        if self.input_hw is None:
+            raise ValueError("Conv2d: the input's spatial size is unknown; use a problem's "
+                             "layers or Conv2d(..., input_hw=(H, W))")
+        return self.input_hw
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        """`(H', W')` with `H' = (H + 2 p_h - k_h) // s_h + 1` (W' alike)."""
+        return tuple((size + 2 * pad - k) // step + 1 for size, pad, k, step in
+                     zip(self._hw(), self.padding, self.kernel, self.stride, strict=True))
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """`(c_in, H, W)`."""
+        return (self.c_in, *self._hw())
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """`(c_out, H', W')`."""
+        return (self.c_out, *self.output_hw)
+
+    @property
+    def n_positions(self) -> int:
+        """`T = H' W'`, the output positions sharing the weights."""
+        height, width = self.output_hw
+        return height * width
+
+    @property
+    def patch_size(self) -> int:
+        """`c_in k_h k_w`, the entries of a (non-homogeneous) patch."""
+        return self.c_in * self.kernel[0] * self.kernel[1]
+
+    @property
+    def input_size(self) -> int:
+        """`c_in H W`, the flattened input."""
+        return int(np.prod(self.input_shape))
+
+    @property
+    def output_size(self) -> int:
+        """`c_out H' W'`, the flattened output."""
+        return self.c_out * self.n_positions
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        """Shape of `Wbar = [W b]`: `(c_out, c_in k_h k_w + 1)`."""
+        return (self.c_out, self.patch_size + 1)
+
+    @property
+    def n_params(self) -> int:
+        """Entries of `vec(Wbar)`."""
+        rows, cols = self.weight_shape
+        return rows * cols
+
+    @property
+    def phi(self) -> ActivationSpec:
+        """The declared properties of this layer's activation."""
+        return activation_spec(self.activation)
+
+    @functools.cached_property
+    def patch_index(self) -> np.ndarray:
+        """The im2col index map, `(c_in k_h k_w, T)` ints into the flattened input.
+
+        Entry `[(c, u, v), (i, j)]` is the flat index of `x[c, i s_h + u - p_h, j s_w + v - p_w]`,
+        or `input_size` where that falls in the zero padding: gathering from the input with a
+        zero appended (`patches`) gives the patch matrix on any array type (float64 or
+        numpy object arrays of mpmath numbers); its adjoint is a scatter-add (`patches_adjoint`).
+        """
+        height, width = self._hw()
+        (k_h, k_w), (s_h, s_w), (p_h, p_w) = self.kernel, self.stride, self.padding
+        out_h, out_w = self.output_hw
+        c, u, v = np.meshgrid(np.arange(self.c_in), np.arange(k_h), np.arange(k_w),
+                              indexing="ij")
+        i, j = np.meshgrid(np.arange(out_h), np.arange(out_w), indexing="ij")
+        rows = i.reshape(1, -1) * s_h + u.reshape(-1, 1) - p_h
+        cols = j.reshape(1, -1) * s_w + v.reshape(-1, 1) - p_w
+        inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+        flat = c.reshape(-1, 1) * height * width + rows * width + cols
+        index = np.where(inside, flat, self.input_size)
+        index.setflags(write=False)
+        return index

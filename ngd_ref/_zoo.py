@@ -20,8 +20,10 @@ import numpy as np
 
 from ngd_ref._problem import Problem
 from ngd_ref._spec import LOSSES, Layer
+from ngd_ref._zoo_conv import conv_problems, make_conv_problem
 
-__all__ = ["HIDDEN_ACTIVATIONS", "LOSSES", "get", "make_problem", "names", "problems"]
+__all__ = ["HIDDEN_ACTIVATIONS", "LOSSES", "conv_problems", "get", "make_conv_problem",
+           "make_problem", "names", "problems"]
 
 HIDDEN_ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "softplus")
 
@@ -148,7 +150,7 @@ def get(name: str) -> Problem:
     Raises:
         KeyError: with the list of valid names.
     """
-    for problem in problems(False) + problems(True):
+    for problem in problems(False) + problems(True) + conv_problems():
         if problem.name == name:
             return problem
     raise KeyError(f"no zoo problem named {name!r}; see ngd_ref.zoo.names()")

@@ -50,9 +50,16 @@ from ngd_ref.hf._dense import (
     optimal_step_size,
     reduction_ratio,
 )
+from ngd_ref.kfac._conv import (
+    ConvExactnessRegime,
+    conv_block,
+    conv_exactness_regimes,
+    conv_position_pieces,
+)
 from ngd_ref.kfac._dense import (
     DampingMethod,
     ExactnessRegime,
+    KfacApprox,
     KfacApproximation,
     KfacKind,
     damped_factors,
@@ -97,7 +104,9 @@ __all__ = [
     "Curvature",
     "DampingMethod",
     "DenseCurvature",
+    "ConvExactnessRegime",
     "ExactnessRegime",
+    "KfacApprox",
     "ExampleTrace",
     "FLOAT64",
     "InverseRootResult",
@@ -135,6 +144,9 @@ __all__ = [
     "inverse_bfgs_update",
     "inverse_root",
     "kfac_approximation",
+    "conv_block",
+    "conv_exactness_regimes",
+    "conv_position_pieces",
     "kfac_factors",
     "kfac_factors_of",
     "kfac_magnitudes",

@@ -40,6 +40,7 @@ from ngd_ref.curvature._jax import (
     mc_fisher_vp,
     mlp_apply,
     mlp_params,
+    network_apply,
     value_and_gradient,
 )
 from ngd_ref.hf._jax import (
@@ -138,6 +139,7 @@ __all__ = [
     "sampled_scores",
     "sketch_scores",
     "mlp_apply",
+    "network_apply",
     "mlp_network",
     "mlp_params",
     "reduction_ratio",

@@ -172,8 +172,9 @@ def expected_shapes(problem: Problem, iterations: int) -> dict[LeafPath, tuple[i
     shapes.update({("damped_update", c): (n,) for c in curvatures})
     for kind in KfacKind:
         for index, layer in enumerate(problem.layers):
-            shapes["kfac_factors", kind.value, index, "A"] = (layer.n_in + 1, layer.n_in + 1)
-            shapes["kfac_factors", kind.value, index, "S"] = (layer.n_out, layer.n_out)
+            rows, cols = layer.weight_shape  # (n_out, n_in + 1); a conv's per PROTOCOL s12
+            shapes["kfac_factors", kind.value, index, "A"] = (cols, cols)
+            shapes["kfac_factors", kind.value, index, "S"] = (rows, rows)
     for method in DampingMethod:
         shapes.update({("kfac_solve", method.value, kind.value): (n,) for kind in KfacKind})
     shapes["cg", "iterates"] = (iterations, n)

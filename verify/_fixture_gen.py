@@ -159,7 +159,7 @@ def relu_margin_violations(problem: Problem) -> list[str]:
         wbar = np.abs(problem.params[sl].reshape(layer.weight_shape, order="F"))
         rtol = rounding_rtol("float32", length=layer.weight_shape[1], depth=index + 1)
         for b, trace in enumerate(ref.traces):
-            margin = rtol * (wbar @ np.abs(trace.abar[index]))
+            margin = rtol * (wbar @ np.abs(trace.abar[index])).reshape(-1)  # conv: (c_out, T)
             for unit in np.flatnonzero(np.abs(trace.s[index]) <= margin):
                 out.append(f"example {b}, layer {index}, unit {unit}: s = {trace.s[index][unit]!r}")
     return out

@@ -32,10 +32,12 @@ from hypothesis import strategies as st
 
 from ngd_ref import LOSSES, Loss, Problem
 from ngd_ref._zoo import HIDDEN_ACTIVATIONS, make_problem
+from verify._strategies_conv import conv_problems
 
 __all__ = [
     "TRAJECTORY_FAMILIES",
     "ProblemSpace",
+    "conv_problems",
     "draw_trajectory_setting",
     "generate",
     "generate_trajectory_settings",
@@ -144,7 +146,8 @@ def _problems(draw, space: ProblemSpace) -> Problem:
 def problems(*, losses: Sequence[str] = LOSSES, activations: Sequence[str] = HIDDEN_ACTIVATIONS,
              max_layers: int = 3, max_width: int = 4, max_batch: int = 4,
              reductions: Sequence[str] = REDUCTIONS,
-             conditioning: tuple[int, int] = (-1, 1)) -> st.SearchStrategy[Problem]:
+             conditioning: tuple[int, int] = (-1, 1),
+             conv: bool = False) -> st.SearchStrategy[Problem]:
     """A strategy of valid problems (see `ProblemSpace` for the arguments).
 
     Example:
@@ -154,7 +157,13 @@ def problems(*, losses: Sequence[str] = LOSSES, activations: Sequence[str] = HID
 
     Raises:
         ValueError: for an invalid argument, naming it.
+
+    With `conv=True` the problems have convolutions (`verify._strategies_conv.conv_problems`;
+    `max_layers`, `max_width`, `reductions` and `conditioning` do not apply); the default
+    draws stay dense until every consumer handles convolutions.
     """
+    if conv:  # PROTOCOL s12's convolutional problems (verify._strategies_conv)
+        return conv_problems(losses=losses, activations=activations, max_batch=max_batch)
     space = ProblemSpace(tuple(losses), tuple(activations), max_layers, max_width, max_batch,
                          tuple(reductions), tuple(conditioning))
     return _problems(space)

@@ -38,10 +38,12 @@ from ngd_ref._activations import get_activation
 from ngd_ref._backend import FLOAT64, Backend
 from ngd_ref._layout import layer_slices
 from ngd_ref._losses import OutputMoments, get_loss
+from ngd_ref._patches import patches, patches_adjoint
 from ngd_ref._problem import Problem
-from ngd_ref._spec import Loss, Reduction
+from ngd_ref._spec import Conv2d, Layer, Loss, Reduction
 
-__all__ = ["Curvature", "DenseCurvature", "ExampleTrace", "dense", "network_outputs"]
+__all__ = ["Curvature", "DenseCurvature", "ExampleTrace", "dense", "network_outputs",
+           "preactivation_jacobians"]
 
 
 class Curvature(str, enum.Enum):
@@ -57,12 +59,19 @@ class Curvature(str, enum.Enum):
 class ExampleTrace:
     """Forward quantities of one example, with tangents along all parameters.
 
+    A dense layer's homogeneous input is a vector; a convolution's (PROTOCOL s12) is its
+    patch matrix `Abar = [P; 1^T]` with one column per output position (`_patch_view` gives
+    every layer's as `(d + 1, T)`, a dense layer being `T = 1`). Pre-activations and
+    activations are flat (a convolution's channel-major, `(c_out, T)` row-major).
+
     Attributes:
-        abar: homogeneous layer inputs `[a_{l-1}; 1]`, one `(n_in + 1,)` per layer.
-        s: pre-activations `(n_out,)` per layer.
-        a: activations `(n_out,)` per layer; `a[-1]` is the output z.
-        dabar: `d abar / dtheta`, `(n_in + 1, n)` per layer.
-        ds: `d s / dtheta`, `(n_out, n)` per layer.
+        abar: homogeneous layer inputs: `(n_in + 1,)` per dense layer, `(d + 1, T)` per
+            convolution (`d = c_in k_h k_w`).
+        s: pre-activations `(output_size,)` per layer.
+        a: activations `(output_size,)` per layer; `a[-1]` is the output z.
+        dabar: `d abar / dtheta`: `(n_in + 1, n)` per dense layer, `(d + 1, T, n)` per
+            convolution.
+        ds: `d s / dtheta`, `(output_size, n)` per layer.
         jacobian: `J = dz/dtheta`, `(C, n)`.
     """
 
@@ -82,10 +91,25 @@ def _weights(problem: Problem, theta: np.ndarray) -> list[np.ndarray]:
     ]
 
 
-def _affine(wbar: np.ndarray, a_prev: np.ndarray, bk: Backend) -> tuple[np.ndarray, np.ndarray]:
-    """A layer's affine rule: `(abar, s)` with `abar = [a_prev; 1]`, `s = Wbar abar`."""
-    abar = np.concatenate([a_prev, bk.asarray(np.ones(1))])
-    return abar, wbar @ abar
+def _patch_view(layer: Layer | Conv2d, abar: np.ndarray) -> np.ndarray:
+    """A trace's `abar` (or `dabar`) of `layer` as patch columns: `(d + 1, T, ...)`."""
+    return abar if layer.is_convolution else abar[:, None]
+
+
+def _affine(wbar: np.ndarray, a_prev: np.ndarray, bk: Backend,
+            layer: Layer | Conv2d | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's affine rule: `(abar, s)` with `s = vec_rows(Wbar Abar)`.
+
+    Dense (`layer` None or dense): `abar = [a_prev; 1]`, `s = Wbar abar`. Convolution
+    (PROTOCOL s12): `abar = Abar = [P; 1^T]`, `P` the im2col patches of `a_prev`, and `s` the
+    `(c_out, T)` product flattened channel-major.
+    """
+    if layer is None or not layer.is_convolution:
+        abar = np.concatenate([a_prev, bk.asarray(np.ones(1))])
+        return abar, wbar @ abar
+    abar = np.concatenate([patches(layer, a_prev, bk),
+                           bk.asarray(np.ones((1, layer.n_positions)))])
+    return abar, (wbar @ abar).reshape(-1)
 
 
 def network_outputs(problem: Problem, theta: np.ndarray, bk: Backend) -> np.ndarray:
@@ -98,25 +122,35 @@ def network_outputs(problem: Problem, theta: np.ndarray, bk: Backend) -> np.ndar
     for x in bk.asarray(problem.inputs):
         a = x
         for layer, wbar in zip(problem.layers, _weights(problem, theta), strict=True):
-            a = get_activation(layer.activation).value(bk, _affine(wbar, a, bk)[1])
+            a = get_activation(layer.activation).value(bk, _affine(wbar, a, bk, layer)[1])
         outputs.append(a)
     return np.stack(outputs)
 
 
 def trace_example(problem: Problem, theta: np.ndarray, x: np.ndarray, bk: Backend) -> ExampleTrace:
-    """Forward pass of one example with parameter tangents (forward-mode Jacobian)."""
+    """Forward pass of one example with parameter tangents (forward-mode Jacobian).
+
+    Per layer, with `Abar` the `(d + 1, T)` patch matrix (`T = 1` for a dense layer):
+    `dS = Wbar dAbar + dWbar Abar`, where `dWbar Abar` is nonzero in layer l's block only:
+    `dS[o, t] / dWbar[o, k] = Abar[k, t]`, i.e. `Abar^T (x) I` (Grosse ch. 4 eq. 16).
+    """
     n = theta.shape[0]
     a_prev, da_prev = x, bk.zeros((x.shape[0], n))
     out = ExampleTrace([], [], [], [], [], bk.zeros((0, n)))
     for layer, sl, wbar in zip(problem.layers, layer_slices(problem.layers),
                                _weights(problem, theta), strict=True):
         act = get_activation(layer.activation)
-        abar, s = _affine(wbar, a_prev, bk)
-        dabar = np.concatenate([da_prev, bk.zeros((1, n))])
-        # ds = Wbar dabar + (d Wbar/dtheta) abar; the second term is abar^T (x) I in layer l's
-        # block.
-        ds = wbar @ dabar
-        ds[:, sl] = ds[:, sl] + np.kron(abar[None, :], bk.eye(layer.n_out))
+        abar, s = _affine(wbar, a_prev, bk, layer)
+        rows, positions = wbar.shape[0], layer.n_positions
+        if layer.is_convolution:
+            dabar = np.concatenate([patches(layer, da_prev, bk),
+                                    bk.zeros((1, positions, n))])
+        else:
+            dabar = np.concatenate([da_prev, bk.zeros((1, n))])
+        cols = _patch_view(layer, abar)                          # (d + 1, T)
+        ds = (wbar @ _patch_view(layer, dabar).reshape(cols.shape[0], -1)).reshape(-1, n)
+        own = cols.T[None, :, :, None] * bk.eye(rows)[:, None, None, :]   # [o, t, k, o']
+        ds[:, sl] = ds[:, sl] + own.reshape(rows * positions, -1)
         a = act.value(bk, s)
         out.abar.append(abar)
         out.dabar.append(dabar)
@@ -132,6 +166,12 @@ def second_order_backward(problem: Problem, theta: np.ndarray, tr: ExampleTrace,
                           bk: Backend) -> tuple[np.ndarray, np.ndarray]:
     """Backward pass from cotangent `r` (C,) with tangent `dr` (C, n), differentiated.
 
+    Per layer, with `G = dL/dS` `(c_out, T)` and the patch matrix `Abar` `(d + 1, T)`
+    (`T = 1` for a dense layer): the gradient of `Wbar` is `G Abar^T` and its tangent
+    `dG Abar^T + G dAbar^T`; the cotangent of the layer's input is the adjoint im2col of
+    `W^T G` (`patches_adjoint`; the identity for a dense layer), with tangent
+    `W^T dG + dW^T G`.
+
     Returns:
         `(J^T r, d(J^T r)/dtheta)`: the vector `(n,)` and the matrix `(n, n)`
         `J^T dr + sum_j r_j d^2 z_j / dtheta^2` (not symmetrized).
@@ -145,24 +185,52 @@ def second_order_backward(problem: Problem, theta: np.ndarray, tr: ExampleTrace,
     for index in reversed(range(len(layers))):
         layer, sl, wbar = layers[index], slices[index], weights[index]
         act = get_activation(layer.activation)
-        s, a, abar, dabar, ds = (tr.s[index], tr.a[index], tr.abar[index], tr.dabar[index],
-                                 tr.ds[index])
+        s, a, ds = tr.s[index], tr.a[index], tr.ds[index]
+        cols, dcols = _patch_view(layer, tr.abar[index]), _patch_view(layer, tr.dabar[index])
+        rows, positions = wbar.shape[0], layer.n_positions
         g_s = act.jacobian_apply(bk, s, a, g_a)
         dg_s = act.jacobian_apply(bk, s, a, dg_a) + act.second_order_apply(bk, s, a, ds, g_a)
-        # grad of vec(Wbar) is vec(g_s abar^T); entry (i, j) sits at j * n_out + i.
-        vec[sl] = np.multiply.outer(abar, g_s).reshape(-1)
-        block = (dg_s[None, :, :] * abar[:, None, None]
-                 + np.multiply.outer(dabar, g_s).transpose(0, 2, 1))
+        big_g, big_dg = g_s.reshape(rows, positions), dg_s.reshape(rows, positions, n)
+        # grad of vec(Wbar) is vec(G Abar^T); entry (o, k) sits at k * c_out + o.
+        vec[sl] = (big_g @ cols.T).reshape(-1, order="F")
+        block = ((cols @ big_dg.transpose(1, 0, 2).reshape(positions, -1)).reshape(-1, rows, n)
+                 + np.matmul(big_g[None], dcols))                      # [k, o, m]
         mat[sl] = block.reshape(-1, n)
         if index:
-            w = wbar[:, : layer.n_in]
-            # d(W^T g_s) = W^T dg_s + (dW)^T g_s; (dW)^T g_s is nonzero in layer l's block only.
-            dw_term = bk.zeros((layer.n_in, n))
-            for j in range(layer.n_in):
-                cols = slice(sl.start + j * layer.n_out, sl.start + (j + 1) * layer.n_out)
-                dw_term[j, cols] = g_s
-            g_a, dg_a = w.T @ g_s, w.T @ dg_s + dw_term
+            w = wbar[:, :-1]
+            width = w.shape[1]
+            # d(W^T G) = W^T dG + (dW)^T G; (dW)^T G is nonzero in layer l's block only.
+            dw_term = bk.zeros((width, positions, n))
+            for j in range(width):
+                dw_term[j, :, sl.start + j * rows: sl.start + (j + 1) * rows] = big_g.T
+            g_p = w.T @ big_g
+            dg_p = (w.T @ big_dg.reshape(rows, -1)).reshape(width, positions, n) + dw_term
+            g_a = patches_adjoint(layer, g_p, bk)
+            dg_a = patches_adjoint(layer, dg_p, bk)
     return vec, mat
+
+
+def preactivation_jacobians(problem: Problem, theta: np.ndarray, tr: ExampleTrace,
+                            bk: Backend) -> list[np.ndarray]:
+    """`dz/ds_l`, `(C, output_size_l)` per layer: backpropagation of the C unit cotangents.
+
+    For a convolution the columns are channel-major `(o, t)`: `J_{b,t} = dz/ds_{l,t}` of
+    PROTOCOL s12's K-FAC is `out[l].reshape(C, c_out, T)[:, :, t]`, and their sum over t is
+    the Jacobian's bias columns of layer l.
+    """
+    layers = problem.layers
+    weights = _weights(problem, theta)
+    g_a = bk.eye(problem.output_dim)                  # column j: the cotangent e_j
+    out: list[np.ndarray] = [bk.zeros((0, 0))] * len(layers)
+    for index in reversed(range(len(layers))):
+        layer, wbar = layers[index], weights[index]
+        g_s = get_activation(layer.activation).jacobian_apply(bk, tr.s[index], tr.a[index], g_a)
+        out[index] = g_s.T
+        if index:
+            rows, positions = wbar.shape[0], layer.n_positions
+            g_p = (wbar[:, :-1].T @ g_s.reshape(rows, -1)).reshape(-1, positions, g_s.shape[1])
+            g_a = patches_adjoint(layer, g_p, bk)
+    return out
 
 
 class DenseCurvature:
@@ -200,6 +268,13 @@ class DenseCurvature:
         """Forward traces (with parameter tangents) of every example."""
         with self.backend.precision():
             return [trace_example(self.problem, self.theta, x, self.backend) for x in self.inputs]
+
+    @functools.cached_property
+    def preactivation_jacobians(self) -> list[list[np.ndarray]]:
+        """Per example, per layer: `dz/ds_l`, `(C, output_size_l)` (K-FAC's `J_{b,t}`)."""
+        with self.backend.precision():
+            return [preactivation_jacobians(self.problem, self.theta, t, self.backend)
+                    for t in self.traces]
 
     @property
     def outputs(self) -> np.ndarray:

@@ -55,7 +55,7 @@ from ngd_ref._layout import layer_slices
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
 from ngd_ref._problem import Problem
 from ngd_ref._sharding import allsum, run_sharded
-from ngd_ref._spec import Layer, Loss, Reduction
+from ngd_ref._spec import Conv2d, Layer, Loss, Reduction
 from ngd_ref.curvature._dense import Curvature
 
 __all__ = [
@@ -78,6 +78,7 @@ __all__ = [
     "loss_value",
     "mc_fisher_vp",
     "mlp_apply",
+    "network_apply",
     "mlp_params",
     "value_and_gradient",
 ]
@@ -464,9 +465,48 @@ def mlp_params(layers: Sequence[Layer], theta: Any, dtype: Any = None) -> list[t
     theta = jnp.asarray(theta, dtype)
     out = []
     for layer, sl in zip(layers, layer_slices(layers), strict=True):
-        wbar = theta[sl].reshape(layer.n_in + 1, layer.n_out).T  # column-major unstacking
-        out.append((wbar[:, : layer.n_in], wbar[:, layer.n_in]))
+        rows, cols = layer.weight_shape
+        wbar = theta[sl].reshape(cols, rows).T  # column-major unstacking
+        out.append((wbar[:, :-1], wbar[:, -1]))  # a conv's W is (c_out, c_in k_h k_w), s12
     return out
+
+
+def network_apply(layers: Sequence[Layer | Conv2d]) -> Apply:
+    """The protocol network of PROTOCOL s1 and s12 (convolutions first), on `[(W_l, b_l), ...]`.
+
+    A convolution is `jax.lax.conv_general_dilated` (a cross-correlation, NCHW/OIHW, zero
+    padding) on the image `a.reshape(B, c_in, H, W)` with the kernel
+    `W.reshape(c_out, c_in, k_h, k_w)`; its output is flattened channel-major. Dense-only
+    networks are `mlp_apply`. Cached per architecture (including each convolution's input
+    size, which the tuple itself does not carry).
+    """
+    if all(not layer.is_convolution for layer in layers):
+        return mlp_apply(tuple(layer.activation for layer in layers))
+    return _conv_apply(tuple((tuple(layer), getattr(layer, "input_hw", None))
+                             for layer in layers))
+
+
+@functools.cache
+def _conv_apply(key: tuple) -> Apply:
+    layers = [Conv2d(*fields, input_hw=hw) if hw is not None else Layer(*fields)
+              for fields, hw in key]
+    acts = [_ACTIVATIONS[layer.activation] for layer in layers]
+
+    def apply(params: Sequence[tuple[Array, Array]], inputs: Array) -> Array:
+        a = inputs
+        for (w, b), act, layer in zip(params, acts, layers, strict=True):
+            if layer.is_convolution:
+                image = a.reshape(a.shape[0], *layer.input_shape)
+                kernel = w.reshape(layer.c_out, layer.c_in, *layer.kernel)
+                s = jax.lax.conv_general_dilated(
+                    image, kernel, layer.stride, [(p, p) for p in layer.padding],
+                    dimension_numbers=("NCHW", "OIHW", "NCHW")) + b[None, :, None, None]
+                a = act(s.reshape(a.shape[0], -1))
+            else:
+                a = act(a @ w.T + b)
+        return a
+
+    return apply
 
 
 def canonical_vector(params: Sequence[tuple[Array, Array]]) -> Array:
@@ -485,8 +525,7 @@ def from_problem(problem: Problem, dtype: str = "float64") -> tuple[Objective, l
         raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
     if dtype == "float64" and not jax.config.jax_enable_x64:
         raise ValueError("dtype: float64 needs jax.config.update('jax_enable_x64', True) first")
-    objective = Objective(mlp_apply(tuple(layer.activation for layer in problem.layers)),
-                          problem.loss, problem.reduction)
+    objective = Objective(network_apply(problem.layers), problem.loss, problem.reduction)
     labels = Loss(problem.loss).has_class_labels
     targets = jnp.asarray(problem.targets, jnp.int32 if labels else dtype)
     batch = Batch(jnp.asarray(problem.inputs, dtype), targets)

@@ -25,6 +25,16 @@ Exactness (each a check in the identity battery): the approximation is an equali
     * when all examples are identical (inputs, and targets for the kinds that read them).
 Everywhere else it is an approximation; `kfac_approximation` measures how far.
 
+Convolutions (PROTOCOL s12): with T output positions, patches `abar_{b,t}` and
+`J_{b,t} = dz/ds_{l,t}`, the exact block is `c sum_b sum_{t,t'} abar_{b,t} abar_{b,t'}^T (x)
+J_{b,t}^T middle_b J_{b,t'}`; `approx="expand"` (KFC, Grosse & Martens 2016; K-FAC-expand of
+Eschenhagen et al. 2023) takes `A_l = (1/B) sum_b sum_t abar_{b,t} abar_{b,t}^T`,
+`S_l = c (1/T) sum_b sum_t J_{b,t}^T middle_b J_{b,t}`, and `approx="reduce"` takes
+`A_l = (1/B) sum_b abar_b abar_b^T` with `abar_b = (1/T) sum_t abar_{b,t}` and
+`S_l = c sum_b Jb^T middle_b Jb`, `Jb = sum_t J_{b,t}`. A dense layer is `T = 1`, where both
+are the formulas above. "B = 1 is exact" holds for `T = 1` layers only; the convolutions'
+regimes are `conv_exactness_regimes`.
+
 Damped solves of `v` (Grosse s5.3), block by block with `V = unvec(v_l)` (n_out x (n_in+1)):
     * eigen (eq. 23): `(A (x) S + lambda I)^{-1} v = vec(Q_S [(Q_S^T V Q_A) / (d_S d_A^T +
       lambda)] Q_A^T)`;
@@ -45,12 +55,13 @@ import numpy as np
 from ngd_ref._backend import FLOAT64, Backend
 from ngd_ref._layout import layer_slices
 from ngd_ref._problem import Problem
-from ngd_ref._spec import Loss
+from ngd_ref._spec import Conv2d, Loss
 from ngd_ref._validation import as_member, check_damping
 from ngd_ref.curvature._dense import Curvature, DenseCurvature, dense
 
 __all__ = [
     "DampingMethod",
+    "KfacApprox",
     "ExactnessRegime",
     "KfacApproximation",
     "KfacKind",
@@ -92,6 +103,13 @@ class DampingMethod(str, enum.Enum):
     FACTORED = "factored"
 
 
+class KfacApprox(str, enum.Enum):
+    """How a convolution's positions enter its factors (PROTOCOL s12); same for T = 1."""
+
+    EXPAND = "expand"
+    REDUCE = "reduce"
+
+
 class ExactnessRegime(str, enum.Enum):
     """Hypotheses under which `A_l (x) S_l` equals the exact diagonal block."""
 
@@ -113,41 +131,72 @@ def _middles(ref: DenseCurvature, kind: KfacKind) -> list[np.ndarray]:
 
 
 def _pieces(ref: DenseCurvature, kind: KfacKind, *, absolute: bool = False,
+            approx: KfacApprox = KfacApprox.EXPAND,
             middles: np.ndarray | None = None,
             ) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
-    """Per layer, per example: `abar` and `M_b = (dz/ds_l)^T middle_b (dz/ds_l)`.
+    """Per layer, per example: the terms `x_b` of `A_l` and `M_b` of `S_l`.
 
-    `dz/ds_l` is read from the bias columns of the Jacobian: in the canonical layout layer l's
-    block of `J_b` is `abar^T (x) dz/ds_l` and the last entry of `abar` is 1. With `absolute`,
-    every ingredient is replaced by its absolute value (the magnitude of the computation).
+    Dense layer: `x_b = abar_b abar_b^T` and `M_b = (dz/ds_l)^T middle_b (dz/ds_l)`, with
+    `dz/ds_l` read from the bias columns of the Jacobian (in the canonical layout layer l's
+    block of `J_b` is `abar^T (x) dz/ds_l` and the last entry of `abar` is 1). Convolution
+    (module docstring): expand `x_b = sum_t abar_t abar_t^T`, `M_b = (1/T) sum_t J_t^T middle
+    J_t`; reduce `x_b = abar_b abar_b^T` with the mean patch, `M_b = Jb^T middle Jb`. With
+    `absolute`, every ingredient is replaced by its absolute value (the magnitude of the
+    computation).
     """
     problem = ref.problem
     fix = np.abs if absolute else (lambda x: x)
     middles = ([fix(m) for m in _middles(ref, kind)] if middles is None
                else list(np.asarray(middles)))
-    abars, blocks = [], []
+    xs, blocks = [], []
     with ref.backend.precision():
         for index, (layer, sl) in enumerate(zip(problem.layers, layer_slices(problem.layers),
                                                 strict=True)):
-            dzds = fix(ref.jacobians[:, :, sl.stop - layer.n_out: sl.stop])
-            abars.append([fix(t.abar[index]) for t in ref.traces])
-            blocks.append([d.T @ m @ d for d, m in zip(dzds, middles, strict=True)])
-    return abars, blocks
+            if not layer.is_convolution:
+                dzds = fix(ref.jacobians[:, :, sl.stop - layer.n_out: sl.stop])
+                xs.append([np.multiply.outer(x, x)
+                           for x in (fix(t.abar[index]) for t in ref.traces)])
+                blocks.append([d.T @ m @ d for d, m in zip(dzds, middles, strict=True)])
+                continue
+            x_l, m_l = [], []
+            for trace, jacs, middle in zip(ref.traces, ref.preactivation_jacobians, middles,
+                                           strict=True):
+                cols = fix(trace.abar[index])                           # (d + 1, T)
+                per_t = fix(jacs[index]).reshape(-1, layer.c_out, layer.n_positions)
+                x, m = _conv_terms(cols, per_t, middle, layer, approx, ref.backend)
+                x_l.append(x)
+                m_l.append(m)
+            xs.append(x_l)
+            blocks.append(m_l)
+    return xs, blocks
 
 
-def _assemble(abars: list[list[np.ndarray]], blocks: list[list[np.ndarray]], c,
+def _conv_terms(cols: np.ndarray, per_t: np.ndarray, middle: np.ndarray, layer: Conv2d,
+                approx: KfacApprox, bk: Backend) -> tuple[np.ndarray, np.ndarray]:
+    """One example's `(x_b, M_b)` of a convolution; `per_t[:, :, t] = J_{b,t}` `(C, c_out)`."""
+    positions = bk.scalar(layer.n_positions)
+    if approx is KfacApprox.EXPAND:
+        stacked = per_t.transpose(2, 0, 1)                              # (T, C, c_out)
+        m = sum(j.T @ middle @ j for j in stacked) / positions
+        return cols @ cols.T, m
+    mean = cols.sum(axis=1) / positions
+    total = per_t.sum(axis=2)                                           # Jb, (C, c_out)
+    return np.multiply.outer(mean, mean), total.T @ middle @ total
+
+
+def _assemble(xs: list[list[np.ndarray]], blocks: list[list[np.ndarray]], c,
               bk: Backend) -> Factors:
-    """`A_l = (1/B) sum_b abar abar^T`, `S_l = c sum_b M_b`."""
+    """`A_l = (1/B) sum_b x_b`, `S_l = c sum_b M_b`."""
     factors = []
     with bk.precision():
-        for abar_l, m_l in zip(abars, blocks, strict=True):
-            batch = len(abar_l)
-            a = sum(np.multiply.outer(x, x) for x in abar_l) / bk.scalar(batch)
+        for x_l, m_l in zip(xs, blocks, strict=True):
+            a = sum(x_l) / bk.scalar(len(x_l))
             factors.append((a, c * sum(m_l)))
     return factors
 
 
-def kfac_factors(problem: Problem, kind: KfacKind | str, backend: Backend = FLOAT64) -> Factors:
+def kfac_factors(problem: Problem, kind: KfacKind | str, backend: Backend = FLOAT64, *,
+                 approx: KfacApprox | str = "expand") -> Factors:
     """Compute the Kronecker factors `[(A_l, S_l), ...]` of PROTOCOL s4, exact expectations.
 
     `A_l = (1/B) sum_b abar_b abar_b^T` is `(n_in + 1) x (n_in + 1)` and `S_l = c sum_b M_b` is
@@ -158,6 +207,8 @@ def kfac_factors(problem: Problem, kind: KfacKind | str, backend: Backend = FLOA
         problem: a validated `Problem`.
         kind: `"fisher"`, `"ggn"` or `"empirical"` (a `KfacKind`).
         backend: `FLOAT64` or `mp_backend(dps)`; the factors are arrays of that backend.
+        approx: `"expand"` or `"reduce"` for convolutions (PROTOCOL s12); dense layers
+            (T = 1) have the same factors under both.
 
     Returns:
         One `(A_l, S_l)` pair per layer.
@@ -167,19 +218,23 @@ def kfac_factors(problem: Problem, kind: KfacKind | str, backend: Backend = FLOA
         >>> [(a.shape, s.shape) for a, s in kfac_factors(zoo.get("mlp-3x4x3-tanh-mse-b1"), "ggn")]
         [((4, 4), (4, 4)), ((5, 5), (3, 3))]
     """
-    return kfac_factors_of(dense(problem, backend), kind)
+    return kfac_factors_of(dense(problem, backend), kind, approx=approx)
 
 
-def kfac_factors_of(ref: DenseCurvature, kind: KfacKind | str) -> Factors:
+def kfac_factors_of(ref: DenseCurvature, kind: KfacKind | str, *,
+                    approx: KfacApprox | str = "expand") -> Factors:
     """`kfac_factors` of an existing `DenseCurvature` (any parameters, any backend).
 
     The optimizer trajectories (`ngd_ref.trajectory`) need the factors at parameters that are
     not a problem's float64 `params` (mpmath iterates); this is the same computation.
     """
-    return _assemble(*_pieces(ref, as_member(KfacKind, kind, "kind")), ref.c, ref.backend)
+    pieces = _pieces(ref, as_member(KfacKind, kind, "kind"),
+                     approx=as_member(KfacApprox, approx, "approx"))
+    return _assemble(*pieces, ref.c, ref.backend)
 
 
 def kfac_magnitudes(problem: Problem, kind: KfacKind | str, *,
+                    approx: KfacApprox | str = "expand",
                     middle_magnitudes: np.ndarray | None = None) -> Factors:
     """Compute `kfac_factors` on absolute values: the `MAG` of the tolerance policy (float64).
 
@@ -190,14 +245,15 @@ def kfac_magnitudes(problem: Problem, kind: KfacKind | str, *,
     Args:
         problem: the problem.
         kind: `fisher`, `ggn` or `empirical`.
+        approx: `expand` or `reduce` for convolutions (PROTOCOL s12).
         middle_magnitudes: `(B, C, C)` entrywise magnitudes of the output-space middles
             (the tolerance policy's, which know where a closed form cancels); default
             `|middle_b|`.
     """
     ref = dense(problem)
-    abars, blocks = _pieces(ref, as_member(KfacKind, kind, "kind"), absolute=True,
-                            middles=middle_magnitudes)
-    return _assemble(abars, blocks, ref.c, FLOAT64)
+    pieces = _pieces(ref, as_member(KfacKind, kind, "kind"), absolute=True,
+                     approx=as_member(KfacApprox, approx, "approx"), middles=middle_magnitudes)
+    return _assemble(*pieces, ref.c, FLOAT64)
 
 
 def _block_diagonal(blocks: Sequence[np.ndarray], bk: Backend) -> np.ndarray:
@@ -211,13 +267,14 @@ def _block_diagonal(blocks: Sequence[np.ndarray], bk: Backend) -> np.ndarray:
     return out
 
 
-def kfac_matrix(problem: Problem, kind: KfacKind | str, backend: Backend = FLOAT64) -> np.ndarray:
+def kfac_matrix(problem: Problem, kind: KfacKind | str, backend: Backend = FLOAT64, *,
+                approx: KfacApprox | str = "expand") -> np.ndarray:
     """Form the block-diagonal K-FAC matrix `diag(A_1 (x) S_1, ..., A_L (x) S_L)`, `(n, n)`.
 
     In the canonical layout (column-major `vec([W b])`), `A_l (x) S_l` acts on `vec(V)` as
     `vec(S_l V A_l)` (Grosse eq. 16, A symmetric).
     """
-    factors = kfac_factors(problem, kind, backend)
+    factors = kfac_factors(problem, kind, backend, approx=approx)
     with backend.precision():
         return _block_diagonal([np.kron(a, s) for a, s in factors], backend)
 
@@ -237,9 +294,15 @@ def exactness_regimes(problem: Problem, kind: KfacKind | str) -> tuple[Exactness
       `fisher` or `ggn` (the empirical Fisher's `Ds_b` carries the residual, which varies).
     * `IDENTICAL_EXAMPLES`: `B > 1` and all inputs equal; for `ggn` and `empirical` (which read
       the targets through `H_L` or `dL/dz`) all targets equal too.
+
+    All three need every layer to have one position (T = 1: dense layers, or convolutions
+    whose kernel covers the padded input); a convolution with T > 1 has cross-position terms
+    even with one example (PROTOCOL s12; its regimes are `conv_exactness_regimes`).
     """
     kind = as_member(KfacKind, kind, "kind")
     regimes = []
+    if any(layer.n_positions > 1 for layer in problem.layers):
+        return ()
     if problem.batch_size == 1:
         regimes.append(ExactnessRegime.ONE_EXAMPLE)
     linear = all(layer.phi.linear for layer in problem.layers)
@@ -336,7 +399,8 @@ def kfac_solve_factors(factors: Sequence[tuple[np.ndarray, np.ndarray]], v: np.n
 
 
 def kfac_solve(problem: Problem, v: np.ndarray, damping: float, method: DampingMethod | str,
-               kind: KfacKind | str = "fisher", backend: Backend = FLOAT64) -> np.ndarray:
+               kind: KfacKind | str = "fisher", backend: Backend = FLOAT64, *,
+               approx: KfacApprox | str = "expand") -> np.ndarray:
     """`kfac_solve_factors(kfac_factors(problem, kind), v, damping, method)` (PROTOCOL s4/s5).
 
     Example:
@@ -345,7 +409,8 @@ def kfac_solve(problem: Problem, v: np.ndarray, damping: float, method: DampingM
         >>> kfac_solve(p, np.ones(p.n_params), 0.1, "eigen").shape
         (31,)
     """
-    return kfac_solve_factors(kfac_factors(problem, kind, backend), v, damping, method, backend)
+    factors = kfac_factors(problem, kind, backend, approx=approx)
+    return kfac_solve_factors(factors, v, damping, method, backend)
 
 
 def ema_update(average: Sequence[tuple[np.ndarray, np.ndarray]],

@@ -42,7 +42,8 @@ from ngd_ref._problem import Problem
 from ngd_ref._spec import Loss
 from ngd_ref._validation import as_member, check_damping
 from ngd_ref.curvature._jax import canonical_vector, mlp_params
-from ngd_ref.kfac._dense import DampingMethod, KfacKind
+from ngd_ref.kfac._dense import DampingMethod, KfacApprox, KfacKind
+from ngd_ref.kfac._jax_conv import conv_kfac_factors
 
 __all__ = [
     "ACTIVATIONS_JAX",
@@ -296,14 +297,22 @@ def _natural(loss: JaxLoss) -> bool:
 
 
 def kfac_factors(problem: Problem, kind: KfacKind | str, *, dtype=jnp.float64,
-                 estimator: Estimator | str = "exact", key: Array | None = None) -> Layers:
+                 estimator: Estimator | str = "exact", key: Array | None = None,
+                 approx: KfacApprox | str = "expand") -> Layers:
     """`kfac_statistics` of a protocol `Problem` (same signature as the dense twin), jitted.
 
     One compilation per architecture, loss, kind, estimator and shapes (cached), so the zoo's
-    problems of one architecture share it.
+    problems of one architecture share it. Problems with convolutions (PROTOCOL s12) take
+    `approx` (`expand` or `reduce`, `ngd_ref.kfac._jax_conv`; exact estimator only); for dense
+    layers both equal s4's factors.
     """
     kind = as_member(KfacKind, kind, "kind")
     estimator = as_member(Estimator, estimator, "estimator")
+    approx = as_member(KfacApprox, approx, "approx")
+    if not problem.dense_only:
+        if estimator is not Estimator.EXACT:
+            raise ValueError("estimator: convolutional problems support 'exact' only")
+        return conv_kfac_factors(problem, kind, approx=approx, dtype=dtype)
     if estimator is Estimator.SAMPLED and kind is not KfacKind.EMPIRICAL and key is None:
         raise ValueError("key: the sampled estimator needs a PRNG key")
     _, params = problem_network(problem, dtype)
@@ -371,13 +380,14 @@ def _jitted_solve(method: DampingMethod):
 
 
 def kfac_solve(problem: Problem, v, damping: float, method: DampingMethod | str,
-               kind: KfacKind | str = "fisher", *, dtype=jnp.float64) -> Array:
+               kind: KfacKind | str = "fisher", *, dtype=jnp.float64,
+               approx: KfacApprox | str = "expand") -> Array:
     """Block-diagonal damped K-FAC solve of canonical `v` (PROTOCOL s4), exact factors."""
     damping = check_damping(damping, positive=True)
     v = jnp.asarray(v, dtype)
     if v.shape != (problem.n_params,):
         raise ValueError(f"v: expected shape ({problem.n_params},), got {v.shape}")
-    factors = kfac_factors(problem, kind, dtype=dtype)
+    factors = kfac_factors(problem, kind, dtype=dtype, approx=approx)
     v_layers = [jnp.concatenate([w, b[:, None]], axis=1) for w, b in
                 mlp_params(problem.layers, v, dtype)]
     solve = _jitted_solve(as_member(DampingMethod, method, "method"))

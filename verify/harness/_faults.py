@@ -161,6 +161,7 @@ def fresh_problem(problem: Problem) -> Problem:
         problem.inputs.copy(),
         problem.targets.copy(),
         problem.reduction,
+        input_shape=problem.input_shape,
     )
 
 

@@ -267,7 +267,7 @@ def check_shampoo_direction(ctx: CheckContext) -> None:
     """`(L + eps I)^{-1/4} G (R + eps I)^{-1/4}` with statistics of the first layer's gradient."""
     layer = ctx.problem.layers[0]
     sl = layer_slices(ctx.problem.layers)[0]
-    grad = ctx.policy.ref.gradient[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
+    grad = ctx.policy.ref.gradient[sl].reshape(layer.weight_shape, order="F")
     left, right, eps = grad @ grad.T, grad.T @ grad, 0.1
     condition = float(
         np.linalg.cond(left + eps * np.eye(left.shape[0]))

@@ -40,13 +40,15 @@
 | `momentum_subspace_stationary` (incl. neg.) | 2-D subspace minimizer | Grosse eq. (27) |
 | `trajectory_*` (incl. neg.) | optimizer trajectories (K-FAC, HF, eq. 27, EMA) | PROTOCOL s10 |
 
-plus the K-FAC identities (`verify.identities.kfac`) and the other methods' identities
+plus the K-FAC identities (`verify.identities.kfac`), the convolutional K-FAC identities
+(`verify.identities.conv`, PROTOCOL s12) and the other methods' identities
 (`verify.identities.methods`). Importing this package registers every identity in
 `IDENTITIES`; `verify.battery.run_battery` runs them. docs/identities.md has the full table
 with hypotheses.
 """
 
 from verify.identities import (  # noqa: F401  (imported to register their identities)
+    conv,
     damping,
     definiteness,
     descent,

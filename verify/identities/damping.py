@@ -63,7 +63,8 @@ def _rho_tolerance(problem: Problem, step: np.ndarray, predicted: float) -> floa
 
 
 @identity("reduction_ratio_quadratic", source=SOURCE,
-          statement="rho = 1 on an exactly quadratic objective with exact curvature (lambda = 0)")
+          statement="rho = 1 on an exactly quadratic objective with exact curvature (lambda = 0)",
+          applies=lambda p: not p.layers[-1].is_convolution)  # the twin reads a dense input
 def reduction_ratio_quadratic(problem: Problem, *, direction: np.ndarray | None = None):
     """`rho(d) = 1` for `quadratic_twin(problem)`, `C = H`, undamped model, any step d."""
     twin = quadratic_twin(problem)

@@ -80,7 +80,7 @@ _register_psd("empirical_fisher", "Martens s7 (seed 003)", lambda p: True)
 
 def _hessian_witness(problem: Problem) -> bool:
     layers = problem.layers
-    return (len(layers) >= 2 and layers[-1].phi.linear
+    return (len(layers) >= 2 and layers[-1].phi.linear and not layers[-1].is_convolution
             and layers[-1].n_in + 1 > problem.batch_size and curved_with_residual(problem))
 
 

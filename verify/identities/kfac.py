@@ -159,7 +159,13 @@ def _kfac_comparison(problem: Problem, kind: KfacKind) -> Comparison:
 
 
 def _inexact_kinds(problem: Problem) -> list[KfacKind]:
-    """Kinds whose predicted gap (`kfac_gap`, relative to the comparison's scale) is detectable."""
+    """Kinds whose predicted gap (`kfac_gap`, relative to the comparison's scale) is detectable.
+
+    None where a layer has several positions (a convolution, PROTOCOL s12): the batch
+    covariance misses the cross-position terms (`verify.identities.conv` has those controls).
+    """
+    if problem.has_weight_sharing:
+        return []
     out = []
     for kind in KfacKind:
         scale = max(float(np.linalg.norm(_exact_blocks(problem, kind))), _magnitude(problem, kind))

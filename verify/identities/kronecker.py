@@ -69,7 +69,7 @@ def kron_vec(problem: Problem):
 
 @identity("kron_order_matters", source=f"{SOURCE} eq. (16)",
           statement="(S (x) A^T) vec(X) != vec(S X A): the factor order matters",
-          applies=lambda p: p.layers[0].n_out >= 2, negative_control=True)
+          applies=lambda p: p.layers[0].weight_shape[0] >= 2, negative_control=True)
 def kron_order_matters(problem: Problem):
     """Negative control of eq. (16): the swapped order `S (x) A^T` (row-major thinking) is wrong.
 
@@ -117,7 +117,8 @@ def kron_inverse(problem: Problem):
 
 
 @identity("kron_vec_outer", source=f"{SOURCE} eq. (20), s5.2",
-          statement="per-example gradient block of layer l = vec(Ds abar^T) = abar (x) Ds")
+          statement="per-example gradient block of layer l = vec(Ds abar^T) = abar (x) Ds",
+          applies=lambda p: p.dense_only)  # a convolution's block sums abar_t (x) Ds_t over t
 def kron_vec_outer(problem: Problem):
     """Grosse eq. (20) on the problem's gradients: `g_b[layer l] = abar_{l-1} (x) dL/ds_l`."""
     ref = reference(problem)

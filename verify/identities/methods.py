@@ -589,7 +589,7 @@ def _polar_layers(problem: Problem) -> tuple[_PolarLayer, ...]:
     with bk.precision():
         for index, (layer, sl) in enumerate(zip(problem.layers, layer_slices(problem.layers),
                                                 strict=True)):
-            G = g[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
+            G = g[sl].reshape(layer.weight_shape, order="F")
             norm2 = float(np.sum(G * G))
             if norm2 == 0:
                 continue

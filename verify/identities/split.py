@@ -26,6 +26,8 @@ SOURCE = "Martens s3, s9 (seed 003); PROTOCOL s2"
 def splittable(problem: Problem) -> bool:
     """Whether the problem is a softmax classifier whose softmax can move across the split."""
     loss = Loss(problem.loss)
+    if problem.layers[-1].is_convolution:  # softmax is allowed on a last dense layer only (s12)
+        return False
     if loss.spec.probability_form is not None:
         return problem.layers[-1].phi.linear
     return _logits_form(loss) is not None

@@ -112,7 +112,9 @@ def _block_natural_gradient(problem: Problem, batches: list, lr: float,
 
 @identity("trajectory_kfac_one_example_is_block_natural_gradient", source=SOURCE_KFAC,
           statement="K-FAC with B = 1, ema = 0, every statistic and inverse fresh = block-diagonal "
-                    "damped natural gradient", applies=lambda p: _small(p) and p.batch_size == 1)
+                    "damped natural gradient", applies=lambda p: (_small(p) and p.batch_size == 1
+                                      # B = 1 is exact for T = 1 layers only (s12)
+                                      and not p.has_weight_sharing))
 def kfac_block_natural_gradient(problem: Problem) -> list[CheckResult]:
     name = "trajectory_kfac_one_example_is_block_natural_gradient"
     batches = trajectory_batches(problem, STEPS)
@@ -208,7 +210,7 @@ def _constant_statistics(ema: float, bias: bool, damping: float) -> dict:
 
 @identity("trajectory_bias_corrected_constant_statistics", source=SOURCE_KFAC,
           statement="the bias-corrected average of constant statistics is those statistics",
-          applies=_small)
+          applies=lambda p: _small(p) and not p.layers[-1].is_convolution)  # dense twin
 def bias_corrected_constant_statistics(problem: Problem) -> list[CheckResult]:
     name = "trajectory_bias_corrected_constant_statistics"
     twin = quadratic_twin(problem)

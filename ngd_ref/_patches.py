@@ -1,0 +1,40 @@
+"""Patch matrices of a layer (PROTOCOL s12): im2col and its adjoint, on any array type.
+
+A layer maps its flattened input `a` to pre-activations `S = Wbar Abar` with the homogeneous
+patch matrix `Abar = [P; 1^T]`, `P` of shape `(patch_size, T)`: for a convolution `P` is the
+im2col matrix (`Conv2d.patch_index`), for a dense layer (`T = 1`) it is the input itself as one
+column. Both functions work on float64 arrays and on numpy object arrays of mpmath numbers (a
+gather by an index array with a zero entry appended for the padding, and a scatter-add), and
+carry any trailing axes along (tangents in n parameter directions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ngd_ref._backend import Backend
+from ngd_ref._spec import Conv2d, Layer
+
+__all__ = ["patches", "patches_adjoint"]
+
+
+def patches(layer: Layer | Conv2d, a: np.ndarray, bk: Backend) -> np.ndarray:
+    """`P`, `(patch_size, T, *rest)`, from the flattened input `a`, `(input_size, *rest)`."""
+    if not layer.is_convolution:
+        return a[:, None]
+    padded = np.concatenate([a, bk.zeros((1, *a.shape[1:]))])
+    return padded[layer.patch_index]
+
+
+def patches_adjoint(layer: Layer | Conv2d, g: np.ndarray, bk: Backend) -> np.ndarray:
+    """The adjoint of `patches`: `g` `(patch_size, T, *rest)` -> `(input_size, *rest)`.
+
+    `sum_{k,t} g[k, t] e_{index[k, t]}`: every patch entry's cotangent is added to the input
+    entry it was read from (the padding entry is dropped).
+    """
+    if not layer.is_convolution:
+        return g[:, 0]
+    rest = g.shape[2:]
+    out = bk.zeros((layer.input_size + 1, *rest))
+    np.add.at(out, layer.patch_index.reshape(-1), g.reshape(-1, *rest))
+    return out[: layer.input_size]
