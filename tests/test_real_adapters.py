@@ -401,3 +401,96 @@ def test_nngeometry_damped_solves_lose_float64_precision():
     report = run_checks(load_adapter("nngeometry"), [problem], capabilities=["kfac_solve"])
     factored = {Status(r.status) for r in report.results if "factored" in r.check}
     assert Status.FAIL in factored
+
+
+# -- torch.optim.LBFGS (PROTOCOL s10 `lbfgs`, checked by hand until branch `trajectory`) --------
+def _s10_lbfgs(problem, steps: int, lr: float, memory: int,
+               first: float = 1.0) -> list[np.ndarray]:
+    """PROTOCOL s10 `lbfgs` with `gamma="scaled"` on one repeated batch, float64 numpy; the
+    first step times `first` (torch's `min(1, 1/||g_0||_1)` when given)."""
+    from ngd_ref.dense import dense, lbfgs_direction
+
+    def grad(theta):
+        return dense(problem.replace(params=theta)).gradient
+
+    theta, pairs, out = np.array(problem.params), [], []
+    for _ in range(steps):
+        g = grad(theta)
+        gamma = float(pairs[-1][0] @ pairs[-1][1] / (pairs[-1][1] @ pairs[-1][1])) if pairs else 1.0
+        d = -lr * lbfgs_direction(g, [s for s, _ in pairs], [y for _, y in pairs], gamma)
+        d = d * (first if not out else 1.0)
+        theta = theta + d
+        y = grad(theta) - g
+        if y @ d > 0:
+            pairs = (pairs + [(d, y)])[-memory:]
+        out.append(theta)
+    return out
+
+
+def test_torch_lbfgs_follows_the_s10_recurrence_but_for_its_first_step():
+    """`torch.optim.LBFGS(max_iter=1, line_search_fn=None)` step by step against s10's `lbfgs`
+    (gamma "scaled", memory 2 < 6 steps so pairs are evicted), repeated batch, t = 1.
+
+    Convention (torch's code, not its docs): the first step is `-lr min(1, 1/||g_0||_1) g_0`.
+    With that first step the trajectory is s10's; without it, it is not (negative control).
+    """
+    pytest.importorskip("torch", reason="torch not installed (tox -e backpack)")
+    from ngd_ref.dense import dense
+    from verify._tolerance import compare
+    from verify.adapters.torch_lbfgs_adapter import TorchLbfgs
+
+    problem, steps, lr, memory = BATCHED, 6, 0.5, 2
+    got = TorchLbfgs.trajectory(problem, steps, lr, memory)
+    first = min(1.0, 1.0 / float(np.abs(dense(problem).gradient).sum()))
+    want = _s10_lbfgs(problem, steps, lr, memory, first)
+    # tolerance per step from the recurrence's own sensitivity (s10): k + 1 steps' rounding
+    # plus how far a start one rounding apart (relative tol) has drifted by step k
+    tol = _reference_tolerance(problem)
+    signs = np.where(np.arange(problem.n_params) % 2, 1.0, -1.0)
+    start = problem.replace(params=problem.params * (1 + tol * signs))
+    drift = _s10_lbfgs(start, steps, lr, memory, first)
+    bounds = [(k + 1) * tol + np.linalg.norm(d - w) / np.linalg.norm(w)
+              for k, (d, w) in enumerate(zip(drift, want, strict=True))]
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert compare(a, b, tolerance=bounds[k]).passed, k
+    for control in (_s10_lbfgs(problem, steps, lr, memory),  # s10's own first step
+                    _s10_lbfgs(problem, steps, lr, memory + 1, first)):  # one more pair
+        assert not compare(got[-1], control[-1], tolerance=bounds[-1]).passed
+    batches = [(problem.inputs, problem.targets)] * steps
+    with pytest.raises(NotImplementedError, match="first step"):
+        TorchLbfgs().optimizer_trajectory(problem, batches, "lbfgs",
+                                          {"lr": lr, "memory": memory, "gamma": "scaled"})
+
+
+def test_torch_lbfgs_declines_what_it_cannot_map():
+    pytest.importorskip("torch", reason="torch not installed (tox -e backpack)")
+    from verify.adapters.torch_lbfgs_adapter import TorchLbfgs
+
+    port, batches = TorchLbfgs(), [(BATCHED.inputs, BATCHED.targets)] * 3
+    for hyper in ({"lr": 0.5, "memory": 2, "gamma": 1.0}, {"lr": 0.5, "memory": 0,
+                                                          "gamma": "scaled"}):
+        with pytest.raises(NotImplementedError):
+            port.optimizer_trajectory(BATCHED, batches, "lbfgs", hyper)
+    with pytest.raises(NotImplementedError):  # MSELoss: t = 2/C
+        port.optimizer_trajectory(BATCHED_MSE, [(BATCHED_MSE.inputs, BATCHED_MSE.targets)] * 3,
+                                  "lbfgs", {"lr": 0.5, "memory": 2, "gamma": "scaled"})
+
+
+def test_torch_lbfgs_history_size_zero_raises_index_error():
+    """Bug: `history_size=0` pops from an empty history on the first stored pair."""
+    torch = pytest.importorskip("torch", reason="torch not installed (tox -e backpack)")
+    from verify.adapters._torch_model import torch_model
+
+    setup = torch_model(BATCHED)
+    optimizer = torch.optim.LBFGS(setup.model.parameters(), lr=0.5, max_iter=1, history_size=0,
+                                  line_search_fn=None)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = setup.loss_func(setup.model(setup.inputs), setup.targets)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with pytest.raises(IndexError):
+        optimizer.step(closure)
