@@ -219,3 +219,278 @@ def test_kfac_jax_cached_pi_adjusted_inverse_ignores_per_block_damping_scale():
     assert compare(inverse(True, True, True), inverse(True, False, True), tolerance=tol).passed
     assert compare(inverse(True, True, True), inverse(True, False, False),
                    tolerance=tol).error > 100 * tol
+
+
+# -- BackPACK ---------------------------------------------------------------------------------
+BACKPACK_SKIP = "backpack not installed (tox -e backpack)"
+BACKPACK_CAPABILITIES = ["loss", "gradient", "hessian_diag", "ggn_diag", "ggn", "ggn_vp",
+                         "fisher", "fisher_vp", "empirical_fisher", "empirical_fisher_vp",
+                         "empirical_fisher_diag"]
+SIGMOID_CE = zoo.get("mlp-3x4x3-relu-sigmoid_cross_entropy-b3")
+
+
+def _reference_tolerance(problem) -> float:
+    return _f64_tolerance(problem, depth=len(problem.layers) + 2)
+
+
+def test_backpack_passes_every_capability_it_expresses():
+    """DiagHessian, DiagGGNExact, SqrtGGNExact, BatchGrad, SumGradSquared: all pass."""
+    pytest.importorskip("backpack", reason=BACKPACK_SKIP)
+    report = run_checks(load_adapter("backpack"), [ONE_EXAMPLE, SUM_REDUCTION, BATCHED_MSE],
+                        capabilities=BACKPACK_CAPABILITIES)
+    bad = [r for r in report.results if Status(r.status) in (Status.FAIL, Status.ERROR)]
+    assert not bad, [f"{r.check} {r.problem}: {r.message}" for r in bad[:3]]
+    passed = {r.capability for r in report.results if Status(r.status) is Status.PASS}
+    assert passed == set(BACKPACK_CAPABILITIES)
+
+
+def test_backpack_bce_second_order_needs_one_output():
+    """Limitation: `BCEWithLogitsLoss` second-order extensions raise for C > 1 (skip)."""
+    pytest.importorskip("backpack", reason=BACKPACK_SKIP)
+    statuses = _statuses("backpack", [SIGMOID_CE], ["ggn_diag", "empirical_fisher"])
+    assert statuses[("ggn_diag", SIGMOID_CE.name)] is Status.SKIP
+    assert statuses[("empirical_fisher", SIGMOID_CE.name)] is Status.PASS
+
+
+@pytest.mark.parametrize("problem", [ONE_EXAMPLE, SUM_REDUCTION, BATCHED_MSE],
+                         ids=lambda p: p.name)
+def test_backpack_kflr_blocks_and_batch_grad_match_the_reference(problem):
+    """s13 by hand (the harness checks arrive with branch `sampled`): KFLR's weight and bias
+    blocks are `A_l[:-1, :-1] (x) S_l` and `[[1]] (x) S_l`; BatchGrad's rows sum to grad h."""
+    pytest.importorskip("backpack", reason=BACKPACK_SKIP)
+    from ngd_ref.dense import dense, kfac_factors
+    from verify._tolerance import compare
+    from verify.adapters.backpack_adapter import Backpack
+
+    port, tol = Backpack(), _reference_tolerance(problem)
+    for kind in ("fisher", "ggn"):
+        blocks = port.kfac_factors_separate(problem, kind)
+        for ((a_w, s_w), (a_b, s_b)), (a, s) in zip(blocks, kfac_factors(problem, kind),
+                                                     strict=True):
+            assert compare(np.kron(a_w, s_w), np.kron(a[:-1, :-1], s), tolerance=tol).passed
+            assert compare(np.kron(a_b, s_b), np.kron(a[-1:, -1:], s), tolerance=tol).passed
+    with pytest.raises(NotImplementedError):
+        port.kfac_factors_separate(problem, "empirical")
+    rows = port.per_example_gradients(problem)
+    assert rows.shape == (problem.batch_size, problem.n_params)
+    assert compare(problem.scale * rows.sum(axis=0), dense(problem).gradient,
+                   tolerance=tol).passed
+
+
+def test_backpack_kfra_float64_mse_builds_a_float32_identity():
+    """Bug: `MSELossDerivatives._sum_hessian` is `2 * eye(D)` without a dtype (BackPACK 1.7.1).
+
+    KFRA on a float64 model with `MSELoss` raises; with torch's default dtype set to float64
+    (what an adapter that changes global state would do) the same call runs, which is why
+    adapters must not change it.
+    """
+    pytest.importorskip("backpack", reason=BACKPACK_SKIP)
+    import torch
+    from backpack.extensions import KFLR, KFRA
+
+    from verify.adapters.backpack_adapter import Backpack
+
+    port = Backpack()
+    with pytest.raises(RuntimeError, match="Double|Float|dtype"):
+        port._backward(ONE_EXAMPLE, KFRA())
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        setup = port._backward(ONE_EXAMPLE, KFRA())
+        kfra = [[f.clone() for f in m.weight.kfra] for m in setup.linears]
+    finally:
+        torch.set_default_dtype(previous)
+    setup = port._backward(ONE_EXAMPLE, KFLR())
+    assert torch.get_default_dtype() is previous
+    for mine, module in zip(kfra, setup.linears, strict=True):  # B = 1: KFRA is KFLR
+        for x, y in zip(mine, module.weight.kflr, strict=True):
+            np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_backpack_seeds_are_repeatable_and_leave_torchs_generator_alone():
+    pytest.importorskip("backpack", reason=BACKPACK_SKIP)
+    import torch
+
+    from verify.adapters.backpack_adapter import Backpack
+
+    port, state = Backpack(), torch.random.get_rng_state()
+    first = port.mc_fisher_diag(SUM_REDUCTION, 2, 11)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    np.testing.assert_array_equal(first, port.mc_fisher_diag(SUM_REDUCTION, 2, 11))
+    assert not np.array_equal(first, port.mc_fisher_diag(SUM_REDUCTION, 2, 12))
+
+
+# -- nngeometry -------------------------------------------------------------------------------
+NNGEOMETRY_SKIP = "nngeometry not installed (tox -e nngeometry)"
+
+
+def test_nngeometry_exact_fisher_passes_for_regression():
+    """`FIM(variant="regression", PMatDense)`: F and F v pass (mean and one-example mse)."""
+    pytest.importorskip("nngeometry", reason=NNGEOMETRY_SKIP)
+    report = run_checks(load_adapter("nngeometry"), [ONE_EXAMPLE, BATCHED_MSE],
+                        capabilities=["fisher", "fisher_vp"])
+    assert {Status(r.status) for r in report.results if r.problem != "*"} == {Status.PASS}
+
+
+def test_nngeometry_classif_logits_crashes_in_float64():
+    """Bug: `FIM(variant="classif_logits")` builds its triangular matrix with `torch.ones`
+    without a dtype: `torch.mm` of float64 logits with it raises unless torch's default dtype
+    is float64 (nngeometry 0.4). Its `q + torch.finfo().eps` also uses the default dtype's eps."""
+    pytest.importorskip("nngeometry", reason=NNGEOMETRY_SKIP)
+    statuses = _statuses("nngeometry", [SUM_REDUCTION], ["fisher", "kfac_factors"])
+    assert set(statuses.values()) == {Status.ERROR}
+    import torch
+
+    from verify.adapters.nngeometry_adapter import Nngeometry
+
+    with pytest.raises(RuntimeError, match="same dtype"):
+        Nngeometry().fisher(SUM_REDUCTION)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        value = Nngeometry().fisher(SUM_REDUCTION)
+    finally:
+        torch.set_default_dtype(previous)
+    from ngd_ref.dense import dense
+    from verify._tolerance import compare
+
+    ref = dense(SUM_REDUCTION).fisher
+    assert compare(value, ref, tolerance=_reference_tolerance(SUM_REDUCTION)).passed
+
+
+@pytest.mark.parametrize("problem", [ONE_EXAMPLE, BATCHED_MSE], ids=lambda p: p.name)
+def test_nngeometry_kfac_splits_sqrt_n_out_into_a(problem):
+    """Convention (undocumented): `PMatKFAC`'s `A` is `sqrt(n_out) A_l`, `G` is `S_l /
+    sqrt(n_out)` (n_out = outputs of the network); the product `A (x) G` is exact."""
+    pytest.importorskip("nngeometry", reason=NNGEOMETRY_SKIP)
+    from ngd_ref.dense import kfac_factors
+    from verify._tolerance import compare
+    from verify.adapters.nngeometry_adapter import Nngeometry
+
+    tol, root = _reference_tolerance(problem), np.sqrt(problem.layers[-1].n_out)
+    for (a, s), (a_ref, s_ref) in zip(Nngeometry().kfac_factors(problem, "fisher"),
+                                      kfac_factors(problem, "fisher"), strict=True):
+        assert compare(np.kron(a, s), np.kron(a_ref, s_ref), tolerance=tol).passed
+        assert compare(a, root * a_ref, tolerance=tol).passed
+        assert compare(s, s_ref / root, tolerance=tol).passed
+        assert compare(a, a_ref, tolerance=tol).error > 100 * tol
+
+
+def test_nngeometry_damped_solves_lose_float64_precision():
+    """Bug: `regul * torch.eye(n)` (PMatDense) and `regul**0.5 * pi * torch.eye(n)` (PMatKFAC)
+    build the damping term in the default dtype, float32: float64 solves are ~1e-8 off (far
+    above float64 tolerances) except where the damping is exact in float32 (1, with pi = 1)."""
+    pytest.importorskip("nngeometry", reason=NNGEOMETRY_SKIP)
+    from ngd_ref.dense import dense
+    from verify._policy import tolerance_policy
+    from verify._tolerance import compare
+    from verify.adapters.nngeometry_adapter import Nngeometry
+
+    port, problem = Nngeometry(), BATCHED_MSE
+    policy = tolerance_policy(problem, "float64")
+    ref, fisher = dense(problem), policy.matrix("fisher")
+    ratios = {}
+    for damping in (1.0, 0.1):
+        tol, _ = policy.solve_tolerance(fisher, policy.matrix_magnitude("fisher"), damping,
+                                        ref.gradient, policy.gradient_magnitude)
+        got = port.damped_update(problem, "fisher", damping)
+        ratios[damping] = compare(got, ref.damped_update("fisher", damping),
+                                  tolerance=tol).error / tol
+    assert ratios[1.0] <= 1  # 1 * eye is exact in float32
+    assert ratios[0.1] > 2  # float32 rounding of 0.1, amplified by the solve
+    report = run_checks(load_adapter("nngeometry"), [problem], capabilities=["kfac_solve"])
+    factored = {Status(r.status) for r in report.results if "factored" in r.check}
+    assert Status.FAIL in factored
+
+
+# -- torch.optim.LBFGS (PROTOCOL s10 `lbfgs`, checked by hand until branch `trajectory`) --------
+def _s10_lbfgs(problem, steps: int, lr: float, memory: int,
+               first: float = 1.0) -> list[np.ndarray]:
+    """PROTOCOL s10 `lbfgs` with `gamma="scaled"` on one repeated batch, float64 numpy; the
+    first step times `first` (torch's `min(1, 1/||g_0||_1)` when given)."""
+    from ngd_ref.dense import dense, lbfgs_direction
+
+    def grad(theta):
+        return dense(problem.replace(params=theta)).gradient
+
+    theta, pairs, out = np.array(problem.params), [], []
+    for _ in range(steps):
+        g = grad(theta)
+        gamma = float(pairs[-1][0] @ pairs[-1][1] / (pairs[-1][1] @ pairs[-1][1])) if pairs else 1.0
+        d = -lr * lbfgs_direction(g, [s for s, _ in pairs], [y for _, y in pairs], gamma)
+        d = d * (first if not out else 1.0)
+        theta = theta + d
+        y = grad(theta) - g
+        if y @ d > 0:
+            pairs = (pairs + [(d, y)])[-memory:]
+        out.append(theta)
+    return out
+
+
+def test_torch_lbfgs_follows_the_s10_recurrence_but_for_its_first_step():
+    """`torch.optim.LBFGS(max_iter=1, line_search_fn=None)` step by step against s10's `lbfgs`
+    (gamma "scaled", memory 2 < 6 steps so pairs are evicted), repeated batch, t = 1.
+
+    Convention (torch's code, not its docs): the first step is `-lr min(1, 1/||g_0||_1) g_0`.
+    With that first step the trajectory is s10's; without it, it is not (negative control).
+    """
+    pytest.importorskip("torch", reason="torch not installed (tox -e backpack)")
+    from ngd_ref.dense import dense
+    from verify._tolerance import compare
+    from verify.adapters.torch_lbfgs_adapter import TorchLbfgs
+
+    problem, steps, lr, memory = BATCHED, 6, 0.5, 2
+    got = TorchLbfgs.trajectory(problem, steps, lr, memory)
+    first = min(1.0, 1.0 / float(np.abs(dense(problem).gradient).sum()))
+    want = _s10_lbfgs(problem, steps, lr, memory, first)
+    # tolerance per step from the recurrence's own sensitivity (s10): k + 1 steps' rounding
+    # plus how far a start one rounding apart (relative tol) has drifted by step k
+    tol = _reference_tolerance(problem)
+    signs = np.where(np.arange(problem.n_params) % 2, 1.0, -1.0)
+    start = problem.replace(params=problem.params * (1 + tol * signs))
+    drift = _s10_lbfgs(start, steps, lr, memory, first)
+    bounds = [(k + 1) * tol + np.linalg.norm(d - w) / np.linalg.norm(w)
+              for k, (d, w) in enumerate(zip(drift, want, strict=True))]
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert compare(a, b, tolerance=bounds[k]).passed, k
+    for control in (_s10_lbfgs(problem, steps, lr, memory),  # s10's own first step
+                    _s10_lbfgs(problem, steps, lr, memory + 1, first)):  # one more pair
+        assert not compare(got[-1], control[-1], tolerance=bounds[-1]).passed
+    batches = [(problem.inputs, problem.targets)] * steps
+    with pytest.raises(NotImplementedError, match="first step"):
+        TorchLbfgs().optimizer_trajectory(problem, batches, "lbfgs",
+                                          {"lr": lr, "memory": memory, "gamma": "scaled"})
+
+
+def test_torch_lbfgs_declines_what_it_cannot_map():
+    pytest.importorskip("torch", reason="torch not installed (tox -e backpack)")
+    from verify.adapters.torch_lbfgs_adapter import TorchLbfgs
+
+    port, batches = TorchLbfgs(), [(BATCHED.inputs, BATCHED.targets)] * 3
+    for hyper in ({"lr": 0.5, "memory": 2, "gamma": 1.0}, {"lr": 0.5, "memory": 0,
+                                                          "gamma": "scaled"}):
+        with pytest.raises(NotImplementedError):
+            port.optimizer_trajectory(BATCHED, batches, "lbfgs", hyper)
+    with pytest.raises(NotImplementedError):  # MSELoss: t = 2/C
+        port.optimizer_trajectory(BATCHED_MSE, [(BATCHED_MSE.inputs, BATCHED_MSE.targets)] * 3,
+                                  "lbfgs", {"lr": 0.5, "memory": 2, "gamma": "scaled"})
+
+
+def test_torch_lbfgs_history_size_zero_raises_index_error():
+    """Bug: `history_size=0` pops from an empty history on the first stored pair."""
+    torch = pytest.importorskip("torch", reason="torch not installed (tox -e backpack)")
+    from verify.adapters._torch_model import torch_model
+
+    setup = torch_model(BATCHED)
+    optimizer = torch.optim.LBFGS(setup.model.parameters(), lr=0.5, max_iter=1, history_size=0,
+                                  line_search_fn=None)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = setup.loss_func(setup.model(setup.inputs), setup.targets)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with pytest.raises(IndexError):
+        optimizer.step(closure)

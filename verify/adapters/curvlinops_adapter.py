@@ -47,10 +47,9 @@ class Curvlinops:
     dtype = "float64"
 
     def __init__(self) -> None:
+        # torch's global default dtype is left alone: every tensor is built float64 explicitly,
+        # so a library tensor created without a dtype shows up as float32 (docs/findings.md)
         import curvlinops  # noqa: F401 -- fail at construction when absent
-        import torch
-
-        torch.set_default_dtype(torch.float64)
 
     # -- translation -------------------------------------------------------------------------
     @staticmethod
