@@ -204,17 +204,41 @@ def activation_spec(name: str) -> ActivationSpec:
         ) from None
 
 
-class Layer(NamedTuple):
+class _LayerKind:
+    """What every layer kind derives from its `weight_shape` and `activation`."""
+
+    __slots__ = ()
+    weight_shape: tuple[int, int]
+    activation: str
+
+    @property
+    def n_params(self) -> int:
+        """Entries of `vec(Wbar)`."""
+        rows, cols = self.weight_shape
+        return rows * cols
+
+    @property
+    def phi(self) -> ActivationSpec:
+        """The declared properties of this layer's activation."""
+        return activation_spec(self.activation)
+
+
+class _DenseFields(NamedTuple):
+    n_in: int
+    n_out: int
+    activation: str
+
+
+class Layer(_DenseFields, _LayerKind):
     """A dense layer `a = phi(W a_prev + b)` with `W` of shape `(n_out, n_in)`.
 
     A layer kind owns its parameter block: `weight_shape` is the shape of `Wbar = [W b]`,
     stored as `vec(Wbar)` (column-major) in the canonical layout (PROTOCOL section 1), and
-    `input_size`/`output_size` are the flattened sizes it maps between.
+    `input_size`/`output_size` are the flattened sizes it maps between. Fields: `n_in`,
+    `n_out`, `activation` (PROTOCOL s1).
     """
 
-    n_in: int
-    n_out: int
-    activation: str
+    __slots__ = ()
 
     #: A dense layer has one position (T = 1): its patch is its whole input.
     is_convolution = False
@@ -240,16 +264,6 @@ class Layer(NamedTuple):
         """Shape of `Wbar = [W b]`: `(n_out, n_in + 1)`."""
         return (self.n_out, self.n_in + 1)
 
-    @property
-    def n_params(self) -> int:
-        """Entries of `vec(Wbar)`."""
-        rows, cols = self.weight_shape
-        return rows * cols
-
-    @property
-    def phi(self) -> ActivationSpec:
-        """The declared properties of this layer's activation."""
-        return activation_spec(self.activation)
 
 
 class _Conv2dFields(NamedTuple):
@@ -261,7 +275,7 @@ class _Conv2dFields(NamedTuple):
     activation: str
 
 
-class Conv2d(_Conv2dFields):
+class Conv2d(_Conv2dFields, _LayerKind):
     """A 2-D convolution (PROTOCOL s12): `(c_in, H, W) -> (c_out, H', W')`, zero padding.
 
     `H' = (H + 2 p_h - k_h) // s_h + 1` (W' alike); a cross-correlation (no kernel flip):
@@ -347,16 +361,6 @@ class Conv2d(_Conv2dFields):
         """Shape of `Wbar = [W b]`: `(c_out, c_in k_h k_w + 1)`."""
         return (self.c_out, self.patch_size + 1)
 
-    @property
-    def n_params(self) -> int:
-        """Entries of `vec(Wbar)`."""
-        rows, cols = self.weight_shape
-        return rows * cols
-
-    @property
-    def phi(self) -> ActivationSpec:
-        """The declared properties of this layer's activation."""
-        return activation_spec(self.activation)
 
     @functools.cached_property
     def patch_index(self) -> np.ndarray:
