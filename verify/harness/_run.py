@@ -26,6 +26,7 @@ from verify.harness._inputs import with_twin
 from verify.harness._kfac import check_kfac_factors, check_kfac_solve
 from verify.harness._loading import CAPABILITIES, LoadedAdapter, load_adapter
 from verify.harness._matrices import check_gradient, check_loss, check_matrix
+from verify.harness._method_inputs import INPUT_CHECKS
 from verify.harness._methods import METHOD_CHECKS
 from verify.harness._products import PRODUCTS, check_product
 from verify.harness._updates import check_damped_update
@@ -46,6 +47,7 @@ _CHECKS: dict[str, CheckFn] = {
     "kfac_solve": check_kfac_solve,
     "cg": check_cg,
     **METHOD_CHECKS,
+    **INPUT_CHECKS,
 }
 #: problem capabilities run a second time on the reused-name twin (`_inputs`, issue 14)
 CHECKS: dict[str, CheckFn] = {name: with_twin(fn, name) for name, fn in _CHECKS.items()}
