@@ -24,6 +24,8 @@ recurrence in the same 40-digit arithmetic (so a restart every 10 iterations fai
 * `cg_iterates_zero_b_x0`: `b = 0` from a nonzero `x0` with the *default* `tol`: the rule
   `||r|| <= tol ||b|| = 0` never stops early, so `maxiter=k` gives the k-th iterate (a rule
   relative to `||r_0||` stops early and fails);
+* `cg_iterates_spread`: `x0` omitted, on `spread_system(A)` (n distinct eigenvalues, so
+  iterates past 10 are informative: a restart every 10 iterations fails);
 * `cg_maxiter_zero`: `maxiter=0` returns `x0` unchanged;
 * `cg_converges`: with `tol` (1e-10 in float64, 1e-4 in float32) from `x0 = 0` the true
   residual `||b - A x||` is at most `tol ||b||` plus the rounding floor
@@ -62,10 +64,12 @@ from verify._tolerance import solve_rtol, unit_roundoff
 from verify.harness._context import CheckContext
 from verify.harness._faults import readonly
 
-__all__ = ["MAX_ITERATES", "VARIANTS", "Variant", "check_cg", "cg_system"]
+__all__ = ["MAX_ITERATES", "VARIANTS", "Variant", "check_cg", "cg_system", "spread_system"]
 
 MAX_ITERATES = 6
 _CONVERGE_TOL = {"float64": 1e-10, "float32": 1e-4}
+#: largest eigenvalue of `spread_system`, in units of mu
+_SPREAD = 16.0
 #: PROTOCOL s5's default `tol`
 _DEFAULT_TOL = 1e-10
 #: iterate k is compared only while ||r_{k-1}|| > this x ||r_0|| (square root of u)
@@ -95,6 +99,9 @@ class Variant:
             float64).
         zero_rhs: `b = 0` instead of the problem's right side.
         what: a description for messages.
+        krylov: iterates 1..`MAX_ITERATES` from the Krylov oracle (else the recurrence).
+        spread: use `spread_system(A)`, whose n distinct eigenvalues keep CG informative for
+            up to n iterations (A's spectrum has at most `rank(F) + 1` distinct values).
     """
 
     check: str
@@ -103,6 +110,7 @@ class Variant:
     zero_rhs: bool
     what: str
     krylov: bool = False
+    spread: bool = False
 
     def iterates(self, n: int) -> int:
         """How many iterates are compared at most: n, or `MAX_ITERATES` when preconditioned.
@@ -128,7 +136,24 @@ VARIANTS = (
     Variant("cg_iterates_zero_b", False, "omitted", True, "b = 0, x0 = 0"),
     Variant("cg_iterates_zero_b_x0", False, "probe", True, "b = 0, nonzero x0, default tol: "
             "tol ||b|| = 0 never stops early"),
+    Variant("cg_iterates_spread", False, "omitted", False, "evenly spread spectrum (spread_system)",
+            spread=True),
 )
+
+
+def spread_system(a: np.ndarray) -> np.ndarray:
+    """`mu diag(1, ..., SPREAD) + F / 50` for `A = F + mu I` (`mu = ||A||_2 / 51`, `cg_system`).
+
+    `A` has at most `rank(F) + 1 <= B C + 1` distinct eigenvalues, so exact CG ends within
+    that many iterations and iterates past ~10 are rarely informative. This system has n
+    distinct eigenvalues spread evenly over `mu [1, SPREAD]` (plus the problem's `F`, scaled
+    to norm `mu`): condition <= `SPREAD + 1`, no isolated extreme eigenvalues (so little loss
+    of orthogonality), and CG needs ~16 iterations to reach `sqrt(u_32)` -- a restart or
+    drift after iteration 10 is visible in both precisions.
+    """
+    n = a.shape[0]
+    mu = float(np.linalg.norm(a, 2)) / 51.0
+    return mu * np.diag(np.linspace(1.0, _SPREAD, n)) + (a - mu * np.eye(n)) / 50.0
 
 
 @functools.lru_cache(maxsize=1024)
@@ -148,6 +173,8 @@ def _reference_iterates(
     float64 from the rounded iterates (accurate far below the `sqrt(u)` cutoff they decide).
     """
     a, b = _SYSTEMS[problem]
+    if variant.spread:
+        a = spread_system(a)
     if variant.zero_rhs:
         b = np.zeros_like(b)
     bk = mp_backend(40)
@@ -206,6 +233,8 @@ def _check_variant(
 ) -> None:
     """Iterates k = 1..n of one variant (until the reference's accuracy ends, see docstring)."""
     n = b.shape[0]
+    if variant.spread:
+        a = spread_system(a)
     matvec = _matvec(a)
     kwargs = _arguments(variant, probe, 1.0 / np.diag(a))
     if variant.zero_rhs:

@@ -68,6 +68,9 @@ class BugClass(str, enum.Enum):
     CG = "CG recurrences and initialization"
     LOSS_HESSIAN = "loss-Hessian arithmetic"
     SEED_METHODS = "seed 004 second-order methods"
+    PRECISION = "float32 rounding inside a float64 port"
+    DEFAULTS = "optional-argument defaults"
+    CACHING = "caching by name or shape"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +101,11 @@ MUTANTS: dict[str, Mutant] = {}
 
 CONTROLS: tuple[type, ...] = (NumpyPort, NumpyPort32)
 
-CORPUS_MODULES: tuple[str, ...] = ("verify.mutants._corpus", "verify.mutants.seed_methods")
+CORPUS_MODULES: tuple[str, ...] = (
+    "verify.mutants._corpus",
+    "verify.mutants.seed_methods",
+    "verify.mutants._corpus_blindspots",
+)
 
 
 def register_mutant(
