@@ -58,7 +58,7 @@ import functools
 import numpy as np
 
 from ngd_ref import Problem
-from ngd_ref.dense import cg_iterates, krylov_optimal_iterate, mp_backend
+from ngd_ref.dense import cg_solve, krylov_optimal_iterate, mp_backend
 from verify._report import Status
 from verify._tolerance import solve_rtol, unit_roundoff
 from verify.harness._context import CheckContext
@@ -164,7 +164,7 @@ def _reference_iterates(
 
     Computed in 40 digits: for `Variant.krylov` variants iterates 1..`MAX_ITERATES` are the
     Krylov-optimal points (`krylov_optimal_iterate`, the defining property); the others, and
-    every later iterate, come from the reference CG recurrence (`ngd_ref.dense.cg_iterates`,
+    every later iterate, come from the reference CG recurrence (`ngd_ref.dense.cg_solve`,
     itself tested against the Krylov oracle in tests/test_cg.py) in the same arithmetic, where
     its loss of orthogonality is far below any float64 tolerance. K stops at
     `Variant.iterates(n)`, or as soon as `||r_K|| <= sqrt(u_64) ||r_0||` (no dtype compares
@@ -193,9 +193,11 @@ def _reference_iterates(
             if variant.krylov and k <= MAX_ITERATES:
                 x = krylov_optimal_iterate(a_mp, b_mp, x0_mp, k, precond=m_mp)
             else:
-                if recurrence is None:
-                    recurrence = cg_iterates(a_mp, b_mp, x0_mp, tol=0,
-                                             maxiter=variant.iterates(n), precond=m_mp)
+                if recurrence is None:  # run only as far as the cutoff (atol), not to n
+                    recurrence = cg_solve(
+                        a_mp, b_mp, x0_mp, tol=0.0, atol=cutoff * residuals[0],
+                        maxiter=variant.iterates(n), precond=m_mp, keep_iterates=True,
+                    ).iterates
                 if k >= len(recurrence):
                     break  # the recurrence met an exactly zero residual
                 x = recurrence[k]
