@@ -34,7 +34,7 @@ def _f32(array) -> np.ndarray:
 
 
 # -- float32 rounding in a float64 port (killed by full-precision probes and the twin) -------
-@_mutant("hvp-vector-float32", BugClass.PRECISION,
+@_mutant("hvp-vector-to-f32", BugClass.PRECISION,
          "H v with v rounded to float32 first (a float32 buffer reused for the vector); "
          "killed by hvp_matches_reference on full-precision probes", "hvp", dtypes=("float64",))
 class HvpVectorFloat32(NumpyPort):
@@ -42,7 +42,7 @@ class HvpVectorFloat32(NumpyPort):
         return super().hvp(problem, _f32(v))
 
 
-@_mutant("gradient-params-float32", BugClass.PRECISION,
+@_mutant("gradient-params-to-f32", BugClass.PRECISION,
          "gradient from parameters stored in float32; killed by "
          "gradient_matches_reference_reused_name (full-precision twin)", "gradient",
          dtypes=("float64",))
@@ -51,7 +51,7 @@ class GradientParamsFloat32(NumpyPort):
         return super().gradient(problem.replace(params=_f32(problem.params)))
 
 
-@_mutant("kfac-factors-inputs-float32", BugClass.PRECISION,
+@_mutant("kfac-factors-inputs-to-f32", BugClass.PRECISION,
          "K-FAC statistics from inputs stored in float32; killed by the twin's "
          "kfac_factors_*_reused_name", "kfac_factors", dtypes=("float64",))
 class KfacFactorsInputsFloat32(NumpyPort):
