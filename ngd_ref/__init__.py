@@ -20,6 +20,7 @@ from ngd_ref._layout import (
     unflatten,
 )
 from ngd_ref._problem import Problem, ProblemError
+from ngd_ref._problem_io import write_problems
 from ngd_ref._spec import (
     ACTIVATIONS,
     LOSSES,
@@ -55,5 +56,6 @@ __all__ = [
     "to_flax",
     "to_torch",
     "unflatten",
+    "write_problems",
     "zoo",
 ]

@@ -14,7 +14,14 @@ Example:
 from ngd_ref._backend import FLOAT64, Backend, mp_backend
 from ngd_ref._certify import agreement_digits, certify, mp_self_agreement
 from ngd_ref._losses import OutputLoss, OutputMoments, get_loss
-from ngd_ref.cg._dense import CGResult, cg, cg_iterates, cg_solve, krylov_optimal_iterate
+from ngd_ref.cg._dense import (
+    CGResult,
+    cg,
+    cg_iterates,
+    cg_solve,
+    krylov_optimal_iterate,
+    krylov_optimal_iterates,
+)
 from ngd_ref.curvature._dense import (
     Curvature,
     DenseCurvature,
@@ -133,6 +140,7 @@ __all__ = [
     "kfac_solve",
     "kfac_solve_factors",
     "krylov_optimal_iterate",
+    "krylov_optimal_iterates",
     "lbfgs_direction",
     "lbfgs_step",
     "levenberg_marquardt",

@@ -1,9 +1,13 @@
-"""The JAX cross-validation (`verify.crossval`) and the fixed-length CG it relies on.
+"""The JAX cross-validation (`verify.crossval`: the harness on the ngd-ref-jax adapters).
 
 * `ngd_ref.jax.cg_iterates` returns, bitwise, the iterates of `cg_solve(tol=0, maxiter=k)`.
 * `crossvalidate` passes on a small subset of the zoo (two frames: a switched loss and a
-  single one), and a wrong product (G v scaled by 1 + 2^-10) makes exactly the `ggn_vp`
-  checks fail, in both precisions -- the negative control.
+  single one) with every capability it claims checked in both precisions, and a wrong
+  product (G v scaled by 1 + 2^-10) makes exactly the `ggn_vp` reference checks fail, in
+  both precisions -- the negative control.
+* With `devices=2` the sharded adapters are checked too; a product wrong only when sharded
+  fails exactly the sharded checks.
+* The adapters share compilations across the problems of a frame.
 """
 
 import jax
@@ -14,6 +18,8 @@ import pytest
 from ngd_ref import jax as nj
 from ngd_ref import zoo
 from verify import crossval
+from verify.adapters.ngd_ref_jax import NgdRefJax
+from verify.harness import load_adapter, run_checks
 
 _PROBLEMS = ("mlp-3x4x3-tanh-mse-b1", "mlp-3x4x3-tanh-softmax_cross_entropy-b1",
              "mlp-3x4x4-tanh-gaussian_logvar-b1")
@@ -72,28 +78,71 @@ def test_crossvalidate_passes_on_a_subset():
     problems = [zoo.get(name) for name in _PROBLEMS]
     results = crossval.crossvalidate(problems)
     assert not _failing(results)
-    checks = {r.check for r in results}
+    assert len(results) > 0 and all(r.check.startswith("jax_") for r in results)
     for dtype in crossval.DTYPES:
-        for capability in ("hvp", "ggn_vp", "fisher_vp", "empirical_fisher_vp", "ggn_diag",
-                           "fisher_diag", "empirical_fisher_diag", "damped_update",
-                           "cg_plain", "cg_preconditioned", "cg_x0"):
-            assert f"jax_{capability}_{dtype}" in checks
+        covered = {r.capability for r in results if r.check.endswith(f"_{dtype}")}
+        assert covered == set(crossval.CAPABILITIES)
+        checks = {r.check for r in results}
+        for variant in ("cg_iterates", "cg_iterates_preconditioned", "cg_iterates_x0"):
+            assert f"jax_{variant}_{dtype}" in checks
+        for curvature in ("hessian", "ggn", "fisher", "empirical_fisher"):
+            assert f"jax_damped_update_{curvature}_{dtype}" in checks
     assert {r.problem for r in results} == set(_PROBLEMS)
+    assert crossval.count(problems) == len({(r.check.rsplit("_", 1)[-1], r.capability,
+                                             r.problem) for r in results})
 
 
-def test_crossvalidate_catches_a_wrong_product(monkeypatch):
-    """Negative control: `ggn_vp` off by a relative 2^-10 fails, everything else passes."""
+def _scaled_ggn_vp(monkeypatch, *, sharded_only: bool):
     honest = nj.curvature_vp
 
     def wrong(objective, params, batch, v, curvature, *, mesh=None):
         out = honest(objective, params, batch, v, curvature, mesh=mesh)
-        return jax.tree.map(lambda t: t * (1 + 2.0**-10), out) if curvature == "ggn" else out
+        if curvature != "ggn" or (sharded_only and mesh is None):
+            return out
+        return jax.tree.map(lambda t: t * (1 + 2.0**-10), out)
 
     monkeypatch.setattr(nj, "curvature_vp", wrong)
+
+
+def test_crossvalidate_catches_a_wrong_product(monkeypatch):
+    """Negative control: `ggn_vp` off by a relative 2^-10 fails, everything else passes."""
+    _scaled_ggn_vp(monkeypatch, sharded_only=False)
     jax.clear_caches()  # the kernels must be traced again with the wrong product
     try:
         results = crossval.crossvalidate([zoo.get(_PROBLEMS[0])])
     finally:
         jax.clear_caches()
-    assert _failing(results) == [("ggn_vp", f"jax_ggn_vp_{dtype}") for dtype in
-                                 sorted(crossval.DTYPES)]
+    assert _failing(results) == [("ggn_vp", f"jax_ggn_vp_matches_reference_{dtype}")
+                                 for dtype in sorted(crossval.DTYPES)]
+
+
+def test_sharded_crossvalidation_and_its_negative_control(monkeypatch):
+    """`devices=2`: the sharded adapters pass; a product wrong only when sharded fails there.
+
+    The negative control runs the harness on the sharded float64 adapter alone: its `ggn_vp`
+    and its damped G-update (CG on the sharded product) fail, `fisher_vp` passes.
+    """
+    problems = [zoo.get(_PROBLEMS[0])]
+    results = crossval.crossvalidate(problems, devices=2)
+    assert not _failing(results)
+    sharded = {r.capability for r in results if r.check.endswith("_sharded2")}
+    assert sharded == set(crossval.SHARDED_CAPABILITIES)
+    _scaled_ggn_vp(monkeypatch, sharded_only=True)
+    jax.clear_caches()
+    try:
+        report = run_checks(load_adapter(NgdRefJax(problems, devices=2)), problems,
+                            capabilities=("ggn_vp", "fisher_vp", "damped_update"))
+    finally:
+        jax.clear_caches()
+    assert _failing(report.results) == [("damped_update", "damped_update_ggn"),
+                                        ("ggn_vp", "ggn_vp_matches_reference")]
+
+
+def test_adapters_share_frames_across_problems():
+    """Planned with the quick zoo, the adapter embeds its 7 problems in 2 frames."""
+    problems = list(zoo.problems(quick=True))
+    adapter = NgdRefJax(problems)
+    assert len(adapter._plan.frames) == 2
+    alone = NgdRefJax()
+    alone.loss(problems[0])
+    assert len(alone._plan.frames) == 1

@@ -35,15 +35,21 @@ def test_reduction_ratio_matches_dense_reference():
     objective, params, batch = nj.from_problem(PROBLEM)
     damping = 0.1
     step, _ = nj.damped_update(objective, params, batch, damping, tol=1e-13)
-    g = nj.gradient(objective, params, batch)
-    gstep = nj.ggn_vp(objective, params, batch, step)
-    model = nj.hf_quadratic_model(g, step, gstep, damping)
-    moved = jax.tree.map(jnp.add, params, step)
-    rho = nj.reduction_ratio(nj.loss_value(objective, params, batch),
-                             nj.loss_value(objective, moved, batch), model)
-    expected = hf_dense.reduction_ratio(PROBLEM, np.asarray(nj.canonical_vector(step)),
-                                        damping=damping)
+    rho = nj.reduction_ratio(objective, params, batch, step, damping=damping)
+    dense_step = np.asarray(nj.canonical_vector(step))
+    expected = hf_dense.reduction_ratio(PROBLEM, dense_step, damping=damping)
     np.testing.assert_allclose(float(rho), float(expected), rtol=1e-8)
+    model = nj.hf_quadratic_model(objective, params, batch, step, damping=damping)
+    np.testing.assert_allclose(float(model),
+                               float(hf_dense.hf_quadratic_model(PROBLEM, dense_step,
+                                                                 damping=damping)), rtol=1e-8)
+
+
+def test_reduction_ratio_is_nan_without_predicted_change_in_both_twins():
+    objective, params, batch = nj.from_problem(PROBLEM)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    assert np.isnan(float(nj.reduction_ratio(objective, params, batch, zero)))
+    assert np.isnan(float(hf_dense.reduction_ratio(PROBLEM, np.zeros(PROBLEM.n_params))))
 
 
 @pytest.mark.parametrize("rho, expected", [(0.1, 1.5), (0.5, 1.0), (0.9, 2 / 3), (np.nan, 1.5)],

@@ -62,6 +62,16 @@ def test_curvlinops_declines_losses_it_does_not_have():
     assert set(statuses.values()) == {Status.SKIP}
 
 
+def test_curvlinops_maps_a_softmax_output_layer_under_mse():
+    """Issue 13: this raised `KeyError: 'softmax'`; the activation is now mapped."""
+    pytest.importorskip("curvlinops", reason="curvlinops not installed (tox -e curvlinops)")
+    problem = next(p for p in zoo.problems() if p.loss == "mse"
+                   and p.layers[-1].activation == "softmax")
+    report = run_checks(load_adapter("curvlinops"), [problem], capabilities=["ggn", "hvp"])
+    bad = [r for r in report.results if Status(r.status) in (Status.FAIL, Status.ERROR)]
+    assert not bad, [f"{r.check}: {r.message}" for r in bad[:3]]
+
+
 def test_curvlinops_compute_kronecker_factors_accumulates():
     """Finding: calling the public `compute_kronecker_factors()` again doubles the factors."""
     pytest.importorskip("curvlinops", reason="curvlinops not installed (tox -e curvlinops)")

@@ -2,9 +2,9 @@
 
 Problems: the zoo (`--quick`: its small subset) plus `--fuzz N` problems from
 `verify.strategies.generate(N, seed)`. The battery runs on the dense reference
-(`verify.battery`); the cross-validation (`verify.crossval.crossvalidate`) checks the
-project's JAX implementation against it on the same problems, with the batch sharded over
-`devices` devices.
+(`verify.battery`); the cross-validation (`verify.crossval.crossvalidate`) is the port
+harness checking the project's JAX adapters against it on the same problems, and with
+`devices > 1` the same adapters with the batch sharded over `devices` devices.
 """
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ def run_main_job(*, quick: bool, fuzz: int, seed: int, devices: int, show_progre
         show_progress: draw progress bars on stderr.
     """
     from ngd_ref import zoo
-    from verify.crossval import crossvalidate
+    from verify.crossval import count, crossvalidate, prepare
 
     problems = list(zoo.problems(quick)) + generate(fuzz, seed, quick=quick)
     report = Report(adapter="ngd-ref", dtype="float64", devices=devices)
+    prepared = prepare(problems, devices=devices)  # JAX compiles while the battery runs
     with progress(len(problems), "identities", enabled=show_progress) as advance:
         report.extend(run_battery(problems, progress=advance))
-    with progress(len(problems), "JAX cross-validation", enabled=show_progress) as advance:
-        report.extend(crossvalidate(problems, devices=devices, seed=seed, progress=advance))
+    with progress(count(problems, devices), "JAX cross-validation",
+                  enabled=show_progress) as advance:
+        report.extend(crossvalidate(problems, devices=devices, seed=seed, progress=advance,
+                                    prepared=prepared))
     return report

@@ -14,7 +14,7 @@ import math
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = ["CheckResult", "Report", "Status"]
 
@@ -42,6 +42,12 @@ class CheckResult:
         error: measured error (see `verify._tolerance`), or None.
         tolerance: the threshold it was held to, or None.
         message: one line: what was compared, the equation it comes from, why it failed.
+        measure: what `error` is relative to (`"relative to ||ref||"`, `"relative to the
+            computation's magnitude MAG"`), or None (JSON key `measure`, an extension).
+        scale: the denominator of `error` (JSON `scale`), or None.
+        where: the largest difference's location, e.g. `layer 1 W[2, 0]` (JSON `where`).
+        factor: the fitted scalar when the result is a plain multiple of the reference
+            (JSON `factor`), or None; see `verify._diagnosis`.
     """
 
     check: str
@@ -51,29 +57,53 @@ class CheckResult:
     error: float | None = None
     tolerance: float | None = None
     message: str = ""
+    measure: str | None = None
+    scale: float | None = None
+    where: str | None = None
+    factor: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The protocol's JSON object (non-finite errors are written as null)."""
+        """The protocol's JSON object (non-finite errors are written as null).
+
+        PROTOCOL s6's keys always; `measure`, `scale`, `where`, `factor` when known.
+        """
         error = self.error if self.error is None or math.isfinite(self.error) else None
-        return {
+        tolerance = (self.tolerance if self.tolerance is None or math.isfinite(self.tolerance)
+                     else None)  # JSON has no inf
+        out = {
             "check": self.check,
             "capability": self.capability,
             "problem": self.problem,
             "status": Status(self.status).value,
             "error": error,
-            "tolerance": self.tolerance,
+            "tolerance": tolerance,
             "message": self.message,
         }
+        for key in ("measure", "scale", "where", "factor"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, float) or math.isfinite(value)):
+                out[key] = value
+        return out
 
 
 @dataclasses.dataclass
 class Report:
-    """A run's results plus what produced them."""
+    """A run's results plus what produced them.
+
+    Attributes:
+        adapter: what was checked.
+        dtype: its precision.
+        devices: devices the JAX batch was sharded over.
+        results: the results so far.
+        partial: the run was interrupted (Ctrl-C) and the results are incomplete; a partial
+            report never passes (JSON key `partial`, an extension of PROTOCOL s6).
+    """
 
     adapter: str
     dtype: str = "float64"
     devices: int = 1
     results: list[CheckResult] = dataclasses.field(default_factory=list)
+    partial: bool = False
 
     def extend(self, results: Iterable[CheckResult]) -> None:
         """Append results."""
@@ -91,7 +121,12 @@ class Report:
     def passed(self) -> bool:
         """Whether nothing failed or errored, and at least one check passed."""
         summary = self.summary
-        return summary["fail"] == 0 and summary["error"] == 0 and summary["pass"] > 0
+        return (
+            not self.partial
+            and summary["fail"] == 0
+            and summary["error"] == 0
+            and summary["pass"] > 0
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The protocol's report object (schema `ngd-verify/report/v1`)."""
@@ -102,14 +137,23 @@ class Report:
             "devices": self.devices,
             "results": [r.to_json() for r in self.results],
             "summary": self.summary,
+            "partial": self.partial,
         }
 
-    def write_json(self, path: str | Path) -> None:
-        """Write the JSON report."""
-        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+    def write_json(self, path: str | Path | IO[str]) -> None:
+        """Write the JSON report to a path or an open text file."""
+        text = json.dumps(self.to_json(), indent=1) + "\n"
+        if hasattr(path, "write"):
+            path.write(text)
+        else:
+            Path(path).write_text(text)
 
-    def write_junit(self, path: str | Path) -> None:
-        """Write a JUnit XML report: one testsuite per capability, one testcase per check."""
+    def write_junit(self, path: str | Path | IO[bytes]) -> None:
+        """Write a JUnit XML report: one testsuite per capability, one testcase per check.
+
+        A partial report gets one more testsuite, `ngd-verify`, with an `error` testcase
+        saying that the run was interrupted, so CI never reads it as a pass.
+        """
         root = ET.Element("testsuites", name=f"ngd-verify {self.adapter}")
         by_capability: dict[str, list[CheckResult]] = {}
         for result in self.results:
@@ -131,6 +175,11 @@ class Report:
                     ET.SubElement(case, "error", message=r.message).text = _detail(r)
                 elif status is Status.SKIP:
                     ET.SubElement(case, "skipped", message=r.message)
+        if self.partial:
+            suite = ET.SubElement(root, "testsuite", name="ngd-verify", tests="1", failures="0",
+                                  errors="1", skipped="0")
+            case = ET.SubElement(suite, "testcase", classname="ngd-verify", name="complete_run")
+            ET.SubElement(case, "error", message="partial report: the run was interrupted")
         ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
 

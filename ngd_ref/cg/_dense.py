@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CGResult", "cg", "cg_iterates", "cg_solve", "krylov_optimal_iterate"]
+__all__ = ["CGResult", "cg", "cg_iterates", "cg_solve", "krylov_optimal_iterate",
+           "krylov_optimal_iterates"]
 
 Matvec = Callable[[np.ndarray], np.ndarray]
 
@@ -53,7 +54,7 @@ class CGResult:
         residual_norms: `||r_j||` of the recurrence residual for j = 0..k (after a residual
             replacement the recomputed true residual), as backend scalars.
         residual_norm: `||b - A x||`, recomputed from `x` at the end.
-        iterates: `(x_0, ..., x_k)` when requested (`keep_iterates=True`), else `None`.
+        iterates: `(x_0, ..., x_k)` for `cg_iterates`, else `None`.
     """
 
     x: np.ndarray
@@ -112,7 +113,6 @@ def cg_solve(
     atol: float = 0.0,
     maxiter: int | None = None,
     precond: Matvec | np.ndarray | None = None,
-    keep_iterates: bool = False,
 ) -> CGResult:
     """Preconditioned CG on SPD `A` (Grosse ch. 4 s4), with a true-residual convergence test.
 
@@ -125,7 +125,6 @@ def cg_solve(
         maxiter: most iterations (default `10 n`); with `tol = atol = 0` exactly this many
             are taken unless the residual becomes exactly zero.
         precond: `r -> M r` with `M ~ A^{-1}` SPD, or the matrix M (default identity).
-        keep_iterates: also return every iterate.
 
     Returns:
         A `CGResult`.
@@ -134,6 +133,14 @@ def cg_solve(
         ValueError: for malformed arguments, or when `p^T A p <= 0` or `r^T M r < 0` shows
             that A or M is not positive definite (naming which, with the value).
     """
+    return _run_cg(matvec, b, x0, tol=tol, atol=atol, maxiter=maxiter, precond=precond,
+                   keep_iterates=False)
+
+
+def _run_cg(matvec: Matvec | np.ndarray, b: np.ndarray, x0: np.ndarray | None, *, tol: float,
+            atol: float, maxiter: int | None, precond: Matvec | np.ndarray | None,
+            keep_iterates: bool) -> CGResult:
+    """The recurrence of `cg_solve`, also recording every iterate with `keep_iterates`."""
     b, x, maxiter = _check(b, x0, tol, atol, maxiter)
     apply_a = _as_callable(matvec, "matvec")
     apply_m = (lambda r: r) if precond is None else _as_callable(precond, "precond")
@@ -197,21 +204,32 @@ def cg_iterates(
     matvec: Matvec | np.ndarray,
     b: np.ndarray,
     x0: np.ndarray | None = None,
-    tol: float = 0.0,
-    maxiter: int | None = None,
+    *,
+    maxiter: int,
     precond: Matvec | np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """All iterates `(x_0, x_1, ..., x_k)` of `cg` (by default `tol=0`: every one up to maxiter)."""
-    return cg_solve(matvec, b, x0, tol=tol, maxiter=maxiter, precond=precond,
-                    keep_iterates=True).iterates
+    """Every CG iterate `(x_0, x_1, ..., x_maxiter)` (`tol = 0`), as the JAX twin's `cg_iterates`.
+
+    Stops early only where the residual becomes exactly zero (then fewer are returned; the
+    JAX twin repeats the last one to keep its static shape).
+    """
+    return _run_cg(matvec, b, x0, tol=0.0, atol=0.0, maxiter=maxiter, precond=precond,
+                   keep_iterates=True).iterates
 
 
 def _solve_spd(k: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """Solve `K y = f` for a small SPD `K` by LDL^T elimination (no square roots, no pivoting)."""
+    """Solve `K y = f` for a small SPD `K` by LDL^T elimination (no square roots, no pivoting).
+
+    Raises:
+        ValueError: when a pivot is not positive, i.e. `K` is not positive definite in the
+            working precision (instead of dividing by zero).
+    """
     m = k.shape[0]
     a = k * 1  # copy (object arrays included)
     y = f * 1
-    for j in range(m):  # forward elimination; SPD guarantees nonzero pivots
+    for j in range(m):  # forward elimination; SPD guarantees positive pivots
+        if not a[j, j] > 0:
+            raise ValueError(f"K: not positive definite (pivot {j} is {a[j, j]})")
         for i in range(j + 1, m):
             factor = a[i, j] / a[j, j]
             a[i, j:] = a[i, j:] - factor * a[j, j:]
@@ -219,6 +237,19 @@ def _solve_spd(k: np.ndarray, f: np.ndarray) -> np.ndarray:
     for j in reversed(range(m)):
         y[j] = (y[j] - np.sum(a[j, j + 1:] * y[j + 1:])) / a[j, j]
     return y
+
+
+def _unit_roundoff_of(sample: Any) -> Any:
+    """The unit roundoff of `sample`'s number type (float64 or an mpmath precision).
+
+    The largest power of two `e` with `1 + e == 1` in that arithmetic, found by halving, so the
+    same code serves every backend without knowing its type.
+    """
+    one = sample * 0 + 1
+    eps = one
+    while one + eps / 2 != one:
+        eps = eps / 2
+    return eps / 2
 
 
 def krylov_optimal_iterate(
@@ -242,12 +273,36 @@ def krylov_optimal_iterate(
         b: right-hand side `(n,)`.
         x0: starting point (None for 0).
         k: the Krylov dimension (iteration number), `0 <= k`. If the space stops growing
-            (an exactly zero new direction: `A^{-1} b` has been reached) the smaller space
-            is used, as CG would have stopped there too.
+            (`r0` lies in an invariant subspace of `M A` of dimension `j < k`, so
+            `K_{j+1} = K_j` and `A^{-1} b` has been reached within it), the minimizer over
+            the space actually reached is returned, as CG would have stopped there too.
+            "Stops growing" is decided in the working precision: after two Gram-Schmidt
+            passes a direction already in the span leaves a remainder of a few `u ||w||`
+            per basis vector ("twice is enough", Giraud et al. 2005), so a remainder
+            `||w_perp|| <= (j + 1) u ||w||` is rounding noise, not a new direction (without
+            this test the noise was normalized into a basis vector and `V^T A V` became
+            singular: a ZeroDivisionError in mpmath).
         precond: M as a matrix or a callable (default identity).
 
     Returns:
         `x_k`, shape `(n,)`.
+    """
+    return krylov_optimal_iterates(a, b, x0, k, precond=precond)[-1]
+
+
+def krylov_optimal_iterates(
+    a: np.ndarray,
+    b: np.ndarray,
+    x0: np.ndarray | None,
+    k: int,
+    precond: Matvec | np.ndarray | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Compute `(x_0, x_1, ..., x_k)`, each `x_j` as `krylov_optimal_iterate(..., j)` does.
+
+    One Krylov basis serves every j: the basis of `K_j` is the first j vectors of that of
+    `K_k`, and the Galerkin matrix of `K_j` the leading `j x j` block of `V^T A V`, so every
+    `x_j` is the same computation as `krylov_optimal_iterate(a, b, x0, j)` (for `k` iterates
+    at the cost of one). Arguments as for `krylov_optimal_iterate`.
     """
     a = np.asarray(a)
     b, x0, _ = _check(b, x0, 0.0, 0.0, None)
@@ -258,16 +313,24 @@ def krylov_optimal_iterate(
     apply_m = (lambda r: r) if precond is None else _as_callable(precond, "precond")
     r0 = b - a @ x0
     basis: list[np.ndarray] = []
+    u = _unit_roundoff_of(r0.flat[0]) if r0.size else 0.0
+    images: list[np.ndarray] = []  # a @ basis[j]
     w = apply_m(r0)
     for _ in range(int(k)):
+        before = _dot(w, w)
         for _ in range(2):
             for v in basis:
                 w = w - (_dot(v, w) / _dot(v, v)) * v
-        if not _dot(w, w) > 0:
+        noise = (len(basis) + 1) * u
+        if not _dot(w, w) > noise * noise * before:
             break
         basis.append(w / np.max(np.abs(w)))  # rescaled: powers of M A neither overflow nor vanish
-        w = apply_m(a @ basis[-1])
-    if not basis:
-        return x0
-    v = np.stack(basis, axis=1)
-    return x0 + v @ _solve_spd(v.T @ (a @ v), v.T @ r0)
+        images.append(a @ basis[-1])
+        w = apply_m(images[-1])
+    iterates = [x0]
+    if basis:
+        v = np.stack(basis, axis=1)
+        galerkin, projected = v.T @ np.stack(images, axis=1), v.T @ r0
+        for j in range(1, len(basis) + 1):
+            iterates.append(x0 + v[:, :j] @ _solve_spd(galerkin[:j, :j], projected[:j]))
+    return tuple(iterates + iterates[-1:] * (int(k) + 1 - len(iterates)))

@@ -4,5 +4,7 @@ Sources: seed 004 "Diagonal Newton", "AdaHessian", "Adagrad and Adam"; Martens s
 
 * `ngd_ref.diagonal._dense` -- the reference (numpy or mpmath); never imports JAX. Public
   names are re-exported by `ngd_ref.dense`.
-* `ngd_ref.diagonal._jax` -- the JAX twin, re-exported by `ngd_ref.jax`.
+* The JAX twin has no module of its own: the exact diagonals (`ggn_diag`, `fisher_diag`,
+  `empirical_fisher_diag`, `hessian_diag`) and Hutchinson's estimator are in
+  `ngd_ref.curvature._jax`, re-exported by `ngd_ref.jax`.
 """

@@ -96,7 +96,7 @@ def reduction_ratio(problem: Problem, step: np.ndarray, *, damping: float = 0.0,
     """`rho = (h(theta) - h(theta + d)) / (Q_lambda(0) - Q_lambda(d))` (Grosse eq. (14)).
 
     The objective at `theta + d` is evaluated exactly with the dense reference at those
-    parameters. Raises `ZeroDivisionError` when the model predicts no change (`d = 0`).
+    parameters. NaN when the model predicts no change (`d = 0`), as in the JAX twin.
 
     Args:
         problem: the problem.
@@ -113,6 +113,8 @@ def reduction_ratio(problem: Problem, step: np.ndarray, *, damping: float = 0.0,
         shifted = DenseCurvature(problem, backend, params=ref.theta + d)
         predicted = -hf_quadratic_model(problem, d, damping=damping, curvature=curvature,
                                         backend=backend)
+        if predicted == 0:
+            return backend.scalar(math.nan)
         return (ref.loss - shifted.loss) / predicted
 
 

@@ -1,6 +1,7 @@
 """Hessian-free optimization in JAX: damped Gauss-Newton / natural-gradient steps by CG.
 
-The JAX twin of `ngd_ref.hf._dense` (same names: `hf_quadratic_model`, `reduction_ratio`,
+The JAX twin of `ngd_ref.hf._dense` (same names, arguments and meanings, with
+`(objective, params, batch)` for the problem: `hf_quadratic_model`, `reduction_ratio`,
 `levenberg_marquardt`), plus the optimizer (Grosse ch. 4 s4, seed 002; Martens 2010):
 
 * `damped_update`: `d = -(C + lambda I)^{-1} grad h` (Grosse eq. (13); `C = G` gives the damped
@@ -29,7 +30,16 @@ from ngd_ref._sharding import allsum
 from ngd_ref._validation import check_damping
 from ngd_ref.cg._jax import CGResult, cg_solve, tree_vdot
 from ngd_ref.curvature._dense import Curvature
-from ngd_ref.curvature._jax import Batch, Objective, local_loss, local_operator, run_objective
+from ngd_ref.curvature._jax import (
+    Batch,
+    Objective,
+    curvature_vp,
+    gradient,
+    local_loss,
+    local_operator,
+    loss_value,
+    run_objective,
+)
 
 __all__ = [
     "HFInfo",
@@ -104,29 +114,57 @@ def damped_update(objective: Objective, params: Params, batch: Batch, damping: A
     return result.x, result
 
 
-def hf_quadratic_model(gradient: Params, step: Params, curvature_step: Params,
-                       damping: Any = 0.0) -> jax.Array:
-    """`Q_lambda(d) = g^T d + 1/2 d^T (C d) + lambda/2 ||d||^2` (Grosse eq. (12), Q(0) = 0).
-
-    Args:
-        gradient: `g = grad h`.
-        step: `d`.
-        curvature_step: `C d` (undamped).
-        damping: `lambda`.
-    """
+def _model_value(gradient: Params, step: Params, curvature_step: Params,
+                 damping: Any) -> jax.Array:
+    """`g^T d + 1/2 d^T (C d) + lambda/2 ||d||^2` from its pieces (`C d` undamped)."""
     quadratic = tree_vdot(step, curvature_step) + damping * tree_vdot(step, step)
     return tree_vdot(gradient, step) + 0.5 * quadratic
 
 
-def reduction_ratio(loss_before: Any, loss_after: Any, model_value: Any) -> jax.Array:
-    """`rho = (h(theta) - h(theta + d)) / (Q_lambda(0) - Q_lambda(d))` (Grosse eq. (14)).
-
-    `model_value` is `Q_lambda(d)` from `hf_quadratic_model` (so the denominator is
-    `-model_value`). NaN when the model predicts no change.
-    """
+def _ratio(loss_before: Any, loss_after: Any, model_value: Any) -> jax.Array:
+    """`(h(theta) - h(theta + d)) / -Q_lambda(d)`; NaN when the model predicts no change."""
     predicted = -jnp.asarray(model_value)
     return jnp.where(predicted != 0, (loss_before - loss_after) / jnp.where(predicted != 0,
                                                                             predicted, 1), jnp.nan)
+
+
+def hf_quadratic_model(objective: Objective, params: Params, batch: Batch, step: Params, *,
+                       damping: Any = 0.0, curvature: Curvature | str = Curvature.GGN,
+                       mesh: Mesh | None = None) -> jax.Array:
+    """`Q_lambda(d) - Q_lambda(0) = grad h^T d + 1/2 d^T (C + lambda I) d` (Grosse eq. (12)).
+
+    The twin of `ngd_ref.dense.hf_quadratic_model` (same arguments, with the
+    `(objective, params, batch)` of the JAX twin in place of the problem): `grad h` and
+    `C d` are the exact gradient and curvature-vector product at `params`.
+
+    Args:
+        objective: the network and loss.
+        params: the parameters theta (a pytree).
+        batch: the data.
+        step: `d`, shaped like `params`.
+        damping: `lambda >= 0`.
+        curvature: which matrix plays `C` (`ggn` as in eq. (12); `hessian` gives eq. (5)).
+        mesh: optional device mesh to shard the batch over.
+    """
+    check_damping(damping)
+    g = gradient(objective, params, batch, mesh=mesh)
+    c_step = curvature_vp(objective, params, batch, step, Curvature(curvature), mesh=mesh)
+    return _model_value(g, step, c_step, damping)
+
+
+def reduction_ratio(objective: Objective, params: Params, batch: Batch, step: Params, *,
+                    damping: Any = 0.0, curvature: Curvature | str = Curvature.GGN,
+                    mesh: Mesh | None = None) -> jax.Array:
+    """`rho = (h(theta) - h(theta + d)) / (Q_lambda(0) - Q_lambda(d))` (Grosse eq. (14)).
+
+    The twin of `ngd_ref.dense.reduction_ratio` (same arguments and meaning); NaN, as
+    there, when the model predicts no change (`d = 0`).
+    """
+    model = hf_quadratic_model(objective, params, batch, step, damping=damping,
+                               curvature=curvature, mesh=mesh)
+    moved = jax.tree.map(jnp.add, params, step)
+    return _ratio(loss_value(objective, params, batch, mesh=mesh),
+                  loss_value(objective, moved, batch, mesh=mesh), model)
 
 
 def levenberg_marquardt(damping: Any, rho: Any, *, low: float = 0.25, high: float = 0.75,
@@ -244,7 +282,7 @@ def hessian_free(objective: Objective, *, damping: float = 1.0,
         x0 = jax.tree.map(lambda p: warm_start * p, state.previous)
         loss, new_loss, model, d, result = run_objective(objective, mesh, local,
                                                 (params, state.damping, x0), batch)
-        rho = reduction_ratio(loss, new_loss, model)
+        rho = _ratio(loss, new_loss, model)
         accepted = jnp.isfinite(new_loss) & (new_loss < loss)
         new_params = jax.tree.map(lambda p, q: jnp.where(accepted, p + q, p), params, d)
         new_damping = levenberg_marquardt(state.damping, rho)

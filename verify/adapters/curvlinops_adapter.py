@@ -6,6 +6,10 @@ in)`, `ngd_ref.to_torch`); curvlinops' vectors are the concatenation of the flat
 (row-major) parameter tensors `[W_1, b_1, W_2, b_2, ...]`, mapped to the canonical layout by
 `ngd_ref.from_torch` and its inverse.
 
+Activations: `identity`, `tanh`, `sigmoid`, `relu`, `softplus` and (last layer) `softmax`
+(`nn.Softmax(dim=-1)`, e.g. mse on a softmax output); any other declines the problem
+(`NotImplementedError`, reported as skipped).
+
 Losses: curvlinops supports `MSELoss`, `CrossEntropyLoss` and `BCEWithLogitsLoss` (mse,
 softmax_cross_entropy, sigmoid_cross_entropy); other losses raise `NotImplementedError`
 (reported as skipped). The torch losses are built with `reduction="sum"` and the results
@@ -57,8 +61,12 @@ class Curvlinops:
 
         if problem.loss not in _LOSSES:
             raise NotImplementedError(f"curvlinops has no loss for {problem.loss!r}")
+        # softmax (last layer only, PROTOCOL s1) over the output features of a (B, C) batch
         acts = {"identity": nn.Identity, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU,
-                "softplus": nn.Softplus}
+                "softplus": nn.Softplus, "softmax": functools.partial(nn.Softmax, dim=-1)}
+        unmapped = sorted({layer.activation for layer in problem.layers} - set(acts))
+        if unmapped:
+            raise NotImplementedError(f"no torch module mapped for activation(s) {unmapped}")
         modules = []
         for layer, (w, b) in zip(problem.layers, _unflatten(problem), strict=True):
             linear = nn.Linear(layer.n_in, layer.n_out).double()

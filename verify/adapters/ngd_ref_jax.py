@@ -1,14 +1,35 @@
 """`ngd-ref-jax`: the project's own JAX implementation behind the protocol (PROTOCOL s5).
 
 The harness validates `ngd_ref.jax` exactly as it validates anyone else's port: this class
-only translates a `Problem` into `ngd_ref.jax` terms (`from_problem`: the canonical MLP, its
-params pytree and the batch, in the adapter's dtype) and calls the public functions.
+only translates a `Problem` into `ngd_ref.jax` terms and calls the public functions. It is
+also the cross-validation of `ngd-verify run` (`verify._main_job`): the harness checking
+`NgdRefJax` and `NgdRefJaxFloat32` on the zoo, and, with `devices=N`, the same with the
+batch sharded over N devices.
 
-Compilation is grouped per problem: one jitted call computes every dense quantity (loss,
-gradient, the four matrices from products with the basis vectors, the exact diagonals), one
-computes the four products for a vector; results are cached per problem. `cg` runs the jitted
-`ngd_ref.jax.cg_solve` with the caller's numpy `matvec`/`precond` reached through
-`jax.pure_callback`, compiled once per vector length.
+Compilation is shared across problems (`verify.adapters._jax_frames`): the adapter embeds
+each problem in a padded universal MLP, one per *frame* of problems, and compiles each of
+its kernels once per (frame, dtype, mesh) with XLA's `-O0` and no fusion emitters
+(`_COMPILER_OPTIONS`); the results are read off at the problem's own coordinates. Built
+with `problems=` (as `ngd-verify run` does) it plans the frames over them (the full zoo: 3
+frames); built with no arguments (as `ngd-verify check` does) every problem gets a frame of
+its own. The kernels, called once per problem (per vector for the products):
+
+* `_quantities`: `h`, `grad h` and the exact diagonals of G, F, EF;
+* `_hessian_diag`: the exact `diag(H)` by n HVPs;
+* `_matrices`: H, G, F, EF from products with the basis vectors;
+* `_products`: the four curvature-vector products of one vector;
+* `_damped`: `-(C + lambda I)^{-1} grad h` by `ngd_ref.jax.cg_solve` on the restricted,
+  linearized operator `P C P^T` (`curvature_operator`; `curvature_vp` on the mesh), the
+  curvature chosen at run time (`lax.switch`).
+
+`cg` runs the jitted `ngd_ref.jax.cg_solve` with the caller's numpy `matvec`/`precond`
+reached through `jax.pure_callback`, on vectors padded to a length bucket (the padding is an
+identity block with zero right-hand side: exact zeros, so the iterates are unchanged),
+compiled once per (bucket, dtype, preconditioned).
+
+JAX's global state is left alone: every method runs inside `jax.enable_x64(True)` (a
+thread-local context), so float64 works without flipping the global flag; float32 arrays
+stay float32.
 
 To extend (K-FAC, PROTOCOL s9 methods), add methods that call `self._prepared(problem)` for
 `(objective, params, batch)` and return numpy arrays.
@@ -18,53 +39,157 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from ngd_ref import Problem
 from ngd_ref import jax as nj
+from verify._tolerance import unit_roundoff
+from verify.adapters._jax_frames import Embedded, FramePlan
 
 __all__ = ["NgdRefJax", "NgdRefJaxFloat32"]
 
-jax.config.update("jax_enable_x64", True)  # float64 needs it; float32 arrays stay float32
-
 _KINDS = ("hessian", "ggn", "fisher", "empirical_fisher")
 
+#: XLA options for the frame kernels: LLVM -O0 and no fusion emitters cut the CPU compile
+#: time ~4x (measured: 4.5 s -> 1.0 s for the HVP of the C = 3 frame); the kernels run in
+#: milliseconds either way. Rounding stays within the policy (the order of operations of
+#: each reduction is XLA's choice in any case).
+_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
-@functools.partial(jax.jit, static_argnames=("objective", "layers"))
-def _dense_quantities(objective: nj.Objective, layers, params, batch) -> dict[str, jax.Array]:
-    """Loss, gradient, the four matrices (columns `C e_i`) and the exact diagonals."""
-    loss, grad = nj.value_and_gradient(objective, params, batch)
-    flat = nj.canonical_vector(params)
-    basis = jnp.eye(flat.shape[0], dtype=flat.dtype)
-    out = {"loss": loss, "gradient": nj.canonical_vector(grad)}
-    for kind in _KINDS:
-        op = nj.curvature_operator(objective, params, batch, kind)
-        columns = jax.vmap(
-            lambda e, op=op: nj.canonical_vector(op(nj.mlp_params(layers, e))))(basis)
-        out[kind] = (columns + columns.T) / 2  # columns.T is C; symmetrize the rounding
-    out["hessian_diag"] = nj.canonical_vector(nj.hessian_diag(objective, params, batch))
-    out["ggn_diag"] = nj.canonical_vector(nj.ggn_diag(objective, params, batch))
-    out["empirical_fisher_diag"] = nj.canonical_vector(
-        nj.empirical_fisher_diag(objective, params, batch))
+
+def _kernel(one: Callable[..., Any]) -> Any:
+    """Jit `one(objective, params, batch, *data, mesh=)` (objective and mesh static)."""
+    return jax.jit(one, static_argnames=("objective", "mesh"),
+                   compiler_options=_COMPILER_OPTIONS)
+
+
+def _flat(tree: Any) -> jax.Array:
+    return ravel_pytree(tree)[0]
+
+
+def _operator(objective, params, batch, kind: str, mesh) -> Callable[[Any], Any]:
+    """`v -> C v` on params pytrees: linearized once without a mesh, `curvature_vp` on one."""
+    if mesh is None:
+        return nj.curvature_operator(objective, params, batch, kind)
+    return functools.partial(nj.curvature_vp, objective, params, batch, curvature=kind,
+                             mesh=mesh)
+
+
+@_kernel
+def _quantities(objective, params, batch, *, mesh) -> dict[str, jax.Array]:
+    """`h`, `grad h` and the exact diagonals of G, F and EF."""
+    loss, grad = nj.value_and_gradient(objective, params, batch, mesh=mesh)
+    out = {"loss": loss, "gradient": _flat(grad),
+           "ggn_diag": _flat(nj.ggn_diag(objective, params, batch, mesh=mesh)),
+           "fisher_diag": _flat(nj.fisher_diag(objective, params, batch, mesh=mesh)),
+           "empirical_fisher_diag": _flat(nj.empirical_fisher_diag(objective, params, batch,
+                                                                   mesh=mesh))}
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("objective", "layers"))
-def _products(objective: nj.Objective, layers, params, batch, v) -> dict[str, jax.Array]:
-    tree = nj.mlp_params(layers, v)
-    return {kind: nj.canonical_vector(nj.curvature_vp(objective, params, batch, tree, kind))
+@_kernel
+def _hessian_diag(objective, params, batch, *, mesh) -> dict[str, jax.Array]:
+    """The exact `diag(H)` by n HVPs (`ngd_ref.jax.hessian_diag` has no mesh)."""
+    del mesh
+    return {"hessian_diag": _flat(nj.hessian_diag(objective, params, batch))}
+
+
+@_kernel
+def _matrices(objective, params, batch, *, mesh) -> dict[str, jax.Array]:
+    """The four matrices' rows `(C e_i)^T` over the universal basis."""
+    flat, unravel = ravel_pytree(params)
+    basis = jnp.eye(flat.shape[0], dtype=flat.dtype)
+    out = {}
+    for kind in _KINDS:
+        op = _operator(objective, params, batch, kind, mesh)
+        out[kind] = jax.vmap(lambda e, op=op: _flat(op(unravel(e))))(basis)
+    return out
+
+
+@_kernel
+def _products(objective, params, batch, v, *, mesh) -> dict[str, jax.Array]:
+    """`C v` for the four curvatures."""
+    tree = ravel_pytree(params)[1](v)
+    return {kind: _flat(nj.curvature_vp(objective, params, batch, tree, kind, mesh=mesh))
             for kind in _KINDS}
 
 
-@jax.jit
-def _damped_solve(matrix: jax.Array, gradient: jax.Array, damping: jax.Array) -> jax.Array:
-    return -jnp.linalg.solve(matrix + damping * jnp.eye(matrix.shape[0], dtype=matrix.dtype),
-                             gradient)
+@_kernel
+def _damped(objective, params, batch, mask, which, damping, *, mesh) -> jax.Array:
+    """`-(P C P^T + lambda I)^{-1} P grad h` by CG, `C = _KINDS[which]`.
+
+    One CG loop whose product switches (`lax.switch`, at run time) among the four operators,
+    each linearized once before the loop.
+    """
+    unravel = ravel_pytree(params)[1]
+    neg_g = -mask * _flat(nj.gradient(objective, params, batch, mesh=mesh))
+    operators = [_operator(objective, params, batch, kind, mesh) for kind in _KINDS]
+    products = [lambda u, op=op: _flat(op(u)) for op in operators]
+
+    def matvec(v: jax.Array) -> jax.Array:
+        return mask * jax.lax.switch(which, products, unravel(mask * v)) + damping * v
+
+    return nj.cg_solve(matvec, neg_g, tol=10 * unit_roundoff(str(neg_g.dtype)),
+                       maxiter=10 * neg_g.shape[0]).x
+
+
+# -- cg with host callables ----------------------------------------------------------------------
+_HOST: dict[str, Callable[[np.ndarray], Any]] = {}
+_MIN_BUCKET = 64
+#: one `cg` at a time across threads: the host operators are module state, called back
+#: from XLA's threads
+_HOST_LOCK = threading.Lock()
+#: one sharded program at a time across threads: XLA's in-process CPU collectives deadlock
+#: (a rendezvous missing a thread) when several are in flight at once
+_SHARDED_LOCK = threading.Lock()
+
+
+def _bucket(n: int) -> int:
+    """The padded length of a CG vector: a power of two, at least `_MIN_BUCKET`."""
+    return max(_MIN_BUCKET, 1 << (n - 1).bit_length())
+
+
+@contextlib.contextmanager
+def _host_operators(matvec: Callable, precond: Callable | None, n: int) -> Iterator[None]:
+    """Expose the caller's operators on padded vectors: an identity block beyond `n`."""
+    def padded(function: Callable) -> Callable[[np.ndarray], np.ndarray]:
+        def apply(v: np.ndarray) -> np.ndarray:
+            out = np.array(v, dtype=np.float64)
+            out[:n] = np.asarray(function(out[:n].copy()), dtype=np.float64)
+            return out
+        return apply
+
+    with _HOST_LOCK:
+        _HOST["matvec"] = padded(matvec)
+        _HOST["precond"] = padded(precond or (lambda r: r))
+        try:
+            yield
+        finally:
+            _HOST.clear()
+
+
+def _host_call(name: str, v: np.ndarray) -> np.ndarray:
+    return np.asarray(_HOST[name](np.array(v)), dtype=v.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("history", "preconditioned"),
+                   compiler_options=_COMPILER_OPTIONS)
+def _cg_host(b, x0, tol, maxiter, *, history: int, preconditioned: bool):
+    shape = jax.ShapeDtypeStruct(b.shape, b.dtype)
+
+    def via_host(name):
+        return lambda v: jax.pure_callback(functools.partial(_host_call, name), shape, v)
+
+    precond = via_host("precond") if preconditioned else None
+    return nj.cg_solve(via_host("matvec"), b, x0, tol=tol, maxiter=maxiter, precond=precond,
+                       history=history).x
 
 
 @functools.partial(jax.jit, static_argnames=("objective", "layers"))
@@ -77,81 +202,109 @@ def _lbfgs_step(objective: nj.Objective, layers, params, batch, s_stack, y_stack
     return new, new - theta, moved - g
 
 
-# -- cg with host callables ----------------------------------------------------------------------
-_HOST: dict[str, Callable[[np.ndarray], Any]] = {}
+def _in_x64(cls: type) -> type:
+    """Run every public method of `cls` inside `jax.enable_x64(True)` (thread-local)."""
+    for name, method in list(vars(cls).items()):
+        if callable(method) and not name.startswith("_"):
+            @functools.wraps(method)
+            def wrapped(self, *args, _method=method, **kwargs):
+                with jax.enable_x64(True):
+                    return _method(self, *args, **kwargs)
+            setattr(cls, name, wrapped)
+    return cls
 
 
-@contextlib.contextmanager
-def _host_operators(matvec: Callable, precond: Callable | None) -> Iterator[None]:
-    _HOST["matvec"], _HOST["precond"] = matvec, precond or (lambda r: r)
-    try:
-        yield
-    finally:
-        _HOST.clear()
-
-
-def _host_call(name: str, v: np.ndarray) -> np.ndarray:
-    return np.asarray(_HOST[name](np.array(v)), dtype=v.dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("history", "preconditioned"))
-def _cg_host(b, x0, tol, maxiter, *, history: int, preconditioned: bool):
-    shape = jax.ShapeDtypeStruct(b.shape, b.dtype)
-
-    def via_host(name):
-        return lambda v: jax.pure_callback(functools.partial(_host_call, name), shape, v)
-
-    precond = via_host("precond") if preconditioned else None
-    return nj.cg_solve(via_host("matvec"), b, x0, tol=tol, maxiter=maxiter, precond=precond,
-                       history=history).x
-
-
+@_in_x64
 class NgdRefJax:
-    """`ngd_ref.jax` in float64 through PROTOCOL section 5."""
+    """`ngd_ref.jax` in float64 through PROTOCOL section 5.
+
+    Args:
+        problems: the problems it will be asked about, to share compilations (optional).
+        devices: with N > 1, the batch of every frame computation (loss, gradient, products,
+            diagonals of G, F, EF, matrices, damped updates) is sharded over N devices
+            (`ngd_ref.jax.batch_mesh`); the name becomes `<name>-sharded<N>`.
+    """
 
     name = "ngd-ref-jax"
     dtype = "float64"
+
+    def __init__(self, problems: Sequence[Problem] = (), devices: int = 1) -> None:
+        self._plan = FramePlan(problems)
+        self._mesh = nj.batch_mesh(devices) if devices > 1 else None
+        if devices > 1:
+            self.name = f"{type(self).name}-sharded{devices}"
+        self._cache: dict[tuple[int, str, bool], dict[str, np.ndarray]] = {}
 
     # -- translation ---------------------------------------------------------------------------
     def _prepared(self, problem: Problem) -> tuple[nj.Objective, Any, nj.Batch]:
         """`(objective, params, batch)` of the problem in this adapter's dtype."""
         return _prepare(problem, self.dtype)
 
-    def _dense(self, problem: Problem) -> dict[str, np.ndarray]:
-        return _dense_cached(problem, self.dtype)
+    def _cast(self, tree: Any) -> Any:
+        return jax.tree.map(lambda leaf: jnp.asarray(leaf, self.dtype), tree)
+
+    def _framed(self, problem: Problem) -> tuple[Embedded, Any, nj.Batch]:
+        """The problem's embedding and its universal params and batch in this dtype."""
+        e = self._plan.embedded(problem)
+        batch = nj.Batch(*self._cast((e.inputs, e.targets, e.weights)))
+        return e, self._cast(e.params), batch
+
+    def _run(self, kernel: Any, *args: Any, mesh: Any) -> Any:
+        """`kernel(*args, mesh=mesh)` on the host (sharded programs one at a time)."""
+        with _SHARDED_LOCK if mesh is not None else contextlib.nullcontext():
+            return jax.tree.map(np.asarray, kernel(*args, mesh=mesh))
+
+    def _computed(self, kernel: Any, problem: Problem, sharded: bool = True
+                  ) -> dict[str, np.ndarray]:
+        """A vector-free kernel's host outputs for the problem (cached per embedding)."""
+        e, params, batch = self._framed(problem)
+        mesh = self._mesh if sharded else None
+        key = (id(e), kernel.__name__, mesh is not None)
+        if key not in self._cache:
+            self._cache[key] = self._run(kernel, e.frame.objective, params, batch, mesh=mesh)
+        return self._cache[key]
 
     def _vector(self, v: Any) -> jax.Array:
         return jnp.asarray(np.asarray(v, dtype=np.float64), self.dtype)
 
     def _product(self, kind: str, problem: Problem, v: Any) -> np.ndarray:
-        objective, params, batch = self._prepared(problem)
-        out = _products(objective, problem.layers, params, batch, self._vector(v))
-        return np.asarray(out[kind])
+        e, params, batch = self._framed(problem)
+        out = self._run(_products, e.frame.objective, params, batch,
+                        self._vector(e.flat(np.asarray(v, dtype=np.float64))), mesh=self._mesh)
+        return e.own(out[kind])
+
+    def _own(self, problem: Problem, kernel: Any, key: str, sharded: bool = True) -> np.ndarray:
+        return self._plan.embedded(problem).own(self._computed(kernel, problem, sharded)[key])
+
+    def _matrix_of(self, problem: Problem, kind: str) -> np.ndarray:
+        index = self._plan.embedded(problem).index
+        rows = self._computed(_matrices, problem)[kind][np.ix_(index, index)]
+        return (rows + rows.T) / 2  # rows.T is C; symmetrize the rounding
 
     # -- PROTOCOL s5 ---------------------------------------------------------------------------
     def loss(self, problem: Problem) -> float:
         """`h(theta)`."""
-        return float(self._dense(problem)["loss"])
+        return float(self._computed(_quantities, problem)["loss"])
 
     def gradient(self, problem: Problem) -> np.ndarray:
         """`grad h`."""
-        return self._dense(problem)["gradient"]
+        return self._own(problem, _quantities, "gradient")
 
     def hessian(self, problem: Problem) -> np.ndarray:
         """Dense `H` from Hessian-vector products with the basis."""
-        return self._dense(problem)["hessian"]
+        return self._matrix_of(problem, "hessian")
 
     def ggn(self, problem: Problem) -> np.ndarray:
         """Dense `G` from GGN-vector products with the basis."""
-        return self._dense(problem)["ggn"]
+        return self._matrix_of(problem, "ggn")
 
     def fisher(self, problem: Problem) -> np.ndarray:
         """Dense true Fisher from exact Fisher-vector products with the basis."""
-        return self._dense(problem)["fisher"]
+        return self._matrix_of(problem, "fisher")
 
     def empirical_fisher(self, problem: Problem) -> np.ndarray:
         """Dense `EF` from empirical-Fisher-vector products with the basis."""
-        return self._dense(problem)["empirical_fisher"]
+        return self._matrix_of(problem, "empirical_fisher")
 
     def hvp(self, problem: Problem, v: Any) -> np.ndarray:
         """`H v`."""
@@ -170,35 +323,73 @@ class NgdRefJax:
         return self._product("empirical_fisher", problem, v)
 
     def hessian_diag(self, problem: Problem) -> np.ndarray:
-        """Exact `diag(H)`."""
-        return self._dense(problem)["hessian_diag"]
+        """Exact `diag(H)` (n HVPs; not sharded)."""
+        return self._own(problem, _hessian_diag, "hessian_diag", sharded=False)
 
     def ggn_diag(self, problem: Problem) -> np.ndarray:
         """Exact `diag(G)`."""
-        return self._dense(problem)["ggn_diag"]
+        return self._own(problem, _quantities, "ggn_diag")
+
+    def fisher_diag(self, problem: Problem) -> np.ndarray:
+        """Exact `diag(F)` (PROTOCOL s13)."""
+        return self._own(problem, _quantities, "fisher_diag")
 
     def empirical_fisher_diag(self, problem: Problem) -> np.ndarray:
         """Exact `diag(EF)`."""
-        return self._dense(problem)["empirical_fisher_diag"]
+        return self._own(problem, _quantities, "empirical_fisher_diag")
 
     def damped_update(self, problem: Problem, curvature: str, damping: float) -> np.ndarray:
-        """`-(C + damping I)^{-1} grad h` by a dense solve of the JAX-built matrix."""
-        quantities = self._dense(problem)
-        matrix = jnp.asarray(quantities[curvature])
-        return np.asarray(_damped_solve(matrix, jnp.asarray(quantities["gradient"]),
-                                        jnp.asarray(damping, matrix.dtype)))
+        """`-(C + damping I)^{-1} grad h` by `cg_solve` on the linearized operator."""
+        e, params, batch = self._framed(problem)
+        x = self._run(_damped, e.frame.objective, params, batch, self._cast(e.mask),
+                      jnp.asarray(_KINDS.index(curvature), jnp.int32),
+                      jnp.asarray(damping, self.dtype), mesh=self._mesh)
+        return e.own(x)
 
     def cg(self, matvec: Callable, b: Any, x0: Any = None, tol: float = 1e-10,
            maxiter: int | None = None, precond: Callable | None = None) -> np.ndarray:
         """`ngd_ref.jax.cg_solve` on the caller's operator (PROTOCOL s5 signature)."""
-        b = self._vector(b)
+        b = np.asarray(b, dtype=np.float64)
         n = b.shape[0]
-        x0 = jnp.zeros_like(b) if x0 is None else self._vector(x0)
+        size = _bucket(n)
+        padded_b = np.zeros(size)
+        padded_b[:n] = b
+        padded_x0 = np.zeros(size)
+        if x0 is not None:
+            padded_x0[:n] = np.asarray(x0, dtype=np.float64)
         maxiter = 10 * n if maxiter is None else int(maxiter)
-        with _host_operators(matvec, precond):
-            x = _cg_host(b, x0, jnp.asarray(tol, b.dtype), jnp.asarray(maxiter, jnp.int32),
-                         history=10 * n + 1, preconditioned=precond is not None)
-            return np.asarray(x)
+        with _host_operators(matvec, precond, n):
+            x = _cg_host(self._vector(padded_b), self._vector(padded_x0),
+                         jnp.asarray(tol, self.dtype), jnp.asarray(maxiter, jnp.int32),
+                         history=10 * size + 1, preconditioned=precond is not None)
+            return np.asarray(x)[:n]
+
+    # -- not a capability ----------------------------------------------------------------------
+    def precompile(self, capabilities: Iterable[str]) -> None:
+        """Trace and compile, for every planned frame, the kernels behind `capabilities`.
+
+        Not part of the protocol (the harness never calls it): `ngd-verify run` calls it in
+        background threads, one adapter per thread, so that compilation overlaps other work.
+        It calls the public methods once on one problem per frame; nothing else changes.
+        """
+        wanted = set(capabilities)
+        for problem in self._plan.representatives:
+            zeros = np.zeros(problem.n_params)
+            if wanted & {"loss", "gradient", "ggn_diag", "fisher_diag", "empirical_fisher_diag"}:
+                self.loss(problem)
+            if wanted & {"hvp", "ggn_vp", "fisher_vp", "empirical_fisher_vp"}:
+                self.hvp(problem, zeros)
+            if wanted & {"hessian", "ggn", "fisher", "empirical_fisher"}:
+                self.hessian(problem)
+            if "hessian_diag" in wanted:
+                self.hessian_diag(problem)
+            if "damped_update" in wanted:
+                self.damped_update(problem, "ggn", 1.0)
+        if "cg" in wanted:
+            buckets = {_bucket(n): n for n in self._plan.sizes}
+            for n in buckets.values():
+                for precond in (None, np.asarray):
+                    self.cg(np.asarray, np.ones(n), maxiter=1, precond=precond)
 
     # -- PROTOCOL s9 (the seeds' other second-order methods; ngd_ref.{newton,quasi_newton,...}) --
     def _matrix(self, m: Any) -> jax.Array:
@@ -283,11 +474,5 @@ class NgdRefJaxFloat32(NgdRefJax):
 
 @functools.lru_cache(maxsize=256)
 def _prepare(problem: Problem, dtype: str):
-    return nj.from_problem(problem, dtype)
-
-
-@functools.lru_cache(maxsize=256)
-def _dense_cached(problem: Problem, dtype: str) -> dict[str, np.ndarray]:
-    objective, params, batch = _prepare(problem, dtype)
-    out = _dense_quantities(objective, problem.layers, params, batch)
-    return {key: np.asarray(value) for key, value in out.items()}
+    with jax.enable_x64(True):
+        return nj.from_problem(problem, dtype)

@@ -14,16 +14,25 @@
 
 The checks per capability, their sources and tolerances are in docs/harness.md and in the
 docstrings of the private modules (`_matrices`, `_products`, `_diagonals`, `_updates`,
-`_kfac`, `_cg`, `_methods`); fault containment is `_faults`.
+`_kfac`, `_cg`, `_methods`); fault containment is `_faults` (every port call on a worker
+thread with a timeout, `_isolation`; `check_adapter(..., timeout=)`, default 60 s).
 """
 
 from verify.harness._faults import call_port, fresh_problem, readonly
 from verify.harness._loading import CAPABILITIES, LoadedAdapter, capabilities_of, load_adapter
-from verify.harness._run import CHECKS, check_adapter, load_problems, run_capability, run_checks
+from verify.harness._run import (
+    CHECKS,
+    MAX_PARAMS,
+    check_adapter,
+    load_problems,
+    run_capability,
+    run_checks,
+)
 
 __all__ = [
     "CAPABILITIES",
     "CHECKS",
+    "MAX_PARAMS",
     "LoadedAdapter",
     "call_port",
     "capabilities_of",

@@ -1,4 +1,4 @@
-"""The context one capability check runs in: the port, the problem, the budget, the results.
+"""The context one capability check runs in: the port, the problem, the policy, the results.
 
 A check function receives a `CheckContext` and calls `ctx.port(...)` (contained, see
 `_faults`), `ctx.compare(...)` (a reference comparison) and the structural helpers
@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 
 from ngd_ref import Problem
+from verify._diagnosis import diagnose
 from verify._policy import TolerancePolicy, tolerance_policy
 from verify._report import CheckResult, Status
 from verify._tolerance import Comparison, compare
-from verify.harness._faults import call_port, readonly
+from verify.harness._faults import call_port_with, readonly
 from verify.harness._inputs import probe_vectors
+from verify.harness._isolation import DEFAULT_TIMEOUT
 
 __all__ = ["CheckContext"]
 
@@ -37,6 +39,8 @@ class CheckContext:
         seed: seed of the probe vectors.
         results: results appended so far.
         current: name of the check in progress (for fault attribution).
+        timeout: seconds one port call may take (None: no limit).
+        probed: methods already given the writable second pass in this context.
     """
 
     adapter: Any
@@ -46,6 +50,8 @@ class CheckContext:
     seed: int = 0
     results: list[CheckResult] = dataclasses.field(default_factory=list)
     current: str = ""
+    timeout: float | None = DEFAULT_TIMEOUT
+    probed: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def policy(self) -> TolerancePolicy:
@@ -72,8 +78,12 @@ class CheckContext:
         self.current = check
 
     def port(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the port (contained)."""
-        return call_port(self.adapter, method, *args, **kwargs)
+        """Call the port (contained; the first call of each method also with writable copies)."""
+        probe = method not in self.probed
+        self.probed.add(method)
+        return call_port_with(
+            self.adapter, method, args, kwargs, timeout=self.timeout, probe_writes=probe
+        )
 
     # -- recording -------------------------------------------------------------------------
     def record(
@@ -83,11 +93,13 @@ class CheckContext:
         message: str,
         error: float | None = None,
         tolerance: float | None = None,
+        **details: Any,
     ) -> None:
-        """Append a result."""
+        """Append a result (`details`: `CheckResult`'s optional fields, e.g. `where`)."""
         self.results.append(
             CheckResult(
-                check, self.capability, self.problem.name, Status(status), error, tolerance, message
+                check, self.capability, self.problem.name, Status(status), error, tolerance,
+                message, **details,
             )
         )
 
@@ -103,12 +115,26 @@ class CheckContext:
     ) -> Comparison:
         """Record `actual ~ desired` within `tolerance`, relative to max(||desired||, MAG)."""
         comparison = compare(actual, desired, tolerance=tolerance, magnitude=magnitude)
+        if comparison.passed or comparison.reason:
+            self.record(
+                check,
+                Status.PASS if comparison.passed else Status.FAIL,
+                f"{what}: {comparison.describe()}",
+                comparison.error,
+                comparison.tolerance,
+            )
+            return comparison
+        found = diagnose(actual, desired, comparison, self.problem)  # what the failure means
         self.record(
             check,
-            Status.PASS if comparison.passed else Status.FAIL,
-            f"{what}: {comparison.describe()}",
+            Status.FAIL,
+            f"{what}: {found.describe(comparison.error, comparison.tolerance, comparison.max_abs)}",
             comparison.error,
             comparison.tolerance,
+            measure=found.measure,
+            scale=found.scale,
+            where=found.where,
+            factor=found.factor,
         )
         return comparison
 

@@ -1,7 +1,8 @@
 """Checks of exact curvature diagonals (PROTOCOL s5).
 
-`hessian_diag`, `ggn_diag`, `empirical_fisher_diag`: against `diag(C)` of the dense reference,
-tolerance `TolerancePolicy.rtol` relative to `||diag(MAG(C))||`; repeated calls identical.
+`hessian_diag`, `ggn_diag`, `fisher_diag` (PROTOCOL s13), `empirical_fisher_diag`: against
+`diag(C)` of the dense reference, tolerance `TolerancePolicy.rtol` relative to `||diag(MAG(C))||`;
+repeated calls identical.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ __all__ = ["DIAGONALS", "check_diagonal"]
 DIAGONALS = {
     "hessian_diag": "hessian",
     "ggn_diag": "ggn",
+    "fisher_diag": "fisher",  # PROTOCOL s13
     "empirical_fisher_diag": "empirical_fisher",
 }
 

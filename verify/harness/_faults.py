@@ -16,9 +16,23 @@ Every call into the port goes through `call_port`:
 * after the call every input is compared with the harness's original (belt and braces): a
   port that modified one anyway (e.g. by re-enabling the write flag of its private copy)
   raises `InputModified` too ("modified its input ... in place", status `fail`);
-* any other exception becomes a `PortFault` (status `error`, message naming the method and
-  the exception); `NotImplementedError` becomes `NotClaimed` (status `skip`: the port
-  declines a variant, e.g. a K-FAC kind its library does not have).
+* the first call of each method per (capability, problem) is made a *second* time with
+  *writable* copies, which are compared with the originals afterwards: a port that writes
+  into its arguments but swallows numpy's read-only error (or checks the write flag first)
+  returns correct numbers on read-only inputs yet corrupts its users' writable data; it is
+  `InputModified` ("handed writable copies, ... modified argument 2 in place");
+* any other exception -- every `BaseException`: `SystemExit` from `sys.exit(0)`, a
+  `KeyboardInterrupt` the port raises, ... -- becomes a `PortFault` (status `error`, message
+  naming the method and the exception, even when the exception's own `__str__` raises);
+  `NotImplementedError` becomes `NotClaimed` (status `skip`: the port declines a variant,
+  e.g. a K-FAC kind its library does not have);
+* the call runs on a worker thread with a timeout (`verify.harness._isolation`): a call that
+  hangs is abandoned after `timeout` seconds as `PortTimeout` (status `error`), and the run
+  skips the rest of that capability (`verify.harness._run`);
+* the result is turned into plain float64 numpy arrays (lists and tuples kept as such)
+  *inside* the contained call: an `__array__` that raises, a deleted JAX array, a complex,
+  boolean, string or object result is `BadResult` (status `fail`, naming what came back),
+  never a crash of the harness's own code nor a silently dropped imaginary part.
 
 Wrong shapes, wrong types and NaNs in *results* are caught by `verify._tolerance.compare`
 and the structural checks, which turn them into failures with a reason. In every case the
@@ -27,13 +41,30 @@ run goes on with the next (capability, problem).
 
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any
 
 import numpy as np
 
 from ngd_ref import Problem
+from verify.harness._isolation import DEFAULT_TIMEOUT, CallTimedOut, Outcome, run_isolated
 
-__all__ = ["InputModified", "NotClaimed", "PortFault", "call_port", "fresh_problem", "readonly"]
+__all__ = [
+    "BadResult",
+    "InputModified",
+    "NotClaimed",
+    "PortFault",
+    "PortTimeout",
+    "call_port",
+    "describe_exception",
+    "fresh_problem",
+    "port_text",
+    "readonly",
+]
+
+#: longest text taken from a port (messages, names) into a report line
+MAX_TEXT = 300
 
 
 class PortFault(Exception):
@@ -46,6 +77,71 @@ class NotClaimed(Exception):
 
 class InputModified(Exception):
     """The port modified an input array in place."""
+
+
+class PortTimeout(PortFault):
+    """The port call did not return within the timeout (abandoned, see `_isolation`)."""
+
+
+class BadResult(Exception):
+    """The port returned something that is not a real numeric result (status `fail`)."""
+
+
+def port_text(value: Any, limit: int = MAX_TEXT) -> str:
+    """`str(value)` made safe for a report: one line, at most `limit` characters.
+
+    Never raises: a `__str__` that raises gives `<unprintable TYPE>`.
+    """
+    try:
+        text = str(value)
+    except BaseException:  # noqa: BLE001 -- a port's object may raise anything
+        text = f"<unprintable {type(value).__name__}>"
+    text = " ".join(text.split())
+    if not text.isprintable():  # control characters (ANSI escapes, NUL) break terminals and XML
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`TypeName: message` of a port's exception, safe (see `port_text`)."""
+    message = port_text(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+#: deepest nesting of lists/tuples accepted in a result (K-FAC: a list of pairs of matrices)
+_MAX_NESTING = 4
+
+
+def real_result(value: Any, depth: int = 0) -> Any:
+    """`value` as owned float64 numpy arrays; lists and tuples stay lists and tuples.
+
+    Raises:
+        BadResult: a complex, boolean, string or object result, or one that numpy cannot
+            convert (an `__array__` that raises, a deleted JAX array, ...).
+    """
+    if isinstance(value, list | tuple) and depth < _MAX_NESTING:
+        return type(value)(real_result(item, depth + 1) for item in value)
+    try:
+        array = np.array(value, copy=True)
+    except BaseException as exc:  # noqa: BLE001 -- a port's object may raise anything
+        raise BadResult(
+            f"result is not numeric: converting {type(value).__name__} with numpy raised "
+            f"{describe_exception(exc)}"
+        ) from None
+    kind = array.dtype.kind
+    if kind == "c":
+        imaginary = float(np.max(np.abs(array.imag))) if array.size else 0.0
+        raise BadResult(
+            f"result is complex ({array.dtype}, largest |imaginary part| {imaginary:.2e}): "
+            "results must be real"
+        )
+    if kind not in "fiu":
+        raise BadResult(
+            f"result is not numeric: {type(value).__name__} of dtype {array.dtype} (results "
+            "must be real numbers)"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        return array.astype(np.float64)
 
 
 def readonly(array: Any, dtype: Any = np.float64) -> np.ndarray:
@@ -116,8 +212,34 @@ def _modified(watched: Watched) -> list[str]:
     ]
 
 
+def _invoke(
+    instance: Any, method: str, args: tuple, kwargs: dict, timeout: float | None
+) -> Outcome:
+    """Call the port on the worker thread; its value as float64 arrays, or what it raised.
+
+    What the *port* raised (including `BadResult` from converting its value) comes back in
+    `Outcome.error`; only a real interrupt of the waiting harness (Ctrl-C) propagates.
+
+    Raises:
+        PortTimeout: the call was abandoned after `timeout` seconds.
+    """
+    streams = sys.stdout, sys.stderr
+
+    def call() -> Any:
+        return real_result(getattr(instance, method)(*args, **kwargs))
+
+    try:
+        with warnings.catch_warnings():  # a port's warnings.simplefilter("error") stays its own
+            return run_isolated(call, timeout)
+    except CallTimedOut as exc:
+        raise PortTimeout(f"{method} {exc} (abandoned; --timeout sets the limit)") from None
+    finally:
+        sys.stdout, sys.stderr = streams  # a port that replaced them does not break reports
+
+
 def _read_only_write(
-    instance: Any, method: str, args: tuple, kwargs: dict, error: ValueError
+    instance: Any, method: str, args: tuple, kwargs: dict, error: ValueError,
+    timeout: float | None,
 ) -> Exception:
     """Return the fault to report for a write into a read-only array (an input or not).
 
@@ -126,47 +248,77 @@ def _read_only_write(
     array was the port's own (e.g. `np.asarray` of a JAX array) and the error is an
     ordinary `PortFault`.
     """
-    retry_args, retry_kwargs, watched = _copies(args, kwargs, writable=True)
-    try:
-        getattr(instance, method)(*retry_args, **retry_kwargs)
-    except Exception:  # noqa: BLE001, S110 -- only the retry's writes matter
-        pass
-    changed = _modified(watched)
+    changed = _writes_with_writable_copies(instance, method, args, kwargs, timeout)
     if changed:
         return InputModified(
-            f"{method} wrote to a read-only input ({error}): handed writable copies, it "
-            f"modified {', '.join(changed)} in place; ports must leave their inputs unmodified"
+            f"{method} wrote to a read-only input ({port_text(error)}): handed writable "
+            f"copies, it modified {', '.join(changed)} in place; ports must leave their inputs "
+            "unmodified"
         )
     return PortFault(
-        f"{method} raised ValueError: {error} (not a write into its inputs: with writable "
-        "copies they come back unchanged)"
+        f"{method} raised ValueError: {port_text(error)} (not a write into its inputs: with "
+        "writable copies they come back unchanged)"
     )
+
+
+def _writes_with_writable_copies(
+    instance: Any, method: str, args: tuple, kwargs: dict, timeout: float | None
+) -> list[str]:
+    """Call once more with writable copies; the labels of the inputs that came back changed."""
+    retry_args, retry_kwargs, watched = _copies(args, kwargs, writable=True)
+    _invoke(instance, method, retry_args, retry_kwargs, timeout)  # only its writes matter
+    return _modified(watched)
 
 
 def call_port(instance: Any, method: str, *args: Any, **kwargs: Any) -> Any:
     """Call `instance.method(*args, **kwargs)` with containment (see module docstring).
 
     Problems among `args` are replaced by fresh read-only copies, arrays (also inside lists
-    and tuples) by read-only copies; all are compared with the originals after the call.
+    and tuples) by read-only copies; all are compared with the originals after the call. The
+    default timeout (`DEFAULT_TIMEOUT`) applies and the writable second pass is made; see
+    `call_port_with` to choose.
 
     Raises:
-        PortFault, NotClaimed, InputModified: as described in the module docstring.
+        PortFault, PortTimeout, NotClaimed, InputModified, BadResult: see module docstring.
     """
+    return call_port_with(instance, method, args, kwargs)
+
+
+def call_port_with(
+    instance: Any,
+    method: str,
+    args: tuple,
+    kwargs: dict,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    probe_writes: bool = True,
+) -> Any:
+    """`call_port` with the timeout and the writable second pass (`probe_writes`) chosen."""
     private_args, private_kwargs, watched = _copies(args, kwargs, writable=False)
-    try:
-        out = getattr(instance, method)(*private_args, **private_kwargs)
-    except NotImplementedError as exc:
-        raise NotClaimed(f"{method} raised NotImplementedError: {exc}") from exc
-    except ValueError as exc:
-        if _READ_ONLY in str(exc):
-            raise _read_only_write(instance, method, args, kwargs, exc) from exc
-        raise PortFault(f"{method} raised ValueError: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 -- containment is the point
-        raise PortFault(f"{method} raised {type(exc).__name__}: {exc}") from exc
+    outcome = _invoke(instance, method, private_args, private_kwargs, timeout)
+    exc = outcome.error
+    if isinstance(exc, BadResult):
+        raise BadResult(f"{method}: {exc}")
+    if isinstance(exc, NotImplementedError):
+        raise NotClaimed(f"{method} raised NotImplementedError: {port_text(exc)}")
+    if isinstance(exc, ValueError) and _READ_ONLY in port_text(exc, limit=10**4):
+        raise _read_only_write(instance, method, args, kwargs, exc, timeout)
+    if exc is not None:  # any BaseException: SystemExit, a raised KeyboardInterrupt, ...
+        raise PortFault(f"{method} raised {describe_exception(exc)}")
+    out = outcome.value
     changed = _modified(watched)
     if changed:
         raise InputModified(
             f"{method} modified its input {', '.join(changed)} in place (handed read-only, "
             "it re-enabled writing); ports must leave their inputs unmodified"
         )
+    if probe_writes and watched:
+        changed = _writes_with_writable_copies(instance, method, args, kwargs, timeout)
+        if changed:
+            raise InputModified(
+                f"{method} writes into its inputs: handed writable copies (as its users "
+                f"pass them), it modified {', '.join(changed)} in place; with read-only ones "
+                "it returned anyway (a swallowed read-only error?); ports must leave their "
+                "inputs unmodified"
+            )
     return out

@@ -4,7 +4,10 @@
 built-in adapter (`verify.adapters.BUILTIN`). The class is built with no arguments. Every
 failure here is a usage error (`verify.UsageError`, exit status 2): an unloadable target, a
 constructor that raises, a `dtype` other than float64/float32, or an adapter that claims no
-capability at all -- validating nothing must never look like passing.
+capability at all -- validating nothing must never look like passing. "Raises" includes
+every `BaseException` of the adapter's own code: a module or constructor that calls
+`sys.exit(0)` (which would otherwise end the run with status 0 and nothing printed, a false
+pass in CI), or a `dtype`, `name` or capability that is a property which raises.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from verify._errors import UsageError
+from verify.harness._faults import describe_exception, port_text
+from verify.harness._isolation import DEFAULT_TIMEOUT, CallTimedOut, run_isolated
 
 __all__ = ["CAPABILITIES", "LoadedAdapter", "capabilities_of", "load_adapter"]
 
@@ -34,6 +39,7 @@ CAPABILITIES: tuple[str, ...] = (
     "empirical_fisher_vp",
     "hessian_diag",
     "ggn_diag",
+    "fisher_diag",  # PROTOCOL s13
     "empirical_fisher_diag",
     "damped_update",
     "kfac_factors",
@@ -68,8 +74,26 @@ class LoadedAdapter:
 
 
 def capabilities_of(adapter: Any) -> tuple[str, ...]:
-    """The protocol methods `adapter` (a class or an instance) defines as callables."""
-    return tuple(c for c in CAPABILITIES if callable(getattr(adapter, c, None)))
+    """The protocol methods `adapter` (a class or an instance) defines as callables.
+
+    Raises:
+        UsageError: looking up one of them raised (a property that raises).
+    """
+    return tuple(c for c in CAPABILITIES if callable(_attribute(adapter, c, None)))
+
+
+def _attribute(adapter: Any, name: str, default: Any) -> Any:
+    """`getattr(adapter, name, default)`; anything the lookup raises is a usage error."""
+    try:
+        return getattr(adapter, name, default)
+    except BaseException as exc:  # noqa: BLE001 -- the adapter's code may raise anything
+        raise UsageError(
+            f"adapter attribute {name!r} raised {_describe(exc)} when looked up"
+        ) from None
+
+
+def _describe(exc: BaseException) -> str:
+    return describe_exception(exc)
 
 
 def _import_class(target: str) -> type:
@@ -94,23 +118,22 @@ def _import_class(target: str) -> type:
         sys.modules[module_name] = module
         try:
             spec_obj.loader.exec_module(module)
-        except Exception as exc:
-            del sys.modules[module_name]
+        except BaseException as exc:  # noqa: BLE001 -- sys.exit at import is not a pass
+            sys.modules.pop(module_name, None)
             raise UsageError(
-                f"--adapter {target!r}: importing {str(path)!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+                f"--adapter {target!r}: importing {str(path)!r} failed: {_describe(exc)}"
+            ) from None
     else:
         try:
             module = importlib.import_module(module_part)
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 -- sys.exit at import is not a pass
             hint = ""
             if target in BUILTIN:
                 hint = f" (install the extra: pip install 'ngd-verify[{target}]')"
             raise UsageError(
-                f"--adapter {target!r}: cannot import {module_part!r}: "
-                f"{type(exc).__name__}: {exc}{hint}"
-            ) from exc
-    cls = getattr(module, class_name, None)
+                f"--adapter {target!r}: cannot import {module_part!r}: {_describe(exc)}{hint}"
+            ) from None
+    cls = _attribute(module, class_name, None)
     if cls is None:
         raise UsageError(
             f"--adapter {target!r}: module {module_part!r} has no attribute {class_name!r}"
@@ -122,11 +145,16 @@ def _import_class(target: str) -> type:
     return cls
 
 
-def load_adapter(target: str | type | Any) -> LoadedAdapter:
+def load_adapter(target: str | type | Any, *, timeout: float | None = DEFAULT_TIMEOUT
+                 ) -> LoadedAdapter:
     """Build the adapter named by `target` and discover its capabilities.
+
+    The constructor runs on the worker thread that will make the port calls (so thread-local
+    state it sets up is seen by them), within `timeout` seconds.
 
     Args:
         target: a TARGET string (see module docstring), an adapter class, or an instance.
+        timeout: seconds the constructor may take (None: no limit).
 
     Raises:
         UsageError: unloadable target, failing constructor, bad `dtype`, or no capability.
@@ -140,26 +168,31 @@ def load_adapter(target: str | type | Any) -> LoadedAdapter:
         cls, label = None, type(target).__qualname__
     if cls is not None:
         try:
-            instance = cls()
-        except Exception as exc:
+            outcome = run_isolated(cls, timeout)
+        except CallTimedOut as exc:
+            raise UsageError(f"--adapter {label!r}: constructing {cls.__name__}() {exc}") from None
+        if outcome.error is not None:  # sys.exit in __init__ is not a pass
             raise UsageError(
                 f"--adapter {label!r}: constructing {cls.__name__}() failed: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+                f"{_describe(outcome.error)}"
+            )
+        instance = outcome.value
     else:
         instance = target
-    dtype = str(getattr(instance, "dtype", "float64"))
-    if dtype not in ("float64", "float32"):
-        raise UsageError(
-            f"--adapter {label!r}: dtype must be 'float64' or 'float32', got {dtype!r}"
-        )
-    capabilities = capabilities_of(instance)
+    try:
+        dtype = port_text(_attribute(instance, "dtype", "float64"), 60)
+        if dtype not in ("float64", "float32"):
+            raise UsageError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        capabilities = capabilities_of(instance)
+        name = _attribute(instance, "name", None)
+    except UsageError as exc:
+        raise UsageError(f"--adapter {label!r}: {exc}") from None
     if not capabilities:
         raise UsageError(
             f"--adapter {label!r}: claims no capability (define at least one of "
             f"{', '.join(CAPABILITIES[:6])}, ...): validating nothing must never look like passing"
         )
-    name = getattr(instance, "name", None)
     return LoadedAdapter(
-        instance, name if isinstance(name, str) and name else label, dtype, capabilities
+        instance, port_text(name, 80) if isinstance(name, str) and name else label, dtype,
+        capabilities,
     )

@@ -6,14 +6,24 @@ capability and each problem the capability's check function (one module per fami
 a `CheckContext`; a fault in the port (exception, modified input) is recorded as that
 check's `error`/`fail` and the run goes on with the next (capability, problem). Capabilities
 the adapter does not claim are reported once each as `skip`, never as passed.
+
+A call that exceeds the timeout (`--timeout`, default `DEFAULT_TIMEOUT`) is abandoned and
+recorded as `error`; the capability's remaining problems are then recorded as `error` ("not
+run: ... timed out") without calling the port again, so a hanging capability costs at most
+one timeout. An exception of the oracle's own code (the reference, the tolerance policy) is
+contained the same way, as an `error` whose message names ngd-verify, not the port, as its
+source: an internal failure never crashes a run, and never passes.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ngd_ref import Problem, ProblemError, zoo
 from verify._errors import UsageError
@@ -21,8 +31,16 @@ from verify._report import CheckResult, Report, Status
 from verify.harness._cg import check_cg
 from verify.harness._context import CheckContext
 from verify.harness._diagonals import DIAGONALS, check_diagonal
-from verify.harness._faults import InputModified, NotClaimed, PortFault
+from verify.harness._faults import (
+    BadResult,
+    InputModified,
+    NotClaimed,
+    PortFault,
+    PortTimeout,
+    describe_exception,
+)
 from verify.harness._inputs import with_twin
+from verify.harness._isolation import DEFAULT_TIMEOUT
 from verify.harness._kfac import check_kfac_factors, check_kfac_solve
 from verify.harness._loading import CAPABILITIES, LoadedAdapter, load_adapter
 from verify.harness._matrices import check_gradient, check_loss, check_matrix
@@ -31,7 +49,15 @@ from verify.harness._methods import METHOD_CHECKS
 from verify.harness._products import PRODUCTS, check_product
 from verify.harness._updates import check_damped_update
 
-__all__ = ["CHECKS", "check_adapter", "load_problems", "run_capability", "run_checks"]
+__all__ = [
+    "CHECKS",
+    "MAX_PARAMS",
+    "check_adapter",
+    "check_problem_size",
+    "load_problems",
+    "run_capability",
+    "run_checks",
+]
 
 CheckFn = Callable[[CheckContext], None]
 
@@ -55,19 +81,50 @@ assert set(CHECKS) == set(CAPABILITIES), "every capability needs a check functio
 
 
 def run_capability(
-    adapter: Any, capability: str, problem: Problem, *, dtype: str, seed: int = 0
+    adapter: Any,
+    capability: str,
+    problem: Problem,
+    *,
+    dtype: str,
+    seed: int = 0,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> list[CheckResult]:
     """All checks of one capability on one problem, with fault containment."""
-    ctx = CheckContext(adapter, capability, problem, dtype, seed)
-    try:
-        CHECKS[capability](ctx)
-    except NotClaimed as exc:
-        ctx.record(ctx.current or capability, Status.SKIP, f"port declines: {exc}")
-    except InputModified as exc:
-        ctx.record(ctx.current or capability, Status.FAIL, str(exc))
-    except PortFault as exc:
-        ctx.record(ctx.current or capability, Status.ERROR, str(exc))
-    return ctx.results
+    return _run_one(adapter, capability, problem, dtype, seed, timeout)[0]
+
+
+def _run_one(
+    adapter: Any, capability: str, problem: Problem, dtype: str, seed: int,
+    timeout: float | None,
+) -> tuple[list[CheckResult], bool]:
+    """`run_capability`'s results, and whether a port call timed out."""
+    ctx = CheckContext(adapter, capability, problem, dtype, seed, timeout=timeout)
+    timed_out = False
+    # The oracle's own arithmetic runs with numpy's errors ignored (non-finite values are
+    # caught explicitly by the comparisons) and warnings as warnings: a port's global
+    # `np.seterr(all="raise")` or `warnings.simplefilter("error")` cannot turn them into
+    # exceptions of the harness.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("default")
+        try:
+            CHECKS[capability](ctx)
+        except NotClaimed as exc:
+            ctx.record(ctx.current or capability, Status.SKIP, f"port declines: {exc}")
+        except (InputModified, BadResult) as exc:
+            ctx.record(ctx.current or capability, Status.FAIL, str(exc))
+        except PortTimeout as exc:
+            timed_out = True
+            ctx.record(ctx.current or capability, Status.ERROR, str(exc))
+        except PortFault as exc:
+            ctx.record(ctx.current or capability, Status.ERROR, str(exc))
+        except Exception as exc:  # noqa: BLE001 -- an oracle bug must not end the run
+            ctx.record(
+                ctx.current or capability,
+                Status.ERROR,
+                f"internal error of ngd-verify (the oracle's reference or tolerance code, not "
+                f"the port): {describe_exception(exc)}; please report it",
+            )
+    return ctx.results, timed_out
 
 
 def run_checks(
@@ -78,6 +135,8 @@ def run_checks(
     capabilities: Iterable[str] | None = None,
     advance: Callable[[str], None] = lambda label: None,
     stop_at_first_failure: bool = False,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    report: Report | None = None,
 ) -> Report:
     """Check `loaded` on `problems`.
 
@@ -88,8 +147,13 @@ def run_checks(
         capabilities: restrict to these claimed capabilities (default: all claimed).
         advance: called once per finished (capability, problem) with a label.
         stop_at_first_failure: return as soon as a check fails or errors (mutation runs).
+        timeout: seconds one port call may take (None: no limit); after a timeout the
+            capability's remaining problems are recorded as `error` without calling it.
+        report: append to this report (so a caller holds the partial results if the run is
+            interrupted); default a new one.
     """
-    report = Report(adapter=loaded.name, dtype=loaded.dtype)
+    if report is None:
+        report = Report(adapter=loaded.name, dtype=loaded.dtype)
     wanted = (
         loaded.capabilities
         if capabilities is None
@@ -107,10 +171,18 @@ def run_checks(
                 )
             )
     for capability in wanted:
+        hung: str | None = None
         for problem in problems:
-            results = run_capability(
-                loaded.instance, capability, problem, dtype=loaded.dtype, seed=seed
-            )
+            if hung is not None:
+                results = [
+                    CheckResult(capability, capability, problem.name, Status.ERROR,
+                                message=f"not run: {capability} timed out on {hung}")
+                ]
+            else:
+                results, timed_out = _run_one(
+                    loaded.instance, capability, problem, loaded.dtype, seed, timeout
+                )
+                hung = problem.name if timed_out else None
             report.extend(results)
             advance(f"{capability} {problem.name}")
             if stop_at_first_failure and any(
@@ -120,23 +192,93 @@ def run_checks(
     return report
 
 
-def _problems_from_file(path: Path) -> list[Problem]:
+#: largest `--problems` file read (a problem within `MAX_PARAMS` is far smaller)
+MAX_FILE_BYTES = 64 * 2**20
+#: most parameters of a problem: the dense reference forms several n x n float64 matrices
+#: (and 40-digit CG iterates); n = 1024 keeps each matrix at 8 MiB
+MAX_PARAMS = 1024
+#: most entries of the per-example Jacobians `(B, C, n)` the reference holds (128 MiB)
+MAX_JACOBIAN = 2**24
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def check_problem_size(layers: Any, batch: int, where: str) -> None:
+    """Refuse a problem too large for the dense reference, before anything is allocated.
+
+    Args:
+        layers: the problem's layers as `(n_in, n_out, activation)` items (as in the JSON).
+        batch: its batch size.
+        where: the problem's label for the message.
+
+    Raises:
+        UsageError: `n > MAX_PARAMS` or `B C n > MAX_JACOBIAN`, naming the limit.
+    """
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"--problems {str(path)!r}: cannot read JSON ({exc})") from None
+        sizes = [(int(layer[0]), int(layer[1])) for layer in layers]
+    except (TypeError, ValueError, IndexError, KeyError):
+        return  # malformed: `Problem` says what is wrong
+    if not sizes:
+        return
+    n = sum((n_in + 1) * n_out for n_in, n_out in sizes)
+    if n > MAX_PARAMS:
+        raise UsageError(
+            f"{where}: {n} parameters; the dense reference is limited to n <= {MAX_PARAMS} "
+            "(it forms n x n matrices)"
+        )
+    if batch * sizes[-1][1] * n > MAX_JACOBIAN:
+        raise UsageError(
+            f"{where}: batch {batch} x {sizes[-1][1]} outputs x {n} parameters exceeds the "
+            f"reference's limit of {MAX_JACOBIAN} Jacobian entries"
+        )
+
+
+def _problems_from_file(path: Path) -> list[Problem]:
+    label = f"--problems {str(path)!r}"
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise UsageError(f"{label}: {size} bytes; the limit is {MAX_FILE_BYTES} bytes")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot read ({exc.strerror or exc})") from None
+    if raw.startswith(_GZIP_MAGIC):
+        raise UsageError(f"{label}: is gzip-compressed; decompress it first (gunzip)")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{label}: not UTF-8 text (a binary file?)") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{label}: cannot read JSON ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"{label}: JSON nested too deeply") from None
     if isinstance(data, dict) and "problem" in data:
         data = [data["problem"]]  # a single fixture file
     if not isinstance(data, list) or not data:
         raise UsageError(
-            f"--problems {str(path)!r}: expected a non-empty JSON list of problem objects"
+            f"{label}: expected a non-empty JSON list of problem objects"
         )
     problems = []
     for index, item in enumerate(data):
+        if isinstance(item, dict):
+            inputs = item.get("inputs")
+            check_problem_size(
+                item.get("layers", ()), len(inputs) if isinstance(inputs, list) else 1,
+                f"{label}: problem {index}",
+            )
         try:
             problems.append(Problem.from_dict(item))
         except ProblemError as exc:
-            raise UsageError(f"--problems {str(path)!r}: problem {index}: {exc}") from None
+            raise UsageError(f"{label}: problem {index}: {exc}") from None
+        except (RecursionError, MemoryError):
+            raise UsageError(f"{label}: problem {index}: nested too deeply or too large") from None
+        except Exception as exc:  # noqa: BLE001 -- any malformed value is the user's input
+            raise UsageError(
+                f"{label}: problem {index}: malformed ({describe_exception(exc)})"
+            ) from None
+    names = [problem.name for problem in problems]
+    if len(set(names)) != len(names):
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        raise UsageError(f"{label}: duplicate problem names {duplicated[:5]}")
     return problems
 
 
@@ -178,6 +320,8 @@ def check_adapter(
     seed: int = 0,
     show_progress: bool = True,
     capabilities: Iterable[str] | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    report: Report | None = None,
 ) -> Report:
     """Validate a port: load it, check every claimed capability on every problem.
 
@@ -189,14 +333,19 @@ def check_adapter(
         seed: seed for generated problems and probe vectors.
         show_progress: show a progress bar on stderr.
         capabilities: restrict to these (default: every claimed capability).
+        timeout: seconds one port call may take (see `run_checks`).
+        report: fill this report (its `adapter` and `dtype` are set from the adapter), so
+            that a caller interrupted mid-run still holds the results so far.
 
     Raises:
         UsageError: see `load_adapter` and `load_problems`.
     """
     from verify._console import progress
 
-    loaded = load_adapter(target)
-    problems = load_problems(source, fuzz=fuzz, seed=seed)
+    problems = load_problems(source, fuzz=fuzz, seed=seed)  # before a port's import can chdir
+    loaded = load_adapter(target, timeout=timeout)
+    if report is not None:
+        report.adapter, report.dtype = loaded.name, loaded.dtype
     wanted = (
         loaded.capabilities
         if capabilities is None
@@ -205,4 +354,5 @@ def check_adapter(
     with progress(
         len(wanted) * len(problems), f"checking {loaded.name}", enabled=show_progress
     ) as advance:
-        return run_checks(loaded, problems, seed=seed, capabilities=wanted, advance=advance)
+        return run_checks(loaded, problems, seed=seed, capabilities=wanted, advance=advance,
+                          timeout=timeout, report=report)
