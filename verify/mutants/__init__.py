@@ -25,7 +25,8 @@ one bug, registered with `register_mutant`:
 * `CONTROLS` are the correct ports (float64 and float32), which must pass everything.
 
 Modules of the corpus: `verify.mutants._corpus` (bugs of the bug classes real libraries have
-shipped) and `verify.mutants.seed_methods` (the bugs of seed 004's code, PROTOCOL s9),
+shipped), `verify.mutants.seed_methods` (the bugs of seed 004's code, PROTOCOL s9) and
+`verify.mutants._corpus_blindspots` (the inputs the v1 harness never supplied, issue 14),
 imported by `load_corpus()`. A new module registers itself by being listed in
 `CORPUS_MODULES`.
 
