@@ -216,6 +216,10 @@ def check_lbfgs_step(ctx: CheckContext) -> None:
     """
     _, s_list, y_list = _lbfgs_memory(ctx)
     expected = lbfgs_step(ctx.problem, s_list, y_list, _LR, _GAMMA)
+    if not all(np.all(np.isfinite(part)) for part in expected):
+        ctx.record("lbfgs_step", Status.SKIP, "not checked: the reference step leaves the region "
+                   "where h is finite in float64 (overflow at theta')")
+        return
     e_params, e_y = _lbfgs_step_bounds(ctx, s_list, y_list, expected[0])
     ctx.begin("lbfgs_step")
     value = ctx.port("lbfgs_step", ctx.problem, list(s_list), list(y_list), _LR, _GAMMA)
