@@ -1,11 +1,15 @@
 """Train an MLP on scikit-learn's `load_digits` with SGD, Adam, Hessian-free and K-FAC.
 
-Writes two figures:
+Writes three figures:
     docs/img/digits_loss.png    training loss against steps and against wall time;
     docs/img/kfac_spectrum.png  K-FAC's eigenvalues against the exact GGN's on a tiny problem
-                                (dense reference), with the one-example case where they agree.
+                                (dense reference), with the one-example case where they agree;
+    docs/img/kfac_state.png     K-FAC's damping, alpha, beta and rho per step beside the loss,
+                                with the default damping floor (1e-8) and with 1e-4
+                                (`--kfac-state` writes only this one).
 
-Run: `python examples/kfac_digits.py [--steps 300] [--out docs/img]` (CPU, about a minute).
+Run: `python examples/kfac_digits.py [--steps 300] [--out docs/img] [--kfac-state]` (CPU,
+about a minute).
 Model: 64-64-10, tanh, softmax cross-entropy, float32, minibatches of 256 (the full training
 set, 1437 examples, for Hessian-free, which wants large batches; Grosse ch.4 s4).
 """
@@ -122,6 +126,59 @@ def main(steps: int = 300, out: str = "docs/img") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     _plot_losses(curves, out_dir / "digits_loss.png")
     _plot_spectrum(out_dir / "kfac_spectrum.png")
+    kfac_state_figure(steps, out)
+
+
+def _kfac_states(x, y, steps: int, min_damping: float) -> np.ndarray:
+    """K-FAC as in `main`, recording per step: full loss, damping, alpha, beta, rho, |d|."""
+    apply = nj.mlp_apply(ACTIVATIONS)
+    params = _init()
+    kfac = nj.kfac(nj.mlp_network(ACTIVATIONS), "softmax_cross_entropy", damping=1e-2,
+                   stats_every=1, inverse_every=10, adapt_damping=True, min_damping=min_damping)
+    state = kfac.init(params, _minibatch(np.random.default_rng(2), x, y), jax.random.PRNGKey(0))
+    update, rng, rows = jax.jit(kfac.update), np.random.default_rng(1), []
+    for i in range(1, steps + 1):
+        updates, state, info = update(params, state, _minibatch(rng, x, y))
+        params = jax.tree_util.tree_map(jnp.add, params, updates)
+        norm = float(jnp.sqrt(sum(jnp.vdot(u, u) for u in jax.tree_util.tree_leaves(updates))))
+        rows.append((i, _full_loss(apply, params, x, y), float(info.damping), float(info.alpha),
+                     float(info.beta), float(info.rho), norm))
+    return np.array(rows)
+
+
+def kfac_state_figure(steps: int = 300, out: str = "docs/img") -> None:
+    """Damping, alpha, beta and rho per step beside the loss (docs/kfac.md, "The spike")."""
+    x, y = _data()
+    runs = {floor: _kfac_states(x, y, steps, floor) for floor in (1e-8, 1e-4)}
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharex=True)
+    for index, (floor, h) in enumerate(runs.items()):
+        label, color = f"min_damping {floor:g}", f"C{index}"
+        axes[0].semilogy(h[:, 0], h[:, 1], lw=1.4, color=color, label=label)
+        axes[1].semilogy(h[:, 0], h[:, 2], lw=1.4, color=color, label=label)
+        axes[2].semilogy(h[:, 0], np.abs(h[:, 4]), lw=1.0, color=color, label=f"|beta|, {label}")
+        axes[2].semilogy(h[:, 0], np.abs(h[:, 3]), lw=1.0, ls=":", color=color,
+                         label=f"|alpha|, {label}")
+        adapted = np.isfinite(h[:, 5])
+        axes[3].plot(h[adapted, 0], h[adapted, 5], "o", ms=3, color=color, label=label)
+        print(f"min_damping {floor:g}: worst full loss after step 100 "
+              f"{h[100:, 1].max():.2e} (step {int(h[100 + h[100:, 1].argmax(), 0])}), "
+              f"max |beta| {np.abs(h[:, 4]).max():.2f}, final loss {h[-1, 1]:.2e}")
+    for ax, title in zip(axes, ("training loss (full set)", "damping lambda",
+                                "eq. 27 coefficients", "rho (every 5th step)"), strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3, which="both")
+    axes[3].axhline(0.75, color="k", lw=0.8, ls="--")
+    axes[3].axhline(0.25, color="k", lw=0.8, ls="--")
+    axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=7)
+    fig.suptitle("K-FAC on load_digits (minibatch 256): the damping decays to its floor, then "
+                 "eq. 27's beta grows")
+    fig.tight_layout()
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_dir / "kfac_state.png", dpi=110)
+    plt.close(fig)
 
 
 def _plot_losses(curves, path: Path) -> None:
@@ -178,5 +235,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--out", default="docs/img")
+    parser.add_argument("--kfac-state", action="store_true",
+                        help="only the K-FAC state figure (kfac_state.png)")
     args = parser.parse_args()
-    main(args.steps, args.out)
+    if args.kfac_state:
+        kfac_state_figure(args.steps, args.out)
+    else:
+        main(args.steps, args.out)

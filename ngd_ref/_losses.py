@@ -29,11 +29,12 @@ import math
 
 import mpmath
 import numpy as np
+import scipy.special
 
-from ngd_ref._backend import Backend
+from ngd_ref._backend import FLOAT64, Backend
 from ngd_ref._spec import Loss, loss_spec
 
-__all__ = ["OutputLoss", "OutputMoments", "get_loss"]
+__all__ = ["OutputLoss", "OutputMoments", "ScoreRule", "get_loss"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,32 @@ class OutputMoments:
     tail_bound: float = 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoreRule:
+    """A weighted point set reproducing `E_{y ~ r(.|z)}[p(dL/dz)]` for polynomials `p`.
+
+    `E[p(u)] = sum_i weights[i] p(scores[i])` holds exactly for every polynomial `p` of degree
+    `<= degree` in the score `u = dL/dz(y, z)` (for `is_support`, for every function: the rule
+    is the distribution itself). Used for the exact moments of the sampled estimators
+    (PROTOCOL s11), which are quadratic in `u`; their fourth moments need degree 8.
+
+    Attributes:
+        weights: `(N,)` nonnegative, summing to 1.
+        scores: `(N, C)` the score `dL/dz` at each node.
+        degree: the polynomial degree (in `u`) the rule integrates exactly.
+        is_support: the nodes are the support of `y ~ r(.|z)` with their probabilities.
+        atom_bound: for `is_support=False`, a bound on `P(f(y) = x)` for any `x` and any
+            nonconstant polynomial `f` of degree <= 2 in `u`: 0 for the continuous outputs;
+            `2 max_k P(y_c = k)` (over the coordinates) for Poisson.
+    """
+
+    weights: np.ndarray
+    scores: np.ndarray
+    degree: int
+    is_support: bool
+    atom_bound: float = 0.0
+
+
 class OutputLoss(abc.ABC):
     """Per-example loss `L(y, z)` and its output distribution `r(y|z)`."""
 
@@ -66,6 +93,17 @@ class OutputLoss(abc.ABC):
     def grad(self, bk: Backend, y, z: np.ndarray) -> np.ndarray:
         """`dL/dz`, shape `(C,)`."""
 
+    def grad_magnitude(self, y, z: np.ndarray) -> np.ndarray:
+        """`MAG(dL/dz)`, float64 `(C,)`: the gradient's closed form on absolute values.
+
+        Where the closed form is a difference (`p - e_y`, `p - y`, `rate - y`, `z - y`) a
+        correct port's value carries an absolute error of order `u` times the sum of the
+        absolute terms, not `u |dL/dz|` (a saturated sigmoid with `y = 1` has `p - y ~ 0`);
+        the tolerance policy sizes gradient-based magnitudes with this. Default: `|dL/dz|`.
+        """
+        return np.abs(np.asarray(self.grad(FLOAT64, y, np.asarray(z, dtype=np.float64)),
+                                 dtype=np.float64))
+
     @abc.abstractmethod
     def hessian(self, bk: Backend, y, z: np.ndarray) -> np.ndarray:
         """`d^2 L / dz^2`, shape `(C, C)`."""
@@ -77,6 +115,17 @@ class OutputLoss(abc.ABC):
     @abc.abstractmethod
     def kl(self, bk: Backend, z1: np.ndarray, z2: np.ndarray):
         """`KL(r(.|z1) || r(.|z2))` in closed form."""
+
+    @abc.abstractmethod
+    def score_rule(self, bk: Backend, z: np.ndarray, degree: int) -> ScoreRule:
+        """Exact rule for `E_{y ~ r(.|z)}` of polynomials of degree `<= degree` in `dL/dz`."""
+
+    @abc.abstractmethod
+    def sample(self, rng: np.random.Generator, z: np.ndarray, size: int) -> np.ndarray:
+        """`size` independent targets `y ~ r(.|z)` (float64 `z`), in the problem's format.
+
+        Returns `(size,)` int class labels for the categorical losses, else `(size, C_y)`.
+        """
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,9 +151,24 @@ class _Categorical(OutputLoss):
         p1, p2 = self.probabilities(bk, z1), self.probabilities(bk, z2)
         return np.sum(p1 * (bk.log(p1) - bk.log(p2)))
 
+    def score_rule(self, bk: Backend, z: np.ndarray, degree: int) -> ScoreRule:
+        """The C classes with their probabilities: exact for every integrand."""
+        p = self.probabilities(bk, z)
+        scores = np.stack([self.grad(bk, k, z) for k in range(z.shape[0])])
+        return ScoreRule(np.asarray(p), scores, degree, True)
+
+    def sample(self, rng, z, size):
+        p = np.asarray(self.probabilities(FLOAT64, np.asarray(z, dtype=float)))
+        return rng.choice(p.shape[0], size=size, p=p / np.sum(p))
+
 
 class _SoftmaxCrossEntropy(_Categorical):
     name = "softmax_cross_entropy"
+
+    def grad_magnitude(self, y, z):
+        p = FLOAT64.softmax(np.asarray(z, dtype=np.float64))
+        p[int(y)] += 1.0  # |p - e_y| <= p + e_y
+        return p
 
     def probabilities(self, bk, z):
         return bk.softmax(z)
@@ -218,6 +282,68 @@ class _Separable(OutputLoss):
         within = self._assemble_hessian(bk, mean_uu - mean_u[:, None, :] * mean_u[None, :, :])
         return OutputMoments(mean_grad, self._assemble_hessian(bk, mean_h), fisher + within, tail)
 
+    # -- sampled estimators (PROTOCOL s11) -------------------------------------------------
+    #: polynomial degree of the score `dL/dz` in the target y
+    score_degree_in_y: int = 1
+
+    def coordinate_rule(self, bk: Backend, zeta: np.ndarray,
+                        points: int) -> tuple[np.ndarray, np.ndarray]:
+        """Gauss rule with `points` nodes per coordinate for `y_c ~ r(.|zeta_c)`: `(Q, C_y)` each.
+
+        A `points`-node Gauss rule integrates polynomials of degree `<= 2 points - 1` in `y_c`
+        exactly (Golub and Welsch 1969); `_Bernoulli` overrides it with its 2-point support.
+        """
+        raise NotImplementedError
+
+    def score_rule(self, bk: Backend, z: np.ndarray, degree: int) -> ScoreRule:
+        """Tensor product of per-coordinate Gauss rules (the coordinates are independent).
+
+        A polynomial of degree `<= degree` in the score has degree `<= degree * d` in each
+        `y_c` (`d = score_degree_in_y`), so `ceil((degree d + 1) / 2)` nodes per coordinate make
+        the product rule exact; `N = points^{C_y}` nodes in all.
+        """
+        zeta = self._zeta(z)
+        points = -(-(degree * self.score_degree_in_y + 1) // 2)
+        nodes, weights = self.coordinate_rule(bk, zeta, points)
+        q, cy = nodes.shape
+        grid = np.indices((q,) * cy).reshape(cy, -1)  # (C_y, N): node index per coordinate
+        y = np.stack([nodes[grid[c], c] for c in range(cy)], axis=1)  # (N, C_y)
+        w = np.prod(np.stack([weights[grid[c], c] for c in range(cy)], axis=1), axis=1)
+        zeta_nodes = np.broadcast_to(zeta[:, None, :], (zeta.shape[0],) + y.shape)
+        scores = self.terms(bk, y, zeta_nodes)[1]  # (k, N, C_y)
+        scores = scores.transpose(1, 0, 2).reshape(y.shape[0], -1)
+        return ScoreRule(w, scores, degree, self.is_support_rule, self.atom_bound(zeta))
+
+    #: whether `coordinate_rule` is the distribution's support itself
+    is_support_rule: bool = False
+
+    def atom_bound(self, zeta: np.ndarray) -> float:
+        """See `ScoreRule.atom_bound`: 0 for continuous outputs."""
+        return 0.0
+
+
+def _golub_welsch(bk: Backend, alpha: list, beta: list) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of the Gauss rule of the three-term recurrence `(alpha_k, beta_k)`.
+
+    Monic orthogonal polynomials `p_{k+1} = (x - alpha_k) p_k - beta_k p_{k-1}` of a
+    probability measure; the nodes are the eigenvalues of the Jacobi matrix (diagonal alpha,
+    off-diagonal sqrt(beta)), the weights the squared first eigenvector components (Golub and
+    Welsch 1969). Exact for polynomials of degree `<= 2 len(alpha) - 1`.
+    """
+    n = len(alpha)
+    jacobi = bk.zeros((n, n))
+    for k in range(n):
+        jacobi[k, k] = alpha[k]
+        if k:
+            jacobi[k, k - 1] = jacobi[k - 1, k] = bk.sqrt(beta[k])
+    values, vectors = bk.eigh(jacobi)
+    return values, vectors[0] * vectors[0]
+
+
+def _standard_normal_rule(bk: Backend, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss rule for N(0, 1): probabilists' Hermite recurrence `alpha_k = 0, beta_k = k`."""
+    return _golub_welsch(bk, [bk.scalar(0)] * points, [bk.scalar(k) for k in range(points)])
+
 
 def _gauss_hermite(bk: Backend, mean: np.ndarray, std: np.ndarray):
     """3-point Gauss-Hermite rule for N(mean, std^2): exact for polynomials of degree <= 5."""
@@ -233,6 +359,9 @@ class _Mse(_Separable):
 
     name = "mse"
 
+    def grad_magnitude(self, y, z):
+        return np.abs(np.asarray(z, dtype=np.float64)) + np.abs(np.asarray(y, dtype=np.float64))
+
     def terms(self, bk, y, zeta):
         r = zeta - y
         ones = 0 * r + 1
@@ -240,6 +369,13 @@ class _Mse(_Separable):
 
     def rule(self, bk, zeta):
         return _gauss_hermite(bk, zeta[0], 0 * zeta[0] + 1)
+
+    def coordinate_rule(self, bk, zeta, points):
+        xi, w = _standard_normal_rule(bk, points)
+        return zeta[0][None, :] + xi[:, None] + 0 * zeta[0], w[:, None] + 0 * zeta[0]
+
+    def sample(self, rng, z, size):
+        return np.asarray(z, dtype=float) + rng.standard_normal((size, z.shape[0]))
 
     def kl(self, bk, z1, z2):
         d = z1 - z2
@@ -251,6 +387,9 @@ class _SigmoidCrossEntropy(_Separable):
 
     name = "sigmoid_cross_entropy"
 
+    def grad_magnitude(self, y, z):
+        return FLOAT64.sigmoid(np.asarray(z, dtype=np.float64)) + np.asarray(y, dtype=np.float64)
+
     def terms(self, bk, y, zeta):
         p = bk.sigmoid(zeta)
         # p (1 - p) as sigmoid(z) sigmoid(-z): no cancellation when p saturates at 1.
@@ -259,6 +398,17 @@ class _SigmoidCrossEntropy(_Separable):
     def rule(self, bk, zeta):
         p = bk.sigmoid(zeta[0])
         return np.stack([0 * p, 0 * p + 1]), np.stack([1 - p, p]), 0.0
+
+    is_support_rule = True
+
+    def coordinate_rule(self, bk, zeta, points):
+        """The support {0, 1} itself, exact for every integrand."""
+        nodes, weights, _ = self.rule(bk, zeta)
+        return nodes, weights
+
+    def sample(self, rng, z, size):
+        p = scipy.special.expit(np.asarray(z, dtype=float))
+        return (rng.random((size, p.shape[0])) < p).astype(float)
 
     def kl(self, bk, z1, z2):
         p1, p2 = bk.sigmoid(z1), bk.sigmoid(z2)
@@ -269,6 +419,9 @@ class _Poisson(_Separable):
     """`exp(z) - y z + log(y!)`: Poisson with log-rate z (natural parameter)."""
 
     name = "poisson"
+
+    def grad_magnitude(self, y, z):
+        return np.exp(np.asarray(z, dtype=np.float64)) + np.asarray(y, dtype=np.float64)
 
     def terms(self, bk, y, zeta):
         rate = bk.exp(zeta)
@@ -291,6 +444,25 @@ class _Poisson(_Separable):
     def kl(self, bk, z1, z2):
         r1, r2 = bk.exp(z1), bk.exp(z2)
         return np.sum(r1 * (z1 - z2) - r1 + r2)
+
+    def coordinate_rule(self, bk, zeta, points):
+        """Gauss-Charlier rules: `alpha_k = k + rate`, `beta_k = k rate` (all cumulants = rate).
+
+        No truncation: the rule reproduces the Poisson moments up to degree `2 points - 1`.
+        """
+        rates = bk.exp(zeta[0])
+        columns = [_golub_welsch(bk, [k + lam for k in range(points)],
+                                 [k * lam for k in range(points)]) for lam in rates]
+        return (np.stack([c[0] for c in columns], axis=1),
+                np.stack([c[1] for c in columns], axis=1))
+
+    def atom_bound(self, zeta):
+        """1: not derived for Poisson (the seed-dependence test is then not applied)."""
+        return 1.0
+
+    def sample(self, rng, z, size):
+        return rng.poisson(np.exp(np.asarray(z, dtype=float)), size=(size, z.shape[0])).astype(
+            float)
 
 
 _POISSON_SERIES_MAX_RATE = 64.0
@@ -346,6 +518,11 @@ class _GaussianLogvar(_Separable):
     """
 
     name = "gaussian_logvar"
+
+    def grad_magnitude(self, y, z):
+        mu, s = self._zeta(np.asarray(z, dtype=np.float64))
+        reach = (np.abs(mu) + np.abs(np.asarray(y, dtype=np.float64))) * np.exp(-0.5 * s)
+        return np.concatenate([reach * np.exp(-0.5 * s), 0.5 + 0.5 * reach * reach])
     block_size = 2
 
     def terms(self, bk, y, zeta):
@@ -361,6 +538,17 @@ class _GaussianLogvar(_Separable):
 
     def rule(self, bk, zeta):
         return _gauss_hermite(bk, zeta[0], bk.exp(0.5 * zeta[1]))
+
+    score_degree_in_y = 2
+
+    def coordinate_rule(self, bk, zeta, points):
+        xi, w = _standard_normal_rule(bk, points)
+        std = bk.exp(0.5 * zeta[1])
+        return zeta[0][None, :] + xi[:, None] * std[None, :], w[:, None] + 0 * zeta[0]
+
+    def sample(self, rng, z, size):
+        mu, s = np.split(np.asarray(z, dtype=float), 2)
+        return mu + np.exp(0.5 * s) * rng.standard_normal((size, mu.shape[0]))
 
     def kl(self, bk, z1, z2):
         mu1, s1 = self._zeta(z1)

@@ -66,12 +66,23 @@ from ngd_ref.kfac._optimizer import Kfac, KfacInfo, KfacState, kfac
 from ngd_ref.lowrank._jax import lowrank_ggn_update
 from ngd_ref.newton._jax import trust_region_update
 from ngd_ref.quasi_newton._jax import bfgs_update, lbfgs_direction
+from ngd_ref.sampled._jax import (
+    lanczos,
+    mc_fisher,
+    mc_fisher_diag,
+    mc_kfac_s,
+    output_jacobians,
+    per_example_gradients,
+    sampled_scores,
+    sketch_scores,
+)
 from ngd_ref.shampoo._jax import (
     InverseRootResult,
     coupled_newton_inverse_root,
     inverse_root,
     shampoo_direction,
 )
+from ngd_ref.trajectory._jax import trajectory_jax
 
 __all__ = [
     "Batch",
@@ -118,6 +129,14 @@ __all__ = [
     "levenberg_marquardt",
     "loss_value",
     "mc_fisher_vp",
+    "lanczos",
+    "mc_fisher",
+    "mc_fisher_diag",
+    "mc_kfac_s",
+    "output_jacobians",
+    "per_example_gradients",
+    "sampled_scores",
+    "sketch_scores",
     "mlp_apply",
     "mlp_network",
     "mlp_params",
@@ -130,5 +149,6 @@ __all__ = [
     "lbfgs_direction",
     "lowrank_ggn_update",
     "shampoo_direction",
+    "trajectory_jax",
     "trust_region_update",
 ]

@@ -356,8 +356,11 @@ def _validate_report(data):
     assert isinstance(data["adapter"], str) and data["dtype"] in ("float64", "float32")
     assert isinstance(data["devices"], int)
     for r in data["results"]:
-        keys = {"check", "capability", "problem", "status", "error", "tolerance", "message"}
-        assert keys <= set(r) <= keys | {"measure", "scale", "where", "factor"}
+        protocol = {"check", "capability", "problem", "status", "error", "tolerance", "message"}
+        # PROTOCOL s6's keys, plus the extension keys: the comparison's numbers and the
+        # statistical checks' power and design (s11)
+        extensions = {"measure", "scale", "where", "factor", "power", "statistics"}
+        assert protocol <= set(r) <= protocol | extensions
         assert all(isinstance(r[k], str) for k in ("check", "capability", "problem", "message"))
         assert r["status"] in ("pass", "fail", "skip", "error")
         assert all(r[k] is None or isinstance(r[k], float | int) for k in ("error", "tolerance"))

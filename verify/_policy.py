@@ -14,9 +14,14 @@ and one method per kind of check:
     `diag(p) - p p^T` cancels to `p (1 - p)` when `p -> 1`, so a correct port's value
     carries an absolute error `u (p + p^2)`, not `u p (1 - p)`) and `p + p^2` per sigmoid
     output;
-  - `MAG(grad) = c sum_b |J_b|^T |dL/dz_b|`, `MAG(G) = c sum_b |J_b|^T MAG(H_L,b) |J_b|`,
+  - per example, the output gradient: `MAG(dL/dz_b)` is the loss's closed form on absolute
+    values (`OutputLoss.grad_magnitude`: `p + e_y` for `p - e_y`, `p + y` for a sigmoid's
+    `p - y`, `rate + y`, `|z| + |y|` for a residual), since the difference cancels where the
+    loss saturates or fits (a saturated sigmoid at `y = 1`);
+  - `MAG(grad) = c sum_b |J_b|^T MAG(dL/dz_b)`, `MAG(G) = c sum_b |J_b|^T MAG(H_L,b) |J_b|`,
     `MAG(F)` likewise with `MAG(F_R,b)`, `MAG(EF) = c sum_b m_b m_b^T` with
-    `m_b = |J_b|^T |dL/dz_b|` (Martens s3, s5, s7 on absolute values), and
+    `m_b = |J_b|^T MAG(dL/dz_b)` (Martens s3, s5, s7 on absolute values), K-FAC factors the
+    same way (`kfac_magnitudes`), and
     `MAG(H) = MAG(G) + |H - G|` (the second-order term of Martens s3's decomposition);
   - products use `MAG(C) |v|`, diagonals `diag(MAG(C))`;
   - scalar magnitudes of a sum of terms (the identities' two-sided comparisons) are the
@@ -33,7 +38,7 @@ import functools
 import numpy as np
 
 from ngd_ref import Loss, Probabilities, Problem
-from ngd_ref.dense import FLOAT64, DenseCurvature, dense, get_loss
+from ngd_ref.dense import FLOAT64, DenseCurvature, dense, get_loss, kfac_magnitudes
 from verify._tolerance import rounding_rtol, solve_rtol
 
 __all__ = ["TolerancePolicy", "tolerance_policy"]
@@ -55,9 +60,15 @@ class TolerancePolicy:
     # -- magnitudes ------------------------------------------------------------------------
     @functools.cached_property
     def _abs_pieces(self) -> tuple[np.ndarray, np.ndarray]:
-        jac = np.abs(self.ref.jacobians)
-        grads = np.abs(self.ref.loss_grads)
-        return jac, np.einsum("bcn,bc->bn", jac, grads)
+        jac = np.abs(np.asarray(self.ref.jacobians, dtype=np.float64))
+        return jac, np.einsum("bcn,bc->bn", jac, self.grad_magnitudes)
+
+    @functools.cached_property
+    def grad_magnitudes(self) -> np.ndarray:
+        """`MAG(dL/dz_b)` per example, `(B, C)`: the loss's `grad_magnitude` (no cancellation)."""
+        loss = get_loss(self.problem.loss)
+        return np.stack([loss.grad_magnitude(y, z)
+                         for y, z in zip(self.ref.targets, self.ref.outputs, strict=True)])
 
     @functools.cached_property
     def loss_magnitude(self) -> float:
@@ -139,6 +150,19 @@ class TolerancePolicy:
                                                  axis=(1, 2)))
         jac = np.linalg.norm(np.asarray(self.ref.jacobians, dtype=np.float64), axis=(1, 2)) ** 2
         return float(self.problem.scale * np.sum(jac * mid))
+
+    def kfac_magnitudes(self, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`MAG` of section 4's K-FAC factors of `kind`, with this policy's middle magnitudes.
+
+        `fisher` and `ggn` use `middle_magnitudes` (the saturation floor included), `empirical`
+        the outer product of `grad_magnitudes` (its middle is `dL/dz dL/dz^T`).
+        """
+        if kind == "empirical":
+            g = self.grad_magnitudes
+            middles = np.einsum("bc,bd->bcd", g, g)
+        else:
+            middles = self.middle_magnitudes("fisher" if kind == "fisher" else "ggn")
+        return kfac_magnitudes(self.problem, kind, middle_magnitudes=middles)
 
     def matrix(self, curvature: str) -> np.ndarray:
         """The reference matrix."""

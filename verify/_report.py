@@ -48,6 +48,9 @@ class CheckResult:
         where: the largest difference's location, e.g. `layer 1 W[2, 0]` (JSON `where`).
         factor: the fitted scalar when the result is a plain multiple of the reference
             (JSON `factor`), or None; see `verify._diagnosis`.
+        power: for a statistical check, the smallest effect it detects with probability 0.99
+            (PROTOCOL s11: the relative bias `delta` for a mean test); None otherwise.
+        statistics: for a statistical check, its design (draws, calls, blocks, levels).
     """
 
     check: str
@@ -61,6 +64,8 @@ class CheckResult:
     scale: float | None = None
     where: str | None = None
     factor: float | None = None
+    power: float | None = None
+    statistics: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The protocol's JSON object (non-finite errors are written as null).
@@ -83,6 +88,10 @@ class CheckResult:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, float) or math.isfinite(value)):
                 out[key] = value
+        if self.power is not None:  # extension keys, statistical checks only (PROTOCOL s11)
+            out["power"] = self.power if math.isfinite(self.power) else None
+        if self.statistics is not None:
+            out["statistics"] = self.statistics
         return out
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "hoeffding_bound",
     "rounding_rtol",
     "solve_rtol",
+    "trajectory_tolerances",
     "unit_roundoff",
 ]
 
@@ -87,6 +88,43 @@ def solve_rtol(dtype: str, *, length: int, depth: int, condition: float) -> floa
     a correct port makes in M, measured in the units of M, amplified by kappa.
     """
     return rounding_rtol(dtype, length=length, depth=depth) * max(condition, 1.0)
+
+
+def trajectory_tolerances(dtype: str, *, length: int, depth: int, step_norms, param_norms,
+                          conditions, divergences) -> list[float]:
+    """Absolute tolerances on `theta_1 .. theta_K` of an optimizer trajectory (PROTOCOL s10).
+
+    A correct port makes at step j an error of at most (the policy of `solve_rtol`: the
+    step's linear algebra of condition `conditions[j]`, then rounding `theta_{j+1}`)
+
+        e_j = solve_rtol(dtype, length, depth, conditions[j]) ||d_j||
+              + rounding_rtol(dtype, length=1) ||theta_{j+1}||,
+
+    and that error travels through the remaining steps. How much it grows is *measured*, never
+    assumed: `divergences[k] = ||theta'_k - theta_k||` of two reference runs started a rounding
+    of `dtype` apart (`divergences[0]` the start's distance), so `a_k = D_k / D_0` is the
+    reference's own amplification from the start and `a_k / a_{j+1}` from step j + 1 to k
+    (at least 1: an error is never assumed to shrink). Hence
+
+        tol_k = sum_{j < k} e_j max(1, a_k / a_{j+1}),     k = 1..K.
+
+    Args:
+        dtype: the port's precision.
+        length: the longest sum of one step (as `rounding_rtol`).
+        depth: the depth of one step's computation (layers, loss, second order).
+        step_norms: `||d_j||`, j = 0..K-1.
+        param_norms: `||theta_{j+1}||`, j = 0..K-1.
+        conditions: the condition of step j's linear algebra times the cancellation of its
+            gradient (`MAG(g)/||g||`), j = 0..K-1.
+        divergences: `D_0 .. D_K` of the two reference runs.
+    """
+    tiny = np.finfo(np.float64).tiny
+    growth = [max(float(d), tiny) / max(float(divergences[0]), tiny) for d in divergences]
+    errors = [solve_rtol(dtype, length=length, depth=depth, condition=float(c)) * float(s)
+              + rounding_rtol(dtype, length=1) * float(p)
+              for s, p, c in zip(step_norms, param_norms, conditions, strict=True)]
+    return [sum(errors[j] * max(1.0, growth[k] / growth[j + 1]) for j in range(k))
+            for k in range(1, len(errors) + 1)]
 
 
 def hoeffding_bound(range_width: float, num_samples: int, *, tests: int = 1,

@@ -33,7 +33,16 @@ from hypothesis import strategies as st
 from ngd_ref import LOSSES, Loss, Problem
 from ngd_ref._zoo import HIDDEN_ACTIVATIONS, make_problem
 
-__all__ = ["ProblemSpace", "generate", "problems", "register_profiles"]
+__all__ = [
+    "TRAJECTORY_FAMILIES",
+    "ProblemSpace",
+    "draw_trajectory_setting",
+    "generate",
+    "generate_trajectory_settings",
+    "problems",
+    "register_profiles",
+    "trajectory_settings",
+]
 
 REDUCTIONS = ("mean", "sum")
 
@@ -184,3 +193,107 @@ def register_profiles() -> None:
     settings.register_profile("ci", max_examples=8, derandomize=True, **common)
     settings.register_profile("dev", max_examples=30, **common)
     settings.register_profile("fuzz", max_examples=300, **common)
+
+
+# -- optimizer trajectories (PROTOCOL s10): method x hyperparameters x batch sequences ----------
+#: the harness's families of `optimizer_trajectory` (one per method and K-FAC step rule)
+#: every grid value is exact in float32 (PROTOCOL s10); dampings and Shampoo's eps are powers of
+#: two times the problem's own scale, so the draws stay meaningful at any conditioning
+_LRS = (0.125, 0.25, 0.5, 1.0, 1.5)
+_EMAS = (0.0, 0.5, 0.75, 0.875)
+_FACTORS = (1.5, 2.0, 4.0)
+_WARM = (0.0, 0.5, 0.875, 1.0)
+_BETA2 = (0.0, 0.5, 0.875, 0.9375)
+TRAJECTORY_FAMILIES = ("damped_newton", "hessian_free", "kfac_fixed", "kfac_rescaled",
+                       "kfac_momentum_qm", "shampoo", "lbfgs")
+
+
+def _power_of_two(value: float) -> float:
+    return float(2.0 ** round(np.log2(value))) if np.isfinite(value) and value > 0 else 1.0
+
+
+def draw_trajectory_setting(choose, problem: Problem, family: str) -> tuple[str, dict]:
+    """One `(method, hyper)` of `family` for `problem`, each choice made by `choose(options)`.
+
+    `choose` picks one element of a sequence (a hypothesis `draw(sampled_from(...))` or a
+    numpy generator), so `trajectory_settings` and `generate_trajectory_settings` draw from
+    the same space. The damping is `2^k ||C||_2` (k in [-6, 0]) for the chosen curvature,
+    Shampoo's eps `2^k ||g||^2`, a numeric L-BFGS gamma `2^k / ||G||_2` (k in [-2, 2]).
+    """
+    from ngd_ref.dense import DenseCurvature
+
+    ref = DenseCurvature(problem)
+    natural = Loss(problem.loss).outputs_are_natural_parameters
+
+    def scale(curvature: str) -> float:
+        return _power_of_two(float(np.linalg.norm(ref.matrix(curvature), 2)))
+
+    def adapt() -> dict:
+        return dict(adapt_damping=choose((True, False)), damping_every=choose((1, 2, 3)),
+                    damping_factor=choose(_FACTORS))
+
+    shift = choose(tuple(2.0**k for k in range(-6, 1)))
+    if family == "damped_newton":
+        curvature = choose(("hessian", "ggn", "fisher", "empirical_fisher"))
+        return "damped_newton", dict(curvature=curvature, lr=choose(_LRS),
+                                     damping=scale(curvature) * shift, **adapt())
+    if family == "hessian_free":
+        curvature = choose(("ggn", "fisher") if natural else ("fisher",))
+        return "hessian_free", dict(curvature=curvature, lr=choose(_LRS),
+                                    damping=scale(curvature) * shift,
+                                    cg_iters=choose((1, 2, 3, 4)),
+                                    cg_warm_start=choose(_WARM), **adapt())
+    if family.startswith("kfac_"):
+        kind = choose(("fisher", "empirical", "ggn") if natural else ("fisher", "empirical"))
+        curvature = {"fisher": "fisher", "empirical": "empirical_fisher", "ggn": "ggn"}[kind]
+        return "kfac", dict(kind=kind, ema=choose(_EMAS), ema_bias_correction=choose((True, False)),
+                            stats_every=choose((1, 2, 3)), inverse_every=choose((1, 2, 3, 4)),
+                            damping=scale(curvature) * shift,
+                            damping_method=choose(("eigen", "factored")),
+                            step_rule=family.removeprefix("kfac_"), lr=choose(_LRS),
+                            momentum=choose((0.0, 0.5, 0.875)), **adapt())
+    if family == "shampoo":
+        g2 = _power_of_two(float(ref.gradient @ ref.gradient))
+        return "shampoo", dict(lr=choose(_LRS[:3]), eps=g2 * choose((0.0625, 0.25, 1.0, 4.0)),
+                               beta2=choose(_BETA2), root_every=choose((1, 2, 3)))
+    if family == "lbfgs":
+        gamma = choose(("scaled", *(2.0**k / scale("ggn" if natural else "fisher")
+                                    for k in range(-2, 3))))
+        return "lbfgs", dict(lr=choose(_LRS), memory=choose((0, 1, 2, 3, 4)), gamma=gamma)
+    raise ValueError(f"family: expected one of {', '.join(TRAJECTORY_FAMILIES)}, got {family!r}")
+
+
+@st.composite
+def trajectory_settings(draw, problem: Problem, families: Sequence[str] = TRAJECTORY_FAMILIES,
+                        max_steps: int = 6):
+    """A strategy of `(family, method, hyper, batches)` for `problem` (PROTOCOL s10).
+
+    Batches: `K` in `[1, max_steps]` batches of the problem's B, drawn as the problem's inputs
+    plus dyadic noise (multiples of 1/16) and its targets rolled, from a drawn seed.
+    """
+    family = draw(st.sampled_from(list(families)))
+    method, hyper = draw_trajectory_setting(lambda options: draw(st.sampled_from(list(options))),
+                                            problem, family)
+    steps = draw(st.integers(min_value=1, max_value=max_steps))
+    seed = draw(st.integers(min_value=0, max_value=2**16))
+    rng = np.random.default_rng(seed)
+    batches = [(problem.inputs, problem.targets)]
+    for k in range(1, steps):
+        noise = np.round(rng.normal(size=problem.inputs.shape) * 4) / 16
+        batches.append((problem.inputs + noise, np.roll(problem.targets, k, axis=0)))
+    return family, method, hyper, batches
+
+
+def generate_trajectory_settings(problem: Problem, family: str, n: int,
+                                 seed: int) -> list[tuple[str, dict]]:
+    """`n` deterministic `(method, hyper)` draws of `family` for `problem` (the space above).
+
+    The harness appends them to its fixed candidate settings (`--fuzz` problems get settings
+    no fixed list contains); the same `(problem, family, n, seed)` gives the same draws.
+    """
+    rng = np.random.default_rng([seed, sum(map(ord, problem.name)), sum(map(ord, family))])
+
+    def choose(options):
+        return options[int(rng.integers(len(options)))]
+
+    return [draw_trajectory_setting(choose, problem, family) for _ in range(n)]

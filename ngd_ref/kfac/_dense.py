@@ -61,6 +61,7 @@ __all__ = [
     "factored_damping_pi",
     "kfac_approximation",
     "kfac_factors",
+    "kfac_factors_of",
     "kfac_magnitudes",
     "kfac_matrix",
     "kfac_solve",
@@ -111,8 +112,9 @@ def _middles(ref: DenseCurvature, kind: KfacKind) -> list[np.ndarray]:
     return [np.multiply.outer(r, r) for r in ref.loss_grads]
 
 
-def _pieces(ref: DenseCurvature, kind: KfacKind, *,
-            absolute: bool = False) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+def _pieces(ref: DenseCurvature, kind: KfacKind, *, absolute: bool = False,
+            middles: np.ndarray | None = None,
+            ) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
     """Per layer, per example: `abar` and `M_b = (dz/ds_l)^T middle_b (dz/ds_l)`.
 
     `dz/ds_l` is read from the bias columns of the Jacobian: in the canonical layout layer l's
@@ -121,7 +123,8 @@ def _pieces(ref: DenseCurvature, kind: KfacKind, *,
     """
     problem = ref.problem
     fix = np.abs if absolute else (lambda x: x)
-    middles = [fix(m) for m in _middles(ref, kind)]
+    middles = ([fix(m) for m in _middles(ref, kind)] if middles is None
+               else list(np.asarray(middles)))
     abars, blocks = [], []
     with ref.backend.precision():
         for index, (layer, sl) in enumerate(zip(problem.layers, layer_slices(problem.layers),
@@ -164,21 +167,37 @@ def kfac_factors(problem: Problem, kind: KfacKind | str, backend: Backend = FLOA
         >>> [(a.shape, s.shape) for a, s in kfac_factors(zoo.get("mlp-3x4x3-tanh-mse-b1"), "ggn")]
         [((4, 4), (4, 4)), ((5, 5), (3, 3))]
     """
-    kind = as_member(KfacKind, kind, "kind")
-    ref = dense(problem, backend)
-    return _assemble(*_pieces(ref, kind), ref.c, backend)
+    return kfac_factors_of(dense(problem, backend), kind)
 
 
-def kfac_magnitudes(problem: Problem, kind: KfacKind | str) -> Factors:
+def kfac_factors_of(ref: DenseCurvature, kind: KfacKind | str) -> Factors:
+    """`kfac_factors` of an existing `DenseCurvature` (any parameters, any backend).
+
+    The optimizer trajectories (`ngd_ref.trajectory`) need the factors at parameters that are
+    not a problem's float64 `params` (mpmath iterates); this is the same computation.
+    """
+    return _assemble(*_pieces(ref, as_member(KfacKind, kind, "kind")), ref.c, ref.backend)
+
+
+def kfac_magnitudes(problem: Problem, kind: KfacKind | str, *,
+                    middle_magnitudes: np.ndarray | None = None) -> Factors:
     """Compute `kfac_factors` on absolute values: the `MAG` of the tolerance policy (float64).
 
-    `A_l` from `|abar|`, `S_l = c sum_b |dz/ds_l|^T |middle_b| |dz/ds_l|`. Rounding errors of a
-    correct port are proportional to these (see `verify._tolerance`), not to the possibly
+    `A_l` from `|abar|`, `S_l = c sum_b |dz/ds_l|^T MAG(middle_b) |dz/ds_l|`. Rounding errors of
+    a correct port are proportional to these (see `verify._tolerance`), not to the possibly
     cancelling factors themselves.
+
+    Args:
+        problem: the problem.
+        kind: `fisher`, `ggn` or `empirical`.
+        middle_magnitudes: `(B, C, C)` entrywise magnitudes of the output-space middles
+            (the tolerance policy's, which know where a closed form cancels); default
+            `|middle_b|`.
     """
     ref = dense(problem)
-    pieces = _pieces(ref, as_member(KfacKind, kind, "kind"), absolute=True)
-    return _assemble(*pieces, ref.c, FLOAT64)
+    abars, blocks = _pieces(ref, as_member(KfacKind, kind, "kind"), absolute=True,
+                            middles=middle_magnitudes)
+    return _assemble(abars, blocks, ref.c, FLOAT64)
 
 
 def _block_diagonal(blocks: Sequence[np.ndarray], bk: Backend) -> np.ndarray:
@@ -302,7 +321,7 @@ def kfac_solve_factors(factors: Sequence[tuple[np.ndarray, np.ndarray]], v: np.n
         ValueError: for a bad `damping`, `method`, or a `v` whose length is not `n`.
     """
     method = as_member(DampingMethod, method, "method")
-    damping = check_damping(damping, positive=True)
+    check_damping(damping, positive=True)  # the caller's scalar is kept: mpmath stays exact
     n = sum(a.shape[0] * s.shape[0] for a, s in factors)
     with backend.precision():
         v = backend.asarray(v)

@@ -52,6 +52,8 @@ from ngd_ref import Problem
 from ngd_ref import jax as nj
 from verify._tolerance import unit_roundoff
 from verify.adapters._jax_frames import Embedded, FramePlan
+from verify.adapters._ngd_ref_jax_sampled import SampledJaxMixin
+from verify.adapters._ngd_ref_jax_trajectory import TrajectoryJax
 
 __all__ = ["NgdRefJax", "NgdRefJaxFloat32"]
 
@@ -204,8 +206,9 @@ def _lbfgs_step(objective: nj.Objective, layers, params, batch, s_stack, y_stack
 
 def _in_x64(cls: type) -> type:
     """Run every public method of `cls` inside `jax.enable_x64(True)` (thread-local)."""
-    for name, method in list(vars(cls).items()):
-        if callable(method) and not name.startswith("_"):
+    for name in dir(cls):  # inherited ones too (the trajectory mixin)
+        method = getattr(cls, name)
+        if callable(method) and not name.startswith("_") and not isinstance(method, type):
             @functools.wraps(method)
             def wrapped(self, *args, _method=method, **kwargs):
                 with jax.enable_x64(True):
@@ -215,7 +218,7 @@ def _in_x64(cls: type) -> type:
 
 
 @_in_x64
-class NgdRefJax:
+class NgdRefJax(TrajectoryJax, SampledJaxMixin):
     """`ngd_ref.jax` in float64 through PROTOCOL section 5.
 
     Args:

@@ -29,6 +29,7 @@ from verify.harness._run import (
     run_capability,
     run_checks,
 )
+from verify.harness._trajectory import trajectory_batches, trajectory_reference
 
 __all__ = [
     "CAPABILITIES",
@@ -44,4 +45,6 @@ __all__ = [
     "readonly",
     "run_capability",
     "run_checks",
+    "trajectory_batches",
+    "trajectory_reference",
 ]

@@ -21,7 +21,8 @@ So the inputs depend on the port's declared `dtype`:
 
 Capabilities whose inputs the harness builds itself from the reference (CG, BFGS, L-BFGS
 direction, Hutchinson, inverse roots, Shampoo: `MATRIX_INPUT`) are not run on the twin: their
-matrices are already non-dyadic, and their probe vectors follow the rule above.
+matrices are already non-dyadic, and their probe vectors follow the rule above; nor is
+`optimizer_trajectory` (cost).
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ from ngd_ref._spec import TargetKind
 
 __all__ = ["MATRIX_INPUT", "TWIN_SUFFIX", "probe_vectors", "reused_name_twin", "with_twin"]
 
-#: capabilities whose arguments are matrices and vectors built by the harness, not a problem
+#: capabilities not run on the twin: those whose arguments are matrices and vectors built by
+#: the harness (not a problem), and `optimizer_trajectory` (a whole run per problem: its cost
+#: would double, and its schedules are chosen per problem, not per name)
 MATRIX_INPUT = frozenset(
-    {"cg", "bfgs_update", "lbfgs_direction", "hutchinson_diag", "inverse_root",
-     "shampoo_direction"}
+    {"cg", "bfgs_update", "lbfgs_direction", "hutchinson_diag", "hutchinson_trace",
+     "inverse_root", "shampoo_direction", "optimizer_trajectory"}
 )
 #: appended to the check names of the results on the reused-name twin
 TWIN_SUFFIX = "_reused_name"

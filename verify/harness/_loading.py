@@ -53,6 +53,17 @@ CAPABILITIES: tuple[str, ...] = (
     "shampoo_direction",
     "lowrank_ggn_update",
     "lbfgs_step",  # protocol extension (docs/protocol.md "Extensions")
+    "optimizer_trajectory",  # PROTOCOL s10
+    "mc_fisher",  # PROTOCOL s11 (verify.harness._sampled)
+    "mc_fisher_vp",
+    "mc_fisher_diag",
+    "mc_kfac_factors",
+    "hutchinson_trace",
+    # PROTOCOL s13 (verify.harness._s13, _diagonals: fisher_diag)
+    "per_example_gradients",
+    "kfac_factors_separate",
+    "top_eigenpairs",
+    "trace",
 )
 
 

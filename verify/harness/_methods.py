@@ -19,13 +19,10 @@ Every input is built from the problem so the checks run over the whole zoo:
   two: repeated square roots fail) and a ridge `||F||_2/100 + 1/64`;
 * `shampoo_direction(G, L, R, eps)` with the first layer's weight-shaped gradient `G`,
   `L = G G^T`, `R = G^T G`, `eps = 1/10`;
-* `hutchinson_diag(matvec, n, num_samples, seed)` on the Hessian: a hypothesis test. Each
-  sample of entry i lies in an interval of width `2 sum_{j != i} |H_ij|` around `H_ii`
-  (`hutchinson_range`), so by Hoeffding with a union bound over the n entries a correct
-  estimator exceeds `hoeffding_bound(width_i, N, tests=n)` with probability <= 1e-6.
-  A different seed must not be required; the same seed twice must give identical results.
-More inputs for these checks (generic BFGS pairs, defaults, accumulated Shampoo statistics,
-Hutchinson on a diagonal operator) are in `verify.harness._method_inputs`.
+* `hutchinson_diag(matvec, n, num_samples, seed)` on the Hessian: the exact-variance
+  statistical tests of the sampled estimators (`verify.harness._sampled`, PROTOCOL s11).
+More inputs for the section 9 checks (generic BFGS pairs, defaults, accumulated Shampoo
+statistics, Hutchinson on a diagonal operator) are in `verify.harness._method_inputs`.
 Deterministic tolerances follow `verify._tolerance` as in `verify._policy`; the solves use the
 condition number of the system solved.
 """
@@ -38,7 +35,6 @@ from ngd_ref import layer_slices
 from ngd_ref.dense import (
     absolute_hessian,
     bfgs_update,
-    hutchinson_range,
     inverse_root,
     lbfgs_direction,
     lbfgs_step,
@@ -48,13 +44,13 @@ from ngd_ref.dense import (
 )
 from verify._policy import TolerancePolicy
 from verify._report import Status
-from verify._tolerance import hoeffding_bound, rounding_rtol, solve_rtol
+from verify._tolerance import rounding_rtol, solve_rtol
 from verify.harness._context import CheckContext
 from verify.harness._faults import readonly
+from verify.harness._sampled import check_hutchinson_diag
 
-__all__ = ["HUTCHINSON_SAMPLES", "METHOD_CHECKS"]
+__all__ = ["METHOD_CHECKS"]
 
-HUTCHINSON_SAMPLES = 2000
 _DAMPINGS = (1.0, 0.1)
 #: L-BFGS memory, initial scale and step size (dyadic: exact in float32)
 _MEMORY, _GAMMA, _LR = 3, 0.5, 0.25
@@ -294,43 +290,6 @@ def check_shampoo_direction(ctx: CheckContext) -> None:
         shampoo_direction(grad, left, right, eps),
         tolerance=solve_rtol(ctx.dtype, length=grad.size, depth=3, condition=condition),
         what="(L + eps I)^(-1/4) G (R + eps I)^(-1/4) (PROTOCOL s9; Shampoo)",
-    )
-
-
-def check_hutchinson_diag(ctx: CheckContext) -> None:
-    """Hutchinson's estimator on H: within Hoeffding bounds of diag(H); same seed, same result."""
-    h = ctx.policy.matrix("hessian")
-    n = h.shape[0]
-
-    def matvec(v):
-        return h @ np.asarray(v, dtype=np.float64)
-
-    ctx.begin("hutchinson_diag_unbiased")
-    value = ctx.port("hutchinson_diag", matvec, n, HUTCHINSON_SAMPLES, ctx.seed)
-    estimate = ctx.require_shape("hutchinson_diag_unbiased", value, (n,))
-    if estimate is None:
-        return
-    widths = hutchinson_range(h)
-    rounding = solve_rtol(ctx.dtype, length=n * HUTCHINSON_SAMPLES, depth=1, condition=1.0) * (
-        np.abs(np.diag(h)) + widths
-    )
-    bounds = np.array([hoeffding_bound(w, HUTCHINSON_SAMPLES, tests=n) for w in widths]) + rounding
-    excess = np.abs(estimate - np.diag(h)) - bounds
-    worst = int(np.argmax(excess)) if n else 0
-    ok = bool(np.all(np.isfinite(estimate)) and np.all(excess <= 0))
-    ctx.record(
-        "hutchinson_diag_unbiased",
-        Status.PASS if ok else Status.FAIL,
-        f"|estimate - diag(H)| within Hoeffding bounds (N={HUTCHINSON_SAMPLES}, union over "
-        f"{n} entries, false-positive rate 1e-6); worst entry {worst}: "
-        f"|diff| {abs(estimate[worst] - h[worst, worst]):.2e} vs bound {bounds[worst]:.2e}",
-        float(abs(estimate[worst] - h[worst, worst])),
-        float(bounds[worst]),
-    )
-    ctx.deterministic(
-        "hutchinson_diag_deterministic",
-        value,
-        lambda: ctx.port("hutchinson_diag", matvec, n, HUTCHINSON_SAMPLES, ctx.seed),
     )
 
 

@@ -47,6 +47,9 @@ from verify.harness._matrices import check_gradient, check_loss, check_matrix
 from verify.harness._method_inputs import INPUT_CHECKS
 from verify.harness._methods import METHOD_CHECKS
 from verify.harness._products import PRODUCTS, check_product
+from verify.harness._s13 import S13_CHECKS
+from verify.harness._sampled import SAMPLED_CHECKS
+from verify.harness._trajectory import check_optimizer_trajectory
 from verify.harness._updates import check_damped_update
 
 __all__ = [
@@ -73,6 +76,9 @@ _CHECKS: dict[str, CheckFn] = {
     "kfac_solve": check_kfac_solve,
     "cg": check_cg,
     **METHOD_CHECKS,
+    "optimizer_trajectory": check_optimizer_trajectory,
+    **SAMPLED_CHECKS,
+    **S13_CHECKS,
     **INPUT_CHECKS,
 }
 #: problem capabilities run a second time on the reused-name twin (`_inputs`, issue 14)

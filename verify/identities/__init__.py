@@ -38,6 +38,7 @@
 | `optimal_step_stationary` | alpha* of eq. (26) | Grosse eq. (26) |
 | `seed_step_formula_literal` (neg.) | eq. (26) as printed (no 1/2) | Grosse eq. (26) |
 | `momentum_subspace_stationary` (incl. neg.) | 2-D subspace minimizer | Grosse eq. (27) |
+| `trajectory_*` (incl. neg.) | optimizer trajectories (K-FAC, HF, eq. 27, EMA) | PROTOCOL s10 |
 
 plus the K-FAC identities (`verify.identities.kfac`) and the other methods' identities
 (`verify.identities.methods`). Importing this package registers every identity in
@@ -57,6 +58,7 @@ from verify.identities import (  # noqa: F401  (imported to register their ident
     methods,
     quadratic_model,
     split,
+    trajectory,
 )
 from verify.identities._registry import IDENTITIES, Identity
 

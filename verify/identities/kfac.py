@@ -27,10 +27,10 @@ from ngd_ref.dense import (
     factored_damping_pi,
     kfac_approximation,
     kfac_factors,
-    kfac_magnitudes,
     kfac_matrix,
     kfac_solve,
 )
+from verify._policy import tolerance_policy
 from verify._report import CheckResult
 from verify._tolerance import Comparison, compare, rounding_rtol, solve_rtol
 from verify.identities._registry import detectable, identity, result, separated
@@ -73,7 +73,8 @@ def _exact_blocks(problem: Problem, kind: KfacKind) -> np.ndarray:
 
 def _magnitude(problem: Problem, kind: KfacKind) -> float:
     return float(np.linalg.norm(_block_diagonal([np.kron(a, s) for a, s in
-                                                 kfac_magnitudes(problem, kind)])))
+                                                 tolerance_policy(problem, "float64")
+                                                 .kfac_magnitudes(kind.value)])))
 
 
 def _exactness(name: str, problem: Problem, regime: ExactnessRegime) -> list[CheckResult]:

@@ -72,6 +72,8 @@ class BugClass(str, enum.Enum):
     PRECISION = "float32 rounding inside a float64 port"
     DEFAULTS = "optional-argument defaults"
     CACHING = "caching by name or shape"
+    OPTIMIZER_STATE = "optimizer state and schedules"
+    SAMPLING = "Monte Carlo sampling"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,11 +104,10 @@ MUTANTS: dict[str, Mutant] = {}
 
 CONTROLS: tuple[type, ...] = (NumpyPort, NumpyPort32)
 
-CORPUS_MODULES: tuple[str, ...] = (
-    "verify.mutants._corpus",
-    "verify.mutants.seed_methods",
-    "verify.mutants._corpus_blindspots",
-)
+CORPUS_MODULES: tuple[str, ...] = ("verify.mutants._corpus", "verify.mutants.seed_methods",
+                                   "verify.mutants._corpus_trajectory",
+                                   "verify.mutants.sampling",
+                                   "verify.mutants._corpus_blindspots")
 
 
 def register_mutant(

@@ -30,10 +30,13 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
+from verify.mutants._port_sampled import SampledPortMixin
+from verify.mutants._port_trajectory import TrajectoryPort
+
 __all__ = ["NumpyPort", "NumpyPort32"]
 
 
-class NumpyPort:
+class NumpyPort(TrajectoryPort, SampledPortMixin):
     """A correct port in numpy at precision `dtype` (PROTOCOL s5, s9 and the extensions)."""
 
     name = "numpy-port"

@@ -1,0 +1,365 @@
+"""Checks of `optimizer_trajectory` (PROTOCOL s10): a port's optimizer, step by step.
+
+For every problem the harness runs seven *families* -- `damped_newton`, `hessian_free`, `kfac`
+with each step rule (`fixed`, `rescaled`, `momentum_qm`), `shampoo`, `lbfgs` -- for `STEPS`
+steps on batches built from the problem (`trajectory_batches`: batch 0 is the problem's own,
+the others are reproducible dyadic perturbations of it, the same B, exact in float32), and
+compares `theta_1 .. theta_K` with the dense reference (`ngd_ref.trajectory`).
+
+Schedules. Each family has a short list of candidate settings, built from the problem (the
+damping is a power of two times the curvature's norm, every value exact in float32), and
+`DRAWN` more drawn from `verify.strategies`' space of settings (seeded by the problem), so
+`--fuzz` problems also meet settings no fixed list holds. Every
+candidate is run twice by the reference: as given and from a start a rounding of the port's
+dtype apart. A candidate is *ambiguous* -- and not used -- when the two runs' events differ,
+or when a discrete decision lies within its own uncertainty of its threshold: the distance of
+`rho_k` to 1/4 and 3/4, of `y^T s` to 0, of eq. 27's `det/(a11 a22)` to `64 eps` must exceed
+the change between the two runs scaled up to the tolerance at that step plus the rounding of
+the quantity in the port's dtype; `C + lambda I` must be positive definite beyond rounding
+where the method needs it (PROTOCOL s10). Among the unambiguous candidates the one whose run
+has the most distinct events (statistics update, inverse refresh, damping increase and
+decrease, root refresh, pair storage, rejection and eviction, momentum fallback), then the
+most events, then the smallest tolerance, is used.
+
+Tolerances: `verify._tolerance.trajectory_tolerances`, from each step's condition number and
+the measured divergence of the two reference runs (never a fixed schedule). The first step
+whose parameters leave the tolerance -- or turn non-finite -- fails the check, and the message
+names it with its events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import zlib
+from typing import Any
+
+import numpy as np
+
+from ngd_ref import Loss, Problem
+from ngd_ref.dense import DenseCurvature
+from ngd_ref.trajectory import Event, StepLog, Trajectory, trajectory
+from verify._report import Status
+from verify._tolerance import rounding_rtol, trajectory_tolerances, unit_roundoff
+from verify.harness._context import CheckContext
+from verify.harness._faults import InputModified, NotClaimed, PortFault, readonly
+from verify.strategies import TRAJECTORY_FAMILIES, generate_trajectory_settings
+
+__all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory", "schedule",
+           "trajectory_batches", "trajectory_reference"]
+
+#: steps per trajectory: enough for two statistics updates, an inverse refresh between them,
+#: two root refreshes, an eviction with memory 2
+STEPS = 6
+FAMILIES = TRAJECTORY_FAMILIES
+#: settings drawn from `verify.strategies`' space appended to each family's fixed candidates
+DRAWN = 2
+#: the events each family can have (the candidate search stops at one that has each twice)
+_POSSIBLE = {"damped_newton": 2, "hessian_free": 2, "kfac_fixed": 4, "kfac_rescaled": 4,
+             "kfac_momentum_qm": 5, "shampoo": 1, "lbfgs": 3}
+
+
+def trajectory_batches(problem: Problem, count: int = STEPS) -> list[tuple[np.ndarray, Any]]:
+    """`count` batches of the problem's B: its own, then dyadic perturbations (exact in float32).
+
+    Batch k > 0 has inputs `round(16 (x + xi_k / 4)) / 16` (xi_k standard normal, seeded by the
+    problem's name and k) and the problem's targets rolled by k examples.
+    """
+    out = [(problem.inputs, problem.targets)]
+    for k in range(1, count):
+        rng = np.random.default_rng([zlib.crc32(problem.name.encode()), k])
+        noise = rng.normal(size=problem.inputs.shape) / 4
+        inputs = np.round((problem.inputs + noise) * 16) / 16
+        out.append((inputs, np.roll(problem.targets, k, axis=0)))
+    return out
+
+
+def _power_of_two(value: float) -> float:
+    """The power of two nearest to `value` in log scale (1 for 0 or non-finite)."""
+    if not (math.isfinite(value) and value > 0):
+        return 1.0
+    return float(2.0 ** round(math.log2(value)))
+
+
+def _candidates(problem: Problem, family: str, ref: DenseCurvature) -> list[tuple[str, dict]]:
+    """Candidate `(method, hyper)` settings of one family, most preferred first."""
+    natural = Loss(problem.loss).outputs_are_natural_parameters
+    rotate = zlib.crc32(problem.name.encode())
+
+    def scale(curvature: str) -> float:
+        return _power_of_two(float(np.linalg.norm(ref.matrix(curvature), 2)))
+
+    def rotated(items: list) -> list:
+        offset = rotate % len(items)
+        return items[offset:] + items[:offset]
+
+    adapt = [(1.0, 1 / 32, 1, 2.0), (1.0, 1 / 4, 2, 1.5), (1.5, 1 / 32, 1, 1.5)]
+    out: list[tuple[str, dict]] = []
+    if family == "damped_newton":
+        for curvature, (lr, mult, every, omega) in itertools.product(
+                rotated(["hessian", "ggn", "fisher", "empirical_fisher"]), adapt):
+            out.append(("damped_newton", dict(
+                curvature=curvature, lr=lr, damping=scale(curvature) * mult, adapt_damping=True,
+                damping_every=every, damping_factor=omega)))
+    elif family == "hessian_free":
+        curvatures = rotated(["ggn", "fisher"]) if natural else ["fisher"]
+        for curvature, (lr, mult, every, omega), (iters, warm) in itertools.product(
+                curvatures, adapt[:2], [(2, 0.5), (3, 0.875)]):
+            out.append(("hessian_free", dict(
+                curvature=curvature, lr=lr, damping=scale(curvature) * mult, cg_iters=iters,
+                cg_warm_start=warm, adapt_damping=True, damping_every=every,
+                damping_factor=omega)))
+    elif family.startswith("kfac_"):
+        rule = family.removeprefix("kfac_")
+        kinds = rotated(["fisher", "empirical", "ggn"] if natural else ["fisher", "empirical"])
+        curvature = {"fisher": "fisher", "empirical": "empirical_fisher", "ggn": "ggn"}
+        variants = [("eigen", 0.5, True, 1 / 32, 1, 2.0), ("factored", 0.875, False, 1 / 4, 2, 1.5),
+                    ("factored", 0.5, True, 1 / 32, 1, 1.5)]
+        for kind, (method, ema, bias, mult, every, omega) in itertools.product(kinds, variants):
+            out.append(("kfac", dict(
+                kind=kind, ema=ema, ema_bias_correction=bias, stats_every=2, inverse_every=3,
+                damping=scale(curvature[kind]) * mult, damping_method=method, step_rule=rule,
+                lr=0.5, momentum=0.5, adapt_damping=True, damping_every=every,
+                damping_factor=omega)))
+    elif family == "shampoo":
+        g2 = _power_of_two(float(ref.gradient @ ref.gradient))
+        for lr, mult, beta2 in [(0.25, 1 / 16, 0.5), (0.0625, 1.0, 0.875), (0.25, 1.0, 0.875)]:
+            out.append(("shampoo", dict(lr=lr, eps=g2 * mult, beta2=beta2, root_every=2)))
+    elif family == "lbfgs":
+        gamma = 1.0 / scale("ggn" if natural else "fisher")
+        for lr, memory, g0 in [(1.0, 2, "scaled"), (1.0, 2, gamma), (0.5, 1, 4 * gamma),
+                               (1.0, 3, "scaled"), (1.0, 2, 16 * gamma)]:
+            out.append(("lbfgs", dict(lr=lr, memory=memory, gamma=g0)))
+    else:
+        raise ValueError(f"family: expected one of {', '.join(FAMILIES)}, got {family!r}")
+    return out + generate_trajectory_settings(problem, family, DRAWN, seed=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """A chosen setting with its reference run and tolerances.
+
+    Attributes:
+        family: e.g. `kfac_momentum_qm`.
+        method: the PROTOCOL s10 method name.
+        hyper: its `hyper` dict.
+        batches: the K batches.
+        reference: the float64 reference `Trajectory`.
+        tolerances: absolute tolerance on `theta_1 .. theta_K`.
+    """
+
+    family: str
+    method: str
+    hyper: dict
+    batches: list
+    reference: Trajectory
+    tolerances: list[float]
+
+
+def _finite(run: Trajectory) -> bool:
+    return bool(np.all(np.isfinite(run.float64())))
+
+
+def _ambiguity(nominal: StepLog, shifted: StepLog, factor: float, rtol: float,
+               eps: float) -> str:
+    """Why the decisions of one step are not resolvable (empty when they are)."""
+    if nominal.undefined:
+        return f"undefined: {nominal.undefined}"
+    if nominal.events != shifted.events:
+        return "the events change between two starts a rounding apart"
+    if nominal.min_eigenvalue is not None and not nominal.min_eigenvalue > rtol:
+        return "C + lambda I is not positive definite beyond rounding"
+    if nominal.model is not None:
+        model = float(nominal.model)
+        if model == 0 or nominal.rho is None:
+            return "the model predicts no change (M_k = 0)"
+        rho = float(nominal.rho)
+        spread = abs(rho - float(shifted.rho)) * factor + rtol * (
+            2 * nominal.loss_magnitude / abs(model) + abs(rho))
+        if not (math.isfinite(rho) and min(abs(rho - 0.25), abs(rho - 0.75)) > spread):
+            return f"rho {rho:.6g} is within {spread:.2e} of 1/4 or 3/4"
+    if nominal.pair_curvature is not None:
+        ys = float(nominal.pair_curvature)
+        spread = abs(ys - float(shifted.pair_curvature)) * factor + rtol * nominal.pair_scale
+        if not abs(ys) > spread:
+            return f"y^T s = {ys:.3e} is within {spread:.2e} of 0"
+    if nominal.det_ratio is not None:
+        ratio = float(nominal.det_ratio)
+        spread = abs(ratio - float(shifted.det_ratio)) * factor + 4 * rtol
+        if not abs(ratio - 64 * eps) > spread:
+            return f"det/(a11 a22) = {ratio:.3e} is within {spread:.2e} of 64 eps"
+    return ""
+
+
+def trajectory_reference(problem: Problem, batches: list, method: str, hyper: dict,
+                         dtype: str) -> tuple[Trajectory, Trajectory, list[float]]:
+    """The reference run, its twin started `2u` apart, and the tolerances of a `dtype` port.
+
+    Raises:
+        ValueError: where the reference cannot run the setting (e.g. CG on a matrix that is
+            not positive definite), or the trajectory is not finite.
+    """
+    u = unit_roundoff(dtype)
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    theta0 = problem.params
+    signs = np.where(np.random.default_rng(zlib.crc32(problem.name.encode())).random(
+        theta0.shape) < 0.5, -1.0, 1.0)
+    start = theta0 + 2 * u * np.maximum(np.abs(theta0), np.mean(np.abs(theta0))) * signs
+    try:
+        with np.errstate(all="ignore"):
+            nominal = trajectory(problem, batches, method, hyper, eps=eps)
+            shifted = trajectory(problem, batches, method, hyper, eps=eps, start=start)
+    except (np.linalg.LinAlgError, FloatingPointError) as exc:
+        raise ValueError(str(exc)) from exc
+    if not (_finite(nominal) and _finite(shifted)):
+        raise ValueError("the reference trajectory is not finite")
+    path = np.vstack([theta0, nominal.float64()])
+    divergences = np.linalg.norm(path - np.vstack([start, shifted.float64()]), axis=1)
+    tolerances = trajectory_tolerances(
+        dtype, length=max(problem.n_params, problem.batch_size * problem.output_dim),
+        depth=len(problem.layers) + 2, step_norms=np.linalg.norm(np.diff(path, axis=0), axis=1),
+        param_norms=np.linalg.norm(path[1:], axis=1),
+        conditions=[s.condition * s.gradient_cancellation for s in nominal.steps],
+        divergences=divergences)
+    return nominal, shifted, tolerances
+
+
+def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
+              dtype: str) -> tuple[Trajectory, list[float]] | str:
+    """The reference run and its tolerances, or why the setting is not usable."""
+    try:
+        nominal, shifted, tolerances = trajectory_reference(problem, batches, method, hyper,
+                                                            dtype)
+    except ValueError as exc:
+        return f"the reference cannot run it ({exc})"
+    # every exp and log must stay inside the port's range (a softmax probability underflows to
+    # 0, exp(z) overflows): the losses' summed magnitudes c^-1 sum_b (|L_b| + ||z_b||_1) and
+    # twice the largest pre-activation bound their arguments; -log(tiny) is the smaller end
+    c = 1.0 / problem.batch_size if problem.reduction == "mean" else 1.0
+    exponent_range = -math.log(float(np.finfo(np.dtype(dtype)).tiny))
+    if any(max(s.loss_magnitude / c, s.exponent_range) > exponent_range for s in nominal.steps):
+        return f"the exponentials leave the range of {dtype}"
+    rtol = rounding_rtol(dtype, length=max(problem.n_params, problem.batch_size
+                                           * problem.output_dim), depth=len(problem.layers) + 2)
+    divergences = np.linalg.norm(nominal.float64() - shifted.float64(), axis=1)
+    tiny = np.finfo(np.float64).tiny
+    factors = [0.0] + [t / max(d, tiny) for t, d in zip(tolerances, divergences, strict=True)]
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    for k, (a, b) in enumerate(zip(nominal.steps, shifted.steps, strict=True)):
+        why = _ambiguity(a, b, max(1.0, factors[k], factors[k + 1]), rtol, eps)
+        if why:
+            return f"step {k}: {why}"
+    return nominal, tolerances
+
+
+def _score(run: Trajectory, tolerances: list[float]) -> tuple:
+    """Informative (required), then distinct events, then events, then the smaller tolerance.
+
+    A schedule is informative when every `tol_k < ||theta_k - theta_0||`: a port that does not
+    move at all must fail it.
+    """
+    counts = [run.count(e) for e in Event if e is not Event.DAMPING_KEPT]
+    path = run.float64()
+    travelled = np.linalg.norm(path - run.start, axis=1)
+    informative = bool(np.all(np.asarray(tolerances) < travelled))
+    relative = max(t / max(float(np.linalg.norm(p)), np.finfo(np.float64).tiny)
+                   for t, p in zip(tolerances, path, strict=True))
+    return (informative, sum(c > 0 for c in counts), sum(min(c, 2) for c in counts), -relative)
+
+
+@functools.lru_cache(maxsize=512)
+def schedule(problem: Problem, family: str, dtype: str) -> Schedule | str:
+    """The schedule of one family on one problem for a port of `dtype` (module docstring).
+
+    Returns:
+        The `Schedule`, or a sentence saying why no candidate setting is unambiguous.
+    """
+    batches = trajectory_batches(problem)
+    ref = DenseCurvature(problem)
+    best, reasons = None, []
+    for method, hyper in _candidates(problem, family, ref):
+        outcome = _evaluate(problem, method, hyper, batches, dtype)
+        if isinstance(outcome, str):
+            reasons.append(outcome)
+            continue
+        score = _score(*outcome)
+        if not score[0]:
+            reasons.append("a tolerance exceeds the distance travelled (not informative)")
+        elif best is None or score > best[0]:
+            best = (score, method, hyper, outcome)
+            if score[1:3] == (_POSSIBLE[family], 2 * _POSSIBLE[family]):
+                break
+    if best is None:
+        return (f"no unambiguous, informative setting among {len(reasons)} candidates "
+                f"(first: {reasons[0]})")
+    _, method, hyper, (run, tolerances) = best
+    return Schedule(family, method, hyper, batches, run, tolerances)
+
+
+def _compare(ctx: CheckContext, check: str, sched: Schedule, value: Any) -> None:
+    """Record the first step leaving the tolerance (or the worst step when none does)."""
+    expected = sched.reference.float64()
+    try:
+        actual = np.asarray([np.asarray(v, dtype=np.float64) for v in value], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        ctx.record(check, Status.FAIL, f"expected {len(expected)} parameter vectors: {exc}")
+        return
+    if actual.shape != expected.shape:
+        ctx.record(check, Status.FAIL, f"wrong shape: got {actual.shape}, expected "
+                   f"{expected.shape} (theta_1 .. theta_K)")
+        return
+    label = f"{sched.method} {_describe(sched.hyper)}"
+    worst = (-1.0, 0)
+    for k, (a, e, tol) in enumerate(zip(actual, expected, sched.tolerances, strict=True)):
+        step = sched.reference.steps[k]
+        if not np.all(np.isfinite(a)):
+            ctx.record(check, Status.FAIL, f"{label}: theta_{k + 1} is not finite where the "
+                       f"reference's is, at {step.describe()}")
+            return
+        error = float(np.linalg.norm(a - e))
+        if not error <= tol:
+            before = f" (after {sched.reference.steps[k - 1].describe()})" if k else ""
+            ctx.record(check, Status.FAIL, f"{label}: theta_{k + 1} leaves the tolerance first, "
+                       f"error {error:.2e} > tol {tol:.2e} at {step.describe()}{before}",
+                       error, tol)
+            return
+        worst = max(worst, (error / tol if tol > 0 else 0.0, k))
+    k = worst[1]
+    error = float(np.linalg.norm(actual[k] - expected[k]))
+    events = ", ".join(f"{e.value} x{sched.reference.count(e)}" for e in Event
+                       if sched.reference.count(e))
+    ctx.record(check, Status.PASS, f"{label}: {len(expected)} steps within tolerance (closest "
+               f"theta_{k + 1}: error {error:.2e} <= tol {sched.tolerances[k]:.2e}); events: "
+               f"{events}", error, sched.tolerances[k])
+
+
+def _describe(hyper: dict) -> str:
+    return "(" + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in hyper.items()) + ")"
+
+
+def check_optimizer_trajectory(ctx: CheckContext) -> None:
+    """Every family's trajectory against the dense reference (module docstring)."""
+    for family in FAMILIES:
+        check = f"optimizer_trajectory_{family}"
+        sched = schedule(ctx.problem, family, ctx.dtype)
+        if isinstance(sched, str):
+            ctx.record(check, Status.SKIP, f"not run: {sched}")
+            continue
+        batches = [(readonly(x), readonly(y, np.asarray(y).dtype)) for x, y in sched.batches]
+        ctx.begin(check)
+        try:
+            value = ctx.port("optimizer_trajectory", ctx.problem, batches, sched.method,
+                             dict(sched.hyper))
+        except NotClaimed as exc:
+            ctx.record(check, Status.SKIP, f"port declines: {exc}")
+            continue
+        except InputModified as exc:
+            ctx.record(check, Status.FAIL, str(exc))
+            continue
+        except PortFault as exc:
+            ctx.record(check, Status.ERROR, str(exc))
+            continue
+        _compare(ctx, check, sched, value)
