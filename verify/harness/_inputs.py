@@ -22,7 +22,7 @@ So the inputs depend on the port's declared `dtype`:
 Capabilities whose inputs the harness builds itself from the reference (CG, BFGS, L-BFGS
 direction, Hutchinson, inverse roots, Shampoo: `MATRIX_INPUT`) are not run on the twin: their
 matrices are already non-dyadic, and their probe vectors follow the rule above; nor is
-`optimizer_trajectory` (cost).
+`optimizer_trajectory` and the sampled estimators (cost).
 """
 
 from __future__ import annotations
@@ -39,11 +39,14 @@ from ngd_ref._spec import TargetKind
 __all__ = ["MATRIX_INPUT", "TWIN_SUFFIX", "probe_vectors", "reused_name_twin", "with_twin"]
 
 #: capabilities not run on the twin: those whose arguments are matrices and vectors built by
-#: the harness (not a problem), and `optimizer_trajectory` (a whole run per problem: its cost
-#: would double, and its schedules are chosen per problem, not per name)
+#: the harness (not a problem), `optimizer_trajectory` (a whole run per problem: its cost
+#: would double, and its schedules are chosen per problem, not per name) and the sampled
+#: estimators (statistical tests whose cost would double; precision and name caching are
+#: covered by the exact checks)
 MATRIX_INPUT = frozenset(
     {"cg", "bfgs_update", "lbfgs_direction", "hutchinson_diag", "hutchinson_trace",
-     "inverse_root", "shampoo_direction", "optimizer_trajectory"}
+     "inverse_root", "shampoo_direction", "optimizer_trajectory", "mc_fisher", "mc_fisher_vp",
+     "mc_fisher_diag", "mc_kfac_factors"}
 )
 #: appended to the check names of the results on the reused-name twin
 TWIN_SUFFIX = "_reused_name"
