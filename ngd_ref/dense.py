@@ -11,6 +11,7 @@ Example:
     ((31, 31), (31, 31))
 """
 
+from ngd_ref._activations import Activation, get_activation
 from ngd_ref._backend import FLOAT64, Backend, mp_backend
 from ngd_ref._certify import agreement_digits, certify, mp_self_agreement
 from ngd_ref._losses import OutputLoss, OutputMoments, get_loss
@@ -92,6 +93,7 @@ from ngd_ref.shampoo._dense import (
 )
 
 __all__ = [
+    "Activation",
     "Backend",
     "CGResult",
     "Curvature",
@@ -124,6 +126,7 @@ __all__ = [
     "exact_diagonal_blocks",
     "exactness_regimes",
     "factored_damping_pi",
+    "get_activation",
     "get_loss",
     "ggn_diag",
     "hessian_diag",

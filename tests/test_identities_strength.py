@@ -1,0 +1,63 @@
+"""Each strengthened identity kills a mutant that its old form let through (issue 18).
+
+A mutant is a wrong dense reference (a monkeypatched routine of `ngd_ref`, or a wrong
+cached matrix) or a wrong reference method. Each test shows both halves: the old check (the
+part of the identity that existed before) still passes on the mutant, and the strengthened
+identity fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ngd_ref.curvature._dense as curvature_dense
+from ngd_ref import zoo
+from ngd_ref.dense import dense
+from verify._policy import tolerance_policy
+from verify._report import Status
+from verify.identities import hessian
+
+SCE = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
+NLL = zoo.get("mlp-3x4x3-tanh-nll_probs-b3-out_softmax")
+MSE = zoo.get("mlp-3x4x3-tanh-mse-b3")
+
+
+@pytest.fixture
+def fresh_reference():
+    """Clear the reference and policy caches before and after a mutant."""
+    curvature_dense._cached.cache_clear()
+    tolerance_policy.cache_clear()
+    yield
+    curvature_dense._cached.cache_clear()
+    tolerance_policy.cache_clear()
+
+
+def _statuses(results) -> list[Status]:
+    return [r.status for r in (results if isinstance(results, list) else [results])]
+
+
+def test_doubled_network_curvature_passes_the_decomposition_not_the_differences(
+        monkeypatch, fresh_reference):
+    """Mutant: `second_order_backward` weighs the network-curvature term twice.
+
+    H and `output_hessian_term` share the routine, so `G + 2(H - G) = H'` still holds; the
+    central difference of the independent first-order gradient sees `H' v != H v`.
+    """
+    real = curvature_dense.second_order_backward
+
+    def doubled(problem, theta, trace, cotangent, tangent, bk):
+        return real(problem, theta, trace, 2 * cotangent, tangent, bk)
+
+    monkeypatch.setattr(curvature_dense, "second_order_backward", doubled)
+    assert _statuses(hessian.hessian_decomposition(SCE)) == [Status.PASS]
+    assert _statuses(hessian.hessian_matches_gradient_differences(SCE)) == [Status.FAIL]
+
+
+def test_gradient_difference_of_a_known_hessian():
+    """On the zoo's tanh softmax problem the difference matches H v to ~1e-3 tolerances."""
+    r = hessian.hessian_matches_gradient_differences(SCE)
+    assert r.status is Status.PASS and r.error < 1e-2 * r.tolerance
+    v = np.eye(SCE.n_params)[0]
+    assert np.allclose(hessian.hessian_gradient_difference(SCE, v), dense(SCE).hessian[:, 0],
+                       rtol=0, atol=1e-12 * np.linalg.norm(dense(SCE).hessian))
