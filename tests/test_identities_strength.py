@@ -16,7 +16,7 @@ from ngd_ref import zoo
 from ngd_ref.dense import dense
 from verify._policy import tolerance_policy
 from verify._report import Status
-from verify.identities import hessian
+from verify.identities import fisher, hessian, quadratic_model
 
 SCE = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
 NLL = zoo.get("mlp-3x4x3-tanh-nll_probs-b3-out_softmax")
@@ -61,3 +61,38 @@ def test_gradient_difference_of_a_known_hessian():
     v = np.eye(SCE.n_params)[0]
     assert np.allclose(hessian.hessian_gradient_difference(SCE, v), dense(SCE).hessian[:, 0],
                        rtol=0, atol=1e-12 * np.linalg.norm(dense(SCE).hessian))
+
+
+def test_fisher_wrong_off_the_old_direction_fails_kl(fresh_reference):
+    """Mutant: `F' = F + a u u^T` with `u` orthogonal to the old (single) KL direction.
+
+    `d_0^T F' d_0 = d_0^T F d_0`, so the old one-direction check passes; the second
+    direction (and both argument orders) sees `a (d_1^T u)^2`.
+    """
+    ref = dense(NLL)
+    d0 = fisher.kl_directions(NLL)[0]
+    u = np.random.default_rng(0).standard_normal(NLL.n_params)
+    u -= (u @ d0) * d0
+    u /= np.linalg.norm(u)
+    ref.__dict__["fisher"] = ref.fisher + 1e-6 * np.linalg.norm(ref.fisher) * np.outer(u, u)
+    assert fisher._kl_comparison(NLL, ref.fisher, d0).passed
+    statuses = _statuses(fisher.kl_second_order(NLL))
+    assert statuses[:2] == [Status.PASS, Status.PASS] and Status.FAIL in statuses[2:]
+
+
+def test_kl_orders_share_the_coefficient():
+    """Both argument orders give `1/2 d^T F d`; their t^3 terms differ (opposite signs)."""
+    d = fisher.kl_directions(SCE)[1]
+    coeffs = fisher.kl_coefficients(SCE, d)
+    half = 0.5 * float(d @ dense(SCE).fisher @ d)
+    tol = fisher.exact_rtol(SCE)
+    assert all(abs(c2 - half) <= tol * abs(half) for c2, _ in coeffs.values())
+
+
+def test_bound_loose_by_two_passes_the_inequality_not_the_equality(monkeypatch):
+    """Mutant: Martens' bound with factor 1 instead of 1/2 (`-c sum r^T H_L^+ r`)."""
+    real = quadratic_model.martens_bound_value
+    monkeypatch.setattr(quadratic_model, "martens_bound_value", lambda p: 2.0 * real(p))
+    assert quadratic_model._stacked_full_row_rank(SCE)
+    assert _statuses(quadratic_model.martens_bound(SCE)) == [Status.PASS]
+    assert _statuses(quadratic_model.martens_bound_tight(SCE)) == [Status.FAIL]

@@ -122,8 +122,8 @@ def hessian_gradient_difference(problem: Problem, direction: np.ndarray) -> np.n
     t = _fd_step(problem, direction)
     with bk.precision():
         theta, v, step = bk.asarray(problem.params), bk.asarray(direction), bk.scalar(t)
-        plus = mp_gradient(problem, theta + step * v, bk)
-        minus = mp_gradient(problem, theta - step * v, bk)
+        plus = mp_gradient(problem, theta + v * step, bk)
+        minus = mp_gradient(problem, theta - v * step, bk)
         return bk.to_float64((plus - minus) / (2 * step))
 
 

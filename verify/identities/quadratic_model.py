@@ -5,7 +5,10 @@
 * Martens s11: `M(delta) = c sum_b 1/2 ||J_b delta + H_L,b^+ r_b||^2_{H_L,b} + const`, so
   `min M - h >= -c/2 sum_b r_b^T H_L,b^+ r_b` (`r_b = dL/dz_b`; for natural parameters
   `H_L = F_R`, the seed's form). Hypotheses: every `H_L,b` PSD with `r_b` in its range (all
-  protocol losses but `gaussian_logvar`). Negative control: a model with an indefinite
+  protocol losses but `gaussian_logvar`). The bound is attained when the stacked Jacobian
+  `[J_1; ...; J_B]` (`B C x n`) has full row rank: every output-space minimizer
+  `u_b = -H_L,b^+ r_b` is then reached by some `delta` (`martens_bound_tight`: a bound too
+  loose by any factor fails there). Negative control: a model with an indefinite
   curvature (the Newton model at an indefinite H) is unbounded below and breaks the bound.
 * When `F = G` the natural gradient `-F^{-1} g` minimizes M (Martens s11): `g + G delta = 0`.
   Negative control: for `nll_probs` / `gaussian_logvar` it does not.
@@ -43,6 +46,7 @@ from verify.identities._registry import detectable, identity, result, separated
 
 __all__ = [
     "martens_bound",
+    "martens_bound_tight",
     "martens_bound_value",
     "martens_bound_needs_psd_model",
     "momentum_subspace_stationary",
@@ -167,6 +171,51 @@ def martens_bound_needs_psd_model(problem: Problem):
     value = float(s * (q1 @ g) + 0.5 * s * s * nu[0])
     return at_most("martens_bound_needs_psd_model", problem, value - bound, -abs(bound),
                    f"M_H(s q_1) - h - bound (s = {s:.3g})", MARTENS, negative_control=True)
+
+
+def _kept(problem: Problem) -> tuple[int, int]:
+    """Numerical ranks: of G (`range_solve`'s cutoff) and `sum_b rank H_L,b` (the bound's)."""
+    ref = reference(problem)
+    rank_g = int(np.sum(np.abs(np.linalg.eigvalsh(ref.ggn)) > _cutoff(problem)))
+    rank_l = sum(int(np.sum(np.abs(np.linalg.eigvalsh(h)) > exact_rtol(problem) * mag))
+                 for h, mag in zip(ref.loss_hessians, middle_magnitudes(ref), strict=True))
+    return rank_g, rank_l
+
+
+def _stacked_full_row_rank(problem: Problem) -> bool:
+    """Hypotheses of `martens_bound_tight`: those of `martens_bound`, and `[J_b]` onto.
+
+    `B C <= n`, and the numerical rank of G equals `sum_b rank H_L,b` (`_kept`): with an onto
+    stacked Jacobian, `rank G = sum_b rank H_L,b` exactly, and equal numerical ranks mean
+    float64 resolves every direction the bound counts (a nearly rank-deficient J would drop
+    some below G's cutoff).
+    """
+    if not (_convex_loss(problem) and resolvable(problem)):
+        return False
+    if problem.batch_size * problem.output_dim > problem.n_params:
+        return False
+    rank_g, rank_l = _kept(problem)
+    return rank_g == rank_l
+
+
+@identity("martens_bound_tight", source=MARTENS,
+          statement="min_delta M(delta) - h = -c/2 sum_b r_b^T H_L,b^+ r_b when the stacked "
+                    "J_b have full row rank", applies=_stacked_full_row_rank)
+def martens_bound_tight(problem: Problem):
+    """The equality case of Martens s11's bound (hypotheses: `_stacked_full_row_rank`).
+
+    With `J = [J_b]` onto, `delta` reaches every `u = J delta`, and the output-space
+    minimizers `u_b = -H_L,b^+ r_b` give `M - h = -c/2 sum_b r_b^T H_L,b^+ r_b`. Tolerance:
+    `martens_bound`'s.
+    """
+    ref = reference(problem)
+    g, ggn = ref.gradient, ref.ggn
+    delta = range_solve(problem, ggn, -g)
+    best = float(g @ delta + 0.5 * delta @ ggn @ delta)
+    bound = martens_bound_value(problem)
+    tol = max(_solve_tol(problem, ggn), _loss_hessian_tol(problem)) * (abs(best) + abs(bound))
+    return at_most("martens_bound_tight", problem, abs(bound - best), tol,
+                   f"|bound - min M| (min M - h = {best:.4g}, bound {bound:.4g})", MARTENS)
 
 
 def _natural_gradient_residual(problem: Problem):
