@@ -13,9 +13,11 @@ import pytest
 
 import ngd_ref.curvature._dense as curvature_dense
 from ngd_ref import zoo
+from ngd_ref import dense as ref_module
 from ngd_ref.dense import dense
 from verify._policy import tolerance_policy
 from verify._report import Status
+from verify.identities import IDENTITIES
 from verify.identities import fisher, hessian, quadratic_model
 
 SCE = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
@@ -31,6 +33,10 @@ def fresh_reference():
     yield
     curvature_dense._cached.cache_clear()
     tolerance_policy.cache_clear()
+
+
+def _by_name(name: str):
+    return next(ident for ident in IDENTITIES if ident.name == name)
 
 
 def _statuses(results) -> list[Status]:
@@ -96,3 +102,18 @@ def test_bound_loose_by_two_passes_the_inequality_not_the_equality(monkeypatch):
     assert quadratic_model._stacked_full_row_rank(SCE)
     assert _statuses(quadratic_model.martens_bound(SCE)) == [Status.PASS]
     assert _statuses(quadratic_model.martens_bound_tight(SCE)) == [Status.FAIL]
+
+
+def test_symmetrized_cross_term_bfgs_fails_only_on_generic_pairs(monkeypatch):
+    """Mutant: `y y^T / (y^T s)` written as `(y s^T + s y^T) / (2 s^T s)`.
+
+    Equal for `y = lambda s` (the old eigen pair), so the old check passes; the oblique pair
+    has `(y^T s - ||y|| ||s||) / (2 s^T s) < 0` in the new term and B+ goes indefinite.
+    """
+    def mutant(B, s, y):
+        Bs = B @ s
+        return B + (np.outer(y, s) + np.outer(s, y)) / (2 * (s @ s)) - np.outer(Bs, Bs) / (s @ Bs)
+
+    monkeypatch.setattr(ref_module, "bfgs_update", mutant)
+    statuses = _statuses(_by_name("bfgs_preserves_positive_definiteness").run(SCE))
+    assert statuses[0] is Status.PASS and Status.FAIL in statuses[1:]

@@ -212,17 +212,51 @@ def _eigen_pair(problem: Problem, index: int) -> tuple[np.ndarray, np.ndarray]:
     return s, ref.dense(problem).hessian @ s
 
 
+#: cos(y, s) of the oblique pair of `bfgs_preserves_positive_definiteness`.
+_OBLIQUE_COSINE = 0.1
+
+
+def _curvature_pairs(problem: Problem, B: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Pairs with `y^T s > 0`: the eigen pair, generic ones, and an oblique one.
+
+    * `s = v_max(H)`, `y = lambda_max s` (parallel: the update's cross terms vanish);
+    * the real secant pair (`_secant_pair`) where its `y^T s > 0`;
+    * `y = A s` for a seeded Gaussian `s` and the SPD `A = _quadratic` (`y^T s = s^T A s > 0`);
+    * oblique: `cos(y, s) = _OBLIQUE_COSINE`, `||y|| = 10 ||B||_2 ||s||` (a long `y` nearly
+      orthogonal to `s`: the hard case, where a wrong cross term is not dwarfed by `B`).
+    """
+    pairs = [("eigen pair", *_eigen_pair(problem, -1))]
+    s, y = _secant_pair(problem)
+    if float(y @ s) > 0:
+        pairs.append(("secant pair", s, y))
+    s = _rng(problem, "bfgs-generic").standard_normal(problem.n_params)
+    pairs.append(("y = A s", s, _quadratic(problem) @ s))
+    w = _rng(problem, "bfgs-oblique").standard_normal(problem.n_params)
+    w -= (w @ s) / (s @ s) * s
+    w *= np.sqrt(1 - _OBLIQUE_COSINE**2) / np.linalg.norm(w)
+    y = 10 * _norm2(B) * (_OBLIQUE_COSINE * s + np.linalg.norm(s) * w)
+    pairs.append(("oblique pair", s, y))
+    return pairs
+
+
 @identity("bfgs_preserves_positive_definiteness", source=_NW,
           applies=lambda p: float(_spectrum(p)[0][-1]) > 0,
-          statement="B > 0 and y^T s > 0 imply bfgs_update(B, s, y) > 0")
-def _bfgs_pd(problem: Problem) -> CheckResult:
+          statement="B > 0 and y^T s > 0 imply bfgs_update(B, s, y) > 0 (eigen, secant, "
+                    "generic and oblique pairs)")
+def _bfgs_pd(problem: Problem) -> list[CheckResult]:
+    """`lambda_min(sym(B+)) / ||B+|| > tol` for each pair of `_curvature_pairs`.
+
+    The symmetric part is tested (symmetry itself is `bfgs_secant_and_symmetry`'s).
+    """
     B = _quadratic(problem)
-    s, y = _eigen_pair(problem, -1)   # y^T s = lambda_max(H) > 0
-    updated = ref.bfgs_update(B, s, y)
-    margin = float(np.linalg.eigvalsh(updated)[0]) / _norm2(updated)
-    return _holds("bfgs_preserves_positive_definiteness", problem, margin,
-                  _bfgs_tolerance(problem, B, s, y), "lambda_min(B+)/||B+|| > 0 with y^T s > 0",
-                  _NW)
+    out = []
+    for what, s, y in _curvature_pairs(problem, B):
+        updated = ref.bfgs_update(B, s, y)
+        margin = float(np.linalg.eigvalsh((updated + updated.T) / 2)[0]) / _norm2(updated)
+        out.append(_holds("bfgs_preserves_positive_definiteness", problem, margin,
+                          _bfgs_tolerance(problem, B, s, y),
+                          f"{what}: lambda_min(B+)/||B+|| > 0 with y^T s > 0", _NW))
+    return out
 
 
 @identity("bfgs_loses_definiteness_when_curvature_negative", source=_NW, applies=_indefinite,
