@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 import ngd_ref.curvature._dense as curvature_dense
-from ngd_ref import zoo
+import ngd_ref.hf._dense as hf_dense
 from ngd_ref import dense as ref_module
+from ngd_ref import zoo
 from ngd_ref.dense import dense
 from verify._policy import tolerance_policy
 from verify._report import Status
-from verify.identities import IDENTITIES
-from verify.identities import fisher, hessian, quadratic_model
+from verify.identities import IDENTITIES, damping, fisher, hessian, quadratic_model
 
 SCE = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
 NLL = zoo.get("mlp-3x4x3-tanh-nll_probs-b3-out_softmax")
@@ -117,3 +117,34 @@ def test_symmetrized_cross_term_bfgs_fails_only_on_generic_pairs(monkeypatch):
     monkeypatch.setattr(ref_module, "bfgs_update", mutant)
     statuses = _statuses(_by_name("bfgs_preserves_positive_definiteness").run(SCE))
     assert statuses[0] is Status.PASS and Status.FAIL in statuses[1:]
+
+
+def test_slightly_wrong_damping_term_passes_the_limit_not_the_exact_ratio(monkeypatch):
+    """Mutant: the model's damping term `lambda |d|^2 / 2` off by a relative `2^-12`.
+
+    At `lambda = 1024 (||H|| + ||G||)` rho moves from 2 by ~`2^-11`, inside the limit's own
+    bound `2 ||H|| / lambda`; at lambda = 0 the term vanishes. The exact damped-quadratic
+    ratio sees it.
+    """
+    real = hf_dense.hf_quadratic_model
+
+    def mutant(problem, step, *, damping=0.0, **kwargs):
+        step = np.asarray(step, dtype=np.float64)
+        extra = 2.0**-12 * 0.5 * damping * float(step @ step)
+        return real(problem, step, damping=damping, **kwargs) + extra
+
+    monkeypatch.setattr(hf_dense, "hf_quadratic_model", mutant)
+    assert set(_statuses(damping.reduction_ratio_quadratic(SCE))) == {Status.PASS}
+    assert set(_statuses(damping.reduction_ratio_large_damping(SCE))) == {Status.PASS}
+    assert Status.FAIL in _statuses(damping.reduction_ratio_damped_quadratic(SCE))
+
+
+def test_levenberg_marquardt_that_never_increases_is_caught(monkeypatch):
+    """Mutant: the LM rule without its increase branch (old checks saw only rho > 3/4)."""
+    def mutant(lam, rho, **kwargs):
+        return lam * (damping.LM_DECREASE if rho > damping.LM_HIGH else 1.0)
+
+    monkeypatch.setattr(damping, "levenberg_marquardt", mutant)
+    assert set(_statuses(damping.reduction_ratio_quadratic(SCE))) == {Status.PASS}
+    assert set(_statuses(damping.reduction_ratio_large_damping(SCE))) == {Status.PASS}
+    assert Status.FAIL in _statuses(damping.reduction_ratio_damped_quadratic(SCE))
