@@ -148,3 +148,29 @@ def test_levenberg_marquardt_that_never_increases_is_caught(monkeypatch):
     assert set(_statuses(damping.reduction_ratio_quadratic(SCE))) == {Status.PASS}
     assert set(_statuses(damping.reduction_ratio_large_damping(SCE))) == {Status.PASS}
     assert Status.FAIL in _statuses(damping.reduction_ratio_damped_quadratic(SCE))
+
+
+def test_step_size_for_unit_directions_fails_along_kfac(monkeypatch):
+    """Mutant: `alpha* = -g^T r^ / r^T G r^` for `r^ = r / |r|` (assumes unit directions)."""
+    real = quadratic_model.optimal_step_size
+
+    def mutant(problem, direction, **kwargs):
+        return real(problem, direction / np.linalg.norm(direction), **kwargs)
+
+    monkeypatch.setattr(quadratic_model, "optimal_step_size", mutant)
+    statuses = _statuses(quadratic_model.optimal_step_stationary(SCE))
+    assert statuses == [Status.PASS, Status.FAIL]
+
+
+def test_subspace_step_without_rescaling_fails_along_kfac(monkeypatch):
+    """Mutant: eq. (27)'s `(alpha, beta)` of the unit basis, used on the unscaled r and p."""
+    real = quadratic_model.momentum_subspace_step
+
+    def mutant(problem, direction, previous, **kwargs):
+        r, p = np.linalg.norm(direction), np.linalg.norm(previous)
+        unit = real(problem, direction / r, previous / p, **kwargs)
+        return unit._replace(step=unit.alpha * direction + unit.beta * previous)
+
+    monkeypatch.setattr(quadratic_model, "momentum_subspace_step", mutant)
+    statuses = _statuses(quadratic_model.momentum_subspace_stationary(SCE))
+    assert statuses == [Status.PASS, Status.PASS, Status.FAIL]
