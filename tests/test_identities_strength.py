@@ -174,3 +174,17 @@ def test_subspace_step_without_rescaling_fails_along_kfac(monkeypatch):
     monkeypatch.setattr(quadratic_model, "momentum_subspace_step", mutant)
     statuses = _statuses(quadratic_model.momentum_subspace_stationary(SCE))
     assert statuses == [Status.PASS, Status.PASS, Status.FAIL]
+
+
+def test_absolute_damped_newton_fails_only_at_an_indefinite_shift(monkeypatch):
+    """Mutant: `-|H + lam I|^{-1} g` (the absolute value taken after damping).
+
+    It equals the Newton step wherever `H + lam I > 0` (the old check's only shift).
+    """
+    def mutant(problem, lam):
+        values, vectors = np.linalg.eigh(dense(problem).hessian)
+        return -vectors @ ((vectors.T @ dense(problem).gradient) / np.abs(values + lam))
+
+    monkeypatch.setattr(ref_module, "newton_update", mutant)
+    statuses = _statuses(_by_name("newton_step_minimizes_quadratic_model").run(SCE))
+    assert statuses[:2] == [Status.PASS, Status.PASS] and statuses[2] is Status.FAIL

@@ -104,23 +104,58 @@ def _holds(name: str, problem: Problem, margin: float, tolerance: float, what: s
 
 
 # -- Newton and the |H| trust region ---------------------------------------------------------
+def _saddle_damping(problem: Problem) -> float | None:
+    """`lam = -lambda_min(H) / 2` leaving `H + lam I` indefinite and nonsingular, or None.
+
+    Needs `lambda_min(H) < -100 rtol ||H||` and every `|nu_i + lam| > 100 rtol ||H||`
+    (`rtol` the rounding of H): the damped matrix has a resolved negative eigenvalue and no
+    numerically zero one.
+    """
+    values, _ = _spectrum(problem)
+    scale = float(np.abs(values).max())
+    rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
+    if values[0] >= -100 * rtol * scale:
+        return None
+    lam = -float(values[0]) / 2
+    return lam if float(np.abs(values + lam).min()) > 100 * rtol * scale else None
+
+
 @identity("newton_step_minimizes_quadratic_model", source=f"{_GROSSE} eqs. (1), (5); {_SEED_004}",
-          statement="(H + lam I) d_N = -grad h, and H + lam I > 0 makes d_N the model's minimizer")
+          statement="(H + lam I) d_N = -grad h; H + lam I > 0 makes d_N the model's minimizer, "
+                    "an indefinite H + lam I (lam = -lambda_min(H)/2) a saddle of it")
 def _newton_minimizes(problem: Problem) -> list[CheckResult]:
+    """The damped Newton step is the model's stationary point, at a PD and an indefinite shift.
+
+    At `lam = _pd_damping` it is the minimizer (`lambda_min(H + lam I) > 0`); where H is
+    detectably indefinite, at `lam = _saddle_damping` it is still the stationary point (the
+    residual of a backward-stable solve is `rtol ||H + lam I|| ||d||` whatever the condition
+    number) but a saddle (`lambda_min(H + lam I) < 0`): the PD case alone cannot tell a
+    Newton step from one of `|H + lam I|`, which coincide there.
+    """
     name, source = "newton_step_minimizes_quadratic_model", f"{_GROSSE} eq. (5)"
     d = ref.dense(problem)
-    lam = _pd_damping(problem)
-    damped = d.hessian + lam * np.eye(problem.n_params)
-    step = ref.newton_update(problem, lam)
     rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
-    stationary = compare(damped @ step, -d.gradient, tolerance=rtol,
-                         magnitude=_norm2(damped) * float(np.linalg.norm(step)))
-    # m(d_N + e) - m(d_N) = e^T (H + lam I) e / 2 > 0 for all e != 0 iff lambda_min > 0.
-    curvature = float(np.linalg.eigvalsh(damped)[0]) / _norm2(damped)
-    return [result(name, problem, stationary, "model gradient vanishes at the damped Newton step",
-                   source),
-            _holds(name, problem, curvature, rtol, "model curvature lambda_min(H + lam I) > 0",
-                   source)]
+    out = []
+    shifts = [("positive definite", _pd_damping(problem)), ("indefinite", _saddle_damping(problem))]
+    for what, lam in shifts:
+        if lam is None:
+            continue
+        damped = d.hessian + lam * np.eye(problem.n_params)
+        step = ref.newton_update(problem, lam)
+        stationary = compare(damped @ step, -d.gradient, tolerance=rtol,
+                             magnitude=_norm2(damped) * float(np.linalg.norm(step)))
+        # m(d_N + e) - m(d_N) = e^T (H + lam I) e / 2 > 0 for all e != 0 iff lambda_min > 0.
+        curvature = float(np.linalg.eigvalsh(damped)[0]) / _norm2(damped)
+        out.append(result(name, problem, stationary,
+                          f"{what} H + {lam:.3g} I: model gradient vanishes at d_N", source))
+        if what == "positive definite":
+            out.append(_holds(name, problem, curvature, rtol,
+                              "model curvature lambda_min(H + lam I) > 0", source))
+        else:
+            out.append(_holds(name, problem, -curvature, rtol,
+                              "model curvature lambda_min(H + lam I) < 0: d_N is a saddle",
+                              source))
+    return out
 
 
 @identity("trust_region_step_is_descent",
