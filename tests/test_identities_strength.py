@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.linalg
 
 import ngd_ref.curvature._dense as curvature_dense
 import ngd_ref.hf._dense as hf_dense
@@ -18,7 +19,7 @@ from ngd_ref import zoo
 from ngd_ref.dense import dense
 from verify._policy import tolerance_policy
 from verify._report import Status
-from verify.identities import IDENTITIES, damping, fisher, hessian, quadratic_model
+from verify.identities import IDENTITIES, damping, fisher, hessian, kronecker, quadratic_model
 
 SCE = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
 NLL = zoo.get("mlp-3x4x3-tanh-nll_probs-b3-out_softmax")
@@ -188,3 +189,18 @@ def test_absolute_damped_newton_fails_only_at_an_indefinite_shift(monkeypatch):
     monkeypatch.setattr(ref_module, "newton_update", mutant)
     statuses = _statuses(_by_name("newton_step_minimizes_quadratic_model").run(SCE))
     assert statuses[:2] == [Status.PASS, Status.PASS] and statuses[2] is Status.FAIL
+
+
+def test_swapped_kfac_block_order_passes_the_algebra_rows_not_the_layout(monkeypatch):
+    """Mutant: `kfac_matrix` with blocks `S_l (x) A_l` (row-major thinking).
+
+    The old Kronecker rows test `np.kron` on random factors and never call the project's
+    K-FAC code; `kron_kfac_layout` does.
+    """
+    def mutant(problem, kind, backend=None):
+        return scipy.linalg.block_diag(*[np.kron(s, a) for a, s in
+                                         ref_module.kfac_factors(problem, kind)])
+
+    monkeypatch.setattr(kronecker, "kfac_matrix", mutant)
+    assert _statuses(kronecker.kron_vec(SCE)) == [Status.PASS]
+    assert Status.FAIL in _statuses(kronecker.kron_kfac_layout(SCE))
