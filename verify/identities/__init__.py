@@ -57,6 +57,7 @@ from verify.identities import (  # noqa: F401  (imported to register their ident
     kronecker,
     methods,
     quadratic_model,
+    rank,
     split,
     trajectory,
 )
