@@ -19,7 +19,16 @@ from ngd_ref import zoo
 from ngd_ref.dense import dense
 from verify._policy import tolerance_policy
 from verify._report import Status
-from verify.identities import IDENTITIES, damping, fisher, hessian, kronecker, quadratic_model
+from verify.identities import (
+    IDENTITIES,
+    damping,
+    fisher,
+    hessian,
+    kronecker,
+    quadratic_model,
+    rank,
+    steepest,
+)
 
 SCE = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
 NLL = zoo.get("mlp-3x4x3-tanh-nll_probs-b3-out_softmax")
@@ -204,3 +213,34 @@ def test_swapped_kfac_block_order_passes_the_algebra_rows_not_the_layout(monkeyp
     monkeypatch.setattr(kronecker, "kfac_matrix", mutant)
     assert _statuses(kronecker.kron_vec(SCE)) == [Status.PASS]
     assert Status.FAIL in _statuses(kronecker.kron_kfac_layout(SCE))
+
+
+# -- new statements: each can fail ------------------------------------------------------------
+def test_seed_rank_claim_fails_the_rank_bound(monkeypatch):
+    """With seed 004's bound `rank G <= B` the rank identity fails (C = 3 softmax: B(C-1) = 6)."""
+    assert _statuses(rank.ggn_rank_bound(SCE)) == [Status.PASS]
+    monkeypatch.setattr(rank, "rank_bound", lambda p: p.batch_size)
+    assert _statuses(rank.ggn_rank_bound(SCE)) == [Status.FAIL]
+    assert _statuses(rank.ggn_rank_exceeds_batch_size(SCE)) == [Status.PASS]
+
+
+def test_softmax_rank_is_below_the_generic_bound():
+    """`rank G <= B (C - 1)` for softmax logits, `<= B C` otherwise (read from the spec)."""
+    assert rank.rank_bound(SCE) == 6 and rank.rank_bound(MSE) == 9
+
+
+def test_gauss_newton_step_is_not_steepest_in_the_fisher_metric(monkeypatch):
+    """Mutant: the 'natural gradient' computed with G (nll_probs: F != G) fails the KL check."""
+    real = steepest._natural_metric(NLL)
+    lam = steepest.default_damping(NLL, "steepest")
+    wrong = (real[0], dense(NLL).damped_update("ggn", lam))
+    monkeypatch.setattr(steepest, "_natural_metric", lambda p: wrong)
+    assert Status.FAIL in _statuses(steepest.natural_gradient_steepest_in_kl(NLL))
+
+
+@pytest.mark.parametrize("name", ["euclidean_gradient_not_steepest_in_kl",
+                                  "absolute_hessian_step_not_sign_preserving",
+                                  "ggn_rank_exceeds_batch_size"])
+def test_new_negative_controls_apply_on_the_zoo(name):
+    ident = _by_name(name)
+    assert any(ident.applies(p) for p in zoo.problems())

@@ -59,6 +59,7 @@ from verify.identities import (  # noqa: F401  (imported to register their ident
     quadratic_model,
     rank,
     split,
+    steepest,
     trajectory,
 )
 from verify.identities._registry import IDENTITIES, Identity
