@@ -21,6 +21,7 @@ from verify._policy import tolerance_policy
 from verify._report import Status
 from verify.identities import (
     IDENTITIES,
+    convergence,
     damping,
     fisher,
     hessian,
@@ -244,3 +245,23 @@ def test_gauss_newton_step_is_not_steepest_in_the_fisher_metric(monkeypatch):
 def test_new_negative_controls_apply_on_the_zoo(name):
     ident = _by_name(name)
     assert any(ident.applies(p) for p in zoo.problems())
+
+
+def test_damping_applied_twice_breaks_the_damped_spectrum(monkeypatch, fresh_reference):
+    """Mutant: `damped_update` solving with `C + 2 eta I`."""
+    real = curvature_dense.DenseCurvature.damped_update
+    monkeypatch.setattr(curvature_dense.DenseCurvature, "damped_update",
+                        lambda self, curvature, lam: real(self, curvature, 2 * lam))
+    assert Status.FAIL in _statuses(convergence.damped_inverse_spectrum(SCE))
+
+
+def test_cg_reporting_the_previous_iterate_is_caught(monkeypatch):
+    """Mutant: CG's iterates off by one (x_{k-1} reported as x_k)."""
+    real = convergence.cg_iterates
+
+    def lagging(a, b, x0, maxiter):
+        return (x0, *real(a, b, x0, maxiter=maxiter)[:-1])
+
+    assert set(_statuses(convergence.cg_beats_gradient_descent(SCE))) == {Status.PASS}
+    monkeypatch.setattr(convergence, "cg_iterates", lagging)
+    assert Status.FAIL in _statuses(convergence.cg_beats_gradient_descent(SCE))

@@ -47,6 +47,7 @@ with hypotheses.
 """
 
 from verify.identities import (  # noqa: F401  (imported to register their identities)
+    convergence,
     damping,
     definiteness,
     descent,
