@@ -29,6 +29,7 @@ from verify.identities import (
     quadratic_model,
     rank,
     steepest,
+    table,
 )
 
 SCE = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
@@ -265,3 +266,10 @@ def test_cg_reporting_the_previous_iterate_is_caught(monkeypatch):
     assert set(_statuses(convergence.cg_beats_gradient_descent(SCE))) == {Status.PASS}
     monkeypatch.setattr(convergence, "cg_iterates", lagging)
     assert Status.FAIL in _statuses(convergence.cg_beats_gradient_descent(SCE))
+
+
+def test_docs_table_is_generated_from_the_registry():
+    """docs/identities.md's table is `verify.identities.table.markdown_table()` (regenerate with
+    `python -m verify.identities.table`)."""
+    assert table.main(["--check"]) == 0
+    assert table.markdown_table().count("\n| `") == len(IDENTITIES)
