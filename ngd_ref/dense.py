@@ -41,6 +41,7 @@ from ngd_ref.diagonal._dense import (
     hutchinson_diag,
     hutchinson_range,
     hutchinson_variance,
+    sampled_label_second_moment,
     squared_gradient,
 )
 from ngd_ref.hf._dense import (
@@ -69,7 +70,7 @@ from ngd_ref.kfac._dense import (
     kfac_solve,
     kfac_solve_factors,
 )
-from ngd_ref.lowrank._dense import block_diagonal, lowrank_ggn_update
+from ngd_ref.lowrank._dense import block_diagonal, lowrank_ggn_update, unscaled_damping_ggn_update
 from ngd_ref.newton._dense import (
     absolute_hessian,
     newton_update,
@@ -78,6 +79,7 @@ from ngd_ref.newton._dense import (
 )
 from ngd_ref.quasi_newton._dense import (
     bfgs_update,
+    broyden_rank1_update,
     inverse_bfgs_matrix,
     inverse_bfgs_update,
     lbfgs_direction,
@@ -87,6 +89,7 @@ from ngd_ref.shampoo._dense import (
     InverseRootResult,
     coupled_newton_inverse_root,
     inverse_root,
+    matrix_power,
     polar_factor,
     shampoo_direction,
     shampoo_statistics,
@@ -112,6 +115,7 @@ __all__ = [
     "agreement_digits",
     "bfgs_update",
     "block_diagonal",
+    "broyden_rank1_update",
     "certify",
     "cg",
     "cg_iterates",
@@ -150,6 +154,7 @@ __all__ = [
     "lbfgs_step",
     "levenberg_marquardt",
     "lowrank_ggn_update",
+    "matrix_power",
     "momentum_subspace_step",
     "mp_backend",
     "mp_self_agreement",
@@ -159,10 +164,12 @@ __all__ = [
     "polar_factor",
     "quadratic_model",
     "reduction_ratio",
+    "sampled_label_second_moment",
     "second_order_backward",
     "shampoo_direction",
     "shampoo_statistics",
     "squared_gradient",
     "trace_example",
     "trust_region_update",
+    "unscaled_damping_ggn_update",
 ]

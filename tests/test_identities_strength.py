@@ -28,6 +28,7 @@ from verify.identities import (
     kronecker,
     quadratic_model,
     rank,
+    seed_code,
     steepest,
     table,
 )
@@ -273,3 +274,38 @@ def test_docs_table_is_generated_from_the_registry():
     `python -m verify.identities.table`)."""
     assert table.main(["--check"]) == 0
     assert table.markdown_table().count("\n| `") == len(IDENTITIES)
+
+
+# -- seed 004's code ---------------------------------------------------------------------------
+SUM = zoo.get("mlp-3x4x3-sigmoid-softmax_cross_entropy-b4-sum")
+
+
+def test_matrix_power_and_the_seed_port():
+    m = np.array([[2.0, 1.0], [1.0, 3.0]])
+    for p in range(1, 9):
+        assert np.allclose(ref_module.matrix_power(m, p), np.linalg.matrix_power(m, p))
+    assert np.allclose(seed_code.seed_mat_power(m, 3), np.linalg.matrix_power(m, 4))
+    assert np.allclose(seed_code.seed_mat_power(m, 6), np.linalg.matrix_power(m, 8))
+    with pytest.raises(ValueError, match="p: expected an integer"):
+        ref_module.matrix_power(m, 0)
+
+
+def test_seed_claims_hold_for_the_sum_reduction():
+    """With `c = 1` the seed's damping and its 'proper Fisher' statistic are right: the two
+    controls do not apply, and the identities still hold."""
+    assert not _by_name("seed_gauss_newton_not_lambda_damped").applies(SUM)
+    assert not _by_name("sampled_label_adam_not_fisher_diagonal").applies(SUM)
+    seed, _, plain, tol = seed_code._unscaled(SUM)
+    assert np.linalg.norm(seed - plain) <= tol * np.linalg.norm(plain)
+    assert set(_statuses(seed_code.sampled_label_adam(SUM))) == {Status.PASS}
+
+
+def test_mat_power_identity_fails_with_the_seed_port_at_p3(monkeypatch):
+    monkeypatch.setattr(ref_module, "matrix_power", seed_code.seed_mat_power)
+    assert Status.FAIL in _statuses(seed_code.matrix_power_by_squaring(SCE))
+
+
+def test_bfgs_update_in_place_of_rank1_fails_its_secant_control(monkeypatch):
+    """The rank-1 control fails if the 'rank-1' update were BFGS (which stays PD)."""
+    monkeypatch.setattr(ref_module, "broyden_rank1_update", ref_module.bfgs_update)
+    assert Status.FAIL in _statuses(seed_code.broyden_rank1_loses_definiteness(SCE))

@@ -46,6 +46,7 @@ __all__ = [
     "InverseRootResult",
     "coupled_newton_inverse_root",
     "inverse_root",
+    "matrix_power",
     "polar_factor",
     "shampoo_direction",
     "shampoo_statistics",
@@ -235,3 +236,26 @@ def polar_factor(
         keep = np.array([float(v) > rank_tolerance * float(s[-1]) for v in s])
         v_r, s_r = vectors[:, keep], s[keep]
         return (g @ v_r / s_r) @ v_r.T, s_r[::-1]
+
+
+def matrix_power(matrix, p: int, *, backend: Backend = FLOAT64) -> np.ndarray:
+    """`M^p` for an integer `p >= 1` by binary exponentiation (`O(log p)` products).
+
+    The reference for seed 004's `mat_power`, which unrolls only `p` in {1, 2, 4, 8}: it takes
+    `2^round(log2 p)`, so `p = 3` gives `M^4` (`verify.identities.seed_code`).
+
+    Raises:
+        ValueError: for a non-square matrix or `p < 1` / not an integer.
+    """
+    matrix = _square("matrix", matrix)
+    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+        raise ValueError(f"p: expected an integer >= 1, got {p!r}")
+    with backend.precision():
+        result, base = None, matrix
+        while p:
+            if p & 1:
+                result = base if result is None else result @ base
+            p >>= 1
+            if p:
+                base = base @ base
+        return result

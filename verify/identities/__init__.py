@@ -59,6 +59,7 @@ from verify.identities import (  # noqa: F401  (imported to register their ident
     methods,
     quadratic_model,
     rank,
+    seed_code,
     split,
     steepest,
     trajectory,
