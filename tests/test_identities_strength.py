@@ -23,6 +23,7 @@ from verify.identities import (
     IDENTITIES,
     convergence,
     damping,
+    exponential_family,
     fisher,
     hessian,
     kronecker,
@@ -309,3 +310,16 @@ def test_bfgs_update_in_place_of_rank1_fails_its_secant_control(monkeypatch):
     """The rank-1 control fails if the 'rank-1' update were BFGS (which stays PD)."""
     monkeypatch.setattr(ref_module, "broyden_rank1_update", ref_module.bfgs_update)
     assert Status.FAIL in _statuses(seed_code.broyden_rank1_loses_definiteness(SCE))
+
+
+def test_gaussian_natural_parameters_can_fail(monkeypatch):
+    """With the log-partition's `1/(2 eta_2^2)` term dropped both natural-parameter rows fail."""
+    logvar = zoo.get("mlp-3x4x4-tanh-gaussian_logvar-b3")
+    assert set(_statuses(exponential_family.gaussian_natural_parameters(logvar))) == {Status.PASS}
+    real = exponential_family.natural_hessian
+
+    def mutant(eta1, eta2):
+        return real(eta1, eta2) - np.diag([0.0, 1 / (2 * eta2**2)])
+
+    monkeypatch.setattr(exponential_family, "natural_hessian", mutant)
+    assert set(_statuses(exponential_family.gaussian_natural_parameters(logvar))) == {Status.FAIL}

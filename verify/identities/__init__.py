@@ -51,6 +51,7 @@ from verify.identities import (  # noqa: F401  (imported to register their ident
     damping,
     definiteness,
     descent,
+    exponential_family,
     fisher,
     hessian,
     invariance,
