@@ -23,6 +23,7 @@ from verify.identities import (
     IDENTITIES,
     convergence,
     damping,
+    descent,
     exponential_family,
     fisher,
     hessian,
@@ -323,3 +324,19 @@ def test_gaussian_natural_parameters_can_fail(monkeypatch):
 
     monkeypatch.setattr(exponential_family, "natural_hessian", mutant)
     assert set(_statuses(exponential_family.gaussian_natural_parameters(logvar))) == {Status.FAIL}
+
+
+def test_damping_with_the_wrong_sign_fails_only_on_the_grid(monkeypatch, fresh_reference):
+    """Mutant: `damped_update` solving with `C - lambda I`.
+
+    At the default lambda (below most of G's spectrum on the mse problem) the step still
+    descends; at `2^8` times it the step is `~ +g / lambda`, an ascent.
+    """
+    def mutant(self, curvature, lam):
+        c = self.matrix(curvature)
+        return -np.linalg.solve(c - lam * np.eye(c.shape[0]), self.gradient)
+
+    monkeypatch.setattr(curvature_dense.DenseCurvature, "damped_update", mutant)
+    results = descent.damped_steps_descend(MSE)
+    old = [r.status for r in results if "kappa <=" not in r.message]
+    assert set(old) == {Status.PASS} and Status.FAIL in _statuses(results)
