@@ -15,7 +15,7 @@ import scipy.linalg
 import ngd_ref.curvature._dense as curvature_dense
 import ngd_ref.hf._dense as hf_dense
 from ngd_ref import dense as ref_module
-from ngd_ref import zoo
+from ngd_ref import layer_slices, zoo
 from ngd_ref.dense import dense
 from verify._policy import tolerance_policy
 from verify._report import Status
@@ -28,6 +28,7 @@ from verify.identities import (
     fisher,
     hessian,
     kronecker,
+    products,
     quadratic_model,
     rank,
     seed_code,
@@ -340,3 +341,19 @@ def test_damping_with_the_wrong_sign_fails_only_on_the_grid(monkeypatch, fresh_r
     results = descent.damped_steps_descend(MSE)
     old = [r.status for r in results if "kappa <=" not in r.message]
     assert set(old) == {Status.PASS} and Status.FAIL in _statuses(results)
+
+
+def test_jvp_vjp_adjoint_sees_a_row_major_layer_block(monkeypatch):
+    """Mutant: the reverse pass returning each layer's block row-major (numpy's default vec)."""
+    assert set(_statuses(products.jvp_vjp_adjoint(SCE))) == {Status.PASS}
+    real = products.reverse_mode_vjp
+
+    def mutant(problem, theta, bk, cotangents=None):
+        out = np.array(real(problem, theta, bk, cotangents))
+        for layer, sl in zip(problem.layers, layer_slices(problem.layers), strict=True):
+            out[sl] = out[sl].reshape(layer.weight_shape, order="F").reshape(-1)
+        return out
+
+    monkeypatch.setattr(products, "reverse_mode_vjp", mutant)
+    assert Status.FAIL in _statuses(products.jvp_vjp_adjoint(SCE))
+    assert _statuses(products.seed000_swapped_product_shapes(SCE)) == [Status.PASS]

@@ -58,6 +58,7 @@ from verify.identities import (  # noqa: F401  (imported to register their ident
     kfac,
     kronecker,
     methods,
+    products,
     quadratic_model,
     rank,
     seed_code,

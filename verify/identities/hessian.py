@@ -50,6 +50,7 @@ __all__ = [
     "hessian_gradient_difference",
     "hessian_matches_gradient_differences",
     "mp_gradient",
+    "reverse_mode_vjp",
     "zero_residual_twin",
 ]
 
@@ -86,12 +87,14 @@ def _fd_step(problem: Problem, direction: np.ndarray) -> float:
     return 2.0 ** -(FD_EXPONENT + kl_step_scale(problem, direction))
 
 
-def mp_gradient(problem: Problem, theta: np.ndarray, bk: Backend) -> np.ndarray:
-    """`grad h(theta)` by reverse mode through the dense layers (call inside `bk.precision()`).
+def reverse_mode_vjp(problem: Problem, theta: np.ndarray, bk: Backend,
+                     cotangents: np.ndarray | None = None) -> np.ndarray:
+    """`sum_b J_b^T u_b` by reverse mode through the dense layers (inside `bk.precision()`).
 
     Backpropagation `g_s = phi'(s)^T delta` uses `Activation.jacobian_apply` with the
     Jacobian's symmetry (diagonal for elementwise activations, `diag(p) - p p^T` for softmax);
     the layer-l block is `vec(g_s abar^T) = abar (x) g_s` (PROTOCOL s1's column-major vec).
+    The cotangents `u_b` (`(B, C)`, output-sized) default to `dL/dz_b` at the targets.
     """
     loss = get_loss(problem.loss)
     labels = problem.targets.dtype.kind == "i"
@@ -99,21 +102,28 @@ def mp_gradient(problem: Problem, theta: np.ndarray, bk: Backend) -> np.ndarray:
               in zip(unflatten(problem.layers, theta), problem.layers, strict=True)]
     total = bk.zeros(problem.n_params)
     slices = layer_slices(problem.layers)
-    for x, y in zip(bk.asarray(problem.inputs), problem.targets, strict=True):
+    for index_b, (x, y) in enumerate(zip(bk.asarray(problem.inputs), problem.targets,
+                                         strict=True)):
         a, tape = x, []
         for wbar, layer in zip((w for w, _ in blocks), problem.layers, strict=True):
             abar = np.concatenate([a, bk.asarray(np.ones(1))])
             s_l = wbar @ abar
             a = get_activation(layer.activation).value(bk, s_l)
             tape.append((abar, s_l, a))
-        delta = loss.grad(bk, y if labels else bk.asarray(y), a)
+        delta = (loss.grad(bk, y if labels else bk.asarray(y), a) if cotangents is None
+                 else bk.asarray(cotangents[index_b]))
         for index in reversed(range(len(blocks))):
             abar, s_l, a_l = tape[index]
             g_s = get_activation(problem.layers[index].activation).jacobian_apply(
                 bk, s_l, a_l, delta)
             total[slices[index]] = total[slices[index]] + np.kron(abar, g_s)
             delta = blocks[index][0][:, :-1].T @ g_s
-    return bk.scalar(problem.scale) * total
+    return total
+
+
+def mp_gradient(problem: Problem, theta: np.ndarray, bk: Backend) -> np.ndarray:
+    """`grad h(theta) = c sum_b J_b^T dL/dz_b` by `reverse_mode_vjp` (inside `bk.precision()`)."""
+    return bk.scalar(problem.scale) * reverse_mode_vjp(problem, theta, bk)
 
 
 def hessian_gradient_difference(problem: Problem, direction: np.ndarray) -> np.ndarray:
