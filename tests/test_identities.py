@@ -15,23 +15,30 @@ from verify.battery import run_identity
 from verify.identities import (
     IDENTITIES,
     _common,
+    convergence,
     definiteness,
     descent,
+    exponential_family,
     fisher,
     hessian,
     invariance,
     kfac,
     kronecker,
     methods,
+    products,
     quadratic_model,
+    rank,
+    seed_code,
     split,
+    steepest,
 )
 from verify.identities import damping as damping_mod
 from verify.identities._registry import detectable
 from verify.strategies import build, generate
 
 OWN_MODULES = {m.__name__ for m in (fisher, split, hessian, definiteness, kronecker, invariance,
-                                    descent, damping_mod, quadratic_model)}
+                                    descent, damping_mod, quadratic_model, rank, steepest,
+                                    convergence, seed_code, exponential_family, products)}
 
 
 def _module(ident) -> str:
@@ -75,6 +82,13 @@ BREAKS = [
     ("ggn_indefinite_gaussian_logvar", MSE, "G is PSD for a convex loss"),
     ("natural_gradient_not_model_minimizer", SCE, "F = G"),
     ("reduction_ratio_not_one", damping_mod.quadratic_twin(SCE), "exactly quadratic h"),
+    ("ggn_rank_exceeds_batch_size", build("softmax_cross_entropy", (3, 2), (), 3, "mean", 0, 1),
+     "softmax with C = 2: rank G <= B (C - 1) = B"),
+    ("gaussian_logvar_not_natural", MSE, "no (mean, log-variance) outputs"),
+    ("sampled_label_adam_not_fisher_diagonal",
+     zoo.get("mlp-3x4x3-sigmoid-softmax_cross_entropy-b4-sum"), "sum reduction: c = 1"),
+    ("tridiagonal_blocks_not_invertible_independently", damping_mod.quadratic_twin(SCE),
+     "one layer: nothing couples"),
 ]
 
 
