@@ -91,6 +91,7 @@ from ngd_ref.shampoo._dense import (
     inverse_root,
     matrix_power,
     polar_factor,
+    power_iteration,
     shampoo_direction,
     shampoo_statistics,
 )
@@ -162,6 +163,7 @@ __all__ = [
     "newton_update",
     "optimal_step_size",
     "polar_factor",
+    "power_iteration",
     "quadratic_model",
     "reduction_ratio",
     "sampled_label_second_moment",

@@ -357,3 +357,22 @@ def test_jvp_vjp_adjoint_sees_a_row_major_layer_block(monkeypatch):
     monkeypatch.setattr(products, "reverse_mode_vjp", mutant)
     assert Status.FAIL in _statuses(products.jvp_vjp_adjoint(SCE))
     assert _statuses(products.seed000_swapped_product_shapes(SCE)) == [Status.PASS]
+
+
+def test_power_iteration_reference_and_the_seed_port():
+    m = np.diag([3.0, 1.0, 0.5])
+    start = np.ones(3)
+    _, s, steps = ref_module.power_iteration(m, start, iterations=60)
+    assert abs(s - 3.0) <= 1e-12 and steps == 60
+    assert seed_code.seed_power_iter(1e-9 * m, start)[1] == 1
+    assert ref_module.power_iteration(1e-9 * m, start, iterations=100, rtol=1e-6)[2] > 1
+    with pytest.raises(ValueError, match="start"):
+        ref_module.power_iteration(m, np.zeros(3), iterations=1)
+
+
+def test_power_iteration_check_fails_with_the_seed_exit(monkeypatch):
+    """The convergence identity fails if the reference stopped like the seed (one step)."""
+    real = ref_module.power_iteration
+    monkeypatch.setattr(ref_module, "power_iteration",
+                        lambda m, start, **kw: real(m, start, iterations=1))
+    assert Status.FAIL in _statuses(seed_code.power_iteration_converges(SCE))

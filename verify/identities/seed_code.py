@@ -302,3 +302,84 @@ def tridiagonal_blocks_not_invertible_independently(problem: Problem):
     return separated("tridiagonal_blocks_not_invertible_independently", problem,
                      compare(separate, joint, tolerance=tol),
                      "blockwise inverses != blocks of the inverse", KFAC)
+
+
+# -- power iteration -------------------------------------------------------------------------
+#: Steps of the power-iteration identity, and the seed's own defaults.
+POWER_STEPS = 30
+SEED_POWER_TOLERANCE = 1e-6
+SEED_POWER_STEPS = 100
+
+
+def seed_power_iter(matrix: np.ndarray, start: np.ndarray) -> tuple[float, int]:
+    """Seed 004's `power_iter`: absolute exit `|s_new - s| > 1e-6`, at most 100 steps.
+
+    Returns `(s, steps)`; `s` starts at 0 as in the seed (`jnp.zeros([])`).
+    """
+    v, s, steps = start, 0.0, 0
+    while steps < SEED_POWER_STEPS:
+        v = v / np.linalg.norm(v)
+        s_v = matrix @ v
+        s_new = float(v @ s_v)
+        steps += 1
+        done = not abs(s_new - s) > SEED_POWER_TOLERANCE
+        v, s = s_v, s_new
+        if done:
+            break
+    return s, steps
+
+
+def _power_data(problem: Problem):
+    """`(M, start, eigenvalues, tan^2 theta_0)` for the power-iteration checks."""
+    m = _statistic(problem)
+    values, vectors = np.linalg.eigh(m)
+    start = problem_rng(problem, "power").uniform(-1.0, 1.0, m.shape[0])
+    c = vectors.T @ start
+    tan2 = float(np.sum(c[:-1] ** 2) / c[-1] ** 2)
+    return m, start, values, tan2
+
+
+@identity("power_iteration_converges", source=SHAMPOO.replace("mat_power", "power_iter"),
+          statement="power iteration's Rayleigh quotient: lambda_max - s_k <= (lambda_max - "
+                    "lambda_min) tan^2(theta_0) (lambda_2 / lambda_max)^(2k), s_k <= lambda_max")
+def power_iteration_converges(problem: Problem):
+    """Golub & Van Loan's bound for `power_iteration` after `POWER_STEPS` steps (PSD M)."""
+    m, start, values, tan2 = _power_data(problem)
+    _, s, _ = ref.power_iteration(m, start, iterations=POWER_STEPS)
+    lam, tol = float(values[-1]), _power_tol(m, 2) * float(np.linalg.cond(m))
+    ratio = float(values[-2] / values[-1]) if values.size > 1 else 0.0
+    bound = (lam - float(values[0])) * tan2 * ratio ** (2 * POWER_STEPS)
+    source = "seed 004 'Shampoo' (power_iter); Golub & Van Loan Thm 8.2.1"
+    return [at_most("power_iteration_converges", problem, (lam - float(s)) / lam,
+                    bound / lam + tol, f"(lambda_max - s_{POWER_STEPS}) / lambda_max", source),
+            at_most("power_iteration_converges", problem, (float(s) - lam) / lam, tol,
+                    "(s - lambda_max) / lambda_max (Rayleigh quotient)", source)]
+
+
+def _tiny_power_gap(problem: Problem) -> bool:
+    """Where the first Rayleigh quotient misses lambda_max detectably (the seed stops there)."""
+    m, start, values, _ = _power_data(problem)
+    first = float(start @ m @ start / (start @ start))
+    return detectable(1.0 - first / float(values[-1]), _power_tol(m, 2) * float(np.linalg.cond(m)))
+
+
+@identity("seed_power_iter_absolute_tolerance", negative_control=True,
+          source="seed 004 'Shampoo' (power_iter: error_tolerance=1e-6, absolute)",
+          statement="on M scaled below 1e-6 the seed's absolute exit stops after one step, "
+                    "missing lambda_max; the relative test does not", applies=_tiny_power_gap)
+def seed_power_iter_absolute_tolerance(problem: Problem):
+    """Negative control: `M' = 2^-30 M` (norm ~ 2e-9): the seed stops at the first quotient."""
+    m, start, values, _ = _power_data(problem)
+    scaled = 2.0**-30 * m
+    lam = 2.0**-30 * float(values[-1])
+    s, steps = seed_power_iter(scaled, start)
+    _, good, _ = ref.power_iteration(scaled, start, iterations=SEED_POWER_STEPS,
+                                     rtol=SEED_POWER_TOLERANCE)
+    tol = _power_tol(m, 2) * float(np.linalg.cond(m))
+    source = "seed 004 'Shampoo' (power_iter)"
+    return [at_most("seed_power_iter_absolute_tolerance", problem, -(1.0 - s / lam), -100 * tol,
+                    f"-(lambda_max - s_seed) / lambda_max after {steps} step(s)", source,
+                    negative_control=True),
+            at_most("seed_power_iter_absolute_tolerance", problem,
+                    (1.0 - float(good) / lam), 1.0 - s / lam,
+                    "relative test: its error <= the seed's", source)]
