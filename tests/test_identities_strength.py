@@ -363,7 +363,7 @@ def test_power_iteration_reference_and_the_seed_port():
     m = np.diag([3.0, 1.0, 0.5])
     start = np.ones(3)
     _, s, steps = ref_module.power_iteration(m, start, iterations=60)
-    assert abs(s - 3.0) <= 1e-12 and steps == 60
+    assert abs(s - 3.0) <= 1e-12 and steps <= 60
     assert seed_code.seed_power_iter(1e-9 * m, start)[1] == 1
     assert ref_module.power_iteration(1e-9 * m, start, iterations=100, rtol=1e-6)[2] > 1
     with pytest.raises(ValueError, match="start"):
