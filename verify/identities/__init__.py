@@ -39,9 +39,16 @@
 | `seed_step_formula_literal` (neg.) | eq. (26) as printed (no 1/2) | Grosse eq. (26) |
 | `momentum_subspace_stationary` (incl. neg.) | 2-D subspace minimizer | Grosse eq. (27) |
 | `trajectory_*` (incl. neg.) | optimizer trajectories (K-FAC, HF, eq. 27, EMA) | PROTOCOL s10 |
+| `hessian_matches_gradient_differences` | H v = difference of another gradient | Martens s3 |
+| `martens_bound_tight` | equality of the bound when the stacked J_b are onto | Martens s11 |
+| `reduction_ratio_damped_quadratic` | exact rho(k d*), damped quadratic; LM | Grosse s4.1 |
 
-plus the K-FAC identities (`verify.identities.kfac`) and the other methods' identities
-(`verify.identities.methods`). Importing this package registers every identity in
+plus the K-FAC identities (`verify.identities.kfac`), the other methods' identities
+(`verify.identities.methods`), rank bounds (`rank`), steepest descent in a metric
+(`steepest`), damped spectra and CG vs GD (`convergence`), the natural-parameter Gaussian
+(`exponential_family`), jvp/vjp (`products`) and seed 004's code (`seed_code`).
+`python -m verify.identities.table` regenerates docs/identities.md's table.
+Importing this package registers every identity in
 `IDENTITIES`; `verify.battery.run_battery` runs them. docs/identities.md has the full table
 with hypotheses.
 """
