@@ -11,6 +11,7 @@ Example:
     ((31, 31), (31, 31))
 """
 
+from ngd_ref._activations import Activation, get_activation
 from ngd_ref._backend import FLOAT64, Backend, mp_backend
 from ngd_ref._certify import agreement_digits, certify, mp_self_agreement
 from ngd_ref._losses import OutputLoss, OutputMoments, get_loss
@@ -40,6 +41,7 @@ from ngd_ref.diagonal._dense import (
     hutchinson_diag,
     hutchinson_range,
     hutchinson_variance,
+    sampled_label_second_moment,
     squared_gradient,
 )
 from ngd_ref.hf._dense import (
@@ -75,7 +77,7 @@ from ngd_ref.kfac._dense import (
     kfac_solve,
     kfac_solve_factors,
 )
-from ngd_ref.lowrank._dense import block_diagonal, lowrank_ggn_update
+from ngd_ref.lowrank._dense import block_diagonal, lowrank_ggn_update, unscaled_damping_ggn_update
 from ngd_ref.newton._dense import (
     absolute_hessian,
     newton_update,
@@ -84,6 +86,7 @@ from ngd_ref.newton._dense import (
 )
 from ngd_ref.quasi_newton._dense import (
     bfgs_update,
+    broyden_rank1_update,
     inverse_bfgs_matrix,
     inverse_bfgs_update,
     lbfgs_direction,
@@ -93,12 +96,15 @@ from ngd_ref.shampoo._dense import (
     InverseRootResult,
     coupled_newton_inverse_root,
     inverse_root,
+    matrix_power,
     polar_factor,
+    power_iteration,
     shampoo_direction,
     shampoo_statistics,
 )
 
 __all__ = [
+    "Activation",
     "Backend",
     "CGResult",
     "Curvature",
@@ -119,6 +125,7 @@ __all__ = [
     "agreement_digits",
     "bfgs_update",
     "block_diagonal",
+    "broyden_rank1_update",
     "certify",
     "cg",
     "cg_iterates",
@@ -133,6 +140,7 @@ __all__ = [
     "exact_diagonal_blocks",
     "exactness_regimes",
     "factored_damping_pi",
+    "get_activation",
     "get_loss",
     "ggn_diag",
     "hessian_diag",
@@ -159,6 +167,7 @@ __all__ = [
     "lbfgs_step",
     "levenberg_marquardt",
     "lowrank_ggn_update",
+    "matrix_power",
     "momentum_subspace_step",
     "mp_backend",
     "mp_self_agreement",
@@ -166,12 +175,15 @@ __all__ = [
     "newton_update",
     "optimal_step_size",
     "polar_factor",
+    "power_iteration",
     "quadratic_model",
     "reduction_ratio",
+    "sampled_label_second_moment",
     "second_order_backward",
     "shampoo_direction",
     "shampoo_statistics",
     "squared_gradient",
     "trace_example",
     "trust_region_update",
+    "unscaled_damping_ggn_update",
 ]

@@ -15,23 +15,30 @@ from verify.battery import run_identity
 from verify.identities import (
     IDENTITIES,
     _common,
+    convergence,
     definiteness,
     descent,
+    exponential_family,
     fisher,
     hessian,
     invariance,
     kfac,
     kronecker,
     methods,
+    products,
     quadratic_model,
+    rank,
+    seed_code,
     split,
+    steepest,
 )
 from verify.identities import damping as damping_mod
 from verify.identities._registry import detectable
 from verify.strategies import build
 
 OWN_MODULES = {m.__name__ for m in (fisher, split, hessian, definiteness, kronecker, invariance,
-                                    descent, damping_mod, quadratic_model)}
+                                    descent, damping_mod, quadratic_model, rank, steepest,
+                                    convergence, seed_code, exponential_family, products)}
 
 
 def _module(ident) -> str:
@@ -84,6 +91,13 @@ BREAKS = [
     ("ggn_indefinite_gaussian_logvar", MSE, "G is PSD for a convex loss"),
     ("natural_gradient_not_model_minimizer", SCE, "F = G"),
     ("reduction_ratio_not_one", damping_mod.quadratic_twin(SCE), "exactly quadratic h"),
+    ("ggn_rank_exceeds_batch_size", build("softmax_cross_entropy", (3, 2), (), 3, "mean", 0, 1),
+     "softmax with C = 2: rank G <= B (C - 1) = B"),
+    ("gaussian_logvar_not_natural", MSE, "no (mean, log-variance) outputs"),
+    ("sampled_label_adam_not_fisher_diagonal",
+     zoo.get("mlp-3x4x3-sigmoid-softmax_cross_entropy-b4-sum"), "sum reduction: c = 1"),
+    ("tridiagonal_blocks_not_invertible_independently", damping_mod.quadratic_twin(SCE),
+     "one layer: nothing couples"),
 ]
 
 
@@ -203,11 +217,14 @@ GENERATED = {
     "s5-197q": ("nll_probs", (3, 3, 3), ("identity",), 1, "sum", 1, 20405),
     "s8-71": ("softmax_cross_entropy", (3, 4, 1, 2), ("identity", "tanh"), 3, "mean", 0, 28613),
     "s9-143": ("sigmoid_cross_entropy", (3, 2, 4), ("relu",), 4, "mean", 0, 26663),
+    "s3-138": ("poisson", (2, 1), (), 3, "sum", 1, 11680),
 }
 
 #: (generated problem, identity that failed or raised there, why)
 GENERATED_REGRESSIONS = [
     ("s2-0q", "kfac_inexact_nonlinear", "width-1 layers: the factors' batch covariance is 0"),
+    ("s3-138", "bfgs_preserves_positive_definiteness",
+     "secant pair with y^T s ~ 0: B+ PD in exact arithmetic, singular to rounding"),
     ("s2-0q", "shampoo_one_step_is_polar_factor", "a layer with a zero gradient (rank 0)"),
     ("s2-64q", "shampoo_inverse_square_root_is_not_polar", "dead ReLU layer: G = 0"),
     ("s2-64q", "vjp_with_ones_is_not_the_diagonal", "H is diagonal (dead ReLUs)"),

@@ -45,6 +45,7 @@ from ngd_ref.curvature._dense import dense
 
 __all__ = [
     "diagonal_update",
+    "sampled_label_second_moment",
     "ema_second_moment",
     "empirical_fisher_diag",
     "ggn_diag",
@@ -174,3 +175,20 @@ def diagonal_update(
             "diagonal: a second moment must be >= 0 entrywise; take squares or |.| first"
         )
     return -gradient / (diagonal**power + eps)
+
+
+def sampled_label_second_moment(problem: Problem, *, backend: Backend = FLOAT64) -> np.ndarray:
+    """`E_y[ghat^2]` (elementwise) for the gradient `ghat` at model-sampled labels, exactly.
+
+    Seed 004's "Adam (proper Fisher)" squares the batch gradient at labels `y_b ~ r(.|z_b)`
+    drawn independently per example. Each example's score has mean zero and covariance
+    `J_b^T F_R,b J_b`, so `E[(c sum_b g_b(y_b))^2] = c^2 sum_b diag(J_b^T F_R,b J_b)
+    = c diag(F)`: the Fisher's diagonal only for the sum reduction (`c = 1`); for the mean it
+    is `diag(F) / B` (`verify.identities.seed_code`).
+    """
+    ref = dense(problem, backend)
+    with backend.precision():
+        per_example = np.stack([
+            np.sum(t.jacobian * (m.fisher @ t.jacobian), axis=0)
+            for t, m in zip(ref.traces, ref.output_moments, strict=True)])
+        return ref.c * ref.c * np.sum(per_example, axis=0)

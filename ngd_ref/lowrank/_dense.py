@@ -27,7 +27,7 @@ from ngd_ref._problem import Problem
 from ngd_ref._validation import check_damping
 from ngd_ref.curvature._dense import dense
 
-__all__ = ["block_diagonal", "lowrank_ggn_update"]
+__all__ = ["block_diagonal", "lowrank_ggn_update", "unscaled_damping_ggn_update"]
 
 
 def block_diagonal(blocks: np.ndarray, *, backend: Backend = FLOAT64) -> np.ndarray:
@@ -64,3 +64,27 @@ def lowrank_ggn_update(
             jac.shape[0]
         )
         return -(jac.T @ backend.solve(system, ref.c * r))
+
+
+def unscaled_damping_ggn_update(
+    problem: Problem, damping: float, *, backend: Backend = FLOAT64
+) -> np.ndarray:
+    """Seed 004's Gauss-Newton step with its damping unscaled: `-J^T (H_L K + lambda I)^{-1} r`.
+
+    Seed 004's cell solves with the *unscaled* stacked Jacobian and residuals (no `c`), with the
+    per-example (block-diagonal) `H_L` here. Push-through with `G = c J^T H_L J`,
+    `grad h = c J^T r`: `J^T (H_L K + lambda I)^{-1} r = (J^T H_L J + lambda I)^{-1} J^T r
+    = (G + c lambda I)^{-1} grad h`, so for the mean reduction (`c = 1/B`) the damping the seed
+    applies is `lambda / B`, not `lambda` (`verify.identities.seed_code`).
+
+    Raises:
+        ValueError: for `damping <= 0` or non-finite.
+    """
+    check_damping(damping, positive=True)
+    ref = dense(problem, backend)
+    with backend.precision():
+        jac = ref.jacobians.reshape(-1, problem.n_params)
+        h_out = block_diagonal(ref.loss_hessians, backend=backend)
+        r = ref.loss_grads.reshape(-1)
+        system = h_out @ (jac @ jac.T) + backend.scalar(damping) * backend.eye(jac.shape[0])
+        return -(jac.T @ backend.solve(system, r))

@@ -45,6 +45,7 @@ from ngd_ref.curvature._dense import DenseCurvature, dense
 
 __all__ = [
     "bfgs_update",
+    "broyden_rank1_update",
     "inverse_bfgs_matrix",
     "inverse_bfgs_update",
     "lbfgs_direction",
@@ -209,3 +210,23 @@ def lbfgs_step(
         new_params = ref.theta + s
         moved = DenseCurvature(problem, backend, params=new_params)
         return new_params, s, moved.gradient - g
+
+
+def broyden_rank1_update(B, s, y, *, backend: Backend = FLOAT64) -> np.ndarray:
+    """Seed 004's symmetric rank-one ("Broyden") update: `B+ = B + v v^T / (v^T s)`, `v = y - B s`.
+
+    The unique symmetric rank-one change with `B+ s = y` (seed 004 "BFGS": "we can add a
+    constraint that the change in H~ is rank 1"; Nocedal & Wright eq. (6.24), SR1). As the
+    seed says, it need not keep `B+` positive definite even when `y^T s > 0`.
+
+    Raises:
+        ValueError: for mismatched shapes or `v^T s = 0` (the update is undefined).
+    """
+    s, y = _vectors(s, y)
+    B = np.asarray(B)
+    with backend.precision():
+        v = y - B @ s
+        denominator = v @ s
+        if float(denominator) == 0:
+            raise ValueError("s, y: (y - B s)^T s = 0, the rank-one update is undefined")
+        return B + np.outer(v, v) / denominator

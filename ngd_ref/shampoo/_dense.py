@@ -46,6 +46,8 @@ __all__ = [
     "InverseRootResult",
     "coupled_newton_inverse_root",
     "inverse_root",
+    "matrix_power",
+    "power_iteration",
     "polar_factor",
     "shampoo_direction",
     "shampoo_statistics",
@@ -235,3 +237,60 @@ def polar_factor(
         keep = np.array([float(v) > rank_tolerance * float(s[-1]) for v in s])
         v_r, s_r = vectors[:, keep], s[keep]
         return (g @ v_r / s_r) @ v_r.T, s_r[::-1]
+
+
+def matrix_power(matrix, p: int, *, backend: Backend = FLOAT64) -> np.ndarray:
+    """`M^p` for an integer `p >= 1` by binary exponentiation (`O(log p)` products).
+
+    The reference for seed 004's `mat_power`, which unrolls only `p` in {1, 2, 4, 8}: it takes
+    `2^round(log2 p)`, so `p = 3` gives `M^4` (`verify.identities.seed_code`).
+
+    Raises:
+        ValueError: for a non-square matrix or `p < 1` / not an integer.
+    """
+    matrix = _square("matrix", matrix)
+    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+        raise ValueError(f"p: expected an integer >= 1, got {p!r}")
+    with backend.precision():
+        result, base = None, matrix
+        while p:
+            if p & 1:
+                result = base if result is None else result @ base
+            p >>= 1
+            if p:
+                base = base @ base
+        return result
+
+
+def power_iteration(matrix, start, *, iterations: int, rtol: float = 0.0,
+                    backend: Backend = FLOAT64) -> tuple[np.ndarray, float, int]:
+    """Power iteration for the largest eigenvalue of a symmetric PSD matrix (seed 004 `power_iter`).
+
+    `v <- M v / ||M v||`, Rayleigh quotient `s = v^T M v`; stops after `iterations` steps or
+    when `|s_new - s| <= rtol |s_new|` -- a *relative* test, unlike the seed's absolute
+    `error_tolerance = 1e-6`, which stops at once on a matrix of norm below 1e-6.
+
+    Returns:
+        `(v, s, steps)`: the unit iterate, its Rayleigh quotient and the steps taken.
+
+    Raises:
+        ValueError: for a non-square matrix, a start of the wrong shape or zero, or
+            `iterations < 1`.
+    """
+    matrix = _square("matrix", matrix)
+    start = np.asarray(start)
+    if start.shape != (matrix.shape[0],) or not np.any(start != 0):
+        raise ValueError(f"start: expected a nonzero vector of shape ({matrix.shape[0]},)")
+    if iterations < 1:
+        raise ValueError(f"iterations: expected >= 1, got {iterations!r}")
+    with backend.precision():
+        v = start / backend.sqrt(start @ start)
+        value = v @ (matrix @ v)
+        steps, done = 0, False
+        while steps < iterations and not done:
+            w = matrix @ v
+            v = w / backend.sqrt(w @ w)
+            new = v @ (matrix @ v)
+            done = abs(float(new - value)) <= rtol * abs(float(new))
+            value, steps = new, steps + 1
+        return v, value, steps

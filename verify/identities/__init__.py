@@ -39,27 +39,40 @@
 | `seed_step_formula_literal` (neg.) | eq. (26) as printed (no 1/2) | Grosse eq. (26) |
 | `momentum_subspace_stationary` (incl. neg.) | 2-D subspace minimizer | Grosse eq. (27) |
 | `trajectory_*` (incl. neg.) | optimizer trajectories (K-FAC, HF, eq. 27, EMA) | PROTOCOL s10 |
+| `hessian_matches_gradient_differences` | H v = difference of another gradient | Martens s3 |
+| `martens_bound_tight` | equality of the bound when the stacked J_b are onto | Martens s11 |
+| `reduction_ratio_damped_quadratic` | exact rho(k d*), damped quadratic; LM | Grosse s4.1 |
 
 plus the K-FAC identities (`verify.identities.kfac`), the convolutional K-FAC identities
-(`verify.identities.conv`, PROTOCOL s12) and the other methods' identities
-(`verify.identities.methods`). Importing this package registers every identity in
+(`verify.identities.conv`, PROTOCOL s12), the other methods' identities
+(`verify.identities.methods`), rank bounds (`rank`), steepest descent in a metric
+(`steepest`), damped spectra and CG vs GD (`convergence`), the natural-parameter Gaussian
+(`exponential_family`), jvp/vjp (`products`) and seed 004's code (`seed_code`).
+`python -m verify.identities.table` regenerates docs/identities.md's table.
+Importing this package registers every identity in
 `IDENTITIES`; `verify.battery.run_battery` runs them. docs/identities.md has the full table
 with hypotheses.
 """
 
 from verify.identities import (  # noqa: F401  (imported to register their identities)
     conv,
+    convergence,
     damping,
     definiteness,
     descent,
+    exponential_family,
     fisher,
     hessian,
     invariance,
     kfac,
     kronecker,
     methods,
+    products,
     quadratic_model,
+    rank,
+    seed_code,
     split,
+    steepest,
     trajectory,
 )
 from verify.identities._registry import IDENTITIES, Identity

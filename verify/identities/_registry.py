@@ -33,6 +33,7 @@ class Identity:
         run: `problem -> list[CheckResult]`.
         applies: whether the theorem's hypotheses hold for a problem.
         negative_control: True when the check demonstrates that something does NOT hold.
+        module: the module that registered it (the `module` column of docs/identities.md).
     """
 
     name: str
@@ -41,6 +42,7 @@ class Identity:
     run: Callable[[Problem], list[CheckResult]]
     applies: Callable[[Problem], bool]
     negative_control: bool = False
+    module: str = ""
 
 
 IDENTITIES: list[Identity] = []
@@ -56,7 +58,8 @@ def identity(name: str, *, source: str, statement: str,
             out = fn(problem)
             return out if isinstance(out, list) else [out]
 
-        IDENTITIES.append(Identity(name, source, statement, run, applies, negative_control))
+        IDENTITIES.append(Identity(name, source, statement, run, applies, negative_control,
+                                   fn.__module__))
         return fn
 
     return register

@@ -12,7 +12,18 @@
   `|2 - rho| <= max ||H(xi)|| / lambda`: `rho -> 2` as `lambda -> inf`. We take
   `lambda = LARGE * (||H|| + ||C||)` and allow `2 ||H|| / lambda` (`H(xi)` within a factor 2 of
   `H(theta)` on so short a segment) plus the float64 rounding of the numerator;
-* the Levenberg-Marquardt rule then *decreases* lambda (rho > 3/4): overly conservative steps.
+* the Levenberg-Marquardt rule then *decreases* lambda (rho > 3/4): overly conservative steps;
+* on the quadratic twin with the damped model (`C = H`, `lambda > 0`) rho is known exactly
+  for every multiple `k d*` of the damped step `d* = -(H + lambda I)^{-1} g`: with
+  `a = 1/2 d*^T H d*`, `m = 1/2 lambda |d*|^2` and `b = -g^T d* = 2a + 2m`,
+
+      rho(k) = (b - k a) / (b - k (a + m)),
+
+  so `rho(1) = (a + 2m) / (a + m)` lies in `[1, 2]` (Grosse s4.1: "rho between 1 and 2 on a
+  damped quadratic"), and `rho(3) = (a - 2m) / (a + m) < 1/4` whenever `a < 3 m`, which holds
+  for `lambda >= ||H||_2` (`m / a >= lambda / ||H||_2`): the step overshoots the model's
+  zero crossing, and the Levenberg-Marquardt rule must *increase* lambda
+  (`reduction_ratio_damped_quadratic`, on `DAMPING_GRID`).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import numpy as np
 
 from ngd_ref import Layer, Loss, Problem
 from ngd_ref.dense import levenberg_marquardt, reduction_ratio
+from verify._tolerance import solve_rtol
 from verify.identities._common import at_most, default_direction, exact_rtol, problem_rng, reference
 from verify.identities._registry import identity
 from verify.identities.hessian import network_curved
@@ -28,6 +40,9 @@ from verify.identities.hessian import network_curved
 __all__ = [
     "LARGE",
     "quadratic_twin",
+    "DAMPING_GRID",
+    "damped_quadratic_ratio",
+    "reduction_ratio_damped_quadratic",
     "reduction_ratio_large_damping",
     "reduction_ratio_not_one",
     "reduction_ratio_quadratic",
@@ -38,6 +53,13 @@ SOURCE = "Grosse ch.4 s4.1 eq. (14) (seed 002)"
 LARGE = 2.0**10
 #: The Levenberg-Marquardt decrease factor of Grosse s4.1 (rho > 3/4 -> lambda * 2/3).
 LM_DECREASE = 2.0 / 3.0
+#: The Levenberg-Marquardt increase factor (rho < 1/4 -> lambda * 3/2) and thresholds.
+LM_INCREASE = 1.5
+LM_LOW, LM_HIGH = 0.25, 0.75
+#: lambda / ||H||_2 of `reduction_ratio_damped_quadratic`: `kappa(H + lambda I) <= 1 + 2^6`.
+DAMPING_GRID = (2.0**-6, 1.0, 2.0**6)
+#: Multiples k of the damped step: 1 (the model's minimizer), 3 (overshooting it).
+STEP_MULTIPLES = (1.0, 3.0)
 
 
 def quadratic_twin(problem: Problem) -> Problem:
@@ -119,3 +141,64 @@ def reduction_ratio_not_one(problem: Problem, *, direction: np.ndarray | None = 
                    -100 * _rho_tolerance(problem, d, predicted),
                    "-|rho - 1| with C = H on the non-quadratic objective", SOURCE,
                    negative_control=True)
+
+
+def damped_quadratic_ratio(a: float, m: float, k: float) -> float:
+    """`rho(k) = (b - k a) / (b - k (a + m))`, `b = 2a + 2m` (module docstring)."""
+    b = 2.0 * a + 2.0 * m
+    return (b - k * a) / (b - k * (a + m))
+
+
+def _lm_factor(rho: float) -> float:
+    """The Levenberg-Marquardt factor the seed's rule gives at `rho`."""
+    return LM_INCREASE if rho < LM_LOW else LM_DECREASE if rho > LM_HIGH else 1.0
+
+
+@identity("reduction_ratio_damped_quadratic", source=SOURCE,
+          statement="on a quadratic with the damped model, rho(k d*) = (b - k a)/(b - k(a + m)) "
+                    "exactly: 1 <= rho(d*) <= 2, rho(3 d*) < 1/4 for lambda >= ||H|| and LM "
+                    "increases lambda there (lambda / ||H|| in 2^-6, 1, 2^6)",
+          applies=lambda p: bool(np.any(reference(quadratic_twin(p)).gradient != 0)))
+def reduction_ratio_damped_quadratic(problem: Problem):
+    """Grosse s4.1 on `quadratic_twin(problem)` with `C = H` and `lambda > 0` (module docstring).
+
+    Tolerance: `_rho_tolerance` (the numerator's rounding) plus the solve's: a relative error
+    `eps = solve_rtol(kappa(H + lambda I))` in `b = -g^T d*` moves rho by at most
+    `eps b (1 + |rho|) / |b - k (a + m)|`. The LM branch is checked where rho is farther than
+    that tolerance from the rule's thresholds.
+    """
+    twin = quadratic_twin(problem)
+    ref = reference(twin)
+    h = ref.hessian
+    norm = float(np.linalg.norm(h, 2))
+    out = []
+    for factor in DAMPING_GRID:
+        lam = factor * norm if norm > 0 else factor
+        d = ref.damped_update("hessian", lam)
+        a, m = 0.5 * float(d @ h @ d), 0.5 * lam * float(d @ d)
+        eps = solve_rtol("float64", length=twin.n_params, depth=len(twin.layers) + 2,
+                         condition=(norm + lam) / lam)
+        for k in STEP_MULTIPLES:
+            exact = damped_quadratic_ratio(a, m, k)
+            step = k * d
+            rho = float(reduction_ratio(twin, step, damping=lam, curvature="hessian"))
+            predicted = -float(ref.gradient @ step + 0.5 * step @ h @ step) - m * k * k
+            denominator = abs(2 * a + 2 * m - k * (a + m))
+            tol = (_rho_tolerance(twin, step, predicted) * abs(exact)
+                   + eps * (2 * a + 2 * m) * (1 + abs(exact)) / denominator)
+            where = f"lambda = {factor:g} ||H||, step {k:g} d*"
+            out.append(at_most("reduction_ratio_damped_quadratic", problem, abs(rho - exact), tol,
+                               f"|rho - (b - k a)/(b - k(a + m))| ({where}; exact {exact:.6g})",
+                               SOURCE))
+            if k == 1.0:
+                out.append(at_most("reduction_ratio_damped_quadratic", problem,
+                                   max(1.0 - rho, rho - 2.0), tol,
+                                   f"distance of rho = {rho:.6g} outside [1, 2] ({where})",
+                                   SOURCE))
+            if min(abs(exact - LM_LOW), abs(exact - LM_HIGH)) > tol:
+                new = levenberg_marquardt(lam, rho)
+                out.append(at_most("reduction_ratio_damped_quadratic", problem,
+                                   abs(new - lam * _lm_factor(exact)), 0.0,
+                                   f"LM: new lambda {new / lam:g} x at rho = {rho:.4g} ({where}; "
+                                   f"rule: {_lm_factor(exact):g} x)", SOURCE))
+    return out

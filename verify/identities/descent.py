@@ -9,6 +9,13 @@ an eigenvalue `nu_1 < 0`, any `0 < lambda < -nu_1` leaves `H + lambda I` indefin
 `g^T (H + lambda I)^{-1} g`, so the damped Newton step *ascends* and a small step increases
 the loss.
 
+The sign is also checked on a damping grid, `lambda = default_damping x DAMPING_FACTORS`
+(`2^-8, 2^8`: `kappa(C + lambda I) <= 1 + ||C|| / lambda`), without the Armijo search (the
+statement is `g^T d < 0` for every `lambda > 0`; the Armijo step follows from it where h is
+smooth, shown at the default lambda). There the cosine is held to `-solve_rtol(kappa)`, and a
+grid point applies only where Kantorovich's lower bound `|cos| >= 2 sqrt(kappa) / (kappa + 1)`
+exceeds 102 of those tolerances (so rounding cannot flip the computed sign).
+
 Tolerances: the sign of `g^T d` is resolved when `|g^T d| > exact_rtol |g| |d|` (the rounding
 of the inner product and the solve); the loss decrease is checked by backtracking
 `t = 2^-k`, `k = 0..MAX_HALVINGS`, until `h(theta + t d) - h(theta) <= t g^T d / 2` (Armijo with
@@ -47,6 +54,8 @@ ARMIJO_DIGITS = 40
 #: The longest step of the ascent demonstration: `t |g^T d| ~ 2^-40 |g||d|` is far above
 #: mpmath's rounding (1e-40); `_ascent` shortens it where the second-order term would reach.
 ASCENT_EXPONENT = 40
+#: Multiples of `default_damping` of the sign-only grid (besides 1).
+DAMPING_FACTORS = (2.0**-8, 2.0**8)
 
 
 def first_armijo_step(problem: Problem, step: np.ndarray, slope: float) -> float | None:
@@ -88,6 +97,29 @@ def damped_steps_descend(problem: Problem, *, damping: float | None = None):
         t = first_armijo_step(problem, d, float(g @ d))
         out.append(at_most("damped_steps_descend", problem, 0.0 if t else 1.0, 0.0,
                            f"{curvature}: a step t = {t} decreases h (0 = found)", SOURCE))
+        if damping is None:
+            out += _grid_signs(problem, curvature, lam)
+    return out
+
+
+def _grid_signs(problem: Problem, curvature: str, lam: float):
+    """`cos(g, d) < 0` at `lam x DAMPING_FACTORS` (module docstring)."""
+    ref = reference(problem)
+    g = ref.gradient
+    norm = float(np.linalg.norm(ref.matrix(curvature), 2))
+    out = []
+    for factor in DAMPING_FACTORS:
+        damping = factor * lam
+        kappa = (norm + damping) / damping
+        tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
+                         condition=kappa)
+        if not detectable(2 * np.sqrt(kappa) / (kappa + 1), tol):
+            continue
+        d = ref.damped_update(curvature, damping)
+        cosine = float(g @ d) / (float(np.linalg.norm(g) * np.linalg.norm(d)))
+        out.append(at_most("damped_steps_descend", problem, cosine, -tol,
+                           f"{curvature}: cos(g, d) (lambda = {factor:g} x {lam:.3g}, "
+                           f"kappa <= {kappa:.3g})", SOURCE))
     return out
 
 

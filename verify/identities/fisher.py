@@ -15,7 +15,11 @@ Identities 1, 3 and 4 of the battery (seeds 000/001; Martens, seed 003, s5, s8, 
   model samples) is not the Fisher (Martens s7).
 * `kl_second_order` -- `KL(p_theta || p_{theta + t d}) = 1/2 t^2 d^T F d + O(t^3)` (Martens s6;
   seed 001): the t^2 coefficient of the KL, extrapolated in mpmath from steps `t -> 0`, equals
-  `1/2 d^T F d`. Negative control `kl_not_ggn`: with `G` in place of `F` for a non-natural
+  `1/2 d^T F d`, in both argument orders (`KL(p_{theta + t d} || p_theta)` has the same t^2
+  coefficient; the t^3 terms differ) and along `KL_DIRECTIONS` seeded directions. A quadratic
+  form on one direction does not identify F (any `F + E` with `d^T E d = 0` passes); on
+  independent random directions a fixed nonzero symmetric E escapes only on a set of measure
+  zero. Negative control `kl_not_ggn`: with `G` in place of `F` for a non-natural
   loss the coefficient differs by `1/2 d^T (F - G) d`, so the remainder is only `O(t^2)`.
 """
 
@@ -42,7 +46,9 @@ __all__ = [
     "fisher_equals_ggn",
     "fisher_forms_agree",
     "fisher_is_expected_ggn",
+    "kl_coefficients",
     "kl_curvature",
+    "kl_directions",
     "kl_not_ggn",
     "kl_second_order",
     "mean_score_vanishes",
@@ -53,16 +59,18 @@ MARTENS_S9 = "Martens s8-s9 (seed 003)"
 MARTENS_S5 = "Martens s5 (seed 003); seeds 000/001"
 MARTENS_S6 = "Martens s6 (seed 003); seed 001 (KL second-order expansion)"
 
-#: Steps of the KL test: `t_k = 2^-k / 2^e`, `2^e >= max(1, ||J d||_inf)` (`kl_step_scale`):
-#: the output change `t J d` stays below `2^-KL_FIRST_EXPONENT` whatever the problem's scale.
-#: The even part `S(t) = (KL(t) + KL(-t)) / (2 t^2) = c2 + c4 t^2 + c6 t^4 + ...` is
-#: extrapolated to `t = 0` by two Richardson steps (error `O(c8 t^6)`, ~1e-29 relative at
-#: `t = 2^-16`); the difference of the last two extrapolations estimates that error and is
-#: added to the tolerance. At 40 digits the KL (~`t^2` ~ 1e-10 of the loss's terms) keeps ~30
-#: digits, far below float64's rounding of `1/2 d^T F d`, which sets the tolerance.
-KL_FIRST_EXPONENT = 16
-KL_LEVELS = 4
-KL_DIGITS = 40
+#: Steps of the KL test: `t = 2^-KL_FIRST_EXPONENT / 2^e` and `2 t`, with
+#: `2^e >= max(1, ||J d||_inf)` (`kl_step_scale`): the output change `t J d` stays below
+#: `2^-KL_FIRST_EXPONENT` whatever the problem's scale. The even part
+#: `S(t) = (KL(t) + KL(-t)) / (2 t^2) = c2 + c4 t^2 + O(t^4)` is extrapolated by one Richardson
+#: step, `(4 S(t) - S(2t)) / 3` (error `O(t^4)` ~ 1e-48 relative); `|S(t) - S(2t)| / 3`
+#: (`|c4| t^2` ~ 1e-24 relative, a generous bound on that error) is added to the tolerance.
+#: At 64 digits the KL (~`t^2` ~ 1e-24 of the loss's terms) keeps ~40 digits, far below
+#: float64's rounding of `1/2 d^T F d`, which sets the tolerance.
+KL_FIRST_EXPONENT = 40
+KL_DIGITS = 64
+#: Seeded directions of `kl_second_order` (the first is the negative control's).
+KL_DIRECTIONS = 2
 
 
 @identity("fisher_equals_ggn", source=MARTENS_S9,
@@ -178,18 +186,18 @@ def kl_step_scale(problem: Problem, direction: np.ndarray) -> int:
     return max(0, int(np.ceil(np.log2(size)))) if np.isfinite(size) and size > 0 else 0
 
 
-def kl_curvature(problem: Problem, direction: np.ndarray,
-                 *, digits: int = KL_DIGITS) -> tuple[float, float]:
-    """The coefficient `c2` of `t^2` in `KL(p_theta || p_{theta + t d})`, extrapolated to t = 0.
+def kl_coefficients(problem: Problem, direction: np.ndarray, *,
+                    digits: int = KL_DIGITS) -> dict[bool, tuple[float, float]]:
+    """The t^2 coefficients of the KL in both argument orders, extrapolated to t = 0.
 
-    `KL = c sum_b KL(r(.|z_b(theta)) || r(.|z_b(theta + t d)))` in closed form at `digits`
-    digits (the loss's `kl`, on forward passes only), for `t = +-2^-k` (see
-    `KL_FIRST_EXPONENT`); Richardson extrapolation of the even part `S(t)` over `KL_LEVELS`
-    halvings, eliminating `c4 t^2`, then `c6 t^4`.
+    `KL = c sum_b KL(r(.|z_b(theta)) || r(.|z_b(theta + t d)))` (`reverse=False`) and
+    `c sum_b KL(r(.|z_b(theta + t d)) || r(.|z_b(theta)))` (`reverse=True`) in closed form at
+    `digits` digits (the loss's `kl`, on forward passes only, shared by the two orders), at
+    `t = +-2^-k`, `+-2^(1-k)` (see `KL_FIRST_EXPONENT`), one Richardson step.
 
     Returns:
-        `(c2, error estimate)`: the extrapolated coefficient (the theorem: `1/2 d^T F d`) and
-        `|difference of the last two extrapolations|`, an a-posteriori bound on its error.
+        `{reverse: (c2, error estimate)}`: the extrapolated coefficient (the theorem:
+        `1/2 d^T F d` in both orders) and the estimate `|S(t) - S(2t)| / 3`.
     """
     bk = mp_backend(digits)
     loss = get_loss(problem.loss)
@@ -198,40 +206,57 @@ def kl_curvature(problem: Problem, direction: np.ndarray,
         theta, d = bk.asarray(problem.params), bk.asarray(direction)
         z0 = network_outputs(problem, theta, bk)
         scale = bk.scalar(problem.scale)
-
-        def kl(t):
-            zt = network_outputs(problem, theta + t * d, bk)
-            return scale * sum(loss.kl(bk, z0[b], zt[b]) for b in range(len(z0)))
-
-        table = []
-        for k in range(first, first + KL_LEVELS):
+        even = {False: [], True: []}
+        for k in (first, first - 1):
             t = bk.scalar(2) ** -k
-            table.append((kl(t) + kl(-t)) / (2 * t * t))
-        for power in (4, 16):       # Richardson: eliminate c4 t^2, then c6 t^4 (t halves)
-            table = [(power * fine - coarse) / (power - 1)
-                     for coarse, fine in zip(table, table[1:], strict=False)]
-        return float(table[-1]), abs(float(table[-1] - table[-2]))
+            sums = {False: 0, True: 0}
+            for sign in (1, -1):
+                zt = network_outputs(problem, theta + d * (sign * t), bk)
+                sums[False] += scale * sum(loss.kl(bk, z0[b], zt[b]) for b in range(len(z0)))
+                sums[True] += scale * sum(loss.kl(bk, zt[b], z0[b]) for b in range(len(z0)))
+            for order, total in sums.items():
+                even[order].append(total / (2 * t * t))
+        return {order: (float((4 * fine - coarse) / 3), abs(float(fine - coarse)) / 3)
+                for order, (fine, coarse) in even.items()}
 
 
-def _kl_comparison(problem: Problem, metric: np.ndarray, direction: np.ndarray | None):
-    """`kl_curvature(d)` against `1/2 d^T M d` (float64), tolerance `exact_rtol` + estimate."""
-    d = default_direction(problem, "kl") if direction is None else np.asarray(direction, float)
-    c2, estimate = kl_curvature(problem, d)
+def kl_curvature(problem: Problem, direction: np.ndarray, *, digits: int = KL_DIGITS,
+                 reverse: bool = False) -> tuple[float, float]:
+    """`(c2, error estimate)` of one argument order (`kl_coefficients`)."""
+    return kl_coefficients(problem, direction, digits=digits)[reverse]
+
+
+def kl_directions(problem: Problem) -> list[np.ndarray]:
+    """The `KL_DIRECTIONS` seeded unit directions of `kl_second_order` (first: `"kl"`)."""
+    return [default_direction(problem, "kl" if k == 0 else f"kl-{k}")
+            for k in range(KL_DIRECTIONS)]
+
+
+def _coefficient_comparison(problem: Problem, metric: np.ndarray, d: np.ndarray,
+                            c2: float, estimate: float):
+    """`c2` against `1/2 d^T M d` (float64), tolerance `exact_rtol` + the estimate."""
     scale = max(0.5 * float(np.linalg.norm(metric)) * float(d @ d), abs(c2),
                 np.finfo(float).tiny)
     return compare(c2, 0.5 * float(d @ metric @ d),
                    tolerance=exact_rtol(problem) + estimate / scale, magnitude=scale)
 
 
+def _kl_comparison(problem: Problem, metric: np.ndarray, direction: np.ndarray | None):
+    """`kl_curvature(d)` against `1/2 d^T M d` (float64), tolerance `exact_rtol` + estimate."""
+    d = default_direction(problem, "kl") if direction is None else np.asarray(direction, float)
+    return _coefficient_comparison(problem, metric, d, *kl_curvature(problem, d))
+
+
 def _kl_smooth(problem: Problem) -> bool:
     """Hypothesis of the KL expansion: h is smooth over the steps `kl_curvature` takes."""
-    d = default_direction(problem, "kl")
-    return smooth_along(problem, d, 2.0 ** -(KL_FIRST_EXPONENT + kl_step_scale(problem, d)))
+    return all(smooth_along(problem, d, 2.0 ** (1 - KL_FIRST_EXPONENT - kl_step_scale(problem, d)))
+               for d in kl_directions(problem))
 
 
 @identity("kl_second_order", source=MARTENS_S6,
-          statement="KL(p_theta || p_theta+td) = 1/2 t^2 d^T F d + O(t^3) (t^2 coefficient "
-                    "extrapolated in mpmath)", applies=_kl_smooth)
+          statement="KL(p_theta || p_theta+td) = 1/2 t^2 d^T F d + O(t^3), in both argument "
+                    "orders, on 2 seeded directions (t^2 coefficient extrapolated in mpmath)",
+          applies=_kl_smooth)
 def kl_second_order(problem: Problem, *, direction: np.ndarray | None = None):
     """The Fisher is the Hessian of the KL divergence (Martens s6, seed 003; seed 001).
 
@@ -247,11 +272,19 @@ def kl_second_order(problem: Problem, *, direction: np.ndarray | None = None):
 
     Args:
         problem: the problem.
-        direction: `d`, default a seeded unit vector (`default_direction(problem, "kl")`).
+        direction: `d`; default the `KL_DIRECTIONS` seeded unit vectors (`kl_directions`).
     """
-    cmp = _kl_comparison(problem, reference(problem).fisher, direction)
-    return result("kl_second_order", problem, cmp,
-                  "t^2 coefficient of KL(p_theta || p_theta+td) = 1/2 d^T F d", MARTENS_S6)
+    fisher = reference(problem).fisher
+    directions = kl_directions(problem) if direction is None else [np.asarray(direction, float)]
+    out = []
+    for k, d in enumerate(directions):
+        for reverse, (c2, estimate) in kl_coefficients(problem, d).items():
+            what = ("KL(p_theta+td || p_theta)" if reverse else "KL(p_theta || p_theta+td)")
+            out.append(result("kl_second_order", problem,
+                              _coefficient_comparison(problem, fisher, d, c2, estimate),
+                              f"direction {k}: t^2 coefficient of {what} = 1/2 d^T F d",
+                              MARTENS_S6))
+    return out
 
 
 def _kl_ggn_gap_detectable(problem: Problem) -> bool:

@@ -46,6 +46,7 @@ __all__ = [
     "affine_invariance",
     "damped_steps_not_invariant",
     "default_reparameterization",
+    "wide_reparameterization",
     "gradient_descent_not_invariant",
     "hessian_not_pullback",
     "numerically_consistent",
@@ -58,12 +59,28 @@ FD_DIGITS = 40
 FD_STEP_EXPONENT = 30
 
 
+#: `log2 kappa(R)` of the wide reparameterization of `affine_invariance` (kappa = 64).
+WIDE_EXPONENT = 6
+
+
 def default_reparameterization(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     """`(R, b)`: `R = Q diag(2^u)`, `Q` a seeded orthogonal matrix, `u ~ U[-1, 1]` (kappa <= 4)."""
     rng = problem_rng(problem, "reparameterization")
     q, _ = np.linalg.qr(rng.standard_normal((problem.n_params,) * 2))
     r = q * 2.0 ** rng.uniform(-1.0, 1.0, problem.n_params)
     return r, rng.standard_normal(problem.n_params)
+
+
+def wide_reparameterization(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """`(R, b)` with `kappa(R) = 2^WIDE_EXPONENT` exactly: `u` spread over `[0, WIDE_EXPONENT]`.
+
+    `R = Q diag(2^u)` with a seeded orthogonal Q (independent of the default one) and
+    `u = linspace(0, WIDE_EXPONENT)` in seeded order.
+    """
+    rng = problem_rng(problem, "reparameterization-wide")
+    q, _ = np.linalg.qr(rng.standard_normal((problem.n_params,) * 2))
+    u = rng.permutation(np.linspace(0.0, WIDE_EXPONENT, problem.n_params))
+    return q * 2.0**u, rng.standard_normal(problem.n_params)
 
 
 def _transformed(problem: Problem, r: np.ndarray, curvature: str) -> np.ndarray:
@@ -123,23 +140,28 @@ def affine_invariance(problem: Problem, *, reparameterization=None):
 
     Args:
         problem: the problem.
-        reparameterization: `(R, b)`, default `default_reparameterization(problem)`; `b` does
-            not enter the step (translation invariance, Grosse s2.2).
+        reparameterization: `(R, b)`; default both `default_reparameterization(problem)`
+            (kappa <= 4) and `wide_reparameterization(problem)` (kappa = 64); `b` does not
+            enter the step (translation invariance, Grosse s2.2).
     """
-    r, _ = reparameterization or default_reparameterization(problem)
-    kappa_r2 = float(np.linalg.cond(r)) ** 2
-    tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
-                     condition=kappa_r2)
+    grid = ([reparameterization] if reparameterization is not None
+            else [default_reparameterization(problem), wide_reparameterization(problem)])
     ref = reference(problem)
     out = []
-    for curvature in ("hessian", "ggn", "fisher"):
-        if not numerically_consistent(ref.matrix(curvature), ref.gradient, tol, kappa_r2 * tol):
-            continue
-        d, c, g = _steps(problem, r, curvature, 0.0)
-        mag = float(np.linalg.norm(c) * np.linalg.norm(d) + np.linalg.norm(g))
-        cmp = compare(c @ d, -g, tolerance=tol, magnitude=mag)
-        out.append(result("affine_invariance", problem, cmp,
-                          f"{curvature}: C (R d_gamma) = -g", GROSSE))
+    for r, _ in grid:
+        kappa_r2 = float(np.linalg.cond(r)) ** 2
+        tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
+                         condition=kappa_r2)
+        for curvature in ("hessian", "ggn", "fisher"):
+            if not numerically_consistent(ref.matrix(curvature), ref.gradient, tol,
+                                          kappa_r2 * tol):
+                continue
+            d, c, g = _steps(problem, r, curvature, 0.0)
+            mag = float(np.linalg.norm(c) * np.linalg.norm(d) + np.linalg.norm(g))
+            cmp = compare(c @ d, -g, tolerance=tol, magnitude=mag)
+            out.append(result("affine_invariance", problem, cmp,
+                              f"{curvature}: C (R d_gamma) = -g (kappa(R) = "
+                              f"{np.sqrt(kappa_r2):.3g})", GROSSE))
     return out
 
 

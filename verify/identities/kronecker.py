@@ -8,6 +8,13 @@ units, so inverses stay well conditioned). `vec` stacks columns (PROTOCOL s1), i
 the layer-l block of `g_b` is `vec(Ds abar^T) = abar (x) Ds` with `Ds = dL/ds_l`, read off
 the bias columns of `J_b` (Grosse s5.2).
 
+The algebra rows above test the Kronecker identities themselves; `kron_kfac_layout` tests
+the project's own K-FAC code with them: the block-diagonal `kfac_matrix` acts on layer l's
+block as `vec(S_l V A_l)` (eq. (16), `A_l` symmetric) and is zero across layers, and the
+factored solve (eq. 24) `kfac_solve_factors` equals `vec(S_d^{-1} V A_d^{-1})` (eqs. (16),
+(19)) with `(A_d, S_d) = damped_factors(A_l, S_l, lambda)` -- matrix forms that share no code
+with the reference's `np.kron` or its eigenbasis solve.
+
 Products are exact to `rounding_rtol(length=k, depth=1)` relative to the product of the
 norms; inverses and eigendecompositions add the condition number (`solve_rtol`).
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ngd_ref import Problem, layer_slices, unflatten
+from ngd_ref.dense import damped_factors, kfac_factors, kfac_matrix, kfac_solve_factors
 from verify._tolerance import compare, rounding_rtol, solve_rtol
 from verify.identities._common import magnitude, problem_rng, reference
 from verify.identities._registry import identity, result, separated
@@ -24,6 +32,7 @@ from verify.identities._registry import identity, result, separated
 __all__ = [
     "kron_eigendecomposition",
     "kron_inverse",
+    "kron_kfac_layout",
     "kron_mixed_product",
     "kron_order_matters",
     "kron_transpose",
@@ -160,3 +169,49 @@ def kron_eigendecomposition(problem: Problem):
                compare(products, np.linalg.eigvalsh(np.kron(a, s)), tolerance=tol, magnitude=mag),
                "eigenvalues of A (x) S = all products", f"{SOURCE} eq. (21)"),
     ]
+
+
+#: lambda / (||A_l||_2 ||S_l||_2) of `kron_kfac_layout`'s factored solve: the damped factors'
+#: condition numbers are then at most `1 + ||A|| / (pi sqrt(lambda))` and its S analogue.
+LAYOUT_DAMPING = 2.0**-4
+
+
+@identity("kron_kfac_layout", source=f"{SOURCE} eqs. (16), (19); s5.2, eq. (24)",
+          statement="the project's K-FAC matrix acts on layer l as vec(S_l V A_l), and its "
+                    "factored solve as vec(S_d^{-1} V A_d^{-1})")
+def kron_kfac_layout(problem: Problem):
+    """Eq. (16) and (19) on `kfac_factors`, `kfac_matrix`, `kfac_solve_factors` (Fisher kind).
+
+    `V` is a seeded Gaussian `n_out x (n_in + 1)` matrix placed in layer l's block; the
+    damping is relative (`LAYOUT_DAMPING`), and a layer with a zero factor (dead units) takes
+    `lambda = LAYOUT_DAMPING`.
+    """
+    factors = kfac_factors(problem, "fisher")
+    matrix = kfac_matrix(problem, "fisher")
+    rng = problem_rng(problem, "kron-layout")
+    out = []
+    for index, ((a, s), sl) in enumerate(zip(factors, layer_slices(problem.layers),
+                                             strict=True)):
+        big_v = rng.standard_normal((s.shape[0], a.shape[0]))
+        v = np.zeros(problem.n_params)
+        v[sl] = vec(big_v)
+        desired = np.zeros(problem.n_params)
+        desired[sl] = vec(s @ big_v @ a)
+        mag = float(np.linalg.norm(s) * np.linalg.norm(big_v) * np.linalg.norm(a))
+        out.append(result("kron_kfac_layout", problem,
+                          compare(matrix @ v, desired, tolerance=_tol(problem.n_params),
+                                  magnitude=mag),
+                          f"layer {index + 1}: kfac_matrix vec(V) = vec(S V A)",
+                          f"{SOURCE} eq. (16)"))
+        scale = float(np.linalg.norm(a, 2) * np.linalg.norm(s, 2))
+        lam = LAYOUT_DAMPING * (scale if scale > 0 else 1.0)
+        a_d, s_d = damped_factors(a, s, lam)
+        desired = np.zeros(problem.n_params)
+        desired[sl] = vec(np.linalg.solve(s_d, big_v) @ np.linalg.inv(a_d))
+        solved = kfac_solve_factors(factors, v, lam, "factored")
+        condition = float(np.linalg.cond(a_d) * np.linalg.cond(s_d))
+        tol = solve_rtol("float64", length=a.shape[0] * s.shape[0], depth=2, condition=condition)
+        out.append(result("kron_kfac_layout", problem, compare(solved, desired, tolerance=tol),
+                          f"layer {index + 1}: factored solve = vec(S_d^-1 V A_d^-1) "
+                          f"(kappa {condition:.3g})", f"{SOURCE} eq. (19)"))
+    return out

@@ -104,23 +104,58 @@ def _holds(name: str, problem: Problem, margin: float, tolerance: float, what: s
 
 
 # -- Newton and the |H| trust region ---------------------------------------------------------
+def _saddle_damping(problem: Problem) -> float | None:
+    """`lam = -lambda_min(H) / 2` leaving `H + lam I` indefinite and nonsingular, or None.
+
+    Needs `lambda_min(H) < -100 rtol ||H||` and every `|nu_i + lam| > 100 rtol ||H||`
+    (`rtol` the rounding of H): the damped matrix has a resolved negative eigenvalue and no
+    numerically zero one.
+    """
+    values, _ = _spectrum(problem)
+    scale = float(np.abs(values).max())
+    rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
+    if values[0] >= -100 * rtol * scale:
+        return None
+    lam = -float(values[0]) / 2
+    return lam if float(np.abs(values + lam).min()) > 100 * rtol * scale else None
+
+
 @identity("newton_step_minimizes_quadratic_model", source=f"{_GROSSE} eqs. (1), (5); {_SEED_004}",
-          statement="(H + lam I) d_N = -grad h, and H + lam I > 0 makes d_N the model's minimizer")
+          statement="(H + lam I) d_N = -grad h; H + lam I > 0 makes d_N the model's minimizer, "
+                    "an indefinite H + lam I (lam = -lambda_min(H)/2) a saddle of it")
 def _newton_minimizes(problem: Problem) -> list[CheckResult]:
+    """The damped Newton step is the model's stationary point, at a PD and an indefinite shift.
+
+    At `lam = _pd_damping` it is the minimizer (`lambda_min(H + lam I) > 0`); where H is
+    detectably indefinite, at `lam = _saddle_damping` it is still the stationary point (the
+    residual of a backward-stable solve is `rtol ||H + lam I|| ||d||` whatever the condition
+    number) but a saddle (`lambda_min(H + lam I) < 0`): the PD case alone cannot tell a
+    Newton step from one of `|H + lam I|`, which coincide there.
+    """
     name, source = "newton_step_minimizes_quadratic_model", f"{_GROSSE} eq. (5)"
     d = ref.dense(problem)
-    lam = _pd_damping(problem)
-    damped = d.hessian + lam * np.eye(problem.n_params)
-    step = ref.newton_update(problem, lam)
     rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
-    stationary = compare(damped @ step, -d.gradient, tolerance=rtol,
-                         magnitude=_norm2(damped) * float(np.linalg.norm(step)))
-    # m(d_N + e) - m(d_N) = e^T (H + lam I) e / 2 > 0 for all e != 0 iff lambda_min > 0.
-    curvature = float(np.linalg.eigvalsh(damped)[0]) / _norm2(damped)
-    return [result(name, problem, stationary, "model gradient vanishes at the damped Newton step",
-                   source),
-            _holds(name, problem, curvature, rtol, "model curvature lambda_min(H + lam I) > 0",
-                   source)]
+    out = []
+    shifts = [("positive definite", _pd_damping(problem)), ("indefinite", _saddle_damping(problem))]
+    for what, lam in shifts:
+        if lam is None:
+            continue
+        damped = d.hessian + lam * np.eye(problem.n_params)
+        step = ref.newton_update(problem, lam)
+        stationary = compare(damped @ step, -d.gradient, tolerance=rtol,
+                             magnitude=_norm2(damped) * float(np.linalg.norm(step)))
+        # m(d_N + e) - m(d_N) = e^T (H + lam I) e / 2 > 0 for all e != 0 iff lambda_min > 0.
+        curvature = float(np.linalg.eigvalsh(damped)[0]) / _norm2(damped)
+        out.append(result(name, problem, stationary,
+                          f"{what} H + {lam:.3g} I: model gradient vanishes at d_N", source))
+        if what == "positive definite":
+            out.append(_holds(name, problem, curvature, rtol,
+                              "model curvature lambda_min(H + lam I) > 0", source))
+        else:
+            out.append(_holds(name, problem, -curvature, rtol,
+                              "model curvature lambda_min(H + lam I) < 0: d_N is a saddle",
+                              source))
+    return out
 
 
 @identity("trust_region_step_is_descent",
@@ -212,17 +247,69 @@ def _eigen_pair(problem: Problem, index: int) -> tuple[np.ndarray, np.ndarray]:
     return s, ref.dense(problem).hessian @ s
 
 
+#: cos(y, s) of the oblique pair of `bfgs_preserves_positive_definiteness`.
+_OBLIQUE_COSINE = 0.1
+
+
+def _curvature_pairs(problem: Problem, B: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Pairs with `y^T s > 0`: the eigen pair, generic ones, and an oblique one.
+
+    * `s = v_max(H)`, `y = lambda_max s` (parallel: the update's cross terms vanish);
+    * the real secant pair (`_secant_pair`) where its `y^T s > 0`;
+    * `y = A s` for a seeded Gaussian `s` and the SPD `A = _quadratic` (`y^T s = s^T A s > 0`);
+    * oblique: `cos(y, s) = _OBLIQUE_COSINE`, `||y|| = 10 ||B||_2 ||s||` (a long `y` nearly
+      orthogonal to `s`: the hard case, where a wrong cross term is not dwarfed by `B`).
+    """
+    pairs = [("eigen pair", *_eigen_pair(problem, -1))]
+    s, y = _secant_pair(problem)
+    if float(y @ s) > 0:
+        pairs.append(("secant pair", s, y))
+    s = _rng(problem, "bfgs-generic").standard_normal(problem.n_params)
+    pairs.append(("y = A s", s, _quadratic(problem) @ s))
+    w = _rng(problem, "bfgs-oblique").standard_normal(problem.n_params)
+    w -= (w @ s) / (s @ s) * s
+    w *= np.sqrt(1 - _OBLIQUE_COSINE**2) / np.linalg.norm(w)
+    y = 10 * _norm2(B) * (_OBLIQUE_COSINE * s + np.linalg.norm(s) * w)
+    pairs.append(("oblique pair", s, y))
+    return pairs
+
+
+def _bfgs_margin_bound(B: np.ndarray, s: np.ndarray, y: np.ndarray) -> float:
+    """A lower bound on `lambda_min(B+) / ||B+||_2`, from B, s, y alone.
+
+    `H+ = (I - rho s y^T) B^{-1} (I - rho y s^T) + rho s s^T` (N&W eq. (6.17), `rho = 1/y^T s`)
+    gives `1/lambda_min(B+) = ||H+|| <= ||B^{-1}|| (1 + rho |s| |y|)^2 + rho |s|^2`, and
+    `||B+|| <= ||B|| + rho |y|^2`. A pair whose bound is not detectable (y^T s tiny against
+    `|s| |y|`: B+ is PD in exact arithmetic, singular to rounding) is left out.
+    """
+    rho = 1.0 / float(y @ s)
+    ns, ny = float(np.linalg.norm(s)), float(np.linalg.norm(y))
+    inv_norm = 1.0 / float(np.linalg.eigvalsh(B)[0])
+    lowest = 1.0 / (inv_norm * (1 + rho * ns * ny) ** 2 + rho * ns * ns)
+    return lowest / (_norm2(B) + rho * ny * ny)
+
+
 @identity("bfgs_preserves_positive_definiteness", source=_NW,
           applies=lambda p: float(_spectrum(p)[0][-1]) > 0,
-          statement="B > 0 and y^T s > 0 imply bfgs_update(B, s, y) > 0")
-def _bfgs_pd(problem: Problem) -> CheckResult:
+          statement="B > 0 and y^T s > 0 imply bfgs_update(B, s, y) > 0 (eigen, secant, "
+                    "generic and oblique pairs)")
+def _bfgs_pd(problem: Problem) -> list[CheckResult]:
+    """`lambda_min(sym(B+)) / ||B+|| > tol` for each pair of `_curvature_pairs`.
+
+    The symmetric part is tested (symmetry itself is `bfgs_secant_and_symmetry`'s); pairs
+    whose guaranteed margin (`_bfgs_margin_bound`) is not detectable are left out.
+    """
     B = _quadratic(problem)
-    s, y = _eigen_pair(problem, -1)   # y^T s = lambda_max(H) > 0
-    updated = ref.bfgs_update(B, s, y)
-    margin = float(np.linalg.eigvalsh(updated)[0]) / _norm2(updated)
-    return _holds("bfgs_preserves_positive_definiteness", problem, margin,
-                  _bfgs_tolerance(problem, B, s, y), "lambda_min(B+)/||B+|| > 0 with y^T s > 0",
-                  _NW)
+    out = []
+    for what, s, y in _curvature_pairs(problem, B):
+        if not detectable(_bfgs_margin_bound(B, s, y), _bfgs_tolerance(problem, B, s, y)):
+            continue
+        updated = ref.bfgs_update(B, s, y)
+        margin = float(np.linalg.eigvalsh((updated + updated.T) / 2)[0]) / _norm2(updated)
+        out.append(_holds("bfgs_preserves_positive_definiteness", problem, margin,
+                          _bfgs_tolerance(problem, B, s, y),
+                          f"{what}: lambda_min(B+)/||B+|| > 0 with y^T s > 0", _NW))
+    return out
 
 
 @identity("bfgs_loses_definiteness_when_curvature_negative", source=_NW, applies=_indefinite,

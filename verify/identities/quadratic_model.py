@@ -5,7 +5,10 @@
 * Martens s11: `M(delta) = c sum_b 1/2 ||J_b delta + H_L,b^+ r_b||^2_{H_L,b} + const`, so
   `min M - h >= -c/2 sum_b r_b^T H_L,b^+ r_b` (`r_b = dL/dz_b`; for natural parameters
   `H_L = F_R`, the seed's form). Hypotheses: every `H_L,b` PSD with `r_b` in its range (all
-  protocol losses but `gaussian_logvar`). Negative control: a model with an indefinite
+  protocol losses but `gaussian_logvar`). The bound is attained when the stacked Jacobian
+  `[J_1; ...; J_B]` (`B C x n`) has full row rank: every output-space minimizer
+  `u_b = -H_L,b^+ r_b` is then reached by some `delta` (`martens_bound_tight`: a bound too
+  loose by any factor fails there). Negative control: a model with an indefinite
   curvature (the Newton model at an indefinite H) is unbounded below and breaks the bound.
 * When `F = G` the natural gradient `-F^{-1} g` minimizes M (Martens s11): `g + G delta = 0`.
   Negative control: for `nll_probs` / `gaussian_logvar` it does not.
@@ -15,6 +18,11 @@
   `-g^T r / (2 r^T G r)`, is not stationary.
 * Grosse eq. (27): the minimizer over `span{r, p}` is stationary in both directions;
   negative control: the 1-D optimum along r is not stationary along p.
+
+Both step identities use the seeded unit `r` and the direction HF/K-FAC actually feed them:
+the K-FAC direction `r_K = -(K_G + lambda I)^{-1} g` (`kfac_direction`: GGN kind, eq. 23
+damping), whose length is not 1 -- a step-size routine that silently assumes unit directions
+passes on a seeded unit r only.
 
 Singular G (n > B C) is handled on its numerical range (eigenvalues above `exact_rtol MAG(G)`):
 g lies in range(G), so the minimizer set is `delta* + null(G)`; residuals are `solve_rtol`
@@ -27,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ngd_ref import Loss, Problem
-from ngd_ref.dense import momentum_subspace_step, optimal_step_size
+from ngd_ref.dense import kfac_solve, momentum_subspace_step, optimal_step_size
 from verify._tolerance import compare, solve_rtol
 from verify.identities._common import (
     at_most,
@@ -42,7 +50,9 @@ from verify.identities._common import (
 from verify.identities._registry import detectable, identity, result, separated
 
 __all__ = [
+    "kfac_direction",
     "martens_bound",
+    "martens_bound_tight",
     "martens_bound_value",
     "martens_bound_needs_psd_model",
     "momentum_subspace_stationary",
@@ -169,6 +179,51 @@ def martens_bound_needs_psd_model(problem: Problem):
                    f"M_H(s q_1) - h - bound (s = {s:.3g})", MARTENS, negative_control=True)
 
 
+def _kept(problem: Problem) -> tuple[int, int]:
+    """Numerical ranks: of G (`range_solve`'s cutoff) and `sum_b rank H_L,b` (the bound's)."""
+    ref = reference(problem)
+    rank_g = int(np.sum(np.abs(np.linalg.eigvalsh(ref.ggn)) > _cutoff(problem)))
+    rank_l = sum(int(np.sum(np.abs(np.linalg.eigvalsh(h)) > exact_rtol(problem) * mag))
+                 for h, mag in zip(ref.loss_hessians, middle_magnitudes(ref), strict=True))
+    return rank_g, rank_l
+
+
+def _stacked_full_row_rank(problem: Problem) -> bool:
+    """Hypotheses of `martens_bound_tight`: those of `martens_bound`, and `[J_b]` onto.
+
+    `B C <= n`, and the numerical rank of G equals `sum_b rank H_L,b` (`_kept`): with an onto
+    stacked Jacobian, `rank G = sum_b rank H_L,b` exactly, and equal numerical ranks mean
+    float64 resolves every direction the bound counts (a nearly rank-deficient J would drop
+    some below G's cutoff).
+    """
+    if not (_convex_loss(problem) and resolvable(problem)):
+        return False
+    if problem.batch_size * problem.output_dim > problem.n_params:
+        return False
+    rank_g, rank_l = _kept(problem)
+    return rank_g == rank_l
+
+
+@identity("martens_bound_tight", source=MARTENS,
+          statement="min_delta M(delta) - h = -c/2 sum_b r_b^T H_L,b^+ r_b when the stacked "
+                    "J_b have full row rank", applies=_stacked_full_row_rank)
+def martens_bound_tight(problem: Problem):
+    """The equality case of Martens s11's bound (hypotheses: `_stacked_full_row_rank`).
+
+    With `J = [J_b]` onto, `delta` reaches every `u = J delta`, and the output-space
+    minimizers `u_b = -H_L,b^+ r_b` give `M - h = -c/2 sum_b r_b^T H_L,b^+ r_b`. Tolerance:
+    `martens_bound`'s.
+    """
+    ref = reference(problem)
+    g, ggn = ref.gradient, ref.ggn
+    delta = range_solve(problem, ggn, -g)
+    best = float(g @ delta + 0.5 * delta @ ggn @ delta)
+    bound = martens_bound_value(problem)
+    tol = max(_solve_tol(problem, ggn), _loss_hessian_tol(problem)) * (abs(best) + abs(bound))
+    return at_most("martens_bound_tight", problem, abs(bound - best), tol,
+                   f"|bound - min M| (min M - h = {best:.4g}, bound {bound:.4g})", MARTENS)
+
+
 def _natural_gradient_residual(problem: Problem):
     ref = reference(problem)
     g, ggn = ref.gradient, ref.ggn
@@ -216,33 +271,73 @@ def natural_gradient_not_model_minimizer(problem: Problem):
                      _natural_gradient_residual(problem)[0], "g + G delta_ng != 0", MARTENS)
 
 
-def _line(problem: Problem):
+def kfac_direction(problem: Problem) -> np.ndarray:
+    """`r_K = -(K_G + lambda I)^{-1} g`: the damped (eq. 23) GGN-kind K-FAC direction.
+
+    `lambda = default_damping(problem, "kfac-direction")`.
+    """
     ref = reference(problem)
-    r = default_direction(problem, "line")
+    lam = default_damping(problem, "kfac-direction")
+    return -np.asarray(kfac_solve(problem, ref.gradient, lam, "eigen", kind="ggn"),
+                       dtype=np.float64)
+
+
+def _line(problem: Problem, direction: np.ndarray | None = None):
+    ref = reference(problem)
+    r = default_direction(problem, "line") if direction is None else direction
     r = -r if float(ref.gradient @ r) > 0 else r
     return ref, r, float(ref.gradient @ r), float(r @ ref.ggn @ r)
 
 
+def _lines(problem: Problem) -> list[tuple[str, np.ndarray]]:
+    """The line directions: the seeded unit r, and the K-FAC direction where it is nonzero."""
+    lines = [("seeded r", _line(problem)[1])]
+    r_k = kfac_direction(problem)
+    if np.any(r_k != 0) and np.all(np.isfinite(r_k)):
+        lines.append(("K-FAC direction", _line(problem, r_k)[1]))
+    return lines
+
+
+def _curved(problem: Problem, r: np.ndarray) -> bool:
+    """`r^T G r` resolved: above `exact_rtol MAG(G) |r|^2`."""
+    curv = float(r @ reference(problem).ggn @ r)
+    return curv > exact_rtol(problem) * magnitude(reference(problem).ggn) * float(r @ r)
+
+
 def _positive_line_curvature(problem: Problem) -> bool:
-    _, r, _, curv = _line(problem)
-    return _convex_loss(problem) and curv > exact_rtol(problem) * magnitude(reference(problem).ggn)
+    return _convex_loss(problem) and _curved(problem, _line(problem)[1])
 
 
-def _line_magnitude(problem: Problem, slope: float, alpha: float) -> float:
-    """MAG of `g^T r + alpha r^T G r` for a unit r: `r^T G r` carries `u MAG(G)` of error."""
-    return abs(slope) + abs(alpha) * gauss_newton_magnitude(reference(problem))
+def _line_magnitude(problem: Problem, slope: float, alpha: float,
+                    r: np.ndarray | None = None) -> float:
+    """MAG of `g^T r + alpha r^T G r`: `|g| |r| + |alpha| MAG(G) |r|^2` (unit r: `|g^T r|`)."""
+    if r is None:
+        return abs(slope) + abs(alpha) * gauss_newton_magnitude(reference(problem))
+    g = reference(problem).gradient
+    norm2 = float(r @ r)
+    return (float(np.linalg.norm(g)) * np.sqrt(norm2)
+            + abs(alpha) * gauss_newton_magnitude(reference(problem)) * norm2)
 
 
 @identity("optimal_step_stationary", source=GROSSE26,
           statement="alpha* = -g^T r / r^T G r zeroes d/dalpha of the line model",
           applies=_positive_line_curvature)
 def optimal_step_stationary(problem: Problem):
-    """Grosse eq. (26): `g^T r + alpha* r^T G r = 0` (`ngd_ref.dense.optimal_step_size`)."""
-    _, r, slope, curv = _line(problem)
-    alpha = float(optimal_step_size(problem, r))
-    cmp = compare(slope + alpha * curv, 0.0, tolerance=exact_rtol(problem),
-                  magnitude=_line_magnitude(problem, slope, alpha))
-    return result("optimal_step_stationary", problem, cmp, "q'(alpha*) = 0", GROSSE26)
+    """Grosse eq. (26): `g^T r + alpha* r^T G r = 0` (`ngd_ref.dense.optimal_step_size`).
+
+    On the seeded unit r and on the K-FAC direction (`_lines`; where `r^T G r` is resolved).
+    """
+    out = []
+    for k, (what, r) in enumerate(_lines(problem)):
+        if k and not _curved(problem, r):
+            continue
+        _, r, slope, curv = _line(problem, r)
+        alpha = float(optimal_step_size(problem, r))
+        mag = _line_magnitude(problem, slope, alpha, None if k == 0 else r)
+        cmp = compare(slope + alpha * curv, 0.0, tolerance=exact_rtol(problem), magnitude=mag)
+        out.append(result("optimal_step_stationary", problem, cmp, f"{what}: q'(alpha*) = 0",
+                          GROSSE26))
+    return out
 
 
 def _half_slope_detectable(problem: Problem) -> bool:
@@ -284,22 +379,29 @@ def momentum_subspace_stationary(problem: Problem, *, previous: np.ndarray | Non
     has rank 1 (one example, `nll_probs`). Negative control in the same result list: the 1-D
     optimum along r (beta = 0) is not stationary along p.
     """
-    ref, r, slope, _ = _line(problem)
     lam = default_damping(problem) if damping is None else damping
     p = default_direction(problem, "previous") if previous is None else np.asarray(previous, float)
-    curvature = ref.ggn + lam * np.eye(problem.n_params)
-    step = np.asarray(momentum_subspace_step(problem, r, p, damping=lam).step, dtype=np.float64)
-    basis = np.stack([r, p], axis=1)
-    mag = float(np.linalg.norm(ref.gradient) + np.linalg.norm(curvature) * np.linalg.norm(step))
-    tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
-                     condition=float(np.linalg.cond(basis.T @ curvature @ basis)))
-    stationary = compare(basis.T @ (ref.gradient + curvature @ step), np.zeros(2),
-                         tolerance=tol, magnitude=mag)
-    line_step = -slope / float(r @ curvature @ r) * r
-    one_d = compare(p @ (ref.gradient + curvature @ line_step), 0.0, tolerance=tol, magnitude=mag)
-    return [
-        result("momentum_subspace_stationary", problem, stationary,
-               f"[r p]^T grad M_lambda(alpha r + beta p) = 0 (lambda={lam:.3g})", GROSSE27),
-        separated("momentum_subspace_stationary", problem, one_d,
-                  "the 1-D optimum along r is not stationary along p", GROSSE27),
-    ]
+    out = []
+    for k, (what, r) in enumerate(_lines(problem)):
+        ref, r, slope, _ = _line(problem, r)
+        curvature = ref.ggn + lam * np.eye(problem.n_params)
+        step = np.asarray(momentum_subspace_step(problem, r, p, damping=lam).step,
+                          dtype=np.float64)
+        # Unit columns: the residual's scale and conditioning do not depend on |r|, |p|.
+        basis = np.stack([r / np.linalg.norm(r), p / np.linalg.norm(p)], axis=1)
+        mag = float(np.linalg.norm(ref.gradient)
+                    + np.linalg.norm(curvature) * np.linalg.norm(step))
+        tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
+                         condition=float(np.linalg.cond(basis.T @ curvature @ basis)))
+        stationary = compare(basis.T @ (ref.gradient + curvature @ step), np.zeros(2),
+                             tolerance=tol, magnitude=mag)
+        out.append(result("momentum_subspace_stationary", problem, stationary,
+                          f"{what}: [r p]^T grad M_lambda(alpha r + beta p) = 0 "
+                          f"(lambda={lam:.3g})", GROSSE27))
+        if k == 0:
+            line_step = -slope / float(r @ curvature @ r) * r
+            one_d = compare(basis[:, 1] @ (ref.gradient + curvature @ line_step), 0.0,
+                            tolerance=tol, magnitude=mag)
+            out.append(separated("momentum_subspace_stationary", problem, one_d,
+                                 "the 1-D optimum along r is not stationary along p", GROSSE27))
+    return out
