@@ -60,6 +60,7 @@ class CheckResult:
     error: float | None = None
     tolerance: float | None = None
     message: str = ""
+    _: dataclasses.KW_ONLY  # the extensions by name only: positions would silently shift
     measure: str | None = None
     scale: float | None = None
     where: str | None = None

@@ -30,7 +30,7 @@ import numpy as np
 
 from ngd_ref.dense import kfac_factors
 from ngd_ref.sampled import Estimator, estimator_entries, estimator_moments, hutchinson_moments
-from verify._report import CheckResult, Status
+from verify._report import Status
 from verify._statistics import (
     BlockDesign,
     block_design,
@@ -59,8 +59,8 @@ def call_seeds(base: int, count: int, salt: int = 0) -> list[int]:
 def _record(ctx: CheckContext, check: str, status: Status, message: str, *,
             error: float | None = None, tolerance: float | None = None,
             power: float | None = None, statistics: dict | None = None) -> None:
-    ctx.results.append(CheckResult(check, ctx.capability, ctx.problem.name, Status(status),
-                                   error, tolerance, message, power, statistics))
+    ctx.record(check, Status(status), message, error, tolerance, power=power,
+               statistics=statistics)
 
 
 def _statistical(ctx: CheckContext, check: str, call: Callable[[int, int], np.ndarray | None],
