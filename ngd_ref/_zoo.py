@@ -8,7 +8,11 @@ Coverage (`problems()`): every loss x every hidden activation; mean and sum redu
 example and several; deep linear networks; ReLU networks; identical inputs; `softmax` last
 layer with `nll_probs` (and its split twin with `softmax_cross_entropy`); heteroscedastic
 `gaussian_logvar`. `problems(quick=True)` is a subset that still covers every loss, both
-reductions, both batch regimes and every last-layer kind.
+reductions, both batch regimes and every last-layer kind, and (issue 14) Poisson targets
+above 1 (so `log y!` is not 0), two problems sharing every shape (`deep-linear-2x3x3x2-mse-b4`
+and `deep-curved-2x3x3x2-mse-b4`: a cache keyed on shapes is visible) and a deep net with a
+curved activation at every hidden layer (`phi'' != 0` below the top hidden layer, so a
+Hessian that drops the deep second-order terms is visible).
 """
 
 from __future__ import annotations
@@ -91,6 +95,10 @@ def make_problem(
     return Problem(name, layers, loss, params, inputs, targets, reduction)
 
 
+#: data seed of the quick zoo's Poisson problem: its targets are (3, 2, 1), so log y! != 0
+_QUICK_POISSON_SEED = 4
+
+
 def _out(loss: str) -> str:
     return "softmax" if loss == "nll_probs" else "identity"
 
@@ -108,10 +116,14 @@ def problems(quick: bool = False) -> tuple[Problem, ...]:
             act = HIDDEN_ACTIVATIONS[1 + i % 4]
             batch = 1 if i % 3 == 0 else 3
             reduction = "sum" if i % 2 else "mean"
+            seed = _QUICK_POISSON_SEED if loss == "poisson" else 0
             out.append(make_problem((3, 4, _width(loss)), (act, _out(loss)), loss, batch,
-                                    reduction=reduction))
+                                    reduction=reduction, seed=seed))
         out.append(make_problem((2, 3, 3, 2), ("identity",) * 3, "mse", 4,
                                 name="deep-linear-2x3x3x2-mse-b4"))
+        # the same shapes, curved at every hidden layer
+        out.append(make_problem((2, 3, 3, 2), ("tanh", "softplus", "identity"), "mse", 4,
+                                name="deep-curved-2x3x3x2-mse-b4"))
         return tuple(out)
     # every loss x every hidden activation, B = 3, mean
     for loss in LOSSES:

@@ -16,6 +16,8 @@ from verify._tolerance import solve_rtol
 from verify.harness import _cg
 from verify.harness._context import CheckContext
 
+#: plain (x0 omitted), Jacobi-preconditioned, nonzero x0 (`verify.harness._cg.VARIANTS`)
+_VARIANTS = _cg.VARIANTS[:3]
 _PROBLEMS = ("mlp-3x4x3-tanh-softmax_cross_entropy-b3", "mlp-3x4x4-sigmoid-gaussian_logvar-b3",
              "mlp-2x4x4x3-relu-softmax_cross_entropy-b3", "heteroscedastic-2x5x6-tanh-b4")
 
@@ -29,13 +31,13 @@ def _tolerances(problem, a, residuals):
 
 @pytest.mark.skipif(not _cg.EXTENDED, reason="numpy's longdouble is not the x87 format here")
 @pytest.mark.parametrize("name", _PROBLEMS)
-@pytest.mark.parametrize("variant", ["plain", "preconditioned", "x0"])
+@pytest.mark.parametrize("variant", _VARIANTS, ids=lambda v: v.check)
 def test_extended_oracle_agrees_with_mpmath(name, variant):
     problem = zoo.get(name)
     ctx = CheckContext(None, "cg", problem, "float64")
     a, b = _cg.cg_system(ctx)
     _cg._SYSTEMS.setdefault(problem, (a, b))
-    x0 = ctx.probe(b.shape[0])[0].tobytes() if variant == "x0" else None
+    x0 = ctx.probe(b.shape[0])[0].tobytes() if variant.start == "probe" else None
     extended, residuals = _cg._optimal_iterates(problem, variant, x0, True)
     exact, _ = _cg._optimal_iterates(problem, variant, x0, False)
     informative = [k for k in range(1, len(residuals))
@@ -52,7 +54,7 @@ def test_float64_oracle_is_not_good_enough():
     ctx = CheckContext(None, "cg", problem, "float64")
     a, b = _cg.cg_system(ctx)
     _cg._SYSTEMS.setdefault(problem, (a, b))
-    exact, residuals = _cg._optimal_iterates(problem, "plain", None, False)
+    exact, residuals = _cg._optimal_iterates(problem, _VARIANTS[0], None, False)
     plain = krylov_optimal_iterates(a, b, None, len(exact))[1:]
     ratios = [np.linalg.norm(p - e) / np.linalg.norm(e) / tol
               for p, e, tol in zip(plain, exact, _tolerances(problem, a, residuals), strict=True)]

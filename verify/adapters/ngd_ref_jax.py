@@ -20,7 +20,9 @@ its own. The kernels, called once per problem (per vector for the products):
 * `_products`: the four curvature-vector products of one vector;
 * `_damped`: `-(C + lambda I)^{-1} grad h` by `ngd_ref.jax.cg_solve` on the restricted,
   linearized operator `P C P^T` (`curvature_operator`; `curvature_vp` on the mesh), the
-  curvature chosen at run time (`lax.switch`).
+  curvature chosen at run time (`lax.switch`); where CG does not converge (an indefinite,
+  nonsingular `H + lambda I`, or the indefinite GGN of `gaussian_logvar`), by
+  `jax.scipy.sparse.linalg.gmres` without restarts.
 
 `cg` runs the jitted `ngd_ref.jax.cg_solve` with the caller's numpy `matvec`/`precond`
 reached through `jax.pure_callback`, on vectors padded to a length bucket (the padding is an
@@ -126,10 +128,12 @@ def _products(objective, params, batch, v, *, mesh) -> dict[str, jax.Array]:
 
 @_kernel
 def _damped(objective, params, batch, mask, which, damping, *, mesh) -> jax.Array:
-    """`-(P C P^T + lambda I)^{-1} P grad h` by CG, `C = _KINDS[which]`.
+    """`-(P C P^T + lambda I)^{-1} P grad h` by CG (GMRES where CG fails), `C = _KINDS[which]`.
 
     One CG loop whose product switches (`lax.switch`, at run time) among the four operators,
-    each linearized once before the loop.
+    each linearized once before the loop. CG needs a positive definite system; the protocol's
+    formula holds for any nonsingular one, so where CG does not converge the same operator is
+    solved by GMRES with a Krylov space of full dimension.
     """
     unravel = ravel_pytree(params)[1]
     neg_g = -mask * _flat(nj.gradient(objective, params, batch, mesh=mesh))
@@ -139,8 +143,18 @@ def _damped(objective, params, batch, mask, which, damping, *, mesh) -> jax.Arra
     def matvec(v: jax.Array) -> jax.Array:
         return mask * jax.lax.switch(which, products, unravel(mask * v)) + damping * v
 
-    return nj.cg_solve(matvec, neg_g, tol=10 * unit_roundoff(str(neg_g.dtype)),
-                       maxiter=10 * neg_g.shape[0]).x
+    tol = 10 * unit_roundoff(str(neg_g.dtype))
+    n = neg_g.shape[0]
+    result = nj.cg_solve(matvec, neg_g, tol=tol, maxiter=10 * n)
+
+    def minimal_residual(_: jax.Array) -> jax.Array:
+        # an indefinite but nonsingular system (PROTOCOL s5 asks for any nonsingular one):
+        # CG breaks down, GMRES without restarts (Krylov dimension n) does not
+        x, _ = jax.scipy.sparse.linalg.gmres(matvec, neg_g, tol=tol, restart=n, maxiter=2,
+                                             solve_method="incremental")
+        return x
+
+    return jax.lax.cond(result.converged, lambda _: result.x, minimal_residual, None)
 
 
 # -- cg with host callables ----------------------------------------------------------------------

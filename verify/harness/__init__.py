@@ -14,7 +14,8 @@
 
 The checks per capability, their sources and tolerances are in docs/harness.md and in the
 docstrings of the private modules (`_matrices`, `_products`, `_diagonals`, `_updates`,
-`_kfac`, `_cg`, `_methods`); fault containment is `_faults` (every port call on a worker
+`_kfac`, `_cg`, `_methods`, `_method_inputs`; the inputs per port precision are `_inputs`);
+fault containment is `_faults` (every port call on a worker
 thread with a timeout, `_isolation`; `check_adapter(..., timeout=)`, default 60 s).
 """
 

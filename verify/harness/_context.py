@@ -21,6 +21,7 @@ from verify._policy import TolerancePolicy, tolerance_policy
 from verify._report import CheckResult, Status
 from verify._tolerance import Comparison, compare
 from verify.harness._faults import call_port_with, readonly
+from verify.harness._inputs import probe_vectors
 from verify.harness._isolation import DEFAULT_TIMEOUT
 
 __all__ = ["CheckContext"]
@@ -64,13 +65,13 @@ class CheckContext:
         return np.random.default_rng(key)
 
     def probe(self, n: int, count: int = 1) -> list[np.ndarray]:
-        """`count` random vectors of length n with entries in {-1, -63/64, ..., 1}, read-only.
+        """`count` random probe vectors of length n for the port's precision, read-only.
 
-        Dyadic entries are exact in float32, so a float32 port receives exactly the vector the
-        reference multiplies.
+        Dyadic entries `k/64` for a float32 port (exact in float32, so it receives exactly the
+        vector the reference multiplies), full-precision entries for a float64 port (so a
+        port that rounds its vectors to float32 fails): `verify.harness._inputs.probe_vectors`.
         """
-        rng = self.rng
-        return [readonly(rng.integers(-64, 65, size=n) / 64.0) for _ in range(count)]
+        return [readonly(v) for v in probe_vectors(self.rng, n, count, self.dtype)]
 
     def begin(self, check: str) -> None:
         """Name the check that the next port calls belong to."""

@@ -10,7 +10,9 @@
   constant or the empirical statistics in place of the true ones all fail here.
 * `kfac_solve(problem, v, damping, method, kind)` for both methods (`eigen`, eq. 23;
   `factored` with pi, eq. 24) and every kind, against `ngd_ref.kfac._dense.kfac_solve`, with
-  `solve_rtol` and the largest per-layer condition number of the damped Kronecker matrix.
+  `solve_rtol` and the largest per-layer condition number of the damped Kronecker matrix;
+  `kfac_solve_default_kind`: the same call with `kind` omitted must be kind `fisher`
+  (PROTOCOL s5's default; issue 14).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ METHODS = ("eigen", "factored")
 _SOLVE_CASES = tuple((kind, method, 0.1) for kind in KINDS for method in METHODS) + (
     ("fisher", "eigen", 1.0),
     ("fisher", "factored", 1.0),
+    (None, "eigen", 0.1),  # kind omitted: PROTOCOL s5's default, "fisher"
 )
 
 
@@ -134,8 +137,9 @@ def check_kfac_solve(ctx: CheckContext) -> None:
     """Damped K-FAC solves for every kind, both methods, two dampings."""
     b = ctx.policy
     (v,) = ctx.probe(ctx.problem.n_params)
-    for kind, method, damping in _SOLVE_CASES:
-        check = f"kfac_solve_{method}_{kind}"
+    for passed, method, damping in _SOLVE_CASES:
+        kind = passed or "fisher"
+        check = f"kfac_solve_{method}_{kind}" if passed else "kfac_solve_default_kind"
         factors = kfac_factors(ctx.problem, kind)
         if method == "factored" and any(np.trace(s) <= 0 for _, s in factors):
             ctx.record(check, Status.SKIP, "pi is undefined: tr(S_l) = 0 for this problem")
@@ -143,12 +147,13 @@ def check_kfac_solve(ctx: CheckContext) -> None:
         condition = _condition(factors, ctx.policy.kfac_magnitudes(kind), damping, method)
         tolerance = solve_rtol(ctx.dtype, length=b.length, depth=b.depth, condition=condition)
         ctx.begin(check)
-        value = ctx.port("kfac_solve", ctx.problem, v, damping, method, kind)
+        value = ctx.port("kfac_solve", ctx.problem, v, damping, method, *([kind] if passed else []))
         ctx.compare(
             check,
             value,
             kfac_solve(ctx.problem, v, damping, method, kind),
             tolerance=tolerance,
-            what=f"K-FAC {method} damped solve, kind {kind}, lambda {damping:g} "
+            what=f"K-FAC {method} damped solve, kind {kind}{'' if passed else ' (omitted)'}, "
+            f"lambda {damping:g} "
             f"(Grosse eq. {23 if method == 'eigen' else 24}; condition {condition:.1e})",
         )

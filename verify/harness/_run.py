@@ -39,10 +39,12 @@ from verify.harness._faults import (
     PortTimeout,
     describe_exception,
 )
+from verify.harness._inputs import with_twin
 from verify.harness._isolation import DEFAULT_TIMEOUT
 from verify.harness._kfac import check_kfac_factors, check_kfac_solve
 from verify.harness._loading import CAPABILITIES, LoadedAdapter, load_adapter
 from verify.harness._matrices import check_gradient, check_loss, check_matrix
+from verify.harness._method_inputs import INPUT_CHECKS
 from verify.harness._methods import METHOD_CHECKS
 from verify.harness._products import PRODUCTS, check_product
 from verify.harness._s13 import S13_CHECKS
@@ -63,7 +65,7 @@ __all__ = [
 CheckFn = Callable[[CheckContext], None]
 
 #: capability -> the function checking it on one problem
-CHECKS: dict[str, CheckFn] = {
+_CHECKS: dict[str, CheckFn] = {
     "loss": check_loss,
     "gradient": check_gradient,
     **{name: check_matrix for name in ("hessian", "ggn", "fisher", "empirical_fisher")},
@@ -77,7 +79,10 @@ CHECKS: dict[str, CheckFn] = {
     "optimizer_trajectory": check_optimizer_trajectory,
     **SAMPLED_CHECKS,
     **S13_CHECKS,
+    **INPUT_CHECKS,
 }
+#: problem capabilities run a second time on the reused-name twin (`_inputs`, issue 14)
+CHECKS: dict[str, CheckFn] = {name: with_twin(fn, name) for name, fn in _CHECKS.items()}
 assert set(CHECKS) == set(CAPABILITIES), "every capability needs a check function"
 
 

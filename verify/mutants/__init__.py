@@ -25,7 +25,8 @@ one bug, registered with `register_mutant`:
 * `CONTROLS` are the correct ports (float64 and float32), which must pass everything.
 
 Modules of the corpus: `verify.mutants._corpus` (bugs of the bug classes real libraries have
-shipped) and `verify.mutants.seed_methods` (the bugs of seed 004's code, PROTOCOL s9),
+shipped), `verify.mutants.seed_methods` (the bugs of seed 004's code, PROTOCOL s9) and
+`verify.mutants._corpus_blindspots` (the inputs the v1 harness never supplied, issue 14),
 imported by `load_corpus()`. A new module registers itself by being listed in
 `CORPUS_MODULES`.
 
@@ -68,6 +69,9 @@ class BugClass(str, enum.Enum):
     CG = "CG recurrences and initialization"
     LOSS_HESSIAN = "loss-Hessian arithmetic"
     SEED_METHODS = "seed 004 second-order methods"
+    PRECISION = "float32 rounding inside a float64 port"
+    DEFAULTS = "optional-argument defaults"
+    CACHING = "caching by name or shape"
     OPTIMIZER_STATE = "optimizer state and schedules"
     SAMPLING = "Monte Carlo sampling"
 
@@ -102,7 +106,8 @@ CONTROLS: tuple[type, ...] = (NumpyPort, NumpyPort32)
 
 CORPUS_MODULES: tuple[str, ...] = ("verify.mutants._corpus", "verify.mutants.seed_methods",
                                    "verify.mutants._corpus_trajectory",
-                                   "verify.mutants.sampling")
+                                   "verify.mutants.sampling",
+                                   "verify.mutants._corpus_blindspots")
 
 
 def register_mutant(
