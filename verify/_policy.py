@@ -181,8 +181,8 @@ class TolerancePolicy:
         damped = matrix + damping * np.eye(matrix.shape[0])
         kappa = float(np.linalg.cond(damped))
         units = max(
-            np.linalg.norm(magnitude) / max(np.linalg.norm(damped), _TINY),
-            np.linalg.norm(rhs_magnitude) / max(np.linalg.norm(rhs), _TINY),
+            float(np.linalg.norm(magnitude)) / max(float(np.linalg.norm(damped)), _TINY),
+            float(np.linalg.norm(rhs_magnitude)) / max(float(np.linalg.norm(rhs)), _TINY),
         )
         return solve_rtol(
             self.dtype, length=self.length, depth=self.depth, condition=kappa * max(units, 1.0)

@@ -146,8 +146,8 @@ def _pieces(ref: DenseCurvature, kind: KfacKind, *, absolute: bool = False,
     """
     problem = ref.problem
     fix = np.abs if absolute else (lambda x: x)
-    middles = ([fix(m) for m in _middles(ref, kind)] if middles is None
-               else list(np.asarray(middles)))
+    per_example = ([fix(m) for m in _middles(ref, kind)] if middles is None
+                   else list(np.asarray(middles)))
     xs, blocks = [], []
     with ref.backend.precision():
         for index, (layer, sl) in enumerate(zip(problem.layers, layer_slices(problem.layers),
@@ -156,10 +156,10 @@ def _pieces(ref: DenseCurvature, kind: KfacKind, *, absolute: bool = False,
                 dzds = fix(ref.jacobians[:, :, sl.stop - layer.n_out: sl.stop])
                 xs.append([np.multiply.outer(x, x)
                            for x in (fix(t.abar[index]) for t in ref.traces)])
-                blocks.append([d.T @ m @ d for d, m in zip(dzds, middles, strict=True)])
+                blocks.append([d.T @ m @ d for d, m in zip(dzds, per_example, strict=True)])
                 continue
             x_l, m_l = [], []
-            for trace, jacs, middle in zip(ref.traces, ref.preactivation_jacobians, middles,
+            for trace, jacs, middle in zip(ref.traces, ref.preactivation_jacobians, per_example,
                                            strict=True):
                 cols = fix(trace.abar[index])                           # (d + 1, T)
                 per_t = fix(jacs[index]).reshape(-1, layer.c_out, layer.n_positions)

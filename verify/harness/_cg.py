@@ -343,13 +343,13 @@ def _check_converges(
     )
     bound = tol * float(np.linalg.norm(b)) + floor
     ok = bool(np.isfinite(residual)) and residual <= bound
-    start = "x0 = 0" if "x0" not in kwargs else "x0 with ||b - A x0|| = 100 ||b||"
+    start_name = "x0 = 0" if "x0" not in kwargs else "x0 with ||b - A x0|| = 100 ||b||"
     ctx.record(
         check,
         Status.PASS if ok else Status.FAIL,
         f"||b - A x|| = {residual:.2e} {'<=' if ok else '>'} tol ||b|| + rounding floor "
         f"= {bound:.2e} (PROTOCOL s5 stopping rule, relative to ||b||, tol={tol:g}"
-        f"{'' if 'tol' in kwargs else ' by default'}; {start})",
+        f"{'' if 'tol' in kwargs else ' by default'}; {start_name})",
         residual / max(float(np.linalg.norm(b)), 1e-300),
         bound / max(float(np.linalg.norm(b)), 1e-300),
     )

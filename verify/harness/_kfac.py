@@ -126,8 +126,8 @@ def _condition(factors, magnitudes, damping: float, method: str) -> float:
                 (ls.max() + root / pi) / (ls.min() + root / pi)
             )
         units = max(
-            np.linalg.norm(a_mag) / max(np.linalg.norm(a), 1e-300),
-            np.linalg.norm(s_mag) / max(np.linalg.norm(s), 1e-300),
+            float(np.linalg.norm(a_mag)) / max(float(np.linalg.norm(a)), 1e-300),
+            float(np.linalg.norm(s_mag)) / max(float(np.linalg.norm(s)), 1e-300),
         )
         worst = max(worst, kappa * max(units, 1.0))
     return worst

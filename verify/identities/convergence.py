@@ -116,6 +116,7 @@ def damped_newton_stretch_unbounded(problem: Problem):
     """Negative control of the `eta^{-1}` bound: the stretch along `q_min` is `1/|nu + eta|`."""
     ref = reference(problem)
     eta = _stretch_eta(problem)
+    assert eta is not None  # `applies`
     values, vectors = np.linalg.eigh(ref.hessian)
     q = vectors[:, 0]
     stretched = np.linalg.solve(ref.hessian + eta * np.eye(problem.n_params), q)
@@ -219,6 +220,7 @@ def gradient_descent_rate_is_kappa(problem: Problem):
     values, vectors = np.linalg.eigh(a)
     x_star = vectors[:, 0] + vectors[:, -1]
     k = _rate_iterations(problem)
+    assert k is not None  # `applies`
     gd = _gd_iterates(a, a @ x_star, np.zeros(problem.n_params), 2.0 / (lip + mu), k)
     kappa = lip / mu
     rho_cg = (np.sqrt(kappa) - 1) / (np.sqrt(kappa) + 1)

@@ -202,6 +202,7 @@ def small_damping_newton_ascends(problem: Problem):
     Hypothesis: the ascent is detectable (`_ascent`).
     """
     ascent = _ascent(problem)
+    assert ascent is not None  # `applies`
     ref = reference(problem)
     g = ref.gradient
     d = ref.damped_update("hessian", ascent.damping)

@@ -610,8 +610,9 @@ def _lowrank_control(problem: Problem) -> CheckResult:
     d = ref.dense(problem)
     lam = _ggn_damping(problem)
     jac = d.jacobians.reshape(-1, problem.n_params)
-    probs = np.concatenate([ref.get_loss(problem.loss).probabilities(ref.FLOAT64, z)
-                            for z in d.outputs])
+    loss = ref.get_loss(problem.loss)
+    assert isinstance(loss, ref.CategoricalLoss)  # `applies`: softmax probabilities
+    probs = np.concatenate([loss.probabilities(ref.FLOAT64, z) for z in d.outputs])
     coupled = np.diag(probs) - np.outer(probs, probs)
     system = d.c * coupled @ (jac @ jac.T) + lam * np.eye(jac.shape[0])
     seed_step = -(jac.T @ np.linalg.solve(system, d.c * d.loss_grads.reshape(-1)))
@@ -652,7 +653,7 @@ _POLAR_DPS = 50
 class _PolarLayer(NamedTuple):
     """One layer's Shampoo case: its 50-digit gradient, the polar factor, the ridge."""
 
-    index: int
+    layer_index: int
     gradient: np.ndarray          # mp, n_out x (n_in + 1)
     polar: np.ndarray             # float64 U_r V_r^T
     singular: np.ndarray          # float64 kept singular values s_1 >= ... >= s_r > 0
@@ -727,7 +728,7 @@ def _polar(problem: Problem) -> list[CheckResult]:
         rtol = _polar_rtol(layer, layer.eps / (2 * layer.singular**2))
         out.append(result("shampoo_one_step_is_polar_factor", problem,
                           compare(_shampoo_step(layer, 4), layer.polar, tolerance=rtol),
-                          f"layer {layer.index}: one Shampoo step == polar factor (50-digit "
+                          f"layer {layer.layer_index}: one Shampoo step == polar factor (50-digit "
                           "arithmetic)", "Gupta et al. 2018"))
     return out
 
@@ -750,6 +751,7 @@ def _polar_control(problem: Problem) -> list[CheckResult]:
         _, rtol = _inverse_sqrt_separation(layer)
         out.append(separated("shampoo_inverse_square_root_is_not_polar", problem,
                              compare(_shampoo_step(layer, 2), layer.polar, tolerance=rtol),
-                             f"layer {layer.index}: L^{{-1/2}} G R^{{-1/2}} differs from U V^T",
+                             f"layer {layer.layer_index}: L^{{-1/2}} G R^{{-1/2}} differs from "
+                             "U V^T",
                              _SEED_004))
     return out
