@@ -79,7 +79,7 @@ import numpy as np
 from ngd_ref import Problem
 from ngd_ref.dense import krylov_optimal_iterates, mp_backend
 from verify._report import Status
-from verify._tolerance import solve_rtol, unit_roundoff
+from verify._tolerance import unit_roundoff
 from verify.harness._context import CheckContext
 from verify.harness._faults import readonly
 
@@ -284,8 +284,7 @@ def _check_variant(
                 variant.check,
                 value,
                 expected,
-                tolerance=solve_rtol(ctx.dtype, length=n, depth=1,
-                                     condition=float(np.linalg.cond(a))),
+                tolerance=ctx.policy.solve_rtol(float(np.linalg.cond(a)), length=n, depth=1),
                 what=f"iterate {k} = x0: the residual is already zero ({variant.what})",
             )
             if not comparison.passed:
@@ -313,7 +312,7 @@ def _check_variant(
             variant.check,
             value,
             optimal[k - 1],
-            tolerance=solve_rtol(ctx.dtype, length=n, depth=k, condition=max(amplified, basis)),
+            tolerance=ctx.policy.solve_rtol(max(amplified, basis), length=n, depth=k),
             magnitude=start_norm,
             what=f"iterate {k} = A-optimal point of x0 + K_{k} (Grosse s4; {variant.what})",
         )
@@ -338,7 +337,7 @@ def _check_converges(
     # the recurrence residual drifts from the true one by rounding of size u ||A|| ||x_j|| for
     # every iterate passed through, so the floor is taken at the larger of ||x|| and ||x0||
     start = float(np.linalg.norm(kwargs["x0"])) if "x0" in kwargs else 0.0
-    floor = solve_rtol(ctx.dtype, length=n, depth=1, condition=1.0) * float(
+    floor = ctx.policy.solve_rtol(1.0, length=n, depth=1) * float(
         np.linalg.norm(a, 2) * max(float(np.linalg.norm(x)), start)
     )
     bound = tol * float(np.linalg.norm(b)) + floor
