@@ -31,8 +31,8 @@ import numpy as np
 
 from ngd_ref import Loss, Problem
 from ngd_ref.dense import cg_iterates
-from verify._tolerance import compare, solve_rtol
-from verify.identities._common import at_most, reference
+from verify._tolerance import compare
+from verify.identities._common import at_most, reference, solve_tolerance
 from verify.identities._registry import MARGIN, detectable, identity, result
 
 __all__ = [
@@ -54,8 +54,7 @@ GD_ITERATIONS = 200
 
 
 def _tol(problem: Problem, condition: float) -> float:
-    return solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
-                      condition=condition)
+    return solve_tolerance(problem, condition)
 
 
 def _convex(problem: Problem) -> bool:
