@@ -104,10 +104,10 @@ class TrajectoryPort(PortPrimitives):
         dt = self._dt
         theta = self._cast(problem.params)
         state: dict[str, Any] = {
-                 "d": np.zeros_like(theta), "p": np.zeros_like(theta), "direction": None,
-                 "lam": dt(hyper["damping"]) if "damping" in hyper else None,
-                 "avg": None, "m": 0, "solver": None, "stats": None, "roots": None,
-                 "pairs": []}
+            "d": np.zeros_like(theta), "p": np.zeros_like(theta), "direction": None,
+            "lam": dt(hyper["damping"]) if "damping" in hyper else None,
+            "avg": None, "m": 0, "solver": None, "stats": None, "roots": None,
+            "pairs": []}
         step = getattr(self, f"_step_{method}", None)
         if step is None:
             raise NotImplementedError(f"method {method!r}")
