@@ -66,6 +66,7 @@ import numpy as np
 
 from ngd_ref import Problem
 from verify.adapters._jax_model import JaxModel, activation, jax_model
+from verify.adapters._kfac_jax_optimizer import KfacJaxOptimizerMixin
 from verify.adapters._x64 import in_x64
 
 __all__ = ["KfacJax"]
@@ -98,8 +99,8 @@ class _Setup:
 
 
 @in_x64
-class KfacJax:
-    """kfac-jax's curvature estimators as a port (float64)."""
+class KfacJax(KfacJaxOptimizerMixin):
+    """kfac-jax's curvature estimators and `Optimizer` as a port (float64)."""
 
     name = "kfac-jax"
     dtype = "float64"
