@@ -403,28 +403,43 @@ def test_nngeometry_damped_solves_lose_float64_precision():
     assert Status.FAIL in factored
 
 
-# -- torch.optim.LBFGS (PROTOCOL s10 `lbfgs`, checked by hand until branch `trajectory`) --------
-def _s10_lbfgs(problem, steps: int, lr: float, memory: int,
-               first: float = 1.0) -> list[np.ndarray]:
-    """PROTOCOL s10 `lbfgs` with `gamma="scaled"` on one repeated batch, float64 numpy; the
-    first step times `first` (torch's `min(1, 1/||g_0||_1)` when given)."""
+# -- torch.optim.LBFGS (PROTOCOL s10 `lbfgs`) ---------------------------------------------------
+def _s10_lbfgs(problem, steps: int, lr: float, memory: int, first: float = 1.0,
+               batches=None, mixed: bool = False) -> list[np.ndarray]:
+    """PROTOCOL s10 `lbfgs` with `gamma="scaled"`, float64 numpy; the first step times `first`
+    (torch's `min(1, 1/||g_0||_1)` when given). `batches` default to the problem's own batch
+    every step; `mixed` takes torch's pair `y_k = grad h_{k+1}(theta_{k+1}) - g_k` instead of
+    s10's `grad h_k(theta_{k+1}) - g_k`."""
     from ngd_ref.dense import dense, lbfgs_direction
 
-    def grad(theta):
-        return dense(problem.replace(params=theta)).gradient
+    batches = batches or [(problem.inputs, problem.targets)] * steps
+
+    def grad(theta, k):
+        x, y = batches[min(k, len(batches) - 1)]
+        return dense(problem.replace(params=theta, inputs=x, targets=y)).gradient
 
     theta, pairs, out = np.array(problem.params), [], []
-    for _ in range(steps):
-        g = grad(theta)
+    for k in range(steps):
+        g = grad(theta, k)
         gamma = float(pairs[-1][0] @ pairs[-1][1] / (pairs[-1][1] @ pairs[-1][1])) if pairs else 1.0
         d = -lr * lbfgs_direction(g, [s for s, _ in pairs], [y for _, y in pairs], gamma)
         d = d * (first if not out else 1.0)
         theta = theta + d
-        y = grad(theta) - g
+        y = grad(theta, k + 1 if mixed else k) - g
         if y @ d > 0:
             pairs = (pairs + [(d, y)])[-memory:]
         out.append(theta)
     return out
+
+
+def _lbfgs_bounds(problem, want, **run) -> list[float]:
+    """Per-step relative tolerance of an `_s10_lbfgs` run from its own sensitivity (s10):
+    k + 1 steps' rounding plus how far a start one rounding apart has drifted by step k."""
+    tol = _reference_tolerance(problem)
+    signs = np.where(np.arange(problem.n_params) % 2, 1.0, -1.0)
+    drift = _s10_lbfgs(problem.replace(params=problem.params * (1 + tol * signs)), **run)
+    return [(k + 1) * tol + np.linalg.norm(d - w) / np.linalg.norm(w)
+            for k, (d, w) in enumerate(zip(drift, want, strict=True))]
 
 
 def test_torch_lbfgs_follows_the_s10_recurrence_but_for_its_first_step():
@@ -443,14 +458,7 @@ def test_torch_lbfgs_follows_the_s10_recurrence_but_for_its_first_step():
     got = TorchLbfgs.trajectory(problem, steps, lr, memory)
     first = min(1.0, 1.0 / float(np.abs(dense(problem).gradient).sum()))
     want = _s10_lbfgs(problem, steps, lr, memory, first)
-    # tolerance per step from the recurrence's own sensitivity (s10): k + 1 steps' rounding
-    # plus how far a start one rounding apart (relative tol) has drifted by step k
-    tol = _reference_tolerance(problem)
-    signs = np.where(np.arange(problem.n_params) % 2, 1.0, -1.0)
-    start = problem.replace(params=problem.params * (1 + tol * signs))
-    drift = _s10_lbfgs(start, steps, lr, memory, first)
-    bounds = [(k + 1) * tol + np.linalg.norm(d - w) / np.linalg.norm(w)
-              for k, (d, w) in enumerate(zip(drift, want, strict=True))]
+    bounds = _lbfgs_bounds(problem, want, steps=steps, lr=lr, memory=memory, first=first)
     for k, (a, b) in enumerate(zip(got, want, strict=True)):
         assert compare(a, b, tolerance=bounds[k]).passed, k
     for control in (_s10_lbfgs(problem, steps, lr, memory),  # s10's own first step
@@ -458,6 +466,38 @@ def test_torch_lbfgs_follows_the_s10_recurrence_but_for_its_first_step():
         assert not compare(got[-1], control[-1], tolerance=bounds[-1]).passed
     batches = [(problem.inputs, problem.targets)] * steps
     with pytest.raises(NotImplementedError, match="first step"):
+        TorchLbfgs().optimizer_trajectory(problem, batches, "lbfgs",
+                                          {"lr": lr, "memory": memory, "gamma": "scaled"})
+
+
+def test_torch_lbfgs_on_changing_batches_mixes_two_batches_in_its_pair():
+    """Not checked under the harness, measured here: with one closure per step on that step's
+    batch (the harness's batches), torch's trajectory is the recurrence whose pair is
+    `y_k = grad h_{k+1}(theta_{k+1}) - g_k` (to rounding), and leaves s10's (pair on batch k)
+    at `theta_2`, the first step that uses a pair, by far more than its tolerance."""
+    pytest.importorskip("torch", reason="torch not installed (tox -e backpack)")
+    from ngd_ref.dense import dense
+    from verify._tolerance import compare
+    from verify.adapters.torch_lbfgs_adapter import TorchLbfgs
+    from verify.harness import trajectory_batches
+
+    problem, steps, lr, memory = BATCHED, 6, 0.5, 2
+    batches = trajectory_batches(problem)[:steps]
+    got = TorchLbfgs.trajectory(problem, steps, lr, memory, batches=batches)
+    first = min(1.0, 1.0 / float(np.abs(dense(problem).gradient).sum()))
+    run = dict(steps=steps, lr=lr, memory=memory, first=first, batches=batches)
+    mixed = _s10_lbfgs(problem, mixed=True, **run)
+    s10 = _s10_lbfgs(problem, **run)
+    bounds = _lbfgs_bounds(problem, mixed, mixed=True, **run)
+    for k, (a, b) in enumerate(zip(got, mixed, strict=True)):
+        assert compare(a, b, tolerance=bounds[k]).passed, k
+    s10_bounds = _lbfgs_bounds(problem, s10, **run)
+    deviation = [float(np.linalg.norm(a - b) / np.linalg.norm(b))
+                 for a, b in zip(got, s10, strict=True)]
+    assert deviation[0] <= s10_bounds[0]  # theta_1 uses no pair
+    assert all(d > 1e3 * t for d, t in zip(deviation[1:], s10_bounds[1:], strict=True))
+    assert min(deviation[1:]) > 1e-2  # docs/findings.md: measured relative 0.30 .. 0.44
+    with pytest.raises(NotImplementedError, match="not checked.*mixes two batches"):
         TorchLbfgs().optimizer_trajectory(problem, batches, "lbfgs",
                                           {"lr": lr, "memory": memory, "gamma": "scaled"})
 
