@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ngd_ref import zoo
+from ngd_ref.trajectory import Event
 from verify import Status
 from verify.harness import load_adapter, run_checks
 
@@ -219,6 +220,120 @@ def test_kfac_jax_cached_pi_adjusted_inverse_ignores_per_block_damping_scale():
     assert compare(inverse(True, True, True), inverse(True, False, True), tolerance=tol).passed
     assert compare(inverse(True, True, True), inverse(True, False, False),
                    tolerance=tol).error > 100 * tol
+
+
+# -- kfac-jax's Optimizer (PROTOCOL s10 `kfac`) -------------------------------------------------
+#: the harness's kfac setting on BATCHED (`kfac_fixed`'s first candidate there, but kind fisher)
+KFAC_JAX_HYPER = dict(kind="fisher", ema=0.5, ema_bias_correction=True, stats_every=2,
+                      inverse_every=3, damping=1 / 32, damping_method="eigen", step_rule="fixed",
+                      lr=0.5, momentum=0.5, adapt_damping=True, damping_every=1,
+                      damping_factor=2.0)
+
+
+def _kfac_jax_optimizer(problem, **changes):
+    """kfac-jax's trajectory on the harness's batches against the s10 reference, with the
+    harness's float64 tolerances: `(error / tol per step, reference Trajectory)`."""
+    from verify.adapters.kfac_jax_adapter import KfacJax
+    from verify.harness import trajectory_batches, trajectory_reference
+
+    hyper = dict(KFAC_JAX_HYPER, **changes)
+    batches = trajectory_batches(problem)
+    ref, _, tols = trajectory_reference(problem, batches, "kfac", hyper, "float64")
+    got = KfacJax().optimizer_trajectory(problem, batches, "kfac", dict(hyper))
+    errors = np.linalg.norm(np.asarray(got) - ref.float64(), axis=1)
+    return [float(e / t) for e, t in zip(errors, tols, strict=True)], ref
+
+
+@pytest.mark.parametrize("changes", [
+    dict(damping_method="factored"),  # cached pi-adjusted inverses, stale damping: as s10
+    dict(damping_method="factored", step_rule="rescaled"),
+    dict(damping_method="factored", step_rule="momentum_qm", kind="ggn", damping_every=2,
+         damping_factor=1.5),
+    dict(adapt_damping=False),  # eigen with a constant damping
+    dict(stats_every=1, inverse_every=1, step_rule="momentum_qm"),  # eigen, fresh inverses
+], ids=["factored-fixed", "factored-rescaled", "factored-qm-ggn", "eigen-constant-damping",
+        "eigen-fresh-inverses"])
+def test_kfac_jax_optimizer_follows_s10_where_its_options_map(changes):
+    """`kfac_jax.Optimizer` with the options of `verify/adapters/_kfac_jax_optimizer.py`
+    follows s10's `kfac` within the harness's tolerances on all 6 steps."""
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    ratios, ref = _kfac_jax_optimizer(BATCHED, **changes)
+    assert max(ratios) <= 1, ratios
+    assert ref.count(Event.INVERSE) >= 2 and ref.count(Event.STATISTICS) >= 2
+
+
+def test_kfac_jax_optimizer_eigen_cache_applies_the_current_damping():
+    """Finding: with `use_exact_inverses=True` kfac-jax caches the factors' eigenbases and adds
+    the *current* damping at every step; s10 (Grosse Algorithm 1) keeps the damping of the
+    rebuild until the next one. The trajectories agree until the first step whose damping
+    differs from the rebuild's (step 2 here: lambda changed after step 1, the inverse is from
+    step 0) and part there by orders of magnitude beyond the tolerance."""
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    ratios, ref = _kfac_jax_optimizer(BATCHED)
+    lam = [float(s.damping) for s in ref.steps]
+    rebuilt = [max(j for j in range(k + 1) if Event.INVERSE in ref.steps[j].events)
+               for k in range(len(lam))]
+    stale = [k for k in range(len(lam)) if lam[k] != lam[rebuilt[k]]]
+    first = next(k for k, r in enumerate(ratios) if not r <= 1)
+    assert stale and first == stale[0] == 2, (ratios, lam)
+    assert ratios[first] > 1e6
+    assert max(ratios[:first]) <= 1
+
+
+def test_kfac_jax_harness_verdict_on_a_quick_zoo_problem():
+    """`ngd-verify check --adapter kfac-jax` on the sigmoid problem: the pi-adjusted schedule
+    (`kfac_rescaled`) passes, the eigen schedule with adapted damping (`kfac_momentum_qm`)
+    fails at theta_3 (finding above), `kfac_fixed`'s schedule has no bias correction (skip)."""
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    report = run_checks(load_adapter("kfac-jax"), [SIGMOID_CE],
+                        capabilities=["optimizer_trajectory"])
+    verdict = {r.check: r for r in report.results
+               if r.check.startswith("optimizer_trajectory_kfac")}
+    assert Status(verdict["optimizer_trajectory_kfac_rescaled"].status) is Status.PASS
+    failed = verdict["optimizer_trajectory_kfac_momentum_qm"]
+    assert Status(failed.status) is Status.FAIL
+    assert "damping_method=eigen" in failed.message and "theta_3 leaves" in failed.message
+    assert "bias-corrected" in verdict["optimizer_trajectory_kfac_fixed"].message
+    others = {Status(r.status) for r in report.results if r.check.startswith(
+        "optimizer_trajectory_") and "kfac" not in r.check}
+    assert others == {Status.SKIP}  # K-FAC only
+
+
+@pytest.mark.parametrize("changes", [dict(kind="empirical"), dict(ema_bias_correction=False),
+                                     dict(stats_every=3, inverse_every=2)])
+def test_kfac_jax_optimizer_declines_settings_it_has_no_option_for(changes):
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    from verify.adapters.kfac_jax_adapter import KfacJax
+
+    batches = [(BATCHED.inputs, BATCHED.targets)] * 2
+    with pytest.raises(NotImplementedError):
+        KfacJax().optimizer_trajectory(BATCHED, batches, "kfac", dict(KFAC_JAX_HYPER, **changes))
+    with pytest.raises(NotImplementedError):
+        KfacJax().optimizer_trajectory(BATCHED, batches, "lbfgs",
+                                       {"lr": 1.0, "memory": 1, "gamma": 1.0})
+
+
+def test_kfac_jax_optimizer_cached_pi_adjusted_step_ignores_per_block_damping_scale():
+    """Finding 8 through the optimizer's own step: with
+    `norm_to_scale_identity_weight_per_block="avg_diag"` the first step with cached inverses
+    (`inverse_update_period=2`) is the step without the option, and not the uncached one."""
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    from verify._tolerance import compare
+    from verify.adapters._x64 import x64
+    from verify.adapters.kfac_jax_adapter import KfacJax
+
+    port, batches = KfacJax(), [(BATCHED.inputs, BATCHED.targets)]
+    hyper = dict(KFAC_JAX_HYPER, damping=0.1, damping_method="factored", adapt_damping=False,
+                 momentum=0.0, stats_every=1)
+    option = dict(norm_to_scale_identity_weight_per_block="avg_diag")
+    with x64():
+        cached = port._optimizer_run(BATCHED, batches, dict(hyper, inverse_every=2), **option)[0]
+        fresh = port._optimizer_run(BATCHED, batches, dict(hyper, inverse_every=1), **option)[0]
+        plain = port._optimizer_run(BATCHED, batches, dict(hyper, inverse_every=2))[0]
+    cached, fresh, plain = (theta - BATCHED.params for theta in (cached, fresh, plain))
+    tol = _f64_tolerance(BATCHED, depth=len(BATCHED.layers) + 2)
+    assert compare(cached, plain, tolerance=tol).passed  # the steps d_0
+    assert np.linalg.norm(cached - fresh) > 0.1 * np.linalg.norm(fresh)
 
 
 # -- BackPACK ---------------------------------------------------------------------------------

@@ -75,19 +75,27 @@ class KfacJaxOptimizerMixin:
             NotImplementedError: for methods other than `kfac` and settings kfac-jax has no
                 option for (module docstring).
         """
-        import jax
-        import jax.numpy as jnp
-        import kfac_jax
-
         if method != "kfac":
             raise NotImplementedError(f"kfac_jax.Optimizer is K-FAC, not {method!r}")
         why = _declined(problem, hyper)
         if why:
             raise NotImplementedError(why)
+        return self._optimizer_run(problem, batches, hyper)
+
+    def _optimizer_run(self, problem: Problem, batches: Any, hyper: dict,
+                       **options: Any) -> list[np.ndarray]:
+        """Run `kfac_jax.Optimizer` with the options of `hyper` (module docstring).
+
+        `options` are further constructor options (to pin a finding outside s10).
+        """
+        import jax
+        import jax.numpy as jnp
+        import kfac_jax
+
         setup = self._setup(problem)  # type: ignore[attr-defined]
         rule, adapt = hyper["step_rule"], bool(hyper["adapt_damping"])
         every = int(hyper["damping_every"])
-        optimizer = kfac_jax.Optimizer(
+        settings: dict[str, Any] = dict(
             value_and_grad_func=jax.value_and_grad(setup.func),
             l2_reg=0.0,
             use_adaptive_learning_rate=rule in ("rescaled", "momentum_qm"),
@@ -111,6 +119,7 @@ class KfacJaxOptimizerMixin:
             use_automatic_registration=False,
             multi_device=False,
         )
+        optimizer = kfac_jax.Optimizer(**(settings | options))
         fixed: dict[str, Any] = {}
         if rule == "fixed":
             fixed.update(learning_rate=jnp.asarray(float(hyper["lr"])),
