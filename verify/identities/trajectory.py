@@ -28,12 +28,14 @@ Every negative control requires a difference beyond `MARGIN` tolerances (`separa
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ngd_ref import Loss, Problem
 from ngd_ref.dense import DenseCurvature, exact_diagonal_blocks
 from verify._report import CheckResult, Status
-from verify._tolerance import compare
+from verify._tolerance import Comparison, compare
 from verify.harness import trajectory_batches, trajectory_reference
 from verify.identities._common import reference
 from verify.identities._registry import detectable, identity, result, separated
@@ -61,25 +63,31 @@ def _damping(problem: Problem, curvature: str) -> float:
 
 
 def _compare_runs(problem: Problem, batches: list, first: tuple[str, dict],
-                  second: tuple[str, dict]) -> tuple[object, list[float]] | str:
-    """Compare two trajectories step by step; the Comparison of the worst step (in tolerances).
+                  second: tuple[str, dict]) -> list[Comparison] | str:
+    """Compare two trajectories step by step: one Comparison per step.
+
+    Step k's tolerance is the sum of both runs' tolerances at that step, relative to the
+    second run's `||theta_{k+1}||`.
 
     Returns:
-        `(comparison, per-step tolerances)` or the reason the reference cannot run them.
+        The per-step comparisons (`theta_1 .. theta_K`), or the reason the reference cannot
+        run them.
     """
     try:
         a, _, tol_a = trajectory_reference(problem, batches, *first, "float64")
         b, _, tol_b = trajectory_reference(problem, batches, *second, "float64")
     except ValueError as exc:
         return str(exc)
-    worst = None
+    out = []
     for k, (x, y) in enumerate(zip(a.float64(), b.float64(), strict=True)):
         scale = max(float(np.linalg.norm(y)), np.finfo(np.float64).tiny)
-        comparison = compare(x, y, tolerance=(tol_a[k] + tol_b[k]) / scale)
-        if worst is None or comparison.error / comparison.tolerance > (
-                worst.error / worst.tolerance):
-            worst = comparison
-    return worst
+        out.append(compare(x, y, tolerance=(tol_a[k] + tol_b[k]) / scale))
+    return out
+
+
+def _worst(comparisons: list[Comparison]) -> Comparison:
+    """The step furthest from agreement, in units of its own tolerance."""
+    return max(comparisons, key=lambda c: c.error / c.tolerance if c.tolerance > 0 else math.inf)
 
 
 def _skip(name: str, problem: Problem, why: str) -> CheckResult:
@@ -134,7 +142,7 @@ def kfac_block_natural_gradient(problem: Problem) -> list[CheckResult]:
     stale = _compare_runs(problem, batches, ("kfac", _fisher_kfac(problem, 0.875, lr, damping)),
                           ("kfac", _fisher_kfac(problem, 0.0, lr, damping)))
     if not isinstance(stale, str):
-        out.append(separated("trajectory_kfac_stale_average_differs", problem, stale,
+        out.append(separated("trajectory_kfac_stale_average_differs", problem, _worst(stale),
                              "ema = 7/8 leaves the block natural gradient trajectory",
                              SOURCE_KFAC))
     return out
@@ -162,13 +170,15 @@ def hf_full_cg_is_newton(problem: Problem) -> list[CheckResult]:
                          ("damped_newton", _newton(curvature, damping)))
     if isinstance(full, str):
         return [_skip(name, problem, full)]
-    out = [result(name, problem, full, f"HF with n CG iterations = damped Newton ({curvature})",
+    out = [result(name, problem, _worst(full),
+                  f"HF with n CG iterations = damped Newton ({curvature})",
                   SOURCE_HF)]
     one = _compare_runs(problem, batches, ("hessian_free", _hf(curvature, 1, damping)),
                         ("damped_newton", _newton(curvature, damping)))
+    # the predicted gap is theta_1's, so it is weighed against step 0's tolerance
     if not isinstance(one, str) and detectable(_one_cg_step_gap(problem, batches, curvature,
-                                                                damping), one.tolerance):
-        out.append(separated("trajectory_hf_one_cg_step_is_not_newton", problem, one,
+                                                                damping), one[0].tolerance):
+        out.append(separated("trajectory_hf_one_cg_step_is_not_newton", problem, _worst(one),
                              "HF with one CG iteration is not damped Newton", SOURCE_HF))
     return out
 
@@ -242,12 +252,12 @@ def bias_corrected_constant_statistics(problem: Problem) -> list[CheckResult]:
                          ("kfac", _constant_statistics(0.0, True, damping)))
     if isinstance(same, str):
         return [_skip(name, problem, same)]
-    out = [result(name, problem, same, "ema 7/8 with bias correction = ema 0 on constant "
+    out = [result(name, problem, _worst(same), "ema 7/8 with bias correction = ema 0 on constant "
                   "statistics (linear mse twin)", SOURCE_KFAC)]
     raw = _compare_runs(twin, batches, ("kfac", _constant_statistics(0.875, False, damping)),
                         ("kfac", _constant_statistics(0.0, True, damping)))
     if not isinstance(raw, str):
-        out.append(separated("trajectory_uncorrected_average_differs", problem, raw,
+        out.append(separated("trajectory_uncorrected_average_differs", problem, _worst(raw),
                              "without bias correction the averages are (1 - eta^m) A",
                              SOURCE_KFAC))
     return out
