@@ -229,6 +229,27 @@ def test_hf_one_cg_step_control_is_weighed_against_step_0s_tolerance():
     assert one[0].tolerance <= trajectory_ids._worst(one).tolerance
 
 
+AFFINE = zoo.get("mlp-3x4x3-sigmoid-mse-b4-sum")  # a Hessian invertible along the run
+
+
+def test_newton_trajectory_is_affine_invariant_and_gradient_descent_is_not():
+    """Undamped Newton run in theta = R gamma maps by R onto the theta run (both checks pass,
+    tolerances far below a relative 1e-7); the same comparisons cannot be turned around: the
+    Newton runs are not separated, the gradient-descent runs do not agree."""
+    ident = next(i for i in IDENTITIES if i.name == "trajectory_newton_affine_invariant")
+    assert ident.applies(AFFINE) and not ident.applies(TINY)  # TINY's Hessian is singular
+    results = ident.run(AFFINE)
+    assert [r.status for r in results] == [Status.PASS, Status.PASS], [r.message for r in results]
+    r, _ = trajectory_ids.default_reparameterization(AFFINE)
+    batches = trajectory_batches(AFFINE, trajectory_ids.STEPS)
+    newton = trajectory_ids._affine_comparisons(AFFINE, batches, r, "newton")
+    descent = trajectory_ids._affine_comparisons(AFFINE, batches, r, "gd")
+    assert len(newton) == len(descent) == trajectory_ids.STEPS
+    assert max(c.tolerance for c in newton) < 1e-7
+    assert separated("c", AFFINE, trajectory_ids._worst(newton), "x", "y").status is Status.FAIL
+    assert result("i", AFFINE, trajectory_ids._worst(descent), "x", "y").status is Status.FAIL
+
+
 # -- the strategy over method x hyperparameters x batch sequences ------------------------------
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
