@@ -19,6 +19,8 @@ classes, which are what `kfac_jax.Optimizer` runs internally:
                            use_cached=True)` with `exact_power=True` ("eigen": eigenbases of the
                            factors, Martens s10) or `False` (pi-adjusted factored damping,
                            seed 002 eq. (24)), as the optimizer does
+    optimizer_trajectory   `kfac_jax.Optimizer` itself, method `kfac` only
+                           (`verify/adapters/_kfac_jax_optimizer.py`)
 
 Layout (no numbers touched): parameters are Flax-layout `[{"kernel": (n_in, n_out), "bias":
 (n_out,)}]` (`verify.adapters._jax_model`); vectors and dense matrices go through
