@@ -299,6 +299,31 @@ def test_kfac_jax_harness_verdict_on_a_quick_zoo_problem():
     assert others == {Status.SKIP}  # K-FAC only
 
 
+def test_kfac_jax_optimizer_default_rho_is_the_undamped_model_mutant():
+    """Finding 10: with its default `include_damping_in_quad_change=False` kfac-jax's rho is
+    measured against the undamped model -- exactly the corpus mutant `rho-undamped-model`:
+    off s10 by far more than the tolerance, on the mutant's trajectory within it."""
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    from verify.adapters._x64 import x64
+    from verify.adapters.kfac_jax_adapter import KfacJax
+    from verify.harness import trajectory_batches, trajectory_reference
+    from verify.mutants import load_corpus
+
+    # without the damping term |M_0| is larger and rho_0 smaller: step 0's damping decision
+    # changes, so lambda_1 and with it theta_2 leave s10
+    hyper = dict(KFAC_JAX_HYPER, damping_method="factored", step_rule="momentum_qm")
+    batches = trajectory_batches(BATCHED)
+    ref, _, tols = trajectory_reference(BATCHED, batches, "kfac", hyper, "float64")
+    with x64():
+        got = np.asarray(KfacJax()._optimizer_run(BATCHED, batches, hyper,
+                                                  include_damping_in_quad_change=False))
+    mutant = load_corpus()["rho-undamped-model"].adapter_class()
+    bugged = np.asarray(mutant.optimizer_trajectory(BATCHED, batches, "kfac", dict(hyper)))
+    off = np.linalg.norm(got - ref.float64(), axis=1) / np.asarray(tols)
+    assert off[0] <= 1 and min(off[1:]) > 1e6, off  # theta_2 leaves s10
+    assert np.all(np.linalg.norm(got - bugged, axis=1) <= np.asarray(tols))
+
+
 @pytest.mark.parametrize("changes", [dict(kind="empirical"), dict(ema_bias_correction=False),
                                      dict(stats_every=3, inverse_every=2)])
 def test_kfac_jax_optimizer_declines_settings_it_has_no_option_for(changes):
