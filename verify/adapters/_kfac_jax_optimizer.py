@@ -55,8 +55,6 @@ def _declined(problem: Problem, hyper: dict) -> str:
     if hyper["kind"] not in _OPTIMIZER_MODES:
         return (f"kind {hyper['kind']!r}: kfac-jax's quadratic model is F or G "
                 f"(exact_quad_model_matrix_type), never EF")
-    if hyper["kind"] == "ggn" and problem.loss == "nll_probs":
-        return "kfac-jax's GGN is taken at the registered logits (docs/findings.md)"
     if not hyper["ema_bias_correction"]:
         return "kfac-jax's moving average is always bias-corrected (WeightedMovingAverage)"
     if int(hyper["stats_every"]) > int(hyper["inverse_every"]):
@@ -80,6 +78,8 @@ class KfacJaxOptimizerMixin:
         why = _declined(problem, hyper)
         if why:
             raise NotImplementedError(why)
+        if hyper["kind"] == "ggn":
+            self._decline_ggn(problem)  # type: ignore[attr-defined]  # finding 5
         return self._optimizer_run(problem, batches, hyper)
 
     def _optimizer_run(self, problem: Problem, batches: Any, hyper: dict,
