@@ -2,7 +2,7 @@
 
 PROTOCOL s10's checks run whole optimizer trajectories per problem, so their cost is the one
 figure of the harness that can grow past the core suite's budget. This section times them on
-the quick zoo, all five methods (the seven families of `verify.harness._trajectory`):
+the quick zoo, all five methods (the seven families of `verify.strategies.TRAJECTORY_FAMILIES`):
 
     trajectory_reference_seconds   the schedule search of every family (each candidate run
                                    twice by the dense float64 reference), per family and in
@@ -40,7 +40,8 @@ def trajectory_section(quick: bool) -> dict[str, Any]:
             `ngd-ref-jax`, whose runs include JAX compilation).
     """
     from verify.harness import load_adapter, run_checks
-    from verify.harness._trajectory import FAMILIES, schedule
+    from verify.harness import trajectory_schedule as schedule
+    from verify.strategies import TRAJECTORY_FAMILIES as FAMILIES
 
     problems = zoo.problems(quick=True)
     schedule.cache_clear()
