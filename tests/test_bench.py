@@ -36,13 +36,12 @@ def test_kfac_flop_model_amortizes_periodic_work(key):
 def test_trajectory_section_times_every_family_and_the_port(monkeypatch):
     """The bench's trajectory rows (timings not tested): every family's schedule search, the
     port's run, their sum against the 60 s goal; on one problem to stay fast."""
-    from ngd_ref import zoo
-    from verify import _bench_trajectory
-    from verify.strategies import TRAJECTORY_FAMILIES
-
     import functools
 
     import verify.harness
+    from ngd_ref import zoo
+    from verify import _bench_trajectory
+    from verify.strategies import TRAJECTORY_FAMILIES
 
     tiny = zoo.get("mlp-3x4x3-tanh-mse-b1")
     monkeypatch.setattr(_bench_trajectory.zoo, "problems", lambda quick=False: (tiny,))
