@@ -31,3 +31,33 @@ def test_kfac_flop_model_amortizes_periodic_work(key):
     assert ratio > 1
     assert flop_predicted_ratio(batch, 10 ** 9, 10 ** 9) < ratio
     assert flop_predicted_ratio(batch, stats_every, inverse_every * 2) < ratio
+
+
+def test_trajectory_section_times_every_family_and_the_port(monkeypatch):
+    """The bench's trajectory rows (timings not tested): every family's schedule search, the
+    port's run, their sum against the 60 s goal; on one problem and one family to stay
+    fast."""
+    import functools
+
+    import verify.harness
+    import verify.strategies
+    from ngd_ref import zoo
+    from verify import _bench_trajectory
+
+    tiny = zoo.get("mlp-3x4x3-tanh-mse-b1")
+    families = ("shampoo",)
+    monkeypatch.setattr(_bench_trajectory.zoo, "problems", lambda quick=False: (tiny,))
+    monkeypatch.setattr(verify.strategies, "TRAJECTORY_FAMILIES", families)
+    monkeypatch.setattr(verify.harness._trajectory, "FAMILIES", families)
+    # a private cache for the section to clear: the suite's cached schedules stay
+    private = functools.lru_cache(maxsize=64)(verify.harness.trajectory_schedule.__wrapped__)
+    monkeypatch.setattr(verify.harness, "trajectory_schedule", private)
+    monkeypatch.setattr(verify.harness._trajectory, "schedule", private)  # the port's run
+    rows = _bench_trajectory.trajectory_section(quick=True)["trajectory"]
+    reference = rows["trajectory_reference_seconds"]
+    assert set(reference) == {"total", *families} and rows["families"] == list(families)
+    assert reference["total"] == pytest.approx(sum(reference[f] for f in families))
+    assert set(rows["trajectory_port_seconds"]) == {"numpy-port"}
+    assert rows["trajectory_quick_zoo_seconds"] == pytest.approx(
+        reference["total"] + rows["trajectory_port_seconds"]["numpy-port"])
+    assert rows["within_goal"] == (rows["trajectory_quick_zoo_seconds"] <= 60.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from verify.mutants import CONTROLS, BugClass, load_corpus
@@ -22,6 +24,9 @@ def test_mutant_is_killed(name):
     outcome = run_mutant(MUTANTS[name])
     assert outcome.killed, f"{name} survived: {MUTANTS[name].description}"
     assert outcome.evidence.capability in MUTANTS[name].capabilities
+    if outcome.evidence.capability == "optimizer_trajectory":  # names the step and its events
+        assert re.search(r"theta_\d+ (leaves the tolerance first|is not finite).* at step \d+: "
+                         r"(?!no event)", outcome.evidence.message), outcome.evidence.message
 
 
 @pytest.mark.parametrize("control", CONTROLS, ids=lambda cls: cls.name)

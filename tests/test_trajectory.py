@@ -207,13 +207,47 @@ def test_trajectory_controls_fail_where_the_identity_holds():
     batches = trajectory_batches(TINY, 2)
     newton = ("damped_newton", trajectory_ids._newton("ggn", 0.5))
     same = trajectory_ids._compare_runs(TINY, batches, newton, newton)
-    assert separated("control", TINY, same, "x", "y").status is Status.FAIL
+    assert len(same) == 2  # one comparison per step
+    assert separated("control", TINY, trajectory_ids._worst(same), "x", "y").status is Status.FAIL
     twin = trajectory_ids.quadratic_twin(TINY)
     constant = [(twin.inputs, twin.targets)] * 2
     raw = trajectory_ids._compare_runs(
         twin, constant, ("kfac", trajectory_ids._constant_statistics(0.875, False, 0.5)),
         ("kfac", trajectory_ids._constant_statistics(0.0, True, 0.5)))
-    assert result("identity", twin, raw, "x", "y").status is Status.FAIL
+    assert result("identity", twin, trajectory_ids._worst(raw), "x", "y").status is Status.FAIL
+
+
+def test_hf_one_cg_step_control_is_weighed_against_step_0s_tolerance():
+    """The predicted gap of `trajectory_hf_one_cg_step_is_not_newton` is theta_1's: it is
+    compared with step 0's tolerance, which is the smallest (tolerances grow along a run)."""
+    curvature, damping = "ggn", trajectory_ids._damping(TINY, "ggn")
+    batches = trajectory_batches(TINY, trajectory_ids.STEPS)
+    one = trajectory_ids._compare_runs(
+        TINY, batches, ("hessian_free", trajectory_ids._hf(curvature, 1, damping)),
+        ("damped_newton", trajectory_ids._newton(curvature, damping)))
+    assert len(one) == trajectory_ids.STEPS
+    assert one[0].tolerance <= trajectory_ids._worst(one).tolerance
+
+
+AFFINE = zoo.get("mlp-3x4x3-sigmoid-mse-b4-sum")  # a Hessian invertible along the run
+
+
+def test_newton_trajectory_is_affine_invariant_and_gradient_descent_is_not():
+    """Undamped Newton run in theta = R gamma maps by R onto the theta run (both checks pass,
+    tolerances far below a relative 1e-7); the same comparisons cannot be turned around: the
+    Newton runs are not separated, the gradient-descent runs do not agree."""
+    ident = next(i for i in IDENTITIES if i.name == "trajectory_newton_affine_invariant")
+    assert ident.applies(AFFINE) and not ident.applies(TINY)  # TINY's Hessian is singular
+    results = ident.run(AFFINE)
+    assert [r.status for r in results] == [Status.PASS, Status.PASS], [r.message for r in results]
+    r, _ = trajectory_ids.default_reparameterization(AFFINE)
+    batches = trajectory_batches(AFFINE, trajectory_ids.STEPS)
+    newton = trajectory_ids._affine_comparisons(AFFINE, batches, r, "newton")
+    descent = trajectory_ids._affine_comparisons(AFFINE, batches, r, "gd")
+    assert len(newton) == len(descent) == trajectory_ids.STEPS
+    assert max(c.tolerance for c in newton) < 1e-7
+    assert separated("c", AFFINE, trajectory_ids._worst(newton), "x", "y").status is Status.FAIL
+    assert result("i", AFFINE, trajectory_ids._worst(descent), "x", "y").status is Status.FAIL
 
 
 # -- the strategy over method x hyperparameters x batch sequences ------------------------------

@@ -20,8 +20,9 @@ Flop predictions count the dense layers' multiply-adds (`L_l = B n_in n_out`; th
 layer needs no input cotangent): gradient `fwd + bwd = sum L + (sum L + sum_{l>1} L)`;
 GGN/Fisher-vp `fwd + JVP + VJP`, the JVP costing like the backward pass; one CG iteration
 `JVP + VJP`; HVP (forward-over-reverse) the gradient plus the tangents of every product
-(`4 L_1 + 9 sum_{l>1} L_l`). The K-FAC rows come from `verify._bench_kfac.kfac_section` and
-the dense-reference scaling from `verify._bench_dense.dense_section`.
+(`4 L_1 + 9 sum_{l>1} L_l`). The K-FAC rows come from `verify._bench_kfac.kfac_section`,
+the dense-reference scaling from `verify._bench_dense.dense_section` and the cost of the
+`optimizer_trajectory` checks from `verify._bench_trajectory.trajectory_section`.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ def run_bench(json_path: str | None = None, quick: bool = False, dense_only: boo
     from rich.table import Table
 
     from verify._bench_dense import dense_section
+    from verify._bench_trajectory import trajectory_section
 
     report: dict[str, Any] = {"schema": "ngd-verify/bench/v1", "machine": machine(),
                               "quick": quick}
@@ -165,6 +167,8 @@ def run_bench(json_path: str | None = None, quick: bool = False, dense_only: boo
         report.update(jax_section(quick))
         report.update(_kfac(quick))
     report["dense"] = dense_section(quick)
+    if not dense_only:
+        report.update(trajectory_section(quick))
     table = Table(title=f"ngd-verify bench ({report['machine']['cpu']}, "
                         f"{report['machine']['cores']} cores, jax {jax.__version__})")
     for column in ("ratio", "measured", "flop-predicted"):
@@ -179,6 +183,14 @@ def run_bench(json_path: str | None = None, quick: bool = False, dense_only: boo
     if "seconds" in report:
         console.print("seconds: " + ", ".join(f"{k} {v * 1e3:.2f} ms"
                                                for k, v in report["seconds"].items()))
+    if "trajectory" in report:
+        traj = report["trajectory"]
+        console.print(
+            f"optimizer_trajectory, quick zoo ({traj['problems']} problems, all methods): "
+            f"{traj['trajectory_quick_zoo_seconds']:.1f} s (goal "
+            f"{traj['trajectory_goal_seconds']:.0f} s); reference schedules "
+            f"{traj['trajectory_reference_seconds']['total']:.1f} s, ports "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in traj["trajectory_port_seconds"].items()))
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=1, default=float) + "\n")
     return 0

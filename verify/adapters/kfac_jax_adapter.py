@@ -19,6 +19,8 @@ classes, which are what `kfac_jax.Optimizer` runs internally:
                            use_cached=True)` with `exact_power=True` ("eigen": eigenbases of the
                            factors, Martens s10) or `False` (pi-adjusted factored damping,
                            seed 002 eq. (24)), as the optimizer does
+    optimizer_trajectory   `kfac_jax.Optimizer` itself, method `kfac` only
+                           (`verify/adapters/_kfac_jax_optimizer.py`)
 
 Layout (no numbers touched): parameters are Flax-layout `[{"kernel": (n_in, n_out), "bias":
 (n_out,)}]` (`verify.adapters._jax_model`); vectors and dense matrices go through
@@ -66,6 +68,7 @@ import numpy as np
 
 from ngd_ref import Problem
 from verify.adapters._jax_model import JaxModel, activation, jax_model
+from verify.adapters._kfac_jax_optimizer import KfacJaxOptimizerMixin
 from verify.adapters._x64 import in_x64
 
 __all__ = ["KfacJax"]
@@ -98,8 +101,8 @@ class _Setup:
 
 
 @in_x64
-class KfacJax:
-    """kfac-jax's curvature estimators as a port (float64)."""
+class KfacJax(KfacJaxOptimizerMixin):
+    """kfac-jax's curvature estimators and `Optimizer` as a port (float64)."""
 
     name = "kfac-jax"
     dtype = "float64"

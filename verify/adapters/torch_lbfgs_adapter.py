@@ -1,8 +1,11 @@
 """`torch.optim.LBFGS` as a PROTOCOL s10 `lbfgs` trajectory.
 
-The harness's `optimizer_trajectory` uses batches that differ from step to step, which
-torch's L-BFGS cannot map (below), so there it skips; it is validated by hand on a repeated
-batch in tests/test_real_adapters.py.
+Under the harness's `optimizer_trajectory` (batches that differ from step to step) this
+adapter reports *not checked* (`NotImplementedError`, a skip naming the reason): torch's
+L-BFGS cannot be mapped onto s10 there, because its curvature pair mixes two batches (below;
+measured in tests/test_real_adapters.py and docs/findings.md). It is validated on a repeated
+batch, where the mapping is exact, and `trajectory(..., batches=)` runs it with one closure
+per step on that step's batch so the deviation can be measured.
 
 Used as its users use it: `torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=memory,
 line_search_fn=None, tolerance_grad=0, tolerance_change=0)` and one `step(closure)` per
@@ -14,7 +17,12 @@ torch's conventions that s10 does not share (docs/findings.md), declined with
 `NotImplementedError` (reported as skip) where they change the trajectory:
 - `H_0` is always the scaled `s^T y / y^T y` (1 before a pair): only `gamma="scaled"`;
 - `y` is the gradient at the new point on the *next* step's closure minus the previous
-  gradient, so with different batches it mixes two objectives: only identical batches;
+  gradient: with max_iter=1 `step()` evaluates its closure once, at `theta_k` on batch k, and
+  that one gradient is both `g_k` of the direction and the end of the previous pair, so
+  `y_{k-1} = grad h_k(theta_k) - grad h_{k-1}(theta_{k-1})` (two objectives), where s10's is
+  `grad h_{k-1}(theta_k) - grad h_{k-1}(theta_{k-1})` (one). No setting of `LBFGS` evaluates
+  a second gradient per step without also moving (max_iter=2 takes two steps), so only
+  identical batches map;
 - the first step is `-lr min(1, 1/||g_0||_1) g_0`, not `-lr g_0`: declined where
   `||g_0||_1 > 1`;
 - `history_size=0` raises `IndexError` (`old_dirs.pop(0)` on an empty list): `memory = 0`
@@ -56,32 +64,46 @@ class TorchLbfgs:
         first_x, first_y = (np.asarray(a) for a in batches[0])
         if any(not (np.array_equal(x, first_x) and np.array_equal(y, first_y))
                for x, y in batches):
-            raise NotImplementedError("torch.optim.LBFGS's y mixes the gradients of two "
-                                      "batches; only identical batches map")
+            raise NotImplementedError(
+                "not checked: torch.optim.LBFGS's pair y_k = grad h_{k+1}(theta_{k+1}) - "
+                "grad h_k(theta_k) mixes two batches (s10: both gradients on batch k); only "
+                "identical batches map (docs/findings.md)")
         return self.trajectory(problem.replace(inputs=first_x, targets=first_y), len(batches),
                                float(hyper["lr"]), int(hyper["memory"]), first_step=False)
 
     @staticmethod
     def trajectory(problem: Problem, steps: int, lr: float, memory: int, *,
-                   first_step: bool = True) -> list[np.ndarray]:
-        """`steps` LBFGS steps on `problem`'s own batch.
+                   first_step: bool = True, batches=None) -> list[np.ndarray]:
+        """`steps` LBFGS steps, one `step(closure)` each, the closure on that step's batch.
 
-        `first_step=False` declines where torch's first step differs from s10's
-        (`||t g_0||_1 > 1`).
+        Args:
+            problem: the network, loss and `theta_0`.
+            steps: K.
+            lr: `lr` of `LBFGS`.
+            memory: its `history_size`.
+            first_step: False declines where torch's first step differs from s10's
+                (`||t g_0||_1 > 1`).
+            batches: K `(inputs, targets)` pairs; default the problem's own batch every step.
         """
         import torch
 
         setup = torch_model(problem)
         if setup.factor != 1.0:
             raise NotImplementedError("the first step is -lr t g: only losses with t = 1 map")
+        if batches is None:
+            batches = [(problem.inputs, problem.targets)] * steps
+        data = [(m.inputs, m.targets) for m in (
+            torch_model(problem.replace(inputs=np.asarray(x), targets=np.asarray(y)))
+            for x, y in batches[:steps])]
         params = list(setup.model.parameters())
         optimizer = torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=memory,
                                       line_search_fn=None, tolerance_grad=0.0,
                                       tolerance_change=0.0)
+        current = list(data[0])
 
         def closure():
             optimizer.zero_grad()
-            loss = setup.loss_func(setup.model(setup.inputs), setup.targets)
+            loss = setup.loss_func(setup.model(current[0]), current[1])
             loss.backward()
             return loss
 
@@ -90,7 +112,8 @@ class TorchLbfgs:
         if not first_step and size > 1.0:
             raise NotImplementedError("||g_0||_1 > 1: torch's first step is -lr g_0 / ||g_0||_1")
         out = []
-        for _ in range(steps):
+        for inputs, targets in data:
+            current[:] = [inputs, targets]
             optimizer.step(closure)
             out.append(setup.canonical([(m.weight, m.bias) for m in setup.linears]))
         return out

@@ -29,6 +29,7 @@ from verify.harness._run import (
     run_capability,
     run_checks,
 )
+from verify.harness._trajectory import schedule as trajectory_schedule
 from verify.harness._trajectory import trajectory_batches, trajectory_reference
 
 __all__ = [
@@ -47,4 +48,5 @@ __all__ = [
     "run_checks",
     "trajectory_batches",
     "trajectory_reference",
+    "trajectory_schedule",
 ]

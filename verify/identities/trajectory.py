@@ -28,16 +28,19 @@ Every negative control requires a difference beyond `MARGIN` tolerances (`separa
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ngd_ref import Loss, Problem
 from ngd_ref.dense import DenseCurvature, exact_diagonal_blocks
 from verify._report import CheckResult, Status
-from verify._tolerance import Comparison, compare
+from verify._tolerance import Comparison, compare, trajectory_tolerances
 from verify.harness import trajectory_batches, trajectory_reference
-from verify.identities._common import reference
+from verify.identities._common import problem_rng, reference
 from verify.identities._registry import detectable, identity, result, separated
 from verify.identities.damping import quadratic_twin
+from verify.identities.invariance import default_reparameterization
 
 __all__ = ["STEPS"]
 
@@ -61,26 +64,31 @@ def _damping(problem: Problem, curvature: str) -> float:
 
 
 def _compare_runs(problem: Problem, batches: list, first: tuple[str, dict],
-                  second: tuple[str, dict]) -> Comparison | str:
-    """Compare two trajectories step by step; the Comparison of the worst step (in tolerances).
+                  second: tuple[str, dict]) -> list[Comparison] | str:
+    """Compare two trajectories step by step: one Comparison per step.
+
+    Step k's tolerance is the sum of both runs' tolerances at that step, relative to the
+    second run's `||theta_{k+1}||`.
 
     Returns:
-        The worst step's comparison, or the reason the reference cannot run them.
+        The per-step comparisons (`theta_1 .. theta_K`), or the reason the reference cannot
+        run them.
     """
     try:
         a, _, tol_a = trajectory_reference(problem, batches, *first, "float64")
         b, _, tol_b = trajectory_reference(problem, batches, *second, "float64")
     except ValueError as exc:
         return str(exc)
-    worst = None
+    out = []
     for k, (x, y) in enumerate(zip(a.float64(), b.float64(), strict=True)):
         scale = max(float(np.linalg.norm(y)), np.finfo(np.float64).tiny)
-        comparison = compare(x, y, tolerance=(tol_a[k] + tol_b[k]) / scale)
-        if worst is None or comparison.error / comparison.tolerance > (
-                worst.error / worst.tolerance):
-            worst = comparison
-    assert worst is not None  # the batches are STEPS >= 1 steps
-    return worst
+        out.append(compare(x, y, tolerance=(tol_a[k] + tol_b[k]) / scale))
+    return out
+
+
+def _worst(comparisons: list[Comparison]) -> Comparison:
+    """The step furthest from agreement, in units of its own tolerance."""
+    return max(comparisons, key=lambda c: c.error / c.tolerance if c.tolerance > 0 else math.inf)
 
 
 def _skip(name: str, problem: Problem, why: str) -> CheckResult:
@@ -135,7 +143,7 @@ def kfac_block_natural_gradient(problem: Problem) -> list[CheckResult]:
     stale = _compare_runs(problem, batches, ("kfac", _fisher_kfac(problem, 0.875, lr, damping)),
                           ("kfac", _fisher_kfac(problem, 0.0, lr, damping)))
     if not isinstance(stale, str):
-        out.append(separated("trajectory_kfac_stale_average_differs", problem, stale,
+        out.append(separated("trajectory_kfac_stale_average_differs", problem, _worst(stale),
                              "ema = 7/8 leaves the block natural gradient trajectory",
                              SOURCE_KFAC))
     return out
@@ -163,13 +171,15 @@ def hf_full_cg_is_newton(problem: Problem) -> list[CheckResult]:
                          ("damped_newton", _newton(curvature, damping)))
     if isinstance(full, str):
         return [_skip(name, problem, full)]
-    out = [result(name, problem, full, f"HF with n CG iterations = damped Newton ({curvature})",
+    out = [result(name, problem, _worst(full),
+                  f"HF with n CG iterations = damped Newton ({curvature})",
                   SOURCE_HF)]
     one = _compare_runs(problem, batches, ("hessian_free", _hf(curvature, 1, damping)),
                         ("damped_newton", _newton(curvature, damping)))
+    # the predicted gap is theta_1's, so it is weighed against step 0's tolerance
     if not isinstance(one, str) and detectable(_one_cg_step_gap(problem, batches, curvature,
-                                                                damping), one.tolerance):
-        out.append(separated("trajectory_hf_one_cg_step_is_not_newton", problem, one,
+                                                                damping), one[0].tolerance):
+        out.append(separated("trajectory_hf_one_cg_step_is_not_newton", problem, _worst(one),
                              "HF with one CG iteration is not damped Newton", SOURCE_HF))
     return out
 
@@ -243,12 +253,135 @@ def bias_corrected_constant_statistics(problem: Problem) -> list[CheckResult]:
                          ("kfac", _constant_statistics(0.0, True, damping)))
     if isinstance(same, str):
         return [_skip(name, problem, same)]
-    out = [result(name, problem, same, "ema 7/8 with bias correction = ema 0 on constant "
+    out = [result(name, problem, _worst(same), "ema 7/8 with bias correction = ema 0 on constant "
                   "statistics (linear mse twin)", SOURCE_KFAC)]
     raw = _compare_runs(twin, batches, ("kfac", _constant_statistics(0.875, False, damping)),
                         ("kfac", _constant_statistics(0.0, True, damping)))
     if not isinstance(raw, str):
-        out.append(separated("trajectory_uncorrected_average_differs", problem, raw,
+        out.append(separated("trajectory_uncorrected_average_differs", problem, _worst(raw),
                              "without bias correction the averages are (1 - eta^m) A",
                              SOURCE_KFAC))
+    return out
+
+
+# -- affine invariance of a whole trajectory (Grosse ch.4 s2.3) -------------------------------
+SOURCE_AFFINE = "Grosse ch.4 s2.3, eqs. (7)-(9) (seed 002); PROTOCOL s10 (seed 002)"
+#: step size of the written-out Newton and gradient-descent trajectories
+AFFINE_LR = 0.25
+
+
+def _reparameterized_run(problem: Problem, batches: list, r: np.ndarray, rule: str,
+                         start: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """A trajectory run in the coordinates `gamma` of `theta = R gamma`, mapped back to theta.
+
+    Step k evaluates the dense reference at `theta_k = R gamma_k` on batch k; in gamma the
+    gradient is `R^T g_k` and the Hessian `R^T H_k R` (Grosse eq. (9)), so `newton` takes
+    `gamma_{k+1} = gamma_k - lr (R^T H_k R)^{-1} R^T g_k` (undamped) and `gd` takes
+    `gamma_{k+1} = gamma_k - lr R^T g_k` (`lr = AFFINE_LR`). With `R = I` these are the
+    methods in theta itself.
+
+    Returns:
+        `(theta_0 .. theta_K, conditions)`: the path `R gamma_k` and each step's condition
+        (that of `R^T H_k R` for Newton, `kappa(R)^2` for gradient descent) times its
+        gradient's cancellation `MAG(g)/||g||`.
+
+    Raises:
+        ValueError: where `R^T H_k R` is singular or the path is not finite.
+    """
+    gamma = np.linalg.solve(r, start)
+    path, conditions = [r @ gamma], []
+    for inputs, targets in batches:
+        ref = DenseCurvature(problem.replace(params=r @ gamma, inputs=inputs, targets=targets))
+        g = ref.gradient
+        mag_g = float(np.linalg.norm(ref.c * np.einsum("bcn,bc->n", np.abs(ref.jacobians),
+                                                       np.abs(ref.loss_grads))))
+        cancellation = max(1.0, mag_g / max(float(np.linalg.norm(g)), np.finfo(float).tiny))
+        if rule == "newton":
+            system = r.T @ ref.hessian @ r
+            condition = float(np.linalg.cond(system))
+            if not np.isfinite(condition) or condition * np.finfo(float).eps >= 1:
+                raise ValueError(f"the Hessian is singular to rounding (condition {condition:.2e})")
+            step = np.linalg.solve(system, r.T @ g)
+        else:
+            condition, step = float(np.linalg.cond(r)) ** 2, r.T @ g
+        gamma = gamma - AFFINE_LR * step
+        path.append(r @ gamma)
+        conditions.append(condition * cancellation)
+    path_array = np.asarray(path)
+    if not np.all(np.isfinite(path_array)):
+        raise ValueError("the trajectory is not finite")
+    return path_array, conditions
+
+
+def _affine_comparisons(problem: Problem, batches: list, r: np.ndarray,
+                        rule: str) -> list[Comparison] | str:
+    """`R gamma_k` against `theta_k`, k = 1..K, each with its measured trajectory tolerance.
+
+    The tolerance is `trajectory_tolerances` in float64 (as for the s10 reference) with the
+    gamma run's conditions, its growth measured by a twin started `2u` apart, counted twice
+    (both runs round).
+    """
+    n = problem.n_params
+    u = float(np.finfo(np.float64).eps) / 2
+    signs = np.where(problem_rng(problem, "affine-trajectory").random(n) < 0.5, -1.0, 1.0)
+    theta0 = problem.params
+    shifted = theta0 + 2 * u * np.maximum(np.abs(theta0), np.mean(np.abs(theta0))) * signs
+    try:
+        with np.errstate(all="ignore"):  # a diverging run is caught by the finiteness test
+            plain, _ = _reparameterized_run(problem, batches, np.eye(n), rule, theta0)
+            mapped, conditions = _reparameterized_run(problem, batches, r, rule, theta0)
+            twin, _ = _reparameterized_run(problem, batches, r, rule, shifted)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        return str(exc)
+    tolerances = trajectory_tolerances(
+        "float64", length=max(n, problem.batch_size * problem.output_dim),
+        depth=len(problem.layers) + 2,
+        step_norms=np.linalg.norm(np.diff(mapped, axis=0), axis=1),
+        param_norms=np.linalg.norm(mapped[1:], axis=1), conditions=conditions,
+        divergences=np.linalg.norm(mapped - twin, axis=1))
+    out = []
+    for k in range(1, len(mapped)):
+        scale = max(float(np.linalg.norm(plain[k])), np.finfo(np.float64).tiny)
+        out.append(compare(mapped[k], plain[k], tolerance=2 * tolerances[k - 1] / scale))
+    return out
+
+
+def _nonsingular_hessian(problem: Problem) -> bool:
+    """Small, and the Hessian at `theta_0` is invertible beyond rounding.
+
+    Undamped Newton is then defined; a singular H leaves the step's null-space part to the
+    solver, a choice of metric that is not invariant.
+    """
+    return _small(problem) and float(np.linalg.cond(reference(problem).hessian)) * float(
+        np.finfo(np.float64).eps) < 1
+
+
+@identity("trajectory_newton_affine_invariant", source=SOURCE_AFFINE,
+          statement="an undamped Newton trajectory run in theta = R gamma maps by R onto the "
+                    "one in theta; gradient descent's does not", applies=_nonsingular_hessian)
+def newton_trajectory_affine_invariant(problem: Problem) -> list[CheckResult]:
+    """Undamped Newton is affine invariant along a whole trajectory (Grosse s2.3).
+
+    In `gamma` (`theta = R gamma`, Grosse eq. (7)) the gradient is `R^T g` and the Hessian
+    `R^T H R` (eq. (9)), so the Newton step `-(R^T H R)^{-1} R^T g` maps back to `-H^{-1} g`
+    at every step: `R gamma_k = theta_k` for all k, on changing batches too. Negative control:
+    gradient descent's step maps to `-R R^T g` (eq. (8)), so the trajectories part (R from
+    `invariance.default_reparameterization`, not orthogonal). Not a PROTOCOL s10 run: s10
+    requires `damping > 0`, and damping breaks the invariance (`damped_steps_not_invariant`);
+    both trajectories are written out on the dense reference's `H_k` and `g_k`.
+    """
+    name = "trajectory_newton_affine_invariant"
+    r, _ = default_reparameterization(problem)
+    batches = trajectory_batches(problem, STEPS)
+    newton = _affine_comparisons(problem, batches, r, "newton")
+    if isinstance(newton, str):
+        return [_skip(name, problem, newton)]
+    out = [result(name, problem, _worst(newton), f"R gamma_k = theta_k for undamped Newton "
+                  f"(lr {AFFINE_LR:g}, {STEPS} steps, kappa(R) = {np.linalg.cond(r):.3g})",
+                  SOURCE_AFFINE)]
+    descent = _affine_comparisons(problem, batches, r, "gd")
+    if not isinstance(descent, str):
+        out.append(separated("trajectory_gradient_descent_not_affine_invariant", problem,
+                             _worst(descent), "gradient descent in gamma is preconditioned by "
+                             "R R^T in theta", SOURCE_AFFINE))
     return out
