@@ -12,7 +12,8 @@ breaks -- including each bug of seed 004's code, so the battery proves it can se
   quadratic with `A`-conjugate exact pairs `H_k A = I` on the span (and not without
   conjugacy); seed 004's `y` from the overwritten gradient is not the secant pair.
 * Diagonals: exact diagonals without the `n x n` matrix; Hutchinson unbiased with variance
-  `sum_{j != i} A_ij^2` (Hoeffding tests, false-positive rate 1e-6); `vjp` with ones is `H @ 1`;
+  `sum_{j != i} A_ij^2` (the exact-moment tests of `verify.identities.sampled`, false-positive
+  rate 1e-6, power reported); `vjp` with ones is `H @ 1`;
   bias-corrected running averages; Adam's mean of squares vs square of the mean.
 * Low rank (push-through): output-space step == dense damped GGN step; the seed's coupled
   flattened-softmax Hessian is not.
@@ -35,15 +36,15 @@ import numpy as np
 from ngd_ref import Loss, Probabilities, Problem, layer_slices
 from ngd_ref import dense as ref
 from verify._report import CheckResult, Status
-from verify._tolerance import compare, hoeffding_bound, rounding_rtol, solve_rtol
+from verify._tolerance import compare, rounding_rtol, solve_rtol
 from verify.identities._registry import detectable, identity, result, separated
+from verify.identities.sampled import hutchinson_results
 
 __all__: list[str] = []
 
 _SEED_004 = "seed 004"
 _GROSSE = "Grosse ch.4 (seed 002)"
 _NW = "Nocedal & Wright (6.17), (6.19), Alg. 7.4"
-_HUTCHINSON_SAMPLES = 1000
 _EMA_BETA = 0.999
 _EMA_STEPS = 10
 
@@ -456,30 +457,10 @@ def _exact_diagonals(problem: Problem) -> list[CheckResult]:
 
 @identity("hutchinson_unbiased", source="Hutchinson 1990; seed 004 'AdaHessian'",
           statement="E[z * (A z)] = diag(A) and Var[z_i (A z)_i] = sum_{j != i} A_ij^2 "
-                    "(Rademacher z; Hoeffding tests, false-positive rate 1e-6)")
+                    "(A = H, Rademacher z; median of means and Cantelli with exact moments, "
+                    "FPR <= 1e-6, power reported)")
 def _hutchinson(problem: Problem) -> list[CheckResult]:
-    name, source = "hutchinson_unbiased", "Hutchinson; Hoeffding"
-    A = ref.dense(problem).hessian
-    n, samples = problem.n_params, _HUTCHINSON_SAMPLES
-    seed = zlib.crc32(problem.name.encode())
-    estimate = ref.hutchinson_diag(lambda v: A @ v, n, samples, seed=seed)
-    width = ref.hutchinson_range(A)
-    scale = float(width.max()) or 1.0
-    # Both tests share the 1e-6 budget: 2n simultaneous per-coordinate tests.
-    mean_bound = np.array([hoeffding_bound(w, samples, tests=2 * n) for w in width])
-    mean_excess = float(np.max((np.abs(estimate - np.diagonal(A)) - mean_bound) / scale))
-    # Variance: the squared deviations (x - A_ii)^2 lie in [0, R_i^2] and average to the variance.
-    probes = np.random.default_rng(zlib.crc32(f"{problem.name}/var".encode())) \
-        .integers(0, 2, size=(samples, n)) * 2.0 - 1.0
-    deviations = (probes * (probes @ A.T) - np.diagonal(A)) ** 2
-    var_bound = np.array([hoeffding_bound((w / 2) ** 2, samples, tests=2 * n) for w in width])
-    var_excess = float(np.max((np.abs(deviations.mean(axis=0) - ref.hutchinson_variance(A))
-                               - var_bound) / scale**2))
-    rtol = rounding_rtol("float64", length=n * samples, depth=_depth(problem))
-    return [_holds(name, problem, -mean_excess, -rtol,
-                   "|mean - diag(A)| within its Hoeffding bound for every i", source),
-            _holds(name, problem, -var_excess, -rtol,
-                   "sample variance within its Hoeffding bound of sum_{j != i} A_ij^2", source)]
+    return hutchinson_results(problem, "hutchinson_unbiased", ref.hutchinson_diag)
 
 
 def _off_diagonal_row_sums(problem: Problem) -> bool:
