@@ -35,8 +35,14 @@ import numpy as np
 
 from ngd_ref import Loss, Probabilities, Problem, layer_slices
 from ngd_ref import dense as ref
+from verify._policy import tolerance_policy
 from verify._report import CheckResult, Status
 from verify._tolerance import compare, rounding_rtol, solve_rtol
+from verify.identities._common import (
+    GGN_NOT_DEGENERATE,
+    GRADIENT_NOT_DEGENERATE,
+    HESSIAN_DIAGONAL_NOT_DEGENERATE,
+)
 from verify.identities._registry import detectable, identity, result, separated
 from verify.identities.sampled import hutchinson_results
 
@@ -122,6 +128,7 @@ def _saddle_damping(problem: Problem) -> float | None:
 
 
 @identity("newton_step_minimizes_quadratic_model", source=f"{_GROSSE} eqs. (1), (5); {_SEED_004}",
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="(H + lam I) d_N = -grad h; H + lam I > 0 makes d_N the model's minimizer, "
                     "an indefinite H + lam I (lam = -lambda_min(H)/2) a saddle of it")
 def _newton_minimizes(problem: Problem) -> list[CheckResult]:
@@ -160,6 +167,7 @@ def _newton_minimizes(problem: Problem) -> list[CheckResult]:
 
 
 @identity("trust_region_step_is_descent",
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           source=f"{_SEED_004} 'Trust Region Newton'; {_GROSSE} eq. (6)",
           statement="grad h^T d_TR <= -||grad h||^2 / (||H||_2 + lam) < 0")
 def _trust_region_descent(problem: Problem) -> CheckResult:
@@ -187,6 +195,7 @@ def _indefinite(problem: Problem) -> bool:
 
 
 @identity("newton_step_climbs_at_indefinite_hessian",
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           source=f"{_SEED_004} 'Trust Region Newton'", applies=_indefinite, negative_control=True,
           statement="with lam < |lambda_min(H)|, d_N and d_TR point in opposite ways along "
                     "negative curvature (Newton ascends, |H| descends)")
@@ -227,6 +236,7 @@ def _bfgs_tolerance(problem: Problem, B: np.ndarray, s: np.ndarray, y: np.ndarra
 
 
 @identity("bfgs_secant_and_symmetry", source=f"{_SEED_004} 'BFGS'; {_NW}",
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="B+ s = y and B+ = B+^T for B+ = bfgs_update(B, s, y)")
 def _bfgs_secant(problem: Problem) -> list[CheckResult]:
     name = "bfgs_secant_and_symmetry"
@@ -291,6 +301,7 @@ def _bfgs_margin_bound(B: np.ndarray, s: np.ndarray, y: np.ndarray) -> float:
 
 
 @identity("bfgs_preserves_positive_definiteness", source=_NW,
+          hypotheses=(GGN_NOT_DEGENERATE,),
           applies=lambda p: float(_spectrum(p)[0][-1]) > 0,
           statement="B > 0 and y^T s > 0 imply bfgs_update(B, s, y) > 0 (eigen, secant, "
                     "generic and oblique pairs)")
@@ -314,6 +325,7 @@ def _bfgs_pd(problem: Problem) -> list[CheckResult]:
 
 
 @identity("bfgs_loses_definiteness_when_curvature_negative", source=_NW, applies=_indefinite,
+          hypotheses=(GGN_NOT_DEGENERATE,),
           negative_control=True,
           statement="y^T s < 0 gives s^T B+ s = y^T s < 0: B+ is not positive definite")
 def _bfgs_not_pd(problem: Problem) -> CheckResult:
@@ -363,6 +375,7 @@ def _lbfgs_tolerance(problem: Problem, A: np.ndarray) -> float:
 
 
 @identity("lbfgs_two_loop_equals_dense_inverse_bfgs", source=f"{_SEED_004} 'L-BFGS'; {_NW}",
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="lbfgs_direction(g, s, y, gamma) = H_k g, H_k = gamma I updated by each pair")
 def _lbfgs_dense(problem: Problem) -> CheckResult:
     A, steps, ys = _pairs(problem, conjugate=False)
@@ -378,6 +391,7 @@ def _lbfgs_dense(problem: Problem) -> CheckResult:
 
 
 @identity("lbfgs_inverts_quadratic_on_span", source=f"{_NW}; N&W s6.1 (quadratic termination)",
+          hypotheses=(GGN_NOT_DEGENERATE,),
           statement="A-conjugate exact pairs y_i = A s_i: H_k A s_j = s_j for every stored j")
 def _lbfgs_span(problem: Problem) -> CheckResult:
     A, steps, ys = _pairs(problem, conjugate=True)
@@ -388,6 +402,7 @@ def _lbfgs_span(problem: Problem) -> CheckResult:
 
 
 @identity("lbfgs_span_needs_conjugate_pairs", source=_NW, negative_control=True,
+          hypotheses=(GGN_NOT_DEGENERATE,),
           statement="without A-conjugacy only the newest secant equation holds: H_k y_0 != s_0")
 def _lbfgs_span_control(problem: Problem) -> CheckResult:
     A, steps, ys = _pairs(problem, conjugate=False)
@@ -426,6 +441,7 @@ def _seed_pair_detectable(problem: Problem) -> bool:
 
 
 @identity("lbfgs_seed_pair_uses_overwritten_gradient", source=f"{_SEED_004} `lbfgs`",
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           negative_control=True, applies=_seed_pair_detectable,
           statement="seed 004 forms y = grad(theta + s) - q with q the two-loop's overwritten "
                     "gradient; the secant pair needs y = grad(theta + s) - grad(theta)")
@@ -445,12 +461,14 @@ def _exact_diagonals(problem: Problem) -> list[CheckResult]:
     d = ref.dense(problem)
     rtol = rounding_rtol("float64", length=problem.n_params, depth=_depth(problem))
     out = []
+    policy = tolerance_policy(problem, "float64")
     for label, got, matrix in (("ggn", ref.ggn_diag(problem), d.ggn),
                                ("empirical_fisher", ref.empirical_fisher_diag(problem),
                                 d.empirical_fisher)):
+        # MAG from the policy: |matrix| itself cancels (a uniform softmax's G is ~1e-17)
+        mag = float(np.linalg.norm(np.diagonal(policy.matrix_magnitude(label))))
         out.append(result("exact_diagonals", problem,
-                          compare(got, np.diagonal(matrix), tolerance=rtol,
-                                  magnitude=float(np.linalg.norm(np.abs(matrix)))),
+                          compare(got, np.diagonal(matrix), tolerance=rtol, magnitude=mag),
                           f"diag({label}) without the matrix", "PROTOCOL s5"))
     return out
 
@@ -490,6 +508,7 @@ def _vjp_ones(problem: Problem) -> CheckResult:
 
 
 @identity("ema_bias_correction_exact", source=f"{_SEED_004} 'AdaHessian'; Adam",
+          hypotheses=(HESSIAN_DIAGONAL_NOT_DEGENERATE,),
           statement="constant estimates D: v_T / (1 - beta^T) = D^2 for every T")
 def _ema(problem: Problem) -> CheckResult:
     diag = ref.hessian_diag(problem)
@@ -500,6 +519,7 @@ def _ema(problem: Problem) -> CheckResult:
 
 
 @identity("ema_without_bias_correction_is_biased", source=f"{_SEED_004} 'AdaHessian'; Adam",
+          hypotheses=(HESSIAN_DIAGONAL_NOT_DEGENERATE,),
           negative_control=True, statement="v_T = (1 - beta^T) D^2 != D^2 without the correction")
 def _ema_control(problem: Problem) -> CheckResult:
     diag = ref.hessian_diag(problem)
@@ -571,6 +591,7 @@ def _ggn_damping(problem: Problem) -> float:
 
 @identity("lowrank_ggn_push_through", source=f"{_SEED_004} 'Generalized Gauss-Newton'; "
           f"{_GROSSE} eq. (13)",
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="-J^T (c H_L J J^T + lam I)^{-1} c r = -(G + lam I)^{-1} grad h")
 def _lowrank(problem: Problem) -> CheckResult:
     lam = _ggn_damping(problem)
@@ -582,6 +603,7 @@ def _lowrank(problem: Problem) -> CheckResult:
 
 
 @identity("lowrank_seed_coupled_softmax_differs", source=f"{_SEED_004} `gauss_newton`",
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           applies=lambda p: (Loss(p.loss).spec.probabilities is Probabilities.SOFTMAX
                              and p.batch_size > 1),
           negative_control=True,
@@ -607,6 +629,7 @@ _ROOTS = (1, 2, 4)
 
 
 @identity("inverse_root_eigh_equals_coupled_newton",
+          hypotheses=(GGN_NOT_DEGENERATE,),
           source=f"{_SEED_004} 'Shampoo'; Guo & Higham 2006",
           statement="Q diag(mu^{-1/p}) Q^T and the coupled Newton iterate agree within "
                     "||A^{-1/p}|| rho / (p (1 - rho)) plus rounding")
