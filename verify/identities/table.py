@@ -3,7 +3,8 @@
 `python -m verify.identities.table` rewrites the table in docs/identities.md (the block that
 starts at the `| identity | kind | statement | source | module |` header and ends at the
 first blank line); `--check` exits 1 if the file is out of date. The rows are the registered
-identities (`IDENTITIES`) in registration order.
+identities (`IDENTITIES`) in registration order; a row's statement ends with its named
+hypotheses (`[requires: ...]`), which the battery reports as not applicable where they fail.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ def _cell(text: str) -> str:
 
 def _row(ident: Identity) -> str:
     kind = "negative control" if ident.negative_control else "identity"
-    return (f"| `{ident.name}` | {kind} | {_cell(ident.statement)} | {_cell(ident.source)} | "
+    statement = ident.statement
+    if ident.hypotheses:  # named hypotheses: reported as not applicable where they fail
+        statement += " [requires: " + "; ".join(h.name for h in ident.hypotheses) + "]"
+    return (f"| `{ident.name}` | {kind} | {_cell(statement)} | {_cell(ident.source)} | "
             f"`{ident.module}` |")
 
 
