@@ -48,7 +48,8 @@ plus the K-FAC identities (`verify.identities.kfac`), the convolutional K-FAC id
 (`verify.identities.methods`), rank bounds (`rank`), steepest descent in a metric
 (`steepest`), damped spectra and CG vs GD (`convergence`), the natural-parameter Gaussian
 (`exponential_family`), jvp/vjp (`products`), seed 004's code (`seed_code`) and the
-sampled estimators with their power (`sampled`).
+sampled estimators with their power (`sampled`), Newton's quadratic convergence
+(`local_convergence`).
 `python -m verify.identities.table` regenerates docs/identities.md's table.
 Importing this package registers every identity in
 `IDENTITIES`; `verify.battery.run_battery` runs them. docs/identities.md has the full table
@@ -67,6 +68,7 @@ from verify.identities import (  # noqa: F401  (imported to register their ident
     invariance,
     kfac,
     kronecker,
+    local_convergence,
     methods,
     products,
     quadratic_model,
