@@ -56,7 +56,8 @@ from verify._tolerance import rounding_rtol
 from verify.identities._common import default_direction, reference
 from verify.identities._registry import detectable, identity
 
-__all__ = ["SampledTest", "hutchinson_results", "mc_fisher_vp_draws", "sampled_test"]
+__all__ = ["SampledTest", "bias_detectable", "hutchinson_results", "hutchinson_test",
+           "mc_fisher_test", "mc_fisher_vp_draws", "sampled_test"]
 
 _MARTENS = "Martens s5 (seed 003); seeds 000/001; PROTOCOL s11"
 _HUTCHINSON = "Hutchinson 1990; seed 004 'AdaHessian'; PROTOCOL s11"
@@ -168,7 +169,7 @@ def _rejected(name: str, problem: Problem, test: SampledTest, rows: np.ndarray, 
         f"power {mean.power:.3g})", power=mean.power, statistics=test.statistics())
 
 
-def _bias_detectable(test: SampledTest, biased: np.ndarray) -> bool:
+def bias_detectable(test: SampledTest, biased: np.ndarray) -> bool:
     """Whether a deterministic `biased` result misses the mean by > its threshold + 102 ulps.
 
     `|biased - mu| - threshold` must exceed `detectable`'s margin of rounding tolerances
@@ -220,7 +221,8 @@ def mc_fisher_vp_draws(problem: Problem, v: np.ndarray, samples: int, calls: int
     return float(d.c) / samples * total
 
 
-def _mc_fisher_test(problem: Problem) -> tuple[np.ndarray, SampledTest]:
+def mc_fisher_test(problem: Problem) -> tuple[np.ndarray, SampledTest]:
+    """`(v, design)` of the Monte-Carlo Fisher identity: seeded unit v, `MC_DRAWS` budget."""
     v = default_direction(problem, "mc_fisher_vp")
     moments, projection = estimator_moments(Estimator.MC_FISHER_VP, problem, v=v)
     return v, sampled_test(problem, moments, projection, budget=MC_DRAWS)
@@ -231,7 +233,7 @@ def _mc_fisher_test(problem: Problem) -> tuple[np.ndarray, SampledTest]:
                     "exact variance (median of means and Cantelli, FPR <= 1e-6 for the real "
                     "distribution; power reported)")
 def _mc_fisher(problem: Problem) -> list[CheckResult]:
-    v, test = _mc_fisher_test(problem)
+    v, test = mc_fisher_test(problem)
     rows = mc_fisher_vp_draws(problem, v, test.samples, test.design.calls,
                               test.seeds(problem, "mc_fisher")[0])
     return _results("mc_fisher_unbiased", problem, test, rows,
@@ -239,8 +241,8 @@ def _mc_fisher(problem: Problem) -> list[CheckResult]:
 
 
 def _observed_biased(problem: Problem) -> bool:
-    v, test = _mc_fisher_test(problem)
-    return _bias_detectable(test, ref.dense(problem).empirical_fisher @ v)
+    v, test = mc_fisher_test(problem)
+    return bias_detectable(test, ref.dense(problem).empirical_fisher @ v)
 
 
 @identity("mc_fisher_observed_targets_rejected", source=f"{_MARTENS}; Martens s7",
@@ -248,7 +250,7 @@ def _observed_biased(problem: Problem) -> bool:
           statement="the same test rejects observed-target scores (EF v), where |EF v - F v| "
                     "exceeds its threshold detectably")
 def _mc_fisher_observed(problem: Problem) -> CheckResult:
-    v, test = _mc_fisher_test(problem)
+    v, test = mc_fisher_test(problem)
     d = reference(problem)  # every draw at the observed target: EF v, deterministic
     row = float(d.c) * sum(g * float(g @ v) for g in
                            np.einsum("bc,bcn->bn", d.loss_grads, d.jacobians))
@@ -258,7 +260,8 @@ def _mc_fisher_observed(problem: Problem) -> CheckResult:
 
 
 # -- Hutchinson ----------------------------------------------------------------------------
-def _hutchinson_test(problem: Problem) -> tuple[np.ndarray, SampledTest]:
+def hutchinson_test(problem: Problem) -> tuple[np.ndarray, SampledTest]:
+    """`(H, design)` of the Hutchinson identity (`HUTCHINSON_PROBES` budget)."""
     a = np.asarray(ref.dense(problem).hessian, dtype=np.float64)
     moments, projection = hutchinson_moments(a, trace=False)
     return a, sampled_test(problem, moments, projection, budget=HUTCHINSON_PROBES)
@@ -268,7 +271,7 @@ def hutchinson_results(problem: Problem, name: str,
                        estimator: Callable[[Callable, int, int, int], np.ndarray]
                        ) -> list[CheckResult]:
     """`estimator(matvec, n, S, seed)` (s9's `hutchinson_diag`) on `A = H`, tested with power."""
-    a, test = _hutchinson_test(problem)
+    a, test = hutchinson_test(problem)
     n = problem.n_params
     rows = np.stack([np.asarray(estimator(lambda x: a @ x, n, test.samples, seed), dtype=float)
                      for seed in test.seeds(problem, "hutchinson")])
@@ -277,8 +280,8 @@ def hutchinson_results(problem: Problem, name: str,
 
 
 def _ones_biased(problem: Problem) -> bool:
-    a, test = _hutchinson_test(problem)
-    return _bias_detectable(test, a @ np.ones(problem.n_params))
+    a, test = hutchinson_test(problem)
+    return bias_detectable(test, a @ np.ones(problem.n_params))
 
 
 @identity("hutchinson_rejects_ones_probe", source=_HUTCHINSON, negative_control=True,
@@ -286,7 +289,7 @@ def _ones_biased(problem: Problem) -> bool:
           statement="the Hutchinson test rejects seed 004's all-ones probe (H 1), where "
                     "|H 1 - diag H| exceeds its threshold detectably")
 def _hutchinson_ones(problem: Problem) -> CheckResult:
-    a, test = _hutchinson_test(problem)
+    a, test = hutchinson_test(problem)
     row = a @ np.ones(problem.n_params)
     return _rejected("hutchinson_rejects_ones_probe", problem, test,
                      np.tile(row, (test.design.calls, 1)),
