@@ -20,11 +20,12 @@ problem, not fitted:
   (`||diag(a) - diag(a')||_2 = max |a_c - a'_c| <= ||z - z'||_inf / (6 sqrt 3)` and
   `||J_b d||_inf <= ||J_b||_2 ||d||`).
 
-`theta*` is found by Newton with backtracking (strongly convex: global), the run starts at
+`theta*` is found by Newton with backtracking (strongly convex: global; full steps once the
+predicted decrease is below h's rounding, where a line search would stall), the run starts at
 `theta_0 = theta* + r u` (seeded unit u, `r = mu* / (2 L)`: inside the region where
 `L r / mu_0 <= 1`), and every step with `C_k ||e_k||^2` above the rounding `delta_k` is checked
 (`delta_k`: the solve's tolerance times `||d_k||` plus the gradient's rounding `exact_rtol
-||MAG(g)|| / mu_k`, and that of `theta*`).
+||MAG(g)|| / mu_k`, plus the error of `theta*`, `<= (||g(theta*)|| + rounding) / mu*`).
 
 Negative control (`damped_newton_and_gradient_descent_converge_linearly`): Newton with a fixed
 damping `lambda = mu*` (Grosse s2.1: the damped step is `(H + lambda I)^{-1} g`, which
@@ -112,13 +113,15 @@ def convex_twin(problem: Problem) -> ConvexTwin:
         sum(np.linalg.norm(j, 2) ** 3 for j in jac))
     theta = np.asarray(twin.params, dtype=np.float64)
     partial = ConvexTwin(twin, ridge, lipschitz, theta, ridge)
+    resolution = 2.0**-40  # a decrease of h below this (relative) is rounding: no line search
     for _ in range(_MAX_ITERATIONS):  # Newton with Armijo backtracking: global here
         g, hess, _ = partial.at(theta)
         step = -np.linalg.solve(hess, g)
         t, h0 = 1.0, _objective(twin, theta, ridge)
-        while t > 2.0**-30 and _objective(twin, theta + t * step, ridge) > h0 + 0.25 * t * (
-                g @ step):
-            t /= 2
+        if -float(g @ step) > resolution * (abs(h0) + 1.0):
+            while t > 2.0**-30 and _objective(twin, theta + t * step, ridge) > h0 + 0.25 * t * (
+                    g @ step):
+                t /= 2
         theta = theta + t * step
         if t == 1.0 and np.linalg.norm(step) <= 1e-15 * (1 + np.linalg.norm(theta)):
             break
@@ -145,10 +148,14 @@ def newton_run(twin: ConvexTwin, update: Update, start: np.ndarray, steps: int, 
     """Iterate `theta <- theta + update(theta, g, H)` from `start`, recording each step.
 
     `delta_k` is the solve's tolerance (condition of `H_k`) times `||d_k||`, plus the
-    gradient's rounding over `mu_k`, plus that of `theta*`. Stops early where `stop(step)`.
+    gradient's rounding over `mu_k`, plus the error of `theta*`, at most
+    `(||g(theta*)|| + its rounding) / mu*` by strong convexity. Stops early where `stop(step)`.
     """
     theta, out = start, []
-    star_rounding = exact_rtol(twin.problem) * float(np.linalg.norm(twin.minimum))
+    # strong convexity: ||theta* - theta_true|| <= ||g(theta*)|| / mu (g's rounding included)
+    g_star, _, g_star_rounding = twin.at(twin.minimum)
+    star_rounding = max(exact_rtol(twin.problem) * float(np.linalg.norm(twin.minimum)),
+                        (float(np.linalg.norm(g_star)) + g_star_rounding) / twin.mu)
     for _ in range(steps):
         g, h, g_rounding = twin.at(theta)
         values = np.linalg.eigvalsh(h)

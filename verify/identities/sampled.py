@@ -54,10 +54,11 @@ from verify._statistics import (
 )
 from verify._tolerance import rounding_rtol
 from verify.identities._common import default_direction, reference
-from verify.identities._registry import detectable, identity
+from verify.identities._registry import Hypothesis, detectable, identity
 
-__all__ = ["SampledTest", "bias_detectable", "hutchinson_results", "hutchinson_test",
-           "mc_fisher_test", "mc_fisher_vp_draws", "sampled_test"]
+__all__ = ["MOMENTS_TRACTABLE", "SampledTest", "bias_detectable", "hutchinson_results",
+           "hutchinson_test", "mc_fisher_test", "mc_fisher_vp_draws", "moments_intractable",
+           "sampled_test"]
 
 _MARTENS = "Martens s5 (seed 003); seeds 000/001; PROTOCOL s11"
 _HUTCHINSON = "Hutchinson 1990; seed 004 'AdaHessian'; PROTOCOL s11"
@@ -228,7 +229,36 @@ def mc_fisher_test(problem: Problem) -> tuple[np.ndarray, SampledTest]:
     return v, sampled_test(problem, moments, projection, budget=MC_DRAWS)
 
 
-@identity("mc_fisher_unbiased", source=_MARTENS,
+#: nodes the exact moments' product rule may have (`points^C_y` per example)
+MAX_RULE_NODES = 2**12
+#: the score-polynomial degree the moments integrate (fourth moments of a quadratic)
+_MOMENT_DEGREE = 8
+
+
+def moments_intractable(problem: Problem) -> str | None:
+    """Why the exact moments of the MC Fisher are too large to compute (None where they are not).
+
+    Class labels are integrated over their C classes. The other losses use a tensor product
+    of per-coordinate Gauss rules, `ceil((8 d + 1) / 2)` nodes per target coordinate
+    (`d = score_degree_in_y`: a bound, Bernoulli's support has 2), `points^C_y` in all: an
+    mse net with 20 outputs would need `5^20` nodes (`MemoryError`).
+    """
+    kind = Loss(problem.loss)
+    if kind.has_class_labels:
+        return None
+    degree = getattr(get_loss(problem.loss), "score_degree_in_y", 1)
+    points = -(-(_MOMENT_DEGREE * degree + 1) // 2)
+    coordinates = problem.output_dim // kind.spec.outputs_per_target
+    if points**coordinates <= MAX_RULE_NODES:
+        return None
+    return f"exact moments need {points}^{coordinates} quadrature nodes (> {MAX_RULE_NODES})"
+
+
+#: the exact moments of the estimator are computable (`moments_intractable`)
+MOMENTS_TRACTABLE = Hypothesis("exact moments tractable", moments_intractable)
+
+
+@identity("mc_fisher_unbiased", source=_MARTENS, hypotheses=(MOMENTS_TRACTABLE,),
           statement="E over model-drawn targets of c sum_b J_b^T u u^T J_b v = F v, with the "
                     "exact variance (median of means and Cantelli, FPR <= 1e-6 for the real "
                     "distribution; power reported)")
@@ -246,7 +276,7 @@ def _observed_biased(problem: Problem) -> bool:
 
 
 @identity("mc_fisher_observed_targets_rejected", source=f"{_MARTENS}; Martens s7",
-          negative_control=True, applies=_observed_biased,
+          negative_control=True, applies=_observed_biased, hypotheses=(MOMENTS_TRACTABLE,),
           statement="the same test rejects observed-target scores (EF v), where |EF v - F v| "
                     "exceeds its threshold detectably")
 def _mc_fisher_observed(problem: Problem) -> CheckResult:
