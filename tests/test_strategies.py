@@ -72,5 +72,6 @@ def test_battery_holds_on_generated_problems(problem):
     from tests.test_identities import OWN
 
     bad = [(r.check, r.message) for r in run_battery([problem], identities=OWN)
-           if r.status is not Status.PASS]
+           if r.status is not Status.PASS  # a named hypothesis may fail: reported, not passed
+           and not (r.status is Status.SKIP and r.message.startswith("not applicable"))]
     assert not bad

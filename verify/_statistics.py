@@ -65,6 +65,7 @@ __all__ = [
     "choose_samples",
     "majority_tail",
     "mean_test",
+    "mean_thresholds",
     "seed_calls",
     "seed_test",
     "variance_test",
@@ -195,6 +196,17 @@ def _blocks(results: np.ndarray, design: BlockDesign) -> np.ndarray:
     return results[: design.calls].reshape(design.blocks, design.calls_per_block, -1)
 
 
+def mean_thresholds(moments, design: BlockDesign, samples: int, *, rtol: float,
+                    magnitude2: np.ndarray) -> np.ndarray:
+    """Per entry, the median-of-means threshold `sigma / sqrt(m 0.9 p) + r` (module docstring).
+
+    It depends on the design only, so a deterministic result's rejection can be predicted.
+    """
+    sd = np.sqrt(moments.variance(samples) / design.calls_per_block)
+    return sd / math.sqrt(_CHEBYSHEV_SHARE * design.p_mean) + _rounding(rtol, magnitude2,
+                                                                         design.p_mean)
+
+
 def mean_test(results: np.ndarray, moments, projection, design: BlockDesign, samples: int, *,
               rtol: float, magnitude2: np.ndarray,
               projection_magnitude2: float | None = None) -> MeanOutcome:
@@ -214,7 +226,7 @@ def mean_test(results: np.ndarray, moments, projection, design: BlockDesign, sam
     m, p = design.calls_per_block, design.p_mean
     sd = np.sqrt(moments.variance(samples) / m)
     rounding = _rounding(rtol, magnitude2, p)
-    threshold = sd / math.sqrt(_CHEBYSHEV_SHARE * p) + rounding
+    threshold = mean_thresholds(moments, design, samples, rtol=rtol, magnitude2=magnitude2)
     deviation = np.abs(np.median(means, axis=0) - moments.mean)
     spread = sd / math.sqrt(design.p_power) + rounding
     powers = [_delta(threshold, spread, moments.mean)]

@@ -26,10 +26,16 @@ __all__ = ["run_battery", "run_identity"]
 def run_identity(ident: Identity, problem: Problem) -> list[CheckResult]:
     """Results of one identity on one problem (`[]` if its hypotheses do not hold).
 
+    A failed named hypothesis (`Identity.hypotheses`, e.g. "gradient not degenerate") is one
+    `skip` result saying why: the identity is reported as not applicable, not silently passed.
+
     Exceptions become a single `Status.ERROR` result naming the exception.
     """
     capability = "negative_control" if ident.negative_control else "identity"
     try:
+        skipped = ident.not_applicable(problem)
+        if skipped is not None:
+            return [skipped]
         if not ident.applies(problem):
             return []
         return ident.run(problem)

@@ -47,7 +47,9 @@ plus the K-FAC identities (`verify.identities.kfac`), the convolutional K-FAC id
 (`verify.identities.conv`, PROTOCOL s12), the other methods' identities
 (`verify.identities.methods`), rank bounds (`rank`), steepest descent in a metric
 (`steepest`), damped spectra and CG vs GD (`convergence`), the natural-parameter Gaussian
-(`exponential_family`), jvp/vjp (`products`) and seed 004's code (`seed_code`).
+(`exponential_family`), jvp/vjp (`products`), seed 004's code (`seed_code`) and the
+sampled estimators with their power (`sampled`), Newton's quadratic convergence
+(`local_convergence`).
 `python -m verify.identities.table` regenerates docs/identities.md's table.
 Importing this package registers every identity in
 `IDENTITIES`; `verify.battery.run_battery` runs them. docs/identities.md has the full table
@@ -66,10 +68,12 @@ from verify.identities import (  # noqa: F401  (imported to register their ident
     invariance,
     kfac,
     kronecker,
+    local_convergence,
     methods,
     products,
     quadratic_model,
     rank,
+    sampled,
     seed_code,
     split,
     steepest,

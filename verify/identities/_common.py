@@ -25,13 +25,20 @@ from ngd_ref import Problem
 from ngd_ref.dense import DenseCurvature, dense
 from verify._policy import tolerance_policy
 from verify._report import CheckResult, Status
+from verify.identities._registry import Hypothesis, detectable
 
 __all__ = [
+    "GGN_NOT_DEGENERATE",
+    "GRADIENT_NOT_DEGENERATE",
+    "HESSIAN_DIAGONAL_NOT_DEGENERATE",
     "at_most",
     "default_damping",
     "default_direction",
     "exact_rtol",
+    "ggn_degenerate",
+    "gradient_degenerate",
     "gauss_newton_magnitude",
+    "gauss_newton_norm",
     "magnitude",
     "middle_magnitudes",
     "problem_rng",
@@ -103,6 +110,20 @@ def gauss_newton_magnitude(ref: DenseCurvature, middles: np.ndarray | None = Non
     return tolerance_policy(ref.problem, "float64").gauss_newton_magnitude(middles)
 
 
+def gauss_newton_norm(ref: DenseCurvature, middles) -> float:
+    """`||c sum_b J_b^T D_b J_b||_F` in output space, without forming the `n x n` matrix.
+
+    With `K_bb' = J_b J_b'^T` (`C x C`), `||sum_b J_b^T D_b J_b||_F^2 =
+    sum_{b,b'} tr(D_b K_bb' D_b' K_b'b)` for symmetric `D_b`: another route than the dense
+    matrices, so a negative control can predict its gap before comparing them.
+    """
+    jac = np.asarray(ref.jacobians, dtype=np.float64)
+    d = np.asarray(middles, dtype=np.float64)
+    gram = np.einsum("icn,jdn->ijcd", jac, jac)
+    total = float(np.einsum("iab,ijbc,jcd,jida->", d, gram, d, gram))
+    return abs(float(ref.c)) * float(np.sqrt(max(total, 0.0)))
+
+
 def magnitude(*terms: np.ndarray | float) -> float:
     """Sum of the Frobenius norms of the terms of a sum (the MAG of adding them)."""
     return float(sum(np.linalg.norm(np.asarray(t, dtype=np.float64)) for t in terms))
@@ -146,3 +167,62 @@ def smooth_along(problem: Problem, direction: np.ndarray, step: float) -> bool:
             if np.any(s <= 2.0 * step * rate):
                 return False
     return True
+
+
+def gradient_degenerate(problem: Problem) -> str | None:
+    """Why the gradient is degenerate (None where it is not): `||g||` within its rounding.
+
+    Identities that step along, divide by or normalize with `g = grad h` (steps `-C^{-1} g`,
+    `g^T d / ||g||`, `alpha* = -g^T r / r^T G r`, secant pairs from a gradient step) mean
+    nothing at a stationary point, and where `g` is rounding only (a dead ReLU network whose
+    softmax outputs are all equal: `||g|| ~ 1e-17` where it is 0 in exact arithmetic) they
+    compare rounding with rounding. The hypothesis: `||g||` exceeds `detectable`'s margin
+    of float64 tolerances `exact_rtol ||MAG(g)||`, `MAG(g) = c sum_b |J_b|^T MAG(dL/dz_b)`
+    (the policy's magnitude, `TolerancePolicy.gradient_magnitude`).
+    """
+    policy = tolerance_policy(problem, "float64")
+    norm = float(np.linalg.norm(np.asarray(reference(problem).gradient, dtype=np.float64)))
+    rounding = policy.rtol * float(np.linalg.norm(policy.gradient_magnitude))
+    if detectable(norm, rounding):
+        return None
+    return f"||grad h|| = {norm:.3e} is within 102 x its float64 rounding {rounding:.3e}"
+
+
+#: the gradient is resolved in float64 (`gradient_degenerate`)
+GRADIENT_NOT_DEGENERATE = Hypothesis("gradient not degenerate", gradient_degenerate)
+
+
+def ggn_degenerate(problem: Problem) -> str | None:
+    """Why G is degenerate (None where it is not): `||G||_2` within its float64 rounding.
+
+    The methods' quadratic models are built on `A = G + (|nu_min| + ||G|| / 10) I`: with
+    `G = 0` (every ReLU dead, or outputs a constant softmax) `A = 0` and the secant pairs,
+    inverse roots and conjugate pairs on it are undefined. The hypothesis: `||G||_2` exceeds
+    `detectable`'s margin of `exact_rtol MAG(G)`.
+    """
+    ref = reference(problem)
+    norm = float(np.linalg.norm(np.asarray(ref.ggn, dtype=np.float64), 2))
+    rounding = exact_rtol(problem) * gauss_newton_magnitude(ref)
+    if detectable(norm, rounding):
+        return None
+    return f"||G||_2 = {norm:.3e} is within 102 x its float64 rounding {rounding:.3e}"
+
+
+def hessian_diagonal_degenerate(problem: Problem) -> str | None:
+    """Why `D = diag(H)` cannot carry a relative statement about `D^2` (None where it can).
+
+    The EMA identities compare `D^2` with itself scaled (relative errors, no magnitude), so
+    they need `||D^2||` representable: not 0 (a dead network) or below `tiny / rtol`.
+    """
+    diag = np.asarray(np.diagonal(reference(problem).hessian), dtype=np.float64)
+    size = float(np.linalg.norm(diag * diag))
+    if size > np.finfo(np.float64).tiny / exact_rtol(problem):
+        return None
+    return f"||diag(H)^2|| = {size:.3e}: zero or subnormal"
+
+
+#: G is resolved in float64 (`ggn_degenerate`)
+GGN_NOT_DEGENERATE = Hypothesis("GGN not degenerate", ggn_degenerate)
+#: diag(H)^2 is representable (`hessian_diagonal_degenerate`)
+HESSIAN_DIAGONAL_NOT_DEGENERATE = Hypothesis("Hessian diagonal not degenerate",
+                                             hessian_diagonal_degenerate)

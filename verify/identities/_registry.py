@@ -16,10 +16,24 @@ from ngd_ref import Problem
 from verify._report import CheckResult, Status
 from verify._tolerance import Comparison
 
-__all__ = ["IDENTITIES", "MARGIN", "Identity", "detectable", "identity", "result", "separated"]
+__all__ = ["IDENTITIES", "MARGIN", "Hypothesis", "Identity", "detectable", "identity", "result",
+           "separated"]
 
 #: How many tolerances apart a negative control's two sides must be (`separated`).
 MARGIN = 100.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Hypothesis:
+    """A named hypothesis shared by identities, reported when it fails (never a silent pass).
+
+    Attributes:
+        name: how reports name it, e.g. `"gradient not degenerate"`.
+        violated: `problem -> None` when it holds, else one line saying why it does not.
+    """
+
+    name: str
+    violated: Callable[[Problem], str | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +48,8 @@ class Identity:
         applies: whether the theorem's hypotheses hold for a problem.
         negative_control: True when the check demonstrates that something does NOT hold.
         module: the module that registered it (the `module` column of docs/identities.md).
+        hypotheses: named hypotheses checked before `applies`; where one fails the battery
+            reports the identity as not applicable (a `skip` result saying why).
     """
 
     name: str
@@ -43,6 +59,18 @@ class Identity:
     applies: Callable[[Problem], bool]
     negative_control: bool = False
     module: str = ""
+    hypotheses: tuple[Hypothesis, ...] = ()
+
+    def not_applicable(self, problem: Problem) -> CheckResult | None:
+        """A `skip` result naming the first failed hypothesis, or None if all hold."""
+        for hypothesis in self.hypotheses:
+            why = hypothesis.violated(problem)
+            if why is not None:
+                capability = "negative_control" if self.negative_control else "identity"
+                return CheckResult(self.name, capability, problem.name, Status.SKIP, None, None,
+                                   f"not applicable: hypothesis '{hypothesis.name}' fails "
+                                   f"({why}) [{self.source}]")
+        return None
 
 
 IDENTITIES: list[Identity] = []
@@ -50,7 +78,7 @@ IDENTITIES: list[Identity] = []
 
 def identity(name: str, *, source: str, statement: str,
              applies: Callable[[Problem], bool] = lambda problem: True,
-             negative_control: bool = False):
+             negative_control: bool = False, hypotheses: tuple[Hypothesis, ...] = ()):
     """Register `fn(problem) -> CheckResult | list[CheckResult]` as an identity."""
 
     def register(fn: Callable[[Problem], CheckResult | list[CheckResult]]):
@@ -59,7 +87,7 @@ def identity(name: str, *, source: str, statement: str,
             return out if isinstance(out, list) else [out]
 
         IDENTITIES.append(Identity(name, source, statement, run, applies, negative_control,
-                                   fn.__module__))
+                                   fn.__module__, tuple(hypotheses)))
         return fn
 
     return register

@@ -32,7 +32,7 @@ import numpy as np
 from ngd_ref import Loss, Problem
 from ngd_ref.dense import cg_iterates
 from verify._tolerance import compare
-from verify.identities._common import at_most, reference, solve_tolerance
+from verify.identities._common import GRADIENT_NOT_DEGENERATE, at_most, reference, solve_tolerance
 from verify.identities._registry import MARGIN, detectable, identity, result
 
 __all__ = [
@@ -58,7 +58,7 @@ def _tol(problem: Problem, condition: float) -> float:
 
 
 def _convex(problem: Problem) -> bool:
-    return Loss(problem.loss).spec.hessian_psd and bool(np.any(reference(problem).gradient != 0))
+    return Loss(problem.loss).spec.hessian_psd
 
 
 def _ggn_eta(problem: Problem) -> float:
@@ -67,6 +67,7 @@ def _ggn_eta(problem: Problem) -> float:
 
 
 @identity("damped_inverse_spectrum", source=GROSSE_S2,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="(G + eta I)^{-1} has eigenvalues (nu_i + eta)^{-1} on G's eigenvectors: the "
                     "damped step stretches g by <= 1/eta; nu/(nu + eta) in [0, 1)",
           applies=_convex)
@@ -148,6 +149,7 @@ def _a_norm(a: np.ndarray, v: np.ndarray) -> float:
 
 
 @identity("cg_beats_gradient_descent", source=GROSSE_S4,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="q(x_k^CG) <= q(x_k^GD) per iteration; CG's A-norm error <= 2 rho_CG^k, "
                     "GD's <= rho_GD^k (rho with sqrt(kappa) and kappa; kappa <= 65); for b = -g "
                     "and the worst case b = A (q_min + q_max)",
@@ -210,6 +212,7 @@ def _rate_iterations(problem: Problem) -> int | None:
 
 
 @identity("gradient_descent_rate_is_kappa", source=GROSSE_S4, negative_control=True,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="GD (step 2/(L + mu)) from e_0 on the extreme eigenvectors has error "
                     "rho_GD^k, above CG's 2 rho_CG^k bound: its rate is kappa, not sqrt(kappa)",
           applies=lambda p: _convex(p) and _rate_iterations(p) is not None)

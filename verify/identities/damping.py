@@ -33,14 +33,16 @@ import numpy as np
 from ngd_ref import Layer, Loss, Problem
 from ngd_ref.dense import levenberg_marquardt, reduction_ratio
 from verify.identities._common import (
+    GRADIENT_NOT_DEGENERATE,
     at_most,
     default_direction,
     exact_rtol,
+    gradient_degenerate,
     problem_rng,
     reference,
     solve_tolerance,
 )
-from verify.identities._registry import identity
+from verify.identities._registry import Hypothesis, identity
 from verify.identities.hessian import network_curved
 
 __all__ = [
@@ -90,9 +92,26 @@ def _rho_tolerance(problem: Problem, step: np.ndarray, predicted: float) -> floa
     return exact_rtol(problem) * (abs(float(ref.loss)) + shifted) / abs(predicted)
 
 
+def _twin_degenerate(problem: Problem) -> str | None:
+    """Why the quadratic twin cannot carry the theorem (None where it can).
+
+    The twin reads the last layer's dense input (none for a convolution), and its steps are
+    `-(H + lambda I)^{-1} g` of the twin: a degenerate twin gradient makes rho 0/0.
+    """
+    if problem.layers[-1].is_convolution:
+        return "the last layer is a convolution: the quadratic twin reads a dense input"
+    why = gradient_degenerate(quadratic_twin(problem))
+    return None if why is None else f"quadratic twin: {why}"
+
+
+#: the quadratic twin exists and its gradient is resolved in float64
+TWIN_GRADIENT_NOT_DEGENERATE = Hypothesis("quadratic twin's gradient not degenerate",
+                                          _twin_degenerate)
+
+
 @identity("reduction_ratio_quadratic", source=SOURCE,
           statement="rho = 1 on an exactly quadratic objective with exact curvature (lambda = 0)",
-          applies=lambda p: not p.layers[-1].is_convolution)  # the twin reads a dense input
+          hypotheses=(TWIN_GRADIENT_NOT_DEGENERATE,))
 def reduction_ratio_quadratic(problem: Problem, *, direction: np.ndarray | None = None):
     """`rho(d) = 1` for `quadratic_twin(problem)`, `C = H`, undamped model, any step d."""
     twin = quadratic_twin(problem)
@@ -110,9 +129,9 @@ def reduction_ratio_quadratic(problem: Problem, *, direction: np.ndarray | None 
 
 
 @identity("reduction_ratio_large_damping", source=SOURCE,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="rho -> 2 as lambda -> inf (|2 - rho| <= 2||H||/lambda), "
-                    "and LM decreases lambda",
-          applies=lambda p: bool(np.any(reference(p).gradient != 0)))
+                    "and LM decreases lambda")
 def reduction_ratio_large_damping(problem: Problem, *, curvature: str = "ggn"):
     """Grosse s4.1's first bullet, with the bound derived in the module docstring."""
     ref = reference(problem)
@@ -133,6 +152,7 @@ def reduction_ratio_large_damping(problem: Problem, *, curvature: str = "ggn"):
 
 
 @identity("reduction_ratio_not_one", source=SOURCE,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="rho != 1 for a finite step when h is not quadratic "
                     "(the model is only a model)",
           applies=lambda p: not Loss(p.loss).spec.residual or network_curved(p),
@@ -164,7 +184,7 @@ def _lm_factor(rho: float) -> float:
           statement="on a quadratic with the damped model, rho(k d*) = (b - k a)/(b - k(a + m)) "
                     "exactly: 1 <= rho(d*) <= 2, rho(3 d*) < 1/4 for lambda >= ||H|| and LM "
                     "increases lambda there (lambda / ||H|| in 2^-6, 1, 2^6)",
-          applies=lambda p: bool(np.any(reference(quadratic_twin(p)).gradient != 0)))
+          hypotheses=(TWIN_GRADIENT_NOT_DEGENERATE,))
 def reduction_ratio_damped_quadratic(problem: Problem):
     """Grosse s4.1 on `quadratic_twin(problem)` with `C = H` and `lambda > 0` (module docstring).
 

@@ -32,6 +32,7 @@ import numpy as np
 from ngd_ref import Loss, Problem
 from ngd_ref.dense import mp_backend
 from verify.identities._common import (
+    GRADIENT_NOT_DEGENERATE,
     at_most,
     default_damping,
     exact_rtol,
@@ -72,9 +73,9 @@ def first_armijo_step(problem: Problem, step: np.ndarray, slope: float) -> float
 
 
 @identity("damped_steps_descend", source=SOURCE,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="-(C + lambda I)^{-1} g descends for C in {G, F, EF}, lambda > 0",
-          applies=lambda p: (bool(np.any(reference(p).gradient != 0))
-                             and smooth_along(p, np.zeros(p.n_params), 0.0)))
+          applies=lambda p: smooth_along(p, np.zeros(p.n_params), 0.0))
 def damped_steps_descend(problem: Problem, *, damping: float | None = None):
     """`g^T d < 0` and an Armijo step exists, for each damped PSD-curvature step (eq. (6)).
 
@@ -192,6 +193,7 @@ def ascent_damping(problem: Problem) -> float | None:
 
 
 @identity("small_damping_newton_ascends", source=SOURCE,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="-(H + lambda I)^{-1} g can ascend when H is indefinite and lambda small",
           applies=lambda p: ascent_damping(p) is not None, negative_control=True)
 def small_damping_newton_ascends(problem: Problem):

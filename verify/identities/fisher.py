@@ -31,11 +31,13 @@ import numpy as np
 
 from ngd_ref import Loss, Problem
 from ngd_ref.dense import Backend, get_loss, mp_backend, network_outputs
+from verify._policy import tolerance_policy
 from verify._tolerance import compare
 from verify.identities._common import (
     default_direction,
     exact_rtol,
     gauss_newton_magnitude,
+    gauss_newton_norm,
     middle_magnitudes,
     reference,
     smooth_along,
@@ -159,14 +161,36 @@ def mean_score_vanishes(problem: Problem):
     return result("mean_score_vanishes", problem, cmp, "E[score] = 0", MARTENS_S5)
 
 
+def _empirical_fisher_scale(problem: Problem) -> float:
+    ref = reference(problem)
+    return max(gauss_newton_magnitude(ref, ref.output_fishers)
+               + float(np.linalg.norm(ref.empirical_fisher)), float(np.linalg.norm(ref.fisher)))
+
+
+def _empirical_fisher_gap_detectable(problem: Problem) -> bool:
+    """`EF - F = c sum_b J_b^T (u_b u_b^T - F_R,b) J_b` (u_b at the observed target), detectably.
+
+    Predicted in output space (`gauss_newton_norm`), not from the dense matrices the control
+    compares. It can vanish away from any theorem's reach: equal outputs whose observed labels
+    have the model's own frequencies make `mean_b u_b u_b^T = F_R` (a dead ReLU network with
+    uniform softmax outputs and one example per class).
+    """
+    ref = reference(problem)
+    grads = np.asarray(ref.loss_grads, dtype=np.float64)
+    middles = np.einsum("bi,bj->bij", grads, grads) - np.asarray(ref.output_fishers, dtype=float)
+    return detectable(gauss_newton_norm(ref, middles) / _empirical_fisher_scale(problem),
+                      exact_rtol(problem))
+
+
 @identity("empirical_fisher_differs", source="Martens s7 (seed 003)",
-          statement="EF (observed targets) != F (model's targets)", negative_control=True)
+          statement="EF (observed targets) != F (model's targets), where c sum_b J_b^T (u_b u_b^T "
+                    "- F_R,b) J_b is detectably nonzero", negative_control=True,
+          applies=_empirical_fisher_gap_detectable)
 def empirical_fisher_differs(problem: Problem):
     """Negative control of the Fisher forms: the empirical Fisher is a different matrix."""
     ref = reference(problem)
-    mag = gauss_newton_magnitude(ref, ref.output_fishers) + float(
-        np.linalg.norm(ref.empirical_fisher))
-    cmp = compare(ref.empirical_fisher, ref.fisher, tolerance=exact_rtol(problem), magnitude=mag)
+    cmp = compare(ref.empirical_fisher, ref.fisher, tolerance=exact_rtol(problem),
+                  magnitude=_empirical_fisher_scale(problem))
     return separated("empirical_fisher_differs", problem, cmp, "EF != F", "Martens s7 (seed 003)")
 
 
@@ -236,8 +260,13 @@ def kl_directions(problem: Problem) -> list[np.ndarray]:
 
 def _coefficient_comparison(problem: Problem, metric: np.ndarray, d: np.ndarray,
                             c2: float, estimate: float):
-    """`c2` against `1/2 d^T M d` (float64), tolerance `exact_rtol` + the estimate."""
-    scale = max(0.5 * float(np.linalg.norm(metric)) * float(d @ d), abs(c2),
+    """`c2` against `1/2 d^T M d` (float64), tolerance `exact_rtol` + the estimate.
+
+    The scale includes `1/2 ||MAG(F)|| d^T d` (the policy's magnitude, which G shares up to
+    its middles): a uniform softmax's F cancels to ~1e-17 while its float64 rounding does not.
+    """
+    mag = float(np.linalg.norm(tolerance_policy(problem, "float64").matrix_magnitude("fisher")))
+    scale = max(0.5 * max(float(np.linalg.norm(metric)), mag) * float(d @ d), abs(c2),
                 np.finfo(float).tiny)
     return compare(c2, 0.5 * float(d @ metric @ d),
                    tolerance=exact_rtol(problem) + estimate / scale, magnitude=scale)
@@ -295,7 +324,9 @@ def _kl_ggn_gap_detectable(problem: Problem) -> bool:
         return False
     ref, d = reference(problem), default_direction(problem, "kl")
     gap = 0.5 * abs(float(d @ (ref.fisher - ref.ggn) @ d))
-    mag = 0.5 * max(float(np.linalg.norm(ref.fisher)), float(np.linalg.norm(ref.ggn)))
+    fisher_mag = tolerance_policy(problem, "float64").matrix_magnitude("fisher")
+    mag = 0.5 * max(float(np.linalg.norm(ref.fisher)), float(np.linalg.norm(ref.ggn)),
+                    float(np.linalg.norm(fisher_mag)))  # the comparison's scale
     return detectable(gap / max(mag, np.finfo(float).tiny), exact_rtol(problem))
 
 

@@ -146,7 +146,7 @@ def _fd_smooth(problem: Problem) -> bool:
 @identity("hessian_matches_gradient_differences", source=SOURCE,
           statement="H v = (grad h(theta + t v) - grad h(theta - t v)) / 2t + O(t^2) "
                     "(first-order gradient, mpmath; independent of second_order_backward)",
-          applies=_fd_smooth)
+          applies=lambda p: p.dense_only and _fd_smooth(p))  # mp_gradient: dense layers only
 def hessian_matches_gradient_differences(problem: Problem, *,
                                          direction: np.ndarray | None = None):
     """H against an independent route: a central difference of the gradient (module docstring).

@@ -27,10 +27,12 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from ngd_ref import Problem
+from ngd_ref import Loss, Problem
 from ngd_ref.dense import get_loss, mp_backend, network_outputs
+from verify._policy import tolerance_policy
 from verify._tolerance import compare
 from verify.identities._common import (
+    GRADIENT_NOT_DEGENERATE,
     default_damping,
     default_direction,
     exact_rtol,
@@ -52,6 +54,7 @@ __all__ = [
     "hessian_not_pullback",
     "numerically_consistent",
     "pullback_curvatures",
+    "reparameterization_grid",
 ]
 
 GROSSE = "Grosse ch.4 s2.3 (seed 002)"
@@ -62,6 +65,10 @@ FD_STEP_EXPONENT = 30
 
 #: `log2 kappa(R)` of the wide reparameterization of `affine_invariance` (kappa = 64).
 WIDE_EXPONENT = 6
+#: `log2 kappa(R)` of `affine_invariance`'s grid besides the default R (kappa <= 4): 64, 1024.
+KAPPA_EXPONENTS = (WIDE_EXPONENT, 10)
+#: `lambda / ||C||_2` of the damped invariance (damping `lambda R^T R` in gamma-space).
+DAMPING_GRID = (2.0**-6, 1.0, 2.0**6)
 
 
 def default_reparameterization(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
@@ -72,15 +79,18 @@ def default_reparameterization(problem: Problem) -> tuple[np.ndarray, np.ndarray
     return r, rng.standard_normal(problem.n_params)
 
 
-def wide_reparameterization(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
-    """`(R, b)` with `kappa(R) = 2^WIDE_EXPONENT` exactly: `u` spread over `[0, WIDE_EXPONENT]`.
+def wide_reparameterization(problem: Problem, exponent: int = WIDE_EXPONENT
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """`(R, b)` with `kappa(R) = 2^exponent` exactly: `u` spread over `[0, exponent]`.
 
-    `R = Q diag(2^u)` with a seeded orthogonal Q (independent of the default one) and
-    `u = linspace(0, WIDE_EXPONENT)` in seeded order.
+    `R = Q diag(2^u)` with a seeded orthogonal Q (independent of the default one and of the
+    other exponents) and `u = linspace(0, exponent)` in seeded order.
     """
-    rng = problem_rng(problem, "reparameterization-wide")
+    purpose = ("reparameterization-wide" if exponent == WIDE_EXPONENT
+               else f"reparameterization-wide-{exponent}")
+    rng = problem_rng(problem, purpose)
     q, _ = np.linalg.qr(rng.standard_normal((problem.n_params,) * 2))
-    u = rng.permutation(np.linspace(0.0, WIDE_EXPONENT, problem.n_params))
+    u = rng.permutation(np.linspace(0.0, exponent, problem.n_params))
     return q * 2.0**u, rng.standard_normal(problem.n_params)
 
 
@@ -129,24 +139,41 @@ def numerically_consistent(c: np.ndarray, g: np.ndarray, tol: float, band: float
     return compare(c @ d, -g, tolerance=tol, magnitude=mag).passed
 
 
+def reparameterization_grid(problem: Problem) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The default R (kappa <= 4) and `wide_reparameterization` at each `KAPPA_EXPONENTS`."""
+    return [default_reparameterization(problem),
+            *(wide_reparameterization(problem, e) for e in KAPPA_EXPONENTS)]
+
+
 @identity("affine_invariance", source=f"{GROSSE}; {MARTENS}",
-          statement="undamped Newton, Gauss-Newton and natural gradient steps "
-                    "commute with w = R w~ + b")
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
+          statement="undamped Newton, Gauss-Newton and natural gradient steps commute with "
+                    "w = R w~ + b (kappa(R) in {<= 4, 64, 1024}); damped G and F steps commute "
+                    "when the damping transforms too, lambda R^T R (lambda / ||C|| in 2^-6, 1, "
+                    "2^6)")
 def affine_invariance(problem: Problem, *, reparameterization=None):
     """`R d_gamma` solves `C d = -g` for `C` in {H, G, F} (Grosse s2.3; Martens s10).
 
+    Undamped: over the grid `reparameterization_grid` (kappa(R) = 4, 64, 1024), by residual.
     Hypothesis: `C d = -g` has a solution, to working precision (`numerically_consistent`);
     curvatures for which it has none are left out (the mapped-back least-squares solution
     minimizes `||R^T (C d + g)||`, not `||C d + g||`, so there is nothing invariant to check).
 
+    Damped (Grosse s2.3: invariance "only holds for the undamped versions" -- of a damping
+    `lambda I` in each parameterization): with the damping metric transformed as the
+    curvature is, `R^T (C + lambda I) R = C_gamma + lambda R^T R`, so
+    `R (C_gamma + lambda R^T R)^{-1} (-R^T g) = -(C + lambda I)^{-1} g`, compared with the
+    reference's `damped_update` for the PSD G and F (positive definite for lambda > 0) at
+    `lambda / ||C||_2` in `DAMPING_GRID`, on the default and kappa = 64 R's. Tolerance:
+    `solve_rtol` with condition `kappa(R)^2 kappa(C + lambda I)`, relative to the step.
+
     Args:
         problem: the problem.
-        reparameterization: `(R, b)`; default both `default_reparameterization(problem)`
-            (kappa <= 4) and `wide_reparameterization(problem)` (kappa = 64); `b` does not
-            enter the step (translation invariance, Grosse s2.2).
+        reparameterization: `(R, b)`; default the grid; `b` does not enter the step
+            (translation invariance, Grosse s2.2).
     """
     grid = ([reparameterization] if reparameterization is not None
-            else [default_reparameterization(problem), wide_reparameterization(problem)])
+            else reparameterization_grid(problem))
     ref = reference(problem)
     out = []
     for r, _ in grid:
@@ -162,10 +189,35 @@ def affine_invariance(problem: Problem, *, reparameterization=None):
             out.append(result("affine_invariance", problem, cmp,
                               f"{curvature}: C (R d_gamma) = -g (kappa(R) = "
                               f"{np.sqrt(kappa_r2):.3g})", GROSSE))
+    for r, _ in grid[:2]:
+        out.extend(_damped_invariance(problem, r))
+    return out
+
+
+def _damped_invariance(problem: Problem, r: np.ndarray) -> list:
+    """`R (C_gamma + lambda R^T R)^{-1} (-R^T g) = damped_update(C, lambda)` over the grid."""
+    ref = reference(problem)
+    kappa_r2 = float(np.linalg.cond(r)) ** 2
+    out = []
+    psd = ["fisher"] + (["ggn"] if Loss(problem.loss).spec.hessian_psd else [])
+    for curvature in psd:  # G + lambda I may be singular where G is indefinite
+        c = ref.matrix(curvature)
+        top = float(np.linalg.eigvalsh(c)[-1])
+        c_gamma = _transformed(problem, r, curvature)
+        for ratio in DAMPING_GRID:
+            lam = ratio * max(top, np.finfo(float).tiny)
+            d = r @ np.linalg.solve(c_gamma + lam * (r.T @ r), -(r.T @ ref.gradient))
+            tol = solve_tolerance(problem, kappa_r2 * (top + lam) / lam)
+            out.append(result("affine_invariance", problem,
+                              compare(d, ref.damped_update(curvature, lam), tolerance=tol),
+                              f"{curvature}, lambda = {ratio:g} ||C||: R (C_gamma + lambda "
+                              f"R^T R)^-1 (-R^T g) = -(C + lambda I)^-1 g (kappa(R) = "
+                              f"{np.sqrt(kappa_r2):.3g})", GROSSE))
     return out
 
 
 @identity("gradient_descent_not_invariant", source=f"{GROSSE} eq. (8)",
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="gradient descent in w~ is preconditioned by R R^T in w", negative_control=True)
 def gradient_descent_not_invariant(problem: Problem, *, reparameterization=None):
     """Negative control: `R (-R^T g) = -R R^T g != -g` for non-orthogonal R (Grosse eq. (8))."""
@@ -177,6 +229,7 @@ def gradient_descent_not_invariant(problem: Problem, *, reparameterization=None)
 
 
 @identity("damped_steps_not_invariant", source=GROSSE,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="damped Gauss-Newton steps do not commute with w = R w~ + b",
           negative_control=True)
 def damped_steps_not_invariant(problem: Problem, *, reparameterization=None,
@@ -257,7 +310,9 @@ def pullback_curvatures(problem: Problem, *, direction: np.ndarray | None = None
         out.append(result("pullback_curvatures", problem, cmp, f"{name}: v^T C_gamma v = "
                           "(J_g v)^T C (J_g v)", MARTENS))
     ef_fd = problem.scale * np.sum(np.einsum("bc,bc->b", ref.loss_grads, jvp_fd) ** 2)
-    mag = magnitude(ref.empirical_fisher) * float(jg_v @ jg_v)
+    # MAG(EF) from the policy (|g_b| at its closed form): EF itself cancels where g_b ~ 0
+    ef_mag = tolerance_policy(problem, "float64").matrix_magnitude("empirical_fisher")
+    mag = max(magnitude(ref.empirical_fisher), float(np.linalg.norm(ef_mag))) * float(jg_v @ jg_v)
     cmp = compare(ef_fd, jg_v @ ref.empirical_fisher @ jg_v, tolerance=exact_rtol(problem),
                   magnitude=mag)
     out.append(result("pullback_curvatures", problem, cmp,
@@ -266,8 +321,9 @@ def pullback_curvatures(problem: Problem, *, direction: np.ndarray | None = None
 
 
 @identity("hessian_not_pullback", source=MARTENS,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="H_gamma = J_g^T H J_g + sum_j [grad h]_j H_[g]_j, not J_g^T H J_g",
-          applies=lambda p: bool(np.any(reference(p).gradient != 0)) and _differences_smooth(p))
+          applies=lambda p: _differences_smooth(p))
 def hessian_not_pullback(problem: Problem, *, direction: np.ndarray | None = None):
     """Martens s10's Hessian transformation, measured by a second difference in mpmath.
 

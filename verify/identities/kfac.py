@@ -33,7 +33,7 @@ from ngd_ref.dense import (
 from verify._policy import tolerance_policy
 from verify._report import CheckResult
 from verify._tolerance import Comparison, compare, rounding_rtol
-from verify.identities._common import solve_tolerance
+from verify.identities._common import GRADIENT_NOT_DEGENERATE, solve_tolerance
 from verify.identities._registry import detectable, identity, result, separated
 
 SOURCE = "Grosse ch.4 s5.2 (seed 002), PROTOCOL s4"
@@ -209,6 +209,7 @@ def _dampings(a: np.ndarray, s: np.ndarray, grid: tuple[float, ...]) -> list[flo
 
 
 @identity("kfac_solve_matches_explicit", source="Grosse ch.4 eq. 22-24 (seed 002)",
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="eigen/factored solves equal explicit inverses of the Kronecker matrices")
 def kfac_solve_matches_explicit(problem: Problem) -> list[CheckResult]:
     """`kfac_solve` against `np.linalg.solve` of the explicitly formed damped matrices.

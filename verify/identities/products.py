@@ -42,7 +42,8 @@ def _vectors(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
 
 @identity("jvp_vjp_adjoint", source=SOURCE,
           statement="u^T (J v) = (J^T u)^T v: forward mode takes a parameter-sized v, reverse "
-                    "mode an output-sized u")
+                    "mode an output-sized u",
+          applies=lambda p: p.dense_only)  # reverse_mode_vjp: dense layers only
 def jvp_vjp_adjoint(problem: Problem):
     """Forward tangents against an independent reverse pass (module docstring)."""
     jac = np.asarray(reference(problem).jacobians, dtype=np.float64)

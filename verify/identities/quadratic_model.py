@@ -38,6 +38,7 @@ from ngd_ref import Loss, Problem
 from ngd_ref.dense import kfac_solve, momentum_subspace_step, optimal_step_size
 from verify._tolerance import compare
 from verify.identities._common import (
+    GRADIENT_NOT_DEGENERATE,
     at_most,
     default_damping,
     default_direction,
@@ -233,6 +234,7 @@ def _natural_gradient_residual(problem: Problem):
 
 
 @identity("natural_gradient_minimizes_model", source=MARTENS,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="F = G => the natural gradient -F^{-1} g is a minimizer of M",
           applies=lambda p: Loss(p.loss).outputs_are_natural_parameters and resolvable(p))
 def natural_gradient_minimizes_model(problem: Problem):
@@ -261,6 +263,7 @@ def _stationarity_gap(problem: Problem) -> bool:
 
 
 @identity("natural_gradient_not_model_minimizer", source=MARTENS,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="F != G => the natural gradient is not a stationary point of M, where "
                     "(G - F) delta_ng is detectably nonzero",
           applies=_stationarity_gap, negative_control=True)
@@ -319,6 +322,7 @@ def _line_magnitude(problem: Problem, slope: float, alpha: float,
 
 
 @identity("optimal_step_stationary", source=GROSSE26,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="alpha* = -g^T r / r^T G r zeroes d/dalpha of the line model",
           applies=_positive_line_curvature)
 def optimal_step_stationary(problem: Problem):
@@ -352,6 +356,7 @@ def _half_slope_detectable(problem: Problem) -> bool:
 
 
 @identity("seed_step_formula_literal", source=GROSSE26,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="the minimizer of the printed model (no 1/2) is not stationary for the "
                     "Taylor model, where g^T r / 2 is detectable",
           applies=_half_slope_detectable, negative_control=True)
@@ -368,6 +373,7 @@ def seed_step_formula_literal(problem: Problem):
 
 
 @identity("momentum_subspace_stationary", source=GROSSE27,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="the damped model's minimizer over span{r, p} is stationary along r and p",
           applies=_convex_loss)
 def momentum_subspace_stationary(problem: Problem, *, previous: np.ndarray | None = None,

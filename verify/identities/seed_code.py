@@ -36,6 +36,8 @@ from ngd_ref import Loss, Problem, layer_slices, unflatten
 from ngd_ref import dense as ref
 from verify._tolerance import compare, rounding_rtol
 from verify.identities._common import (
+    GGN_NOT_DEGENERATE,
+    GRADIENT_NOT_DEGENERATE,
     at_most,
     default_damping,
     exact_rtol,
@@ -85,10 +87,11 @@ def _unscaled(problem: Problem):
 
 
 def _convex(problem: Problem) -> bool:
-    return Loss(problem.loss).spec.hessian_psd and bool(np.any(reference(problem).gradient != 0))
+    return Loss(problem.loss).spec.hessian_psd
 
 
 @identity("seed_gauss_newton_damping_is_scaled", source=GGN,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="J^T (H_L J J^T + lambda I)^{-1} r = (G + c lambda I)^{-1} g: the seed's "
                     "unscaled damping is lambda / B for the mean", applies=_convex)
 def seed_gauss_newton_damping_is_scaled(problem: Problem):
@@ -107,6 +110,7 @@ def _unscaled_differs(problem: Problem) -> bool:
 
 
 @identity("seed_gauss_newton_not_lambda_damped", source=GGN, negative_control=True,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="for the mean reduction the seed's step is not the lambda-damped GN step",
           applies=_unscaled_differs)
 def seed_gauss_newton_not_lambda_damped(problem: Problem):
@@ -147,6 +151,7 @@ def _sr1_tol(problem: Problem, b: np.ndarray, s: np.ndarray, y: np.ndarray) -> f
 
 
 @identity("broyden_rank1_secant", source=BFGS,
+          hypotheses=(GGN_NOT_DEGENERATE,),
           statement="B+ = B + v v^T / (v^T s), v = y - B s, is symmetric with B+ s = y",
           applies=lambda p: p.n_params >= 2)
 def broyden_rank1_secant(problem: Problem):
@@ -165,6 +170,7 @@ def broyden_rank1_secant(problem: Problem):
 
 
 @identity("broyden_rank1_loses_definiteness", source=BFGS, negative_control=True,
+          hypotheses=(GGN_NOT_DEGENERATE,),
           statement="with y^T s > 0 the rank-1 update can be indefinite (BFGS is not)",
           applies=lambda p: p.n_params >= 2)
 def broyden_rank1_loses_definiteness(problem: Problem):

@@ -32,6 +32,7 @@ from ngd_ref.dense import absolute_hessian, trust_region_update
 from verify._policy import tolerance_policy
 from verify._tolerance import compare
 from verify.identities._common import (
+    GRADIENT_NOT_DEGENERATE,
     at_most,
     default_damping,
     exact_rtol,
@@ -94,13 +95,10 @@ def _steepest(name: str, problem: Problem, metric: np.ndarray, step: np.ndarray,
     return out
 
 
-def _has_gradient(problem: Problem) -> bool:
-    return bool(np.any(reference(problem).gradient != 0))
-
-
 @identity("natural_gradient_steepest_in_kl", source=MARTENS,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="-(F + lambda I)^{-1} g minimizes g^T d over d^T (F + lambda I) d <= r^2 "
-                    "(steepest descent in the second-order KL)", applies=_has_gradient)
+                    "(steepest descent in the second-order KL)")
 def natural_gradient_steepest_in_kl(problem: Problem):
     """Cauchy-Schwarz in the damped Fisher metric (module docstring)."""
     metric, step = _natural_metric(problem)
@@ -117,9 +115,10 @@ def _kantorovich_gap(problem: Problem) -> float:
 
 
 @identity("euclidean_gradient_not_steepest_in_kl", source=MARTENS, negative_control=True,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="-g on the same (F + lambda I)-ellipsoid decreases g^T d less than the "
                     "natural gradient, where the Kantorovich gap is detectable",
-          applies=lambda p: _has_gradient(p) and detectable(
+          applies=lambda p: detectable(
               _kantorovich_gap(p), _solve_tol(p, _natural_metric(p)[0])))
 def euclidean_gradient_not_steepest_in_kl(problem: Problem):
     """Negative control: the Euclidean steepest direction is not steepest in the KL metric."""
@@ -136,8 +135,8 @@ def euclidean_gradient_not_steepest_in_kl(problem: Problem):
 
 
 @identity("absolute_hessian_step_steepest", source=SEED,
-          statement="-(|H| + lambda I)^{-1} g minimizes g^T d over d^T (|H| + lambda I) d <= r^2",
-          applies=_has_gradient)
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
+          statement="-(|H| + lambda I)^{-1} g minimizes g^T d over d^T (|H| + lambda I) d <= r^2")
 def absolute_hessian_step_steepest(problem: Problem):
     """Seed 004's trust region with the |H| metric (module docstring)."""
     metric, step = _absolute_metric(problem)
@@ -176,9 +175,10 @@ def _sign_flip(problem: Problem) -> float:
 
 
 @identity("absolute_hessian_step_not_sign_preserving", source=SEED, negative_control=True,
+          hypotheses=(GRADIENT_NOT_DEGENERATE,),
           statement="the |H| step does not keep sign(d_i) = -sign(g_i) per parameter (only "
                     "g^T d < 0 holds), where a flipped component is detectable",
-          applies=lambda p: _has_gradient(p) and detectable(
+          applies=lambda p: detectable(
               _sign_flip(p), _solve_tol(p, _absolute_metric(p)[0])))
 def absolute_hessian_step_not_sign_preserving(problem: Problem):
     """Negative control of seed 004's 'the sign of the gradient remains the same'."""
