@@ -21,7 +21,7 @@ from ngd_ref import jax as nj
 from ngd_ref import zoo
 from verify import crossval
 from verify.adapters.ngd_ref_jax import NgdRefJax
-from verify.harness import load_adapter, run_checks
+from verify.harness import TWIN_SUFFIX, load_adapter, run_checks
 
 _PROBLEMS = ("mlp-3x4x3-tanh-mse-b1", "mlp-3x4x3-tanh-softmax_cross_entropy-b1",
              "mlp-3x4x4-tanh-gaussian_logvar-b1")
@@ -107,15 +107,17 @@ def _scaled_ggn_vp(monkeypatch, *, sharded_only: bool):
 
 
 def test_crossvalidate_catches_a_wrong_product(monkeypatch):
-    """Negative control: `ggn_vp` off by a relative 2^-10 fails, everything else passes."""
+    """Negative control: `ggn_vp` off by a relative 2^-10 fails (also on the reused-name twin),
+    everything else passes."""
     _scaled_ggn_vp(monkeypatch, sharded_only=False)
     jax.clear_caches()  # the kernels must be traced again with the wrong product
     try:
         results = crossval.crossvalidate([zoo.get(_PROBLEMS[0])])
     finally:
         jax.clear_caches()
-    assert _failing(results) == [("ggn_vp", f"jax_ggn_vp_matches_reference_{dtype}")
-                                 for dtype in sorted(crossval.DTYPES)]
+    assert _failing(results) == sorted(
+        ("ggn_vp", f"jax_ggn_vp_matches_reference{twin}_{dtype}")
+        for dtype in crossval.DTYPES for twin in ("", TWIN_SUFFIX))
 
 
 def test_sharded_crossvalidation_and_its_negative_control(monkeypatch):

@@ -20,6 +20,7 @@ thread with a timeout, `_isolation`; `check_adapter(..., timeout=)`, default 60 
 """
 
 from verify.harness._faults import call_port, fresh_problem, readonly
+from verify.harness._inputs import TWIN_SUFFIX
 from verify.harness._loading import CAPABILITIES, LoadedAdapter, capabilities_of, load_adapter
 from verify.harness._run import (
     CHECKS,
@@ -36,6 +37,7 @@ __all__ = [
     "CAPABILITIES",
     "CHECKS",
     "MAX_PARAMS",
+    "TWIN_SUFFIX",
     "LoadedAdapter",
     "call_port",
     "capabilities_of",
