@@ -19,6 +19,23 @@ def _statuses(target, problems, capabilities):
     return {(r.capability, r.problem): Status(r.status) for r in report.results
             if r.problem != "*" and r.check.endswith("matches_reference")}
 
+#: the statistical checks every sampled mode must pass (seed dependence may be skipped)
+SAMPLED_CHECKS = ("mean", "variance", "repeatable")
+
+
+def _sampled(target, problem, capabilities):
+    """`{check: statuses}` of the sampled (s11) checks of `target` on one problem."""
+    report = run_checks(load_adapter(target), [problem], capabilities=capabilities)
+    out: dict[str, set] = {}
+    for r in report.results:
+        if r.problem != "*":
+            out.setdefault(r.check, set()).add(Status(r.status))
+    return out
+
+
+def _all_pass(statuses, checks):
+    return all(statuses.get(check) == {Status.PASS} for check in checks)
+
 
 # -- optax.second_order -----------------------------------------------------------------------
 def test_optax_hvp_and_hessian_diag_are_exact():
@@ -53,6 +70,36 @@ def test_curvlinops_agrees_with_the_documented_constant_factors():
                         capabilities=CURVLINOPS_CAPABILITIES)
     bad = [r for r in report.results if Status(r.status) in (Status.FAIL, Status.ERROR)]
     assert not bad, [f"{r.check} {r.problem}: {r.message}" for r in bad[:3]]
+
+
+CURVLINOPS_SAMPLED = ["mc_fisher_vp", "mc_fisher", "mc_kfac_factors"]
+
+
+@pytest.mark.parametrize("problem", [BATCHED, ONE_EXAMPLE], ids=lambda p: p.name)
+def test_curvlinops_mc_fisher_and_mc_kfac_are_unbiased(problem):
+    """`fisher_type="mc"`: `FisherMCLinearOperator` (products and, applied to the identity,
+    the dense MC Fisher) and MC K-FAC pass the exact-moment tests; no sketch (skip)."""
+    pytest.importorskip("curvlinops", reason="curvlinops not installed (tox -e curvlinops)")
+    statuses = _sampled("curvlinops", problem, CURVLINOPS_SAMPLED)
+    checks = [f"{name}_{c}" for name in ("mc_fisher_vp", "mc_fisher", "mc_kfac_factors_targets")
+              for c in SAMPLED_CHECKS] + ["mc_fisher_vp_linear", "mc_kfac_factors_targets_A"]
+    assert _all_pass(statuses, checks), statuses
+    assert statuses["mc_kfac_factors_sketch_mean"] == {Status.SKIP}
+
+
+def test_curvlinops_empirical_kfac_as_mc_fails():
+    """Negative control: `fisher_type="empirical"` passed off as MC K-FAC fails the mean."""
+    pytest.importorskip("curvlinops", reason="curvlinops not installed (tox -e curvlinops)")
+    from verify.adapters.curvlinops_adapter import Curvlinops
+
+    class EmpiricalAsMc(Curvlinops):
+        def mc_kfac_factors(self, problem, num_samples, seed, estimator="targets"):
+            if estimator != "targets":
+                raise NotImplementedError(estimator)
+            return self.kfac_factors(problem, "empirical")
+
+    statuses = _sampled(EmpiricalAsMc(), BATCHED, ["mc_kfac_factors"])
+    assert Status.FAIL in statuses["mc_kfac_factors_targets_mean"]
 
 
 def test_curvlinops_declines_losses_it_does_not_have():
@@ -121,6 +168,50 @@ def test_kfac_jax_agrees_with_the_documented_constant_factors(case):
     assert not bad, [f"{r.check} {r.problem}: {r.message}" for r in bad[:3]]
     passed = {r.capability for r in report.results if Status(r.status) is Status.PASS}
     assert passed == set(capabilities)
+
+
+@pytest.mark.parametrize("problem", [BATCHED, ONE_EXAMPLE], ids=lambda p: p.name)
+def test_kfac_jax_sampled_kfac_modes_are_unbiased(problem):
+    """s11 `mc_kfac_factors`: `fisher_gradients` (targets) and `fisher_curvature_prop`
+    (sketch) pass the exact-moment tests; `A` is exact with split 1."""
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    statuses = _sampled("kfac-jax", problem, ["mc_kfac_factors"])
+    assert _all_pass(statuses, [f"mc_kfac_factors_targets_{c}" for c in SAMPLED_CHECKS]
+                     + ["mc_kfac_factors_targets_A", "mc_kfac_factors_sketch_A",
+                        "mc_kfac_factors_sketch_mean", "mc_kfac_factors_sketch_repeatable"]), \
+        statuses
+
+
+def test_kfac_jax_sampled_modes_scan_and_vmap_agree():
+    """`num_samples > 1`: the scan of moving-average updates (the default) and
+    `should_vmap_samples=True` (the adapter's) average the same draws."""
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    from verify.adapters._x64 import x64
+    from verify.adapters.kfac_jax_adapter import KfacJax
+
+    with x64():
+        for estimator in ("targets", "sketch"):
+            runs = []
+            for vmap in (True, False):
+                setup, factors = KfacJax._sampled_kfac(BATCHED, estimator, 5, vmap)
+                runs.append(factors(setup.args, 17))
+            for (a1, s1), (a2, s2) in zip(*runs, strict=True):
+                np.testing.assert_allclose(np.asarray(s1), np.asarray(s2), rtol=1e-12, atol=0)
+                np.testing.assert_array_equal(np.asarray(a1), np.asarray(a2))
+
+
+def test_kfac_jax_empirical_mode_as_a_sampled_mode_fails():
+    """Negative control: `fisher_empirical` (observed targets, an extra 1/B) passed off as
+    the sampled mode is detected by the mean test."""
+    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
+    from verify.adapters.kfac_jax_adapter import KfacJax
+
+    class EmpiricalAsSampled(KfacJax):
+        def mc_kfac_factors(self, problem, num_samples, seed, estimator="targets"):
+            return self.kfac_factors(problem, "empirical")
+
+    statuses = _sampled(EmpiricalAsSampled(), BATCHED, ["mc_kfac_factors"])
+    assert Status.FAIL in statuses["mc_kfac_factors_targets_mean"]
 
 
 @pytest.mark.parametrize("loss", ["poisson", "gaussian_logvar"])
@@ -318,6 +409,63 @@ def test_backpack_seeds_are_repeatable_and_leave_torchs_generator_alone():
     assert torch.equal(torch.random.get_rng_state(), state)
     np.testing.assert_array_equal(first, port.mc_fisher_diag(SUM_REDUCTION, 2, 11))
     assert not np.array_equal(first, port.mc_fisher_diag(SUM_REDUCTION, 2, 12))
+
+
+BACKPACK_MC = ["mc_fisher", "mc_fisher_vp", "mc_fisher_diag"]
+
+
+@pytest.mark.parametrize("problem", [BATCHED_MSE, zoo.get("deep-curved-2x3x3x2-mse-b4")],
+                         ids=lambda p: p.name)
+def test_backpack_mc_extensions_are_unbiased_on_batched_mse(problem):
+    """`SqrtGGNMC` and `DiagGGNMC` on the quick zoo's B = 4 mse problems (the other
+    supported ones are pinned by the findings' runs; docs/findings.md)."""
+    pytest.importorskip("backpack", reason=BACKPACK_SKIP)
+    statuses = _sampled("backpack", problem, BACKPACK_MC)
+    checks = [f"{name}_{c}" for name in BACKPACK_MC for c in SAMPLED_CHECKS]
+    assert _all_pass(statuses, checks + ["mc_fisher_vp_linear"]), statuses
+
+
+def _backpack_kfac_mc_port():
+    """BackPACK's `KFAC(mc_samples=S)` as s11's `mc_kfac_factors` (targets), by hand.
+
+    BackPACK returns separate blocks: `[S, A_w]` for a weight and `[S]` for its bias, from the
+    same draws. s11's homogeneous `A_l` also needs the cross term `mean_b a_b`, which BackPACK
+    does not compute: the port takes `A_w` from BackPACK and the bias row and column from the
+    dense reference, so the `A` check covers BackPACK's `A_w` only and the statistical tests
+    cover BackPACK's sampled `S` (the weight block's; the bias block's must be identical).
+    """
+    from ngd_ref.dense import kfac_factors
+    from verify.adapters.backpack_adapter import Backpack
+
+    class BackpackKfacMc(Backpack):
+        name = "backpack-kfac-mc"
+
+        def mc_kfac_factors(self, problem, num_samples, seed, estimator="targets"):
+            from backpack.extensions import KFAC
+
+            if estimator != "targets":
+                raise NotImplementedError("BackPACK's KFAC samples targets")
+            setup = self._backward(problem, KFAC(mc_samples=int(num_samples)), seed=seed)
+            out = []
+            for ((a_w, s_w), (_, s_b)), (a_ref, _) in zip(
+                    self._separate(setup, "kfac"), kfac_factors(problem, "fisher"),
+                    strict=True):
+                np.testing.assert_array_equal(s_w, s_b)
+                a = a_ref.copy()
+                a[:-1, :-1] = a_w
+                out.append((a, s_w))
+            return out
+
+    return BackpackKfacMc()
+
+
+@pytest.mark.parametrize("problem", [SUM_REDUCTION, ONE_EXAMPLE], ids=lambda p: p.name)
+def test_backpack_kfac_mc_samples_s_without_bias(problem):
+    """BackPACK's MC `KFAC`: its sampled `S` is unbiased for s4's `S_l` (kind fisher)."""
+    pytest.importorskip("backpack", reason=BACKPACK_SKIP)
+    statuses = _sampled(_backpack_kfac_mc_port(), problem, ["mc_kfac_factors"])
+    checks = [f"mc_kfac_factors_targets_{c}" for c in SAMPLED_CHECKS]
+    assert _all_pass(statuses, checks + ["mc_kfac_factors_targets_A"]), statuses
 
 
 # -- nngeometry -------------------------------------------------------------------------------

@@ -218,7 +218,9 @@ def check_mc_kfac_factors(ctx: CheckContext) -> None:
     magnitudes = ctx.policy.kfac_magnitudes("fisher")
     for estimator in (Estimator.KFAC_TARGETS, Estimator.KFAC_SKETCH):
         check = f"mc_kfac_factors_{estimator.value}"
-        moments, projection = estimator_moments(estimator, problem)
+        # a port's root of F_R carries normwise rounding (TolerancePolicy docstring)
+        moments, projection = estimator_moments(
+            estimator, problem, fisher_magnitudes=ctx.policy.sketch_middle_magnitudes)
         splits: list[list[float]] = []
 
         def call(seed, samples, check=check, estimator=estimator, splits=splits):
