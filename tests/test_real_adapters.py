@@ -72,34 +72,70 @@ def test_curvlinops_agrees_with_the_documented_constant_factors():
     assert not bad, [f"{r.check} {r.problem}: {r.message}" for r in bad[:3]]
 
 
-CURVLINOPS_SAMPLED = ["mc_fisher_vp", "mc_fisher", "mc_kfac_factors"]
+CURVLINOPS_SAMPLED = ["mc_fisher_vp", "mc_fisher"]
 
 
 @pytest.mark.parametrize("problem", [BATCHED, ONE_EXAMPLE], ids=lambda p: p.name)
-def test_curvlinops_mc_fisher_and_mc_kfac_are_unbiased(problem):
-    """`fisher_type="mc"`: `FisherMCLinearOperator` (products and, applied to the identity,
-    the dense MC Fisher) and MC K-FAC pass the exact-moment tests; no sketch (skip)."""
+def test_curvlinops_mc_fisher_is_unbiased(problem):
+    """`FisherMCLinearOperator(seed, mc_samples)`: its products and, applied to the identity,
+    the dense MC Fisher pass the exact-moment tests."""
     pytest.importorskip("curvlinops", reason="curvlinops not installed (tox -e curvlinops)")
     statuses = _sampled("curvlinops", problem, CURVLINOPS_SAMPLED)
-    checks = [f"{name}_{c}" for name in ("mc_fisher_vp", "mc_fisher", "mc_kfac_factors_targets")
-              for c in SAMPLED_CHECKS] + ["mc_fisher_vp_linear", "mc_kfac_factors_targets_A"]
-    assert _all_pass(statuses, checks), statuses
-    assert statuses["mc_kfac_factors_sketch_mean"] == {Status.SKIP}
+    checks = [f"{name}_{c}" for name in CURVLINOPS_SAMPLED for c in SAMPLED_CHECKS]
+    assert _all_pass(statuses, checks + ["mc_fisher_vp_linear"]), statuses
 
 
-def test_curvlinops_empirical_kfac_as_mc_fails():
-    """Negative control: `fisher_type="empirical"` passed off as MC K-FAC fails the mean."""
+def _by_hand_kfac_mean_test(port, problem, samples: int):
+    """s11's mean test on `port.mc_kfac_factors` (targets) at a fixed, small S.
+
+    For libraries whose cost grows with S in Python (one backward pass per draw), the
+    harness's S (chosen for the 2% power goal, up to 2^21 draws per check) is unaffordable;
+    the same median-of-means test at FPR 1e-6 runs here with `samples` draws per call and
+    reports its (weaker) power.
+    """
+    from ngd_ref.dense import kfac_factors
+    from ngd_ref.sampled import Estimator, estimator_entries, estimator_moments
+    from verify._statistics import block_design, mean_test
+    from verify._tolerance import rounding_rtol
+    from verify.harness._sampled import call_seeds, kfac_split
+
+    moments, projection = estimator_moments(Estimator.KFAC_TARGETS, problem)
+    design = block_design(moments.mean.shape[0])
+    expected = kfac_factors(problem, "fisher")
+    rows = []
+    for seed in call_seeds(0, design.calls):
+        pairs = port.mc_kfac_factors(problem, samples, seed)
+        ks = [kfac_split(np.asarray(a), a_ref) for (a, _), (a_ref, _) in zip(pairs, expected,
+                                                                           strict=True)]
+        rows.append(estimator_entries(Estimator.KFAC_TARGETS, problem,
+                                      [np.asarray(s) * k for (_, s), k in zip(pairs, ks,
+                                                                               strict=True)]))
+    magnitude2 = (problem.batch_size + 1) * moments.m2
+    weights = np.abs(moments.mean) / float(moments.mean @ moments.mean)
+    rtol = rounding_rtol("float64", length=samples * problem.batch_size,
+                         depth=len(problem.layers) + 2)
+    return mean_test(np.stack(rows), moments, projection, design, samples, rtol=rtol,
+                     magnitude2=magnitude2,
+                     projection_magnitude2=float(weights @ np.sqrt(magnitude2)) ** 2)
+
+
+def test_curvlinops_mc_kfac_is_unbiased_by_hand():
+    """`KFACLinearOperator(fisher_type="mc")`: one backward pass per draw, so the harness's
+    check times out (60 s per call); the same test at S = 16 passes, and `fisher_type=
+    "empirical"` passed off as MC fails it (negative control)."""
     pytest.importorskip("curvlinops", reason="curvlinops not installed (tox -e curvlinops)")
     from verify.adapters.curvlinops_adapter import Curvlinops
 
+    port = Curvlinops()
+    outcome = _by_hand_kfac_mean_test(port, BATCHED, 16)
+    assert outcome.passed, (outcome.deviation, outcome.threshold)
+    assert outcome.power < 0.5
+
     class EmpiricalAsMc(Curvlinops):
         def mc_kfac_factors(self, problem, num_samples, seed, estimator="targets"):
-            if estimator != "targets":
-                raise NotImplementedError(estimator)
             return self.kfac_factors(problem, "empirical")
 
-    statuses = _sampled(EmpiricalAsMc(), BATCHED, ["mc_kfac_factors"])
-    assert Status.FAIL in statuses["mc_kfac_factors_targets_mean"]
+    assert not _by_hand_kfac_mean_test(EmpiricalAsMc(), BATCHED, 16).passed
 
 
 def test_curvlinops_declines_losses_it_does_not_have():
