@@ -12,7 +12,8 @@ breaks -- including each bug of seed 004's code, so the battery proves it can se
   quadratic with `A`-conjugate exact pairs `H_k A = I` on the span (and not without
   conjugacy); seed 004's `y` from the overwritten gradient is not the secant pair.
 * Diagonals: exact diagonals without the `n x n` matrix; Hutchinson unbiased with variance
-  `sum_{j != i} A_ij^2` (Hoeffding tests, false-positive rate 1e-6); `vjp` with ones is `H @ 1`;
+  `sum_{j != i} A_ij^2` (exact-moment median-of-means and variance tests, false-positive rate
+  1e-6, power reported); `vjp` with ones is `H @ 1`;
   bias-corrected running averages; Adam's mean of squares vs square of the mean.
 * Low rank (push-through): output-space step == dense damped GGN step; the seed's coupled
   flattened-softmax Hessian is not.
@@ -34,8 +35,18 @@ import numpy as np
 
 from ngd_ref import Loss, Probabilities, Problem, layer_slices
 from ngd_ref import dense as ref
+from ngd_ref.sampled import hutchinson_moments
 from verify._report import CheckResult, Status
-from verify._tolerance import compare, hoeffding_bound, rounding_rtol, solve_rtol
+from verify._statistics import (
+    MAX_PROBES,
+    block_design,
+    call_seeds,
+    choose_samples,
+    mean_test,
+    smallest_relative_variance,
+    variance_test,
+)
+from verify._tolerance import compare, rounding_rtol, solve_rtol
 from verify.identities._registry import detectable, identity, result, separated
 
 __all__: list[str] = []
@@ -43,7 +54,6 @@ __all__: list[str] = []
 _SEED_004 = "seed 004"
 _GROSSE = "Grosse ch.4 (seed 002)"
 _NW = "Nocedal & Wright (6.17), (6.19), Alg. 7.4"
-_HUTCHINSON_SAMPLES = 1000
 _EMA_BETA = 0.999
 _EMA_STEPS = 10
 
@@ -456,30 +466,52 @@ def _exact_diagonals(problem: Problem) -> list[CheckResult]:
 
 @identity("hutchinson_unbiased", source="Hutchinson 1990; seed 004 'AdaHessian'",
           statement="E[z * (A z)] = diag(A) and Var[z_i (A z)_i] = sum_{j != i} A_ij^2 "
-                    "(Rademacher z; Hoeffding tests, false-positive rate 1e-6)")
+                    "(Rademacher z; exact-moment median-of-means and one-sided variance "
+                    "tests, false-positive rate 1e-6, power reported)")
 def _hutchinson(problem: Problem) -> list[CheckResult]:
-    name, source = "hutchinson_unbiased", "Hutchinson; Hoeffding"
+    """The reference's `hutchinson_diag` on H against its exact moments (PROTOCOL s11 tests).
+
+    `z_i (A z)_i - A_ii = sum_{j != i} A_ij z_i z_j` has `k2 = sum_{j != i} A_ij^2` and
+    `k4 = -2 sum_{j != i} A_ij^4` (`ngd_ref.sampled.hutchinson_moments`); the median of
+    block means (Chebyshev per block) and the one-sided block variance (Cantelli) hold for
+    any distribution with these moments (`verify._statistics`). `MAX_PROBES` probes in all;
+    the mean test's `power` is the relative bias it detects with probability 0.99.
+    """
+    name = "hutchinson_unbiased"
+    source = "Hutchinson 1990; exact-moment tests (verify._statistics)"
     A = ref.dense(problem).hessian
-    n, samples = problem.n_params, _HUTCHINSON_SAMPLES
-    seed = zlib.crc32(problem.name.encode())
-    estimate = ref.hutchinson_diag(lambda v: A @ v, n, samples, seed=seed)
-    width = ref.hutchinson_range(A)
-    scale = float(width.max()) or 1.0
-    # Both tests share the 1e-6 budget: 2n simultaneous per-coordinate tests.
-    mean_bound = np.array([hoeffding_bound(w, samples, tests=2 * n) for w in width])
-    mean_excess = float(np.max((np.abs(estimate - np.diagonal(A)) - mean_bound) / scale))
-    # Variance: the squared deviations (x - A_ii)^2 lie in [0, R_i^2] and average to the variance.
-    probes = np.random.default_rng(zlib.crc32(f"{problem.name}/var".encode())) \
-        .integers(0, 2, size=(samples, n)) * 2.0 - 1.0
-    deviations = (probes * (probes @ A.T) - np.diagonal(A)) ** 2
-    var_bound = np.array([hoeffding_bound((w / 2) ** 2, samples, tests=2 * n) for w in width])
-    var_excess = float(np.max((np.abs(deviations.mean(axis=0) - ref.hutchinson_variance(A))
-                               - var_bound) / scale**2))
+    n = problem.n_params
+    moments, projection = hutchinson_moments(A, trace=False)
+    design = block_design(n)
+    samples = choose_samples(smallest_relative_variance(moments, projection), design,
+                             max_samples=max(MAX_PROBES // design.calls, 4))
+    seeds = call_seeds(zlib.crc32(problem.name.encode()), design.calls)
+    results = np.stack([ref.hutchinson_diag(lambda v: A @ v, n, samples, seed=seed)
+                        for seed in seeds])
     rtol = rounding_rtol("float64", length=n * samples, depth=_depth(problem))
-    return [_holds(name, problem, -mean_excess, -rtol,
-                   "|mean - diag(A)| within its Hoeffding bound for every i", source),
-            _holds(name, problem, -var_excess, -rtol,
-                   "sample variance within its Hoeffding bound of sum_{j != i} A_ij^2", source)]
+    magnitude2 = (problem.batch_size + 1) * moments.m2
+    proj_mag2 = None
+    if projection is not None:
+        weights = np.abs(moments.mean) / float(moments.mean @ moments.mean)
+        proj_mag2 = float(weights @ np.sqrt(magnitude2)) ** 2
+    mean = mean_test(results, moments, projection, design, samples, rtol=rtol,
+                     magnitude2=magnitude2, projection_magnitude2=proj_mag2)
+    var = variance_test(results, moments, design, samples, rtol=rtol, magnitude2=magnitude2)
+    stats = {"draws_per_call": samples, "calls": design.calls, "blocks": design.blocks,
+             "calls_per_block": design.calls_per_block, "false_positive_rate": 1e-6}
+    return [
+        CheckResult(name, "identity", problem.name, Status.PASS if mean.passed else Status.FAIL,
+                    mean.deviation, mean.threshold,
+                    f"median of {design.blocks} block means of z * (H z) ({design.calls} calls "
+                    f"of S={samples}) within the Chebyshev threshold of diag(H) [{source}]: "
+                    f"|dev| {mean.deviation:.3e} vs {mean.threshold:.3e}; detects a relative "
+                    f"bias >= {mean.power:.3g} w.p. 0.99", power=mean.power, statistics=stats),
+        CheckResult(name, "identity", problem.name, Status.PASS if var.passed else Status.FAIL,
+                    var.ratio, 1.0,
+                    f"median block variance not above sum_{{j != i}} H_ij^2 / S (Cantelli) "
+                    f"[{source}]: root ratio {var.ratio:.3g}; detects a variance inflation >= "
+                    f"{var.power:.3g} w.p. 0.99", power=var.power, statistics=stats),
+    ]
 
 
 def _off_diagonal_row_sums(problem: Problem) -> bool:
