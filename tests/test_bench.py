@@ -31,3 +31,19 @@ def test_kfac_flop_model_amortizes_periodic_work(key):
     assert ratio > 1
     assert flop_predicted_ratio(batch, 10 ** 9, 10 ** 9) < ratio
     assert flop_predicted_ratio(batch, stats_every, inverse_every * 2) < ratio
+
+
+def test_sampled_section_reports_seconds_draws_and_power_per_estimator(monkeypatch):
+    """`bench`'s sampled rows: one per mean test, with the check's design and power."""
+    from ngd_ref import zoo
+    from verify import _bench_sampled
+
+    problem = zoo.get("mlp-3x4x3-relu-sigmoid_cross_entropy-b3")
+    monkeypatch.setattr(_bench_sampled, "SAMPLED_CAPABILITIES", ("mc_fisher_diag",))
+    monkeypatch.setattr(zoo, "problems", lambda quick=False: [problem])
+    section = _bench_sampled.sampled_section(quick=True)
+    (row,) = section["sampled"]
+    assert row["check"] == "mc_fisher_diag_mean" and row["problem"] == problem.name
+    assert row["seconds"] > 0 and row["draws"] == row["draws_per_call"] * row["calls"] > 0
+    assert row["power"] > 0 and row["status"] == "pass"
+    assert "load" in section["sampled_note"]
