@@ -268,32 +268,17 @@ class KfacJax:
         return setup, factors, solve, k
 
     @staticmethod
-    @functools.lru_cache(maxsize=64)
     def _sampled_kfac(problem: Problem, estimator: str, num_samples: int, vmap: bool = True):
-        """Jitted `factors(args, seed)` of a sampled mode with `num_samples` draws per case.
+        """`(setup, factors)`: `factors(args, seed)` of a sampled mode with S draws per case.
 
         `vmap`: kfac-jax's `should_vmap_samples` (the draws vectorized and their statistics
         averaged; otherwise a `lax.scan` of S moving-average updates, far slower for large S).
+        The jitted function depends on the problem's structure only (its arrays are `args`),
+        so it is compiled once per structure: the harness hands every call a fresh copy of
+        the problem (`verify.harness.fresh_problem`), and problems hash by identity.
         """
-        import jax
-        import kfac_jax
-
-        setup = KfacJax._setup(problem)
-        if estimator not in _SAMPLED_MODES:
-            raise NotImplementedError(f"unknown mc_kfac_factors estimator {estimator!r}")
-        curvature = kfac_jax.BlockDiagonalCurvature(
-            setup.func, default_estimation_mode=_SAMPLED_MODES[estimator],
-            auto_register_tags=False, num_samples=num_samples, should_vmap_samples=vmap)
-
-        @jax.jit
-        def factors(args, seed):
-            rng = jax.random.PRNGKey(seed)
-            state = curvature.init(jax.random.PRNGKey(0), args, exact_powers_to_cache=-1,
-                                   approx_powers_to_cache=-1)
-            state = _one_exact_update(curvature, state, rng, args, problem.batch_size)
-            return [tuple(f.value for f in block.factors) for block in state.blocks_states]
-
-        return setup, factors
+        return KfacJax._setup(problem), _compiled_sampled(problem, estimator, int(num_samples),
+                                                          vmap)
 
     # -- capabilities ------------------------------------------------------------------------
     def loss(self, problem: Problem):
@@ -361,6 +346,41 @@ class KfacJax:
         return [(np.asarray(a, dtype=np.float64), np.asarray(s, dtype=np.float64))
                 for a, s in factors(setup.args, int(seed))]
 
+
+
+#: jitted sampled-mode factors by (structure, estimator, S, vmap); oldest evicted past 64
+_COMPILED: dict[tuple, Callable] = {}
+
+
+def _compiled_sampled(problem: Problem, estimator: str, num_samples: int, vmap: bool):
+    """The jitted sampled-mode factors of `problem`'s structure (compiled once per key)."""
+    import jax
+    import kfac_jax
+
+    key = (problem.layers, problem.loss, problem.reduction, problem.batch_size,
+           problem.input_shape, estimator, num_samples, vmap)
+    if key in _COMPILED:
+        return _COMPILED[key]
+
+    setup = KfacJax._setup(problem)
+    if estimator not in _SAMPLED_MODES:
+        raise NotImplementedError(f"unknown mc_kfac_factors estimator {estimator!r}")
+    curvature = kfac_jax.BlockDiagonalCurvature(
+        setup.func, default_estimation_mode=_SAMPLED_MODES[estimator],
+        auto_register_tags=False, num_samples=num_samples, should_vmap_samples=vmap)
+
+    @jax.jit
+    def factors(args, seed):
+        state = curvature.init(jax.random.PRNGKey(0), args, exact_powers_to_cache=-1,
+                               approx_powers_to_cache=-1)
+        state = _one_exact_update(curvature, state, jax.random.PRNGKey(seed), args,
+                                  problem.batch_size)
+        return [tuple(f.value for f in block.factors) for block in state.blocks_states]
+
+    if len(_COMPILED) >= 64:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[key] = factors
+    return factors
 
 
 def _one_exact_update(estimator, state, rng, args, batch_size: int):
