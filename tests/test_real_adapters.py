@@ -508,6 +508,17 @@ def test_backpack_kfac_mc_samples_s_without_bias(problem):
 NNGEOMETRY_SKIP = "nngeometry not installed (tox -e nngeometry)"
 
 
+def test_nngeometry_fim_montecarlo_is_unbiased():
+    """`FIM_MonteCarlo(variant="classif_logits", trials=S)` passes s11's tests in float64
+    (unlike the exact `FIM`'s classif_logits, finding 1); other outputs are declined."""
+    pytest.importorskip("nngeometry", reason=NNGEOMETRY_SKIP)
+    statuses = _sampled("nngeometry", SUM_REDUCTION, ["mc_fisher", "mc_fisher_vp"])
+    checks = [f"{name}_{c}" for name in ("mc_fisher", "mc_fisher_vp") for c in SAMPLED_CHECKS]
+    assert _all_pass(statuses, checks + ["mc_fisher_vp_linear", "mc_fisher_seed_dependence"]), \
+        statuses
+    assert _sampled("nngeometry", ONE_EXAMPLE, ["mc_fisher"])["mc_fisher_mean"] == {Status.SKIP}
+
+
 def test_nngeometry_exact_fisher_passes_for_regression():
     """`FIM(variant="regression", PMatDense)`: F and F v pass (mean and one-example mse)."""
     pytest.importorskip("nngeometry", reason=NNGEOMETRY_SKIP)
