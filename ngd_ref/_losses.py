@@ -319,8 +319,10 @@ class _Separable(OutputLoss):
         scores = self.terms(bk, y, zeta_nodes)[1]  # (k, N, C_y)
         scores = scores.transpose(1, 0, 2).reshape(y.shape[0], -1)
         z64 = np.asarray(bk.to_float64(z), dtype=np.float64)
-        magnitudes = np.stack([self.grad_magnitude(node, z64)
-                               for node in np.asarray(bk.to_float64(y), dtype=np.float64)])
+        y64 = np.asarray(bk.to_float64(y), dtype=np.float64)
+        magnitudes = np.asarray(self.grad_magnitude(y64, z64))  # elementwise closed forms
+        if magnitudes.shape != scores.shape:  # one that is not: node by node
+            magnitudes = np.stack([self.grad_magnitude(node, z64) for node in y64])
         return ScoreRule(w, scores, degree, self.is_support_rule, self.atom_bound(zeta),
                          magnitudes)
 
