@@ -72,6 +72,9 @@ class ScoreRule:
         atom_bound: for `is_support=False`, a bound on `P(f(y) = x)` for any `x` and any
             nonconstant polynomial `f` of degree <= 2 in `u`: 0 for the continuous outputs;
             `2 max_k P(y_c = k)` (over the coordinates) for Poisson.
+        magnitudes: `(N, C)` float64 `MAG(dL/dz)` at each node (`OutputLoss.grad_magnitude`
+            of the node's target: the score's closed form on absolute values, which sizes a
+            port's rounding where the score cancels), or None for `|scores|`.
     """
 
     weights: np.ndarray
@@ -79,6 +82,7 @@ class ScoreRule:
     degree: int
     is_support: bool
     atom_bound: float = 0.0
+    magnitudes: np.ndarray | None = None
 
 
 class OutputLoss(abc.ABC):
@@ -156,7 +160,9 @@ class CategoricalLoss(OutputLoss):
         """The C classes with their probabilities: exact for every integrand."""
         p = self.probabilities(bk, z)
         scores = np.stack([self.grad(bk, k, z) for k in range(z.shape[0])])
-        return ScoreRule(np.asarray(p), scores, degree, True)
+        z64 = np.asarray(bk.to_float64(z), dtype=np.float64)
+        magnitudes = np.stack([self.grad_magnitude(k, z64) for k in range(z.shape[0])])
+        return ScoreRule(np.asarray(p), scores, degree, True, magnitudes=magnitudes)
 
     def sample(self, rng, z, size):
         p = np.asarray(self.probabilities(FLOAT64, np.asarray(z, dtype=float)))
@@ -313,7 +319,13 @@ class _Separable(OutputLoss):
         zeta_nodes = np.broadcast_to(zeta[:, None, :], (zeta.shape[0],) + y.shape)
         scores = self.terms(bk, y, zeta_nodes)[1]  # (k, N, C_y)
         scores = scores.transpose(1, 0, 2).reshape(y.shape[0], -1)
-        return ScoreRule(w, scores, degree, self.is_support_rule, self.atom_bound(zeta))
+        z64 = np.asarray(bk.to_float64(z), dtype=np.float64)
+        y64 = np.asarray(bk.to_float64(y), dtype=np.float64)
+        magnitudes = np.asarray(self.grad_magnitude(y64, z64))  # elementwise closed forms
+        if magnitudes.shape != scores.shape:  # one that is not: node by node
+            magnitudes = np.stack([self.grad_magnitude(node, z64) for node in y64])
+        return ScoreRule(w, scores, degree, self.is_support_rule, self.atom_bound(zeta),
+                         magnitudes)
 
     #: whether `coordinate_rule` is the distribution's support itself
     is_support_rule: bool = False

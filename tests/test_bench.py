@@ -61,3 +61,17 @@ def test_trajectory_section_times_every_family_and_the_port(monkeypatch):
     assert rows["trajectory_quick_zoo_seconds"] == pytest.approx(
         reference["total"] + rows["trajectory_port_seconds"]["numpy-port"])
     assert rows["within_goal"] == (rows["trajectory_quick_zoo_seconds"] <= 60.0)
+def test_sampled_section_reports_seconds_draws_and_power_per_estimator(monkeypatch):
+    """`bench`'s sampled rows: one per mean test, with the check's design and power."""
+    from ngd_ref import zoo
+    from verify import _bench_sampled
+
+    problem = zoo.get("mlp-3x4x3-relu-sigmoid_cross_entropy-b3")
+    monkeypatch.setattr(_bench_sampled, "SAMPLED_CAPABILITIES", ("mc_fisher_diag",))
+    monkeypatch.setattr(zoo, "problems", lambda quick=False: [problem])
+    section = _bench_sampled.sampled_section(quick=True)
+    (row,) = section["sampled"]
+    assert row["check"] == "mc_fisher_diag_mean" and row["problem"] == problem.name
+    assert row["seconds"] > 0 and row["draws"] == row["draws_per_call"] * row["calls"] > 0
+    assert row["power"] > 0 and row["status"] == "pass"
+    assert "load" in section["sampled_note"]

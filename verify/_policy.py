@@ -140,6 +140,21 @@ class TolerancePolicy:
         return np.maximum(np.abs(np.asarray(middles, dtype=np.float64)), self.saturation_floor)
 
     @functools.cached_property
+    def sketch_middle_magnitudes(self) -> np.ndarray:
+        """`MAG(Q_b Q_b^T)` of a port's root of `F_R,b` (s11's sketch), `(B, C, C)`.
+
+        A backward-stable factorization (Cholesky, symmetric eigendecomposition) gives the
+        exact root of `F_R,b + E` with `||E||_2 <= c u ||F_R,b||_2` (Higham Thm 10.3, and
+        normwise backward stability of eigh): the error is normwise, not entrywise, so an entry
+        near zero moves by `u ||MAG(F_R,b)||`. Example: a saturated softmax (`p_0 ~ 1e-12`)
+        whose float32 `F_R` has `p_1 (1 - p_1) = 0`, indefinite; clipping its negative
+        eigenvalue makes `(Q Q^T)_00` 1.17 `p_0`. `middle_magnitudes("fisher") + ||.||_F I`.
+        """
+        middles = self.middle_magnitudes("fisher")
+        norms = np.linalg.norm(middles, axis=(1, 2))
+        return middles + norms[:, None, None] * np.eye(middles.shape[1])
+
+    @functools.cached_property
     def middle_norms(self) -> np.ndarray:
         """`||MAG(M_b)||_F` per example, `(B,)`: the larger of the H_L and F_R magnitudes.
 

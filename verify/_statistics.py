@@ -61,13 +61,16 @@ __all__ = [
     "SeedOutcome",
     "VarianceOutcome",
     "block_design",
+    "MAX_PROBES",
     "block_level",
+    "call_seeds",
     "choose_samples",
     "majority_tail",
     "mean_test",
     "mean_thresholds",
     "seed_calls",
     "seed_test",
+    "smallest_relative_variance",
     "variance_test",
 ]
 
@@ -79,6 +82,27 @@ TARGET_DELTA = 0.02
 MEAN_SHARE, VARIANCE_SHARE, SEED_SHARE = 0.5, 0.4, 0.1
 #: share of a block's level given to Chebyshev/Cantelli (the rest bounds the rounding)
 _CHEBYSHEV_SHARE = 0.9
+#: Hutchinson probes per check (all calls together): one matvec each
+MAX_PROBES = 2**16
+_SEED_STEP = 104729  # odd: j -> (base + step (j + 1)) mod 2^31 is injective
+
+
+def call_seeds(base: int, count: int, salt: int = 0) -> list[int]:
+    """`count` distinct seeds in `[0, 2^31)` derived from the run's seed."""
+    start = (base * 7919 + salt * 15485863) % 2**31
+    return [(start + _SEED_STEP * (j + 1)) % 2**31 for j in range(count)]
+
+
+def smallest_relative_variance(moments, projection) -> float:
+    """The smallest relative variance `k2 / mu^2` of one draw over the entries and projection.
+
+    The test with the smallest one carries the power, so it sets the number of draws.
+    """
+    nonzero = moments.mean != 0
+    candidates = list(moments.k2[nonzero] / moments.mean[nonzero] ** 2)
+    if projection is not None:
+        candidates.append(float(projection.k2[0]))
+    return min(candidates) if candidates else 0.0
 
 
 def majority_tail(blocks: int, p: float) -> float:

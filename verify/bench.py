@@ -21,8 +21,10 @@ layer needs no input cotangent): gradient `fwd + bwd = sum L + (sum L + sum_{l>1
 GGN/Fisher-vp `fwd + JVP + VJP`, the JVP costing like the backward pass; one CG iteration
 `JVP + VJP`; HVP (forward-over-reverse) the gradient plus the tangents of every product
 (`4 L_1 + 9 sum_{l>1} L_l`). The K-FAC rows come from `verify._bench_kfac.kfac_section`,
-the dense-reference scaling from `verify._bench_dense.dense_section` and the cost of the
-`optimizer_trajectory` checks from `verify._bench_trajectory.trajectory_section`.
+the dense-reference scaling from `verify._bench_dense.dense_section`, the seconds per
+sampled estimator check (`sampled`: seconds, draws per call, calls, power per mean test; the
+quick zoo, `--quick` its first problem) from `verify._bench_sampled.sampled_section`, and the
+cost of the `optimizer_trajectory` checks from `verify._bench_trajectory.trajectory_section`.
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ def run_bench(json_path: str | None = None, quick: bool = False, dense_only: boo
     from rich.table import Table
 
     from verify._bench_dense import dense_section
+    from verify._bench_sampled import sampled_section
     from verify._bench_trajectory import trajectory_section
 
     report: dict[str, Any] = {"schema": "ngd-verify/bench/v1", "machine": machine(),
@@ -166,6 +169,7 @@ def run_bench(json_path: str | None = None, quick: bool = False, dense_only: boo
     if not dense_only:
         report.update(jax_section(quick))
         report.update(_kfac(quick))
+        report.update(sampled_section(quick))
     report["dense"] = dense_section(quick)
     if not dense_only:
         report.update(trajectory_section(quick))
@@ -191,6 +195,18 @@ def run_bench(json_path: str | None = None, quick: bool = False, dense_only: boo
             f"{traj['trajectory_goal_seconds']:.0f} s); reference schedules "
             f"{traj['trajectory_reference_seconds']['total']:.1f} s, ports "
             + ", ".join(f"{k} {v:.1f} s" for k, v in traj["trajectory_port_seconds"].items()))
+    if report.get("sampled"):
+        sampled = Table(title="sampled checks (PROTOCOL s11): seconds per estimator "
+                              "(wall clock under this machine's load)")
+        for column in ("check", "problem", "seconds", "S", "calls", "power"):
+            sampled.add_column(column, justify="left" if column in ("check", "problem")
+                               else "right")
+        for row in report["sampled"]:
+            power = row["power"]
+            sampled.add_row(row["check"], row["problem"], f"{row['seconds']:.2f}",
+                            str(row["draws_per_call"]), str(row["calls"]),
+                            "n/a" if power is None else f"{power:.3g}")
+        console.print(sampled)
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=1, default=float) + "\n")
     return 0

@@ -91,8 +91,9 @@ class EstimatorMoments:
         k2: `(E,)` the variance of one call with `S = 1`; with S samples it is `k2 / S`.
         k4: `(E,)` the fourth cumulant with `S = 1` (`k4 / S^3` with S), or None where the
             variance is only bounded (the sketch).
-        m2: `(E,)` `c^2 sum_b E[X_b^2]`, the second moment of one draw's magnitude (the
-            rounding allowance of the statistical tests is relative to it).
+        m2: `(E,)` `c^2 sum_b E[MAG(X_b)^2]`, the second moment of one draw's magnitude,
+            `X_b` on absolute values (`_magnitude2`; the rounding allowance of the statistical
+            tests is relative to it).
         atom: bound on `P(R = x)` for any fixed `x` and any S (see module docstring).
     """
 
@@ -194,7 +195,7 @@ def _sketch_atom(problem: Problem, ref: DenseCurvature, b: int) -> float:
 
 
 def _accumulate(estimator, problem, jacobian, rule: ScoreRule, v, projection):
-    """Per-example `(mean, var, mu4, m2, features for the atom)` of `X_b` (or of `X_b @ w`)."""
+    """Per-example `(mean, var, mu4, features for the atom)` of `X_b` (or of `X_b @ w`)."""
     w = np.asarray(rule.weights, dtype=np.float64)
     scores = np.asarray(rule.scores, dtype=np.float64)
     chunks = [slice(i, i + _CHUNK) for i in range(0, w.shape[0], _CHUNK)]
@@ -204,22 +205,44 @@ def _accumulate(estimator, problem, jacobian, rule: ScoreRule, v, projection):
         return x if projection is None else (x @ projection)[:, None]
 
     mean = sum(w[sl] @ feats(sl) for sl in chunks)
-    var = mu4 = m2 = 0.0
+    var = mu4 = 0.0
     for sl in chunks:
-        x = feats(sl)
-        d = x - mean
+        d = feats(sl) - mean
         var = var + w[sl] @ (d * d)
         mu4 = mu4 + w[sl] @ (d**4)
-        m2 = m2 + w[sl] @ (x * x)
     atom_features = feats(slice(None)) if rule.is_support else None
-    return mean, var, mu4, m2, atom_features
+    return mean, var, mu4, atom_features
+
+
+def _magnitude2(estimator, problem, jacobian, rule: ScoreRule, v, projection) -> np.ndarray:
+    """`E[MAG(X_b)^2]`: `X_b` on absolute values (`|J_b|`, the node's `MAG(dL/dz)`, `|v|`).
+
+    The magnitude model of the tolerance policy (`verify._policy`: the same formula on
+    absolute values): a port's rounding of `Ds = J^T u` is relative to `|J|^T MAG(u)`, not to
+    `|Ds|`, which cancels where an entry's mean is near zero or the output saturates.
+    """
+    w = np.asarray(rule.weights, dtype=np.float64)
+    mags = np.abs(np.asarray(rule.scores if rule.magnitudes is None else rule.magnitudes,
+                             dtype=np.float64))
+    jac, vec = np.abs(jacobian), None if v is None else np.abs(v)
+    proj = None if projection is None else np.abs(projection)
+    m2: np.ndarray | float = 0.0
+    for i in range(0, w.shape[0], _CHUNK):
+        x = _features(estimator, problem, jac, mags[i:i + _CHUNK], vec)
+        x = x if proj is None else (x @ proj)[:, None]
+        m2 = m2 + w[i:i + _CHUNK] @ (x * x)
+    return np.asarray(m2)
 
 
 def _moments(estimator: Estimator, problem: Problem, backend: Backend, v,
-             projection) -> EstimatorMoments:
+             projection, fisher_magnitudes) -> EstimatorMoments:
     ref = dense(problem, backend)
     loss = get_loss(problem.loss)
     c = float(ref.c)
+    mean: np.ndarray | float
+    k2: np.ndarray | float
+    k4: np.ndarray | float
+    m2: np.ndarray | float
     mean = k2 = k4 = m2 = 0.0
     atom = 1.0
     sketch = estimator is Estimator.KFAC_SKETCH
@@ -228,10 +251,13 @@ def _moments(estimator: Estimator, problem: Problem, backend: Backend, v,
             jacobian = backend.to_float64(trace.jacobian)
             if sketch:
                 rule = _gaussian_rule(backend.to_float64(ref.output_fishers[b]))
+                middle = np.abs(backend.to_float64(ref.output_fishers[b])) \
+                    if fisher_magnitudes is None else fisher_magnitudes[b]
+                magnitude_rule = _gaussian_rule(np.asarray(middle, dtype=np.float64))
             else:
-                rule = loss.score_rule(backend, trace.a[-1], _DEGREE)
-            m, var, mu4, sq, feats = _accumulate(estimator, problem, jacobian, rule, v,
-                                                 projection)
+                rule = magnitude_rule = loss.score_rule(backend, trace.a[-1], _DEGREE)
+            m, var, mu4, feats = _accumulate(estimator, problem, jacobian, rule, v, projection)
+            sq = _magnitude2(estimator, problem, jacobian, magnitude_rule, v, projection)
             mean, k2, k4, m2 = mean + c * m, k2 + c**2 * var, k4 + c**4 * (mu4 - 3 * var**2), \
                 m2 + c**2 * sq
             constant = bool(np.all(var <= _ZERO * (sq + np.finfo(float).tiny)))
@@ -250,7 +276,7 @@ def _moments(estimator: Estimator, problem: Problem, backend: Backend, v,
 
 def estimator_moments(
     estimator: Estimator | str, problem: Problem, *, v: np.ndarray | None = None,
-    backend: Backend = FLOAT64,
+    backend: Backend = FLOAT64, fisher_magnitudes: np.ndarray | None = None,
 ) -> tuple[EstimatorMoments, EstimatorMoments | None]:
     """Exact moments of a score-based s11 estimator's entries and of its mean projection.
 
@@ -260,6 +286,10 @@ def estimator_moments(
         problem: the problem.
         v: the vector of `mc_fisher_vp`.
         backend: the arithmetic of the reference quantities (the moments are float64).
+        fisher_magnitudes: `(B, C, C)` `MAG(F_R,b)` for the sketch's rounding magnitude `m2`
+            (the tolerance policy's `middle_magnitudes("fisher")`: at least the closed form
+            on absolute values where the probabilities saturate, since a port's root of
+            `F_R,b` carries that rounding); default `|F_R,b|`.
 
     Returns:
         `(entries, projection)`: the moments of every flat entry (`estimator_entries`) and of
@@ -270,11 +300,12 @@ def estimator_moments(
     estimator = Estimator(estimator)
     if estimator is Estimator.MC_FISHER_VP and v is None:
         raise ValueError("v: mc_fisher_vp needs the vector v")
-    entries = _moments(estimator, problem, backend, v, None)
+    entries = _moments(estimator, problem, backend, v, None, fisher_magnitudes)
     norm2 = float(entries.mean @ entries.mean)
     if norm2 <= 0:
         return entries, None
-    return entries, _moments(estimator, problem, backend, v, entries.mean / norm2)
+    return entries, _moments(estimator, problem, backend, v, entries.mean / norm2,
+                             fisher_magnitudes)
 
 
 def rademacher_chaos_moments(matrix: np.ndarray) -> tuple[float, float, float]:

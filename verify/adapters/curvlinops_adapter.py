@@ -25,6 +25,14 @@ Capabilities: `hessian`, `ggn`, `empirical_fisher` (dense from `HessianLinearOpe
 `type-2` for kinds fisher/ggn -- exact for these natural-parameter losses -- and
 `empirical`), and `kfac_solve` (`KFACInverseLinearOperator` with `use_exact_damping=True`
 for "eigen" and `use_heuristic_damping=True` for "factored").
+
+Sampled (PROTOCOL s11), curvlinops' `fisher_type="mc"`: `mc_fisher_vp` is
+`FisherMCLinearOperator(..., seed=seed, mc_samples=S) @ v`, `mc_fisher` the same operator
+applied to the identity, and `mc_kfac_factors` (`estimator="targets"`) the factors of
+`KFACLinearOperator(..., fisher_type="mc", mc_samples=S, seed=seed)`; all are linear in the
+loss (`k = c/2` for mse: curvlinops samples from its own `||y - z||^2`, a normal of variance
+1/2, so its MC Fisher is unbiased for its GGN `2 J^T J`). curvlinops has no curvature
+propagation: `estimator="sketch"` declines.
 """
 
 from __future__ import annotations
@@ -183,6 +191,50 @@ class Curvlinops:
             use_heuristic_damping=method == "factored")
         out = inverse @ torch.from_numpy(self._to_torch_order(problem, v))
         return self._from_torch_order(problem, out.detach().numpy()) / factor
+
+
+    # -- sampled (s11) ---------------------------------------------------------------------
+    def _fisher_mc(self, problem: Problem, num_samples: int, seed: int):
+        import curvlinops
+
+        model, loss_func, params, data, (linear, _) = self._setup(problem)
+        op = curvlinops.FisherMCLinearOperator(model, loss_func, params, data, seed=int(seed),
+                                               mc_samples=int(num_samples))
+        return op, linear
+
+    def mc_fisher_vp(self, problem: Problem, v, num_samples: int, seed: int):
+        """`FisherMCLinearOperator(seed, mc_samples=S) @ v` (times k)."""
+        import torch
+
+        op, factor = self._fisher_mc(problem, num_samples, seed)
+        out = op @ torch.from_numpy(self._to_torch_order(problem, v))
+        return factor * self._from_torch_order(problem, out.detach().numpy())
+
+    def mc_fisher(self, problem: Problem, num_samples: int, seed: int):
+        """`FisherMCLinearOperator(seed, mc_samples=S)` on the identity, one matrix product."""
+        import torch
+
+        op, factor = self._fisher_mc(problem, num_samples, seed)
+        n = problem.n_params
+        basis = np.stack([self._to_torch_order(problem, e) for e in np.eye(n)], axis=1)
+        out = (op @ torch.from_numpy(basis)).detach().numpy()
+        return factor * np.stack([self._from_torch_order(problem, col) for col in out.T],
+                                 axis=1)
+
+    def mc_kfac_factors(self, problem: Problem, num_samples: int, seed: int,
+                        estimator: str = "targets"):
+        """`KFACLinearOperator(fisher_type="mc", mc_samples=S, seed=seed)`'s factors."""
+        import curvlinops
+
+        if estimator != "targets":
+            raise NotImplementedError(f"curvlinops has no {estimator!r} K-FAC estimator")
+        model, loss_func, params, data, (linear, _) = self._setup(problem)
+        kfac = curvlinops.KFACLinearOperator(model, loss_func, params, data, fisher_type="mc",
+                                             mc_samples=int(num_samples), seed=int(seed),
+                                             separate_weight_and_bias=False)
+        return [(kfac._input_covariances[name].detach().numpy(),
+                 linear * kfac._gradient_covariances[name].detach().numpy())
+                for name in kfac._mapping]
 
 
 def _unflatten(problem: Problem):

@@ -21,6 +21,12 @@ classes, which are what `kfac_jax.Optimizer` runs internally:
                            seed 002 eq. (24)), as the optimizer does
     optimizer_trajectory   `kfac_jax.Optimizer` itself, method `kfac` only
                            (`verify/adapters/_kfac_jax_optimizer.py`)
+    mc_kfac_factors        BlockDiagonalCurvature(num_samples=S) in mode fisher_gradients
+                           (`estimator="targets"`: sampled targets, the same for every layer)
+                           or fisher_curvature_prop (`"sketch"`: Rademacher vectors times the
+                           loss's Fisher factor), `rng = PRNGKey(seed)`,
+                           `should_vmap_samples=True` (the scan over draws, the default, is a
+                           weighted moving average with the same keys and the same result)
 
 Layout (no numbers touched): parameters are Flax-layout `[{"kernel": (n_in, n_out), "bias":
 (n_out,)}]` (`verify.adapters._jax_model`); vectors and dense matrices go through
@@ -77,6 +83,8 @@ __all__ = ["KfacJax"]
 _REGISTERED = ("mse", "softmax_cross_entropy", "sigmoid_cross_entropy", "nll_probs")
 #: K-FAC kind -> kfac-jax estimation mode
 _MODES = {"fisher": "fisher_exact", "ggn": "ggn_exact", "empirical": "fisher_empirical"}
+#: s11 `mc_kfac_factors` estimator -> kfac-jax's sampled estimation mode
+_SAMPLED_MODES = {"targets": "fisher_gradients", "sketch": "fisher_curvature_prop"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +272,19 @@ class KfacJax(KfacJaxOptimizerMixin):
         k = 1.0 / problem.scale if kind == "empirical" else 1.0
         return setup, factors, solve, k
 
+    @staticmethod
+    def _sampled_kfac(problem: Problem, estimator: str, num_samples: int, vmap: bool = True):
+        """`(setup, factors)`: `factors(args, seed)` of a sampled mode with S draws per case.
+
+        `vmap`: kfac-jax's `should_vmap_samples` (the draws vectorized and their statistics
+        averaged; otherwise a `lax.scan` of S moving-average updates, far slower for large S).
+        The jitted function depends on the problem's structure only (its arrays are `args`),
+        so it is compiled once per structure: the harness hands every call a fresh copy of
+        the problem (`verify.harness.fresh_problem`), and problems hash by identity.
+        """
+        return KfacJax._setup(problem), _compiled_sampled(problem, estimator, int(num_samples),
+                                                          vmap)
+
     # -- capabilities ------------------------------------------------------------------------
     def loss(self, problem: Problem):
         """`h` from the registered losses: `sum_b w L_b / B`."""
@@ -322,6 +343,49 @@ class KfacJax(KfacJaxOptimizerMixin):
         setup, _, solve, k = self._kfac(problem, kind)
         out = solve(setup.args, setup.model.tree(np.asarray(v)), damping / k, method == "eigen")
         return setup.model.canonical(out) / k
+
+    def mc_kfac_factors(self, problem: Problem, num_samples: int, seed: int,
+                        estimator: str = "targets"):
+        """`[(A_l, S_l)]` of mode fisher_gradients / fisher_curvature_prop (s11), unscaled."""
+        setup, factors = self._sampled_kfac(problem, estimator, int(num_samples))
+        return [(np.asarray(a, dtype=np.float64), np.asarray(s, dtype=np.float64))
+                for a, s in factors(setup.args, int(seed))]
+
+
+
+#: jitted sampled-mode factors by (structure, estimator, S, vmap); oldest evicted past 64
+_COMPILED: dict[tuple, Callable] = {}
+
+
+def _compiled_sampled(problem: Problem, estimator: str, num_samples: int, vmap: bool):
+    """The jitted sampled-mode factors of `problem`'s structure (compiled once per key)."""
+    import jax
+    import kfac_jax
+
+    key = (problem.layers, problem.loss, problem.reduction, problem.batch_size,
+           problem.input_shape, estimator, num_samples, vmap)
+    if key in _COMPILED:
+        return _COMPILED[key]
+
+    setup = KfacJax._setup(problem)
+    if estimator not in _SAMPLED_MODES:
+        raise NotImplementedError(f"unknown mc_kfac_factors estimator {estimator!r}")
+    curvature = kfac_jax.BlockDiagonalCurvature(
+        setup.func, default_estimation_mode=_SAMPLED_MODES[estimator],
+        auto_register_tags=False, num_samples=num_samples, should_vmap_samples=vmap)
+
+    @jax.jit
+    def factors(args, seed):
+        state = curvature.init(jax.random.PRNGKey(0), args, exact_powers_to_cache=-1,
+                               approx_powers_to_cache=-1)
+        state = _one_exact_update(curvature, state, jax.random.PRNGKey(seed), args,
+                                  problem.batch_size)
+        return [tuple(f.value for f in block.factors) for block in state.blocks_states]
+
+    if len(_COMPILED) >= 64:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[key] = factors
+    return factors
 
 
 def _one_exact_update(estimator, state, rng, args, batch_size: int):

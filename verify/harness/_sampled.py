@@ -32,11 +32,14 @@ from ngd_ref.dense import kfac_factors
 from ngd_ref.sampled import Estimator, estimator_entries, estimator_moments, hutchinson_moments
 from verify._report import Status
 from verify._statistics import (
+    MAX_PROBES,
     BlockDesign,
     block_design,
+    call_seeds,
     choose_samples,
     mean_test,
     seed_test,
+    smallest_relative_variance,
     variance_test,
 )
 from verify._tolerance import rounding_rtol
@@ -46,14 +49,6 @@ __all__ = ["MAX_DRAWS", "SAMPLED_CHECKS", "call_seeds", "kfac_split"]
 
 #: total draws per check (all calls together); Hutchinson's probes are one matvec each
 MAX_DRAWS = 2**21
-MAX_PROBES = 2**14
-_SEED_STEP = 104729  # odd: j -> (base + step (j + 1)) mod 2^31 is injective
-
-
-def call_seeds(base: int, count: int, salt: int = 0) -> list[int]:
-    """`count` distinct seeds in `[0, 2^31)` derived from the run's seed."""
-    start = (base * 7919 + salt * 15485863) % 2**31
-    return [(start + _SEED_STEP * (j + 1)) % 2**31 for j in range(count)]
 
 
 def _record(ctx: CheckContext, check: str, status: Status, message: str, *,
@@ -69,7 +64,7 @@ def _statistical(ctx: CheckContext, check: str, call: Callable[[int, int], np.nd
     """Run the four tests of the module docstring on `call(seed, S) -> flat entries`."""
     entries = moments.mean.shape[0]
     design: BlockDesign = block_design(entries)
-    samples = choose_samples(_relative_k2(moments, projection), design,
+    samples = choose_samples(smallest_relative_variance(moments, projection), design,
                              max_samples=max(max_draws // design.calls, 4))
     seeds = call_seeds(ctx.seed, design.calls, sum(map(ord, check)))
     rtol = rounding_rtol(ctx.dtype, length=max(length, samples * ctx.problem.batch_size),
@@ -131,18 +126,6 @@ def _statistical(ctx: CheckContext, check: str, call: Callable[[int, int], np.nd
                 + ("do not all give the same result" if distinct.passed else
                    "all give the same result (the seed is ignored?)")
                 + f" (correct ports coincide w.p. <= {moments.atom:.3g}^{distinct.calls - 1})")
-
-
-def _relative_k2(moments, projection) -> float:
-    """The smallest relative variance `k2 / mu^2` of one draw over the entries and projection.
-
-    The test with the smallest one carries the power, so it sets the number of draws.
-    """
-    nonzero = moments.mean != 0
-    candidates = list(moments.k2[nonzero] / moments.mean[nonzero] ** 2)
-    if projection is not None:
-        candidates.append(float(projection.k2[0]))
-    return min(candidates) if candidates else 0.0
 
 
 def _entries(ctx: CheckContext, check: str, estimator: Estimator, value,
@@ -218,7 +201,9 @@ def check_mc_kfac_factors(ctx: CheckContext) -> None:
     magnitudes = ctx.policy.kfac_magnitudes("fisher")
     for estimator in (Estimator.KFAC_TARGETS, Estimator.KFAC_SKETCH):
         check = f"mc_kfac_factors_{estimator.value}"
-        moments, projection = estimator_moments(estimator, problem)
+        # a port's root of F_R carries normwise rounding (TolerancePolicy docstring)
+        moments, projection = estimator_moments(
+            estimator, problem, fisher_magnitudes=ctx.policy.sketch_middle_magnitudes)
         splits: list[list[float]] = []
 
         def call(seed, samples, check=check, estimator=estimator, splits=splits):
