@@ -42,6 +42,7 @@ from verify.harness._faults import (
 from verify.harness._inputs import with_twin
 from verify.harness._isolation import DEFAULT_TIMEOUT
 from verify.harness._kfac import check_kfac_factors, check_kfac_solve
+from verify.harness._layer_kinds import PROBLEM_FREE, unsupported_kinds
 from verify.harness._loading import CAPABILITIES, LoadedAdapter, load_adapter
 from verify.harness._matrices import check_gradient, check_loss, check_matrix
 from verify.harness._method_inputs import INPUT_CHECKS
@@ -179,7 +180,17 @@ def run_checks(
     for capability in wanted:
         hung: str | None = None
         for problem in problems:
-            if hung is not None:
+            missing = [] if capability in PROBLEM_FREE else unsupported_kinds(
+                problem, loaded.layer_kinds)
+            if missing:
+                results = [
+                    CheckResult(capability, capability, problem.name, Status.SKIP,
+                                message=f"not checked: the problem has {', '.join(missing)} "
+                                f"layers and the adapter's layer_kinds "
+                                f"{list(loaded.layer_kinds)} does not declare them (PROTOCOL "
+                                f"s12)")
+                ]
+            elif hung is not None:
                 results = [
                     CheckResult(capability, capability, problem.name, Status.ERROR,
                                 message=f"not run: {capability} timed out on {hung}")

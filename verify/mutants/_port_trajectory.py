@@ -27,6 +27,11 @@ import numpy as np
 __all__ = ["TrajectoryPort"]
 
 
+def _approx_keyword(hyper) -> dict:
+    """`{"approx": ...}` when `hyper` names the conv K-FAC approximation (PROTOCOL s12)."""
+    return {"approx": hyper["approx"]} if "approx" in hyper else {}
+
+
 class TrajectoryPort:
     """Mixin: `optimizer_trajectory` for `NumpyPort` (needs its primitives)."""
 
@@ -158,7 +163,8 @@ class TrajectoryPort:
         eta = dt(hyper["ema"])
         if self._due(k, int(hyper["stats_every"])):
             new = [(self._cast(a), self._cast(s))
-                   for a, s in self.kfac_factors(here, hyper["kind"])]
+                   for a, s in self.kfac_factors(here, hyper["kind"],
+                                                 **_approx_keyword(hyper))]
             old = state["avg"] or [(np.zeros_like(a), np.zeros_like(s)) for a, s in new]
             state["avg"] = [(self._ema(a0, a1, eta), self._ema(s0, s1, eta))
                             for (a0, s0), (a1, s1) in zip(old, new, strict=True)]
