@@ -120,6 +120,9 @@ class SampledPortMixin:
         """`[(A_l, S_l)]`: `A_l` exact, `S_l = c sum_b (1/S) sum_s Ds Ds^T`."""
         if estimator not in ("targets", "sketch"):
             raise ValueError(f"estimator: expected 'targets' or 'sketch', got {estimator!r}")
+        if any(hasattr(layer, "kernel") for layer in problem.layers):
+            raise NotImplementedError("mc_kfac_factors: convolutions (PROTOCOL s12) are not "
+                                      "implemented by this port")
         rng = self._rng(seed)
         theta = self._cast(problem.params)
         eye = np.eye(problem.output_dim, dtype=self._dt)
@@ -162,7 +165,8 @@ class SampledPortMixin:
 
     def kfac_factors_separate(self, problem, kind, approx="expand"):
         """`[((A_w, S), (A_b, S))]` from `kfac_factors`: A without/with only its last row."""
-        return [((a[:-1, :-1], s), (a[-1:, -1:], s)) for a, s in self.kfac_factors(problem, kind)]
+        return [((a[:-1, :-1], s), (a[-1:, -1:], s))
+                for a, s in self._factors_with(problem, kind, approx)]
 
     def top_eigenpairs(self, problem, curvature, k):
         """The k eigenpairs of largest `|lambda|` (ties: larger value first)."""
