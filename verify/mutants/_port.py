@@ -66,16 +66,20 @@ class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
         """The reduction constant c (1/B for mean, 1 for sum)."""
         return 1.0 / problem.batch_size if problem.reduction == "mean" else 1.0  # PROTOCOL s1
 
+    def _geometry(self, problem):
+        """Each layer's shapes and im2col index (`verify.mutants._port_conv.geometry`)."""
+        return geometry(problem)
+
     def _layer_offsets(self, problem) -> list[int]:
         offsets, start = [], 0
-        for g in geometry(problem):
+        for g in self._geometry(problem):
             offsets.append(start)
             start += (g.patch + 1) * g.rows
         return offsets
 
     def _wbar(self, problem, theta: np.ndarray, index: int) -> np.ndarray:
         """Layer `index`'s `[W b]`, `(n_out, n_in + 1)`, from the column-major block."""
-        g, start = geometry(problem)[index], self._layer_offsets(problem)[index]
+        g, start = self._geometry(problem)[index], self._layer_offsets(problem)[index]
         block = theta[start : start + (g.patch + 1) * g.rows]
         return block.reshape((g.rows, g.patch + 1), order="F")
 
@@ -113,7 +117,8 @@ class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
     def _forward(self, problem, theta: np.ndarray, x: np.ndarray):
         """One example: per layer `(abar, s, a)`."""
         out, a = [], x
-        for index, (layer, g) in enumerate(zip(problem.layers, geometry(problem), strict=True)):
+        shapes = self._geometry(problem)
+        for index, (layer, g) in enumerate(zip(problem.layers, shapes, strict=True)):
             if g.index is None:
                 abar = np.concatenate([a, np.ones(1, self._dt)])
                 s = self._wbar(problem, theta, index) @ abar
@@ -139,7 +144,7 @@ class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
             else:
                 g_s = g_a * self._act(layer.activation, s)[1]
             out[index] = g_s
-            g = geometry(problem)[index]
+            g = self._geometry(problem)[index]
             w = self._wbar(problem, theta, index)[:, : g.patch]
             if g.index is None:
                 g_a = g_s @ w

@@ -153,13 +153,14 @@ def kfac_statistics(pbar: np.ndarray, jac: np.ndarray, middle: np.ndarray, rows:
 class ConvHessianMixin:
     """`_example_hessian_patches` for `NumpyPort`: the Hessian of a network with convolutions.
 
-    Needs the port's `_wbar`, `_act`, `_loss_grad`, `_loss_hessian`, `_layer_offsets`, `_dt`.
+    Needs the port's `_geometry`, `_wbar`, `_act`, `_loss_grad`, `_loss_hessian`,
+    `_layer_offsets` and `_dt`.
     """
 
     def _example_hessian_patches(self, problem, theta, trace, jac, z, y) -> np.ndarray:
         """One example's Hessian; the trace holds `(Pbar, s, a)` (`Pbar` 1-D for dense)."""
         n, dt = theta.shape[0], self._dt
-        shapes, offsets = geometry(problem), self._layer_offsets(problem)
+        shapes, offsets = self._geometry(problem), self._layer_offsets(problem)
         d_in = np.zeros((shapes[0].in_size, n), dt)
         tangents = []
         for index, g in enumerate(shapes):

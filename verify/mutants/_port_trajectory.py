@@ -93,8 +93,8 @@ class TrajectoryPort:
 
     def _blocks(self, problem, v):
         out, start = [], 0
-        for layer in problem.layers:
-            size = (layer.n_in + 1) * layer.n_out
+        for shape in self._geometry(problem):
+            size = (shape.patch + 1) * shape.rows
             out.append(v[start : start + size])
             start += size
         return out
@@ -211,8 +211,9 @@ class TrajectoryPort:
         return factors, state["lam"]
 
     def _step_shampoo(self, k, here, g, hyper, state):
-        grads = [block.reshape((layer.n_out, layer.n_in + 1), order="F")
-                 for layer, block in zip(here.layers, self._blocks(here, g), strict=True)]
+        grads = [block.reshape((shape.rows, shape.patch + 1), order="F")
+                 for shape, block in zip(self._geometry(here), self._blocks(here, g),
+                                         strict=True)]
         if state["stats"] is None:
             state["stats"] = [(np.zeros((m.shape[0],) * 2, self._dt),
                                np.zeros((m.shape[1],) * 2, self._dt)) for m in grads]
