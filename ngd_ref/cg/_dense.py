@@ -82,28 +82,27 @@ def _dot(u: np.ndarray, v: np.ndarray) -> Any:
     return np.sum(u * v)
 
 
-def _power_of_two(u: np.ndarray) -> float:
-    """`2^e` near `max |u_i|` (1 where that is 0 or not a positive float64): an exact scale."""
+def _exponent(u: np.ndarray) -> int:
+    """`e` with `2^e` near `max |u_i|` (0 where that is 0 or not a positive float64)."""
     largest = float(np.max(np.abs(u))) if u.size else 0.0
-    return math.ldexp(1.0, math.frexp(largest)[1]) if largest > 0 and math.isfinite(largest) \
-        else 1.0
+    return math.frexp(largest)[1] if largest > 0 and math.isfinite(largest) else 0
 
 
-def _scaled_dot(u: np.ndarray, v: np.ndarray) -> tuple[Any, float]:
-    """`(u/s) . (v/t)` and `s t` with exact power-of-two scales: `u . v` without underflow.
+def _scaled_dot(u: np.ndarray, v: np.ndarray) -> tuple[Any, int]:
+    """`(u 2^-e) . (v 2^-f)` and `e + f`: `u . v` without underflow.
 
     A residual far below the right-hand side (CG run past convergence with `tol = 0`) has
     `r . r` or `p . A p` below the smallest float64 (about 1e-308 once `|r| < 1e-154`); the
     scaled products stay normal, and since scaling by `2^e` is exact, `alpha` and `beta`
     computed from them are bit-identical to the unscaled ones wherever those did not underflow.
     """
-    s, t = _power_of_two(u), _power_of_two(v)
-    return _dot(u / s, v / t), s * t
+    e, f = _exponent(u), _exponent(v)
+    return _dot(u * 2.0**-e, v * 2.0**-f), e + f
 
 
-def _ratio(numerator: tuple[Any, float], denominator: tuple[Any, float]) -> Any:
-    """`(a s) / (b t)` for `numerator = (a, s)`, `denominator = (b, t)` (`_scaled_dot`)."""
-    return (numerator[0] / denominator[0]) * (numerator[1] / denominator[1])
+def _ratio(numerator: tuple[Any, int], denominator: tuple[Any, int]) -> Any:
+    """`(a 2^e) / (b 2^f)` for `numerator = (a, e)`, `denominator = (b, f)` (`_scaled_dot`)."""
+    return (numerator[0] / denominator[0]) * 2.0 ** (numerator[1] - denominator[1])
 
 
 def _sqrt(value: Any) -> Any:
