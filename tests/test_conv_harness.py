@@ -143,3 +143,22 @@ def test_cg_still_refuses_an_indefinite_matrix():
     a = np.diag([1.0, -1.0])
     with pytest.raises(ValueError, match="not positive definite"):
         cg_solve(a, np.array([1.0, 1.0]), tol=0.0, maxiter=2)
+
+
+def test_problems_file_refuses_a_conv_net_over_the_size_limit(tmp_path):
+    import json
+
+    from ngd_ref import Conv2d, Layer
+    from verify.harness import load_problems
+
+    big = zoo.make_conv_problem((1, 3, 3), (Conv2d(1, 120, (3, 3), (1, 1), (0, 0), "tanh"),
+                                            Layer(120, 2, "identity")),
+                                "mse", 1, name="too-big-conv")
+    assert big.n_params > 1024
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps([big.to_dict()]))
+    with pytest.raises(UsageError, match="parameters"):
+        load_problems(str(path))
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps([CONV.to_dict()]))
+    assert [p.name for p in load_problems(str(small))] == [CONV.name]

@@ -233,18 +233,22 @@ def check_problem_size(layers: Any, batch: int, where: str) -> None:
     try:
         sizes = [(int(layer[0]), int(layer[1])) for layer in layers]
     except (TypeError, ValueError, IndexError, KeyError):
-        return  # malformed: `Problem` says what is wrong
+        return  # malformed or a convolution: checked once built (`_check_counts`)
     if not sizes:
         return
-    n = sum((n_in + 1) * n_out for n_in, n_out in sizes)
+    _check_counts(sum((n_in + 1) * n_out for n_in, n_out in sizes), sizes[-1][1], batch, where)
+
+
+def _check_counts(n: int, outputs: int, batch: int, where: str) -> None:
+    """`check_problem_size` on the counts: `n` parameters, C `outputs`, `batch` examples."""
     if n > MAX_PARAMS:
         raise UsageError(
             f"{where}: {n} parameters; the dense reference is limited to n <= {MAX_PARAMS} "
             "(it forms n x n matrices)"
         )
-    if batch * sizes[-1][1] * n > MAX_JACOBIAN:
+    if batch * outputs * n > MAX_JACOBIAN:
         raise UsageError(
-            f"{where}: batch {batch} x {sizes[-1][1]} outputs x {n} parameters exceeds the "
+            f"{where}: batch {batch} x {outputs} outputs x {n} parameters exceeds the "
             f"reference's limit of {MAX_JACOBIAN} Jacobian entries"
         )
 
@@ -284,6 +288,11 @@ def _problems_from_file(path: Path) -> list[Problem]:
             )
         try:
             problems.append(Problem.from_dict(item))
+            if not problems[-1].dense_only:  # a convolution's counts need its geometry
+                _check_counts(problems[-1].n_params, problems[-1].output_dim,
+                              problems[-1].batch_size, f"{label}: problem {index}")
+        except UsageError:
+            raise
         except ProblemError as exc:
             raise UsageError(f"{label}: problem {index}: {exc}") from None
         except (RecursionError, MemoryError):
