@@ -158,7 +158,8 @@ def _lm_factor(rho: float) -> float:
           statement="on a quadratic with the damped model, rho(k d*) = (b - k a)/(b - k(a + m)) "
                     "exactly: 1 <= rho(d*) <= 2, rho(3 d*) < 1/4 for lambda >= ||H|| and LM "
                     "increases lambda there (lambda / ||H|| in 2^-6, 1, 2^6)",
-          applies=lambda p: bool(np.any(reference(quadratic_twin(p)).gradient != 0)))
+          applies=lambda p: not p.layers[-1].is_convolution  # the twin reads a dense input
+          and bool(np.any(reference(quadratic_twin(p)).gradient != 0)))
 def reduction_ratio_damped_quadratic(problem: Problem):
     """Grosse s4.1 on `quadratic_twin(problem)` with `C = H` and `lambda > 0` (module docstring).
 
