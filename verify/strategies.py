@@ -175,8 +175,9 @@ def generate(n: int, seed: int, quick: bool = False) -> list[Problem]:
 
     Losses cycle through `LOSSES` (offset by the seed); the rest is drawn from
     `np.random.default_rng(seed)`. Every `CONV_EVERY`-th problem (i = 3, 7, ...) is a
-    convolutional net of `conv_problems`' space (PROTOCOL s12; `quick`: batch <= 2), drawn
-    from its own generator `default_rng([seed, i])` so the dense draws stay as they were.
+    convolutional net of `conv_problems`' space with the cycle's loss (PROTOCOL s12; `quick`:
+    batch <= 2), drawn from its own generator `default_rng([seed, i])` so the dense draws stay
+    as they were.
 
     Raises:
         ValueError: if `n < 0`.
@@ -196,7 +197,7 @@ def generate(n: int, seed: int, quick: bool = False) -> list[Problem]:
         exponent = int(rng.integers(space.conditioning[0], space.conditioning[1] + 1))
         data_seed = int(rng.integers(0, 2**16))
         if i % CONV_EVERY == CONV_EVERY - 1:
-            out.append(generate_conv(np.random.default_rng([seed, i]), space.losses,
+            out.append(generate_conv(np.random.default_rng([seed, i]), (loss,),
                                      space.activations, 2 if quick else 3))
         else:
             out.append(build(loss, widths, hidden, batch, reduction, exponent, data_seed))
