@@ -171,7 +171,15 @@ class SampledPortMixin:
     def top_eigenpairs(self, problem, curvature, k):
         """The k eigenpairs of largest `|lambda|` (ties: larger value first)."""
         lam, vec = np.linalg.eigh(getattr(self, str(curvature))(problem))
-        order = np.lexsort((-lam, -np.abs(lam)))[:k]
+        # PROTOCOL s13: |lambda| equal within rounding of the largest is a tie, broken by value
+        # (a Hessian's exact +-l pairs differ by rounding only, e.g. on conv nets)
+        tie = 8 * lam.shape[0] * np.finfo(self._dt).eps * float(np.max(np.abs(lam)))
+        order, rest = [], list(np.argsort(-np.abs(lam), kind="stable"))
+        while rest:
+            group = [i for i in rest if abs(lam[rest[0]]) - abs(lam[i]) <= tie]
+            order += sorted(group, key=lambda i: -lam[i])
+            rest = [i for i in rest if i not in group]
+        order = np.array(order[:k], dtype=int)
         return lam[order], vec[:, order]
 
     def trace(self, problem, curvature):
