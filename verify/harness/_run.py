@@ -42,7 +42,7 @@ from verify.harness._faults import (
 from verify.harness._inputs import with_twin
 from verify.harness._isolation import DEFAULT_TIMEOUT
 from verify.harness._kfac import check_kfac_factors, check_kfac_solve
-from verify.harness._layer_kinds import PROBLEM_FREE, unsupported_kinds
+from verify.harness._layer_kinds import PROBLEM_FREE, declared_layer_kinds, unsupported_kinds
 from verify.harness._loading import CAPABILITIES, LoadedAdapter, load_adapter
 from verify.harness._matrices import check_gradient, check_loss, check_matrix
 from verify.harness._method_inputs import INPUT_CHECKS
@@ -104,7 +104,18 @@ def _run_one(
     adapter: Any, capability: str, problem: Problem, dtype: str, seed: int,
     timeout: float | None,
 ) -> tuple[list[CheckResult], bool]:
-    """`run_capability`'s results, and whether a port call timed out."""
+    """`run_capability`'s results, and whether a port call timed out.
+
+    A problem with a layer kind the adapter does not declare (`layer_kinds`,
+    `verify.harness._layer_kinds`) is one `skip` result, the port not called.
+    """
+    missing = _undeclared(adapter, capability, problem)
+    if missing:
+        kinds = declared_layer_kinds(getattr(adapter, "layer_kinds", None))
+        return [CheckResult(capability, capability, problem.name, Status.SKIP,
+                            message=f"not checked: the problem has {', '.join(missing)} layers "
+                            f"and the adapter's layer_kinds {list(kinds)} does not declare "
+                            f"them (PROTOCOL s12)")], False
     ctx = CheckContext(adapter, capability, problem, dtype, seed, timeout=timeout)
     timed_out = False
     # The oracle's own arithmetic runs with numpy's errors ignored (non-finite values are
@@ -132,6 +143,13 @@ def _run_one(
                 f"the port): {describe_exception(exc)}; please report it",
             )
     return ctx.results, timed_out
+
+
+def _undeclared(adapter: Any, capability: str, problem: Problem) -> list[str]:
+    """The layer kinds of `problem` the adapter does not declare, for this capability."""
+    if capability in PROBLEM_FREE:
+        return []
+    return unsupported_kinds(problem, declared_layer_kinds(getattr(adapter, "layer_kinds", None)))
 
 
 def run_checks(
@@ -180,17 +198,7 @@ def run_checks(
     for capability in wanted:
         hung: str | None = None
         for problem in problems:
-            missing = [] if capability in PROBLEM_FREE else unsupported_kinds(
-                problem, loaded.layer_kinds)
-            if missing:
-                results = [
-                    CheckResult(capability, capability, problem.name, Status.SKIP,
-                                message=f"not checked: the problem has {', '.join(missing)} "
-                                f"layers and the adapter's layer_kinds "
-                                f"{list(loaded.layer_kinds)} does not declare them (PROTOCOL "
-                                f"s12)")
-                ]
-            elif hung is not None:
+            if hung is not None:
                 results = [
                     CheckResult(capability, capability, problem.name, Status.ERROR,
                                 message=f"not run: {capability} timed out on {hung}")
