@@ -164,6 +164,10 @@ class CategoricalLoss(OutputLoss):
         magnitudes = np.stack([self.grad_magnitude(k, z64) for k in range(z.shape[0])])
         return ScoreRule(np.asarray(p), scores, degree, True, magnitudes=magnitudes)
 
+    def score_rule_nodes(self, outputs: int, degree: int) -> int:
+        """The C classes."""
+        return outputs
+
     def sample(self, rng, z, size):
         p = np.asarray(self.probabilities(FLOAT64, np.asarray(z, dtype=float)))
         return rng.choice(p.shape[0], size=size, p=p / np.sum(p))
@@ -310,8 +314,7 @@ class _Separable(OutputLoss):
         the product rule exact; `N = points^{C_y}` nodes in all.
         """
         zeta = self._zeta(z)
-        points = -(-(degree * self.score_degree_in_y + 1) // 2)
-        nodes, weights = self.coordinate_rule(bk, zeta, points)
+        nodes, weights = self.coordinate_rule(bk, zeta, self._rule_points(degree))
         q, cy = nodes.shape
         grid = np.indices((q,) * cy).reshape(cy, -1)  # (C_y, N): node index per coordinate
         y = np.stack([nodes[grid[c], c] for c in range(cy)], axis=1)  # (N, C_y)
@@ -329,6 +332,16 @@ class _Separable(OutputLoss):
 
     #: whether `coordinate_rule` is the distribution's support itself
     is_support_rule: bool = False
+
+    def _rule_points(self, degree: int) -> int:
+        """Gauss nodes per coordinate: `ceil((degree d + 1) / 2)` (see `score_rule`)."""
+        return -(-(degree * self.score_degree_in_y + 1) // 2)
+
+    def score_rule_nodes(self, outputs: int, degree: int) -> int:
+        """`N = Q^{C_y}`, the nodes `score_rule` enumerates for an `outputs`-entry z."""
+        one = self._zeta(np.zeros(self.block_size))  # one coordinate: Q nodes
+        per_coordinate = self.coordinate_rule(FLOAT64, one, self._rule_points(degree))[0]
+        return per_coordinate.shape[0] ** (outputs // self.block_size)
 
     def atom_bound(self, zeta: np.ndarray) -> float:
         """See `ScoreRule.atom_bound`: 0 for continuous outputs."""

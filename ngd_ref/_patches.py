@@ -10,7 +10,10 @@ carry any trailing axes along (tangents in n parameter directions).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+import scipy.sparse
 
 from ngd_ref._backend import Backend
 from ngd_ref._spec import Conv2d, Layer
@@ -35,6 +38,20 @@ def patches_adjoint(layer: Layer | Conv2d, g: np.ndarray, bk: Backend) -> np.nda
     if not layer.is_convolution:
         return g[:, 0]
     rest = g.shape[2:]
+    if g.dtype != object:  # float64: one sparse product instead of an unbuffered add.at
+        flat = g.reshape(layer.patch_size * layer.n_positions, -1)
+        return (_scatter(tuple(layer), layer.input_hw) @ flat).reshape(layer.input_size, *rest)
     out = bk.zeros((layer.input_size + 1, *rest))
     np.add.at(out, layer.patch_index.reshape(-1), g.reshape(-1, *rest))
     return out[: layer.input_size]
+
+
+@functools.lru_cache(maxsize=64)
+def _scatter(fields: tuple, input_hw: tuple[int, int]) -> scipy.sparse.csr_matrix:
+    """The 0/1 matrix of `patches_adjoint`, `(input_size, patch_size T)` (padding dropped)."""
+    layer = Conv2d(*fields, input_hw=input_hw)
+    index = layer.patch_index.reshape(-1)
+    inside = index < layer.input_size
+    columns = np.arange(index.shape[0])[inside]
+    return scipy.sparse.csr_matrix((np.ones(columns.shape[0]), (index[inside], columns)),
+                                   shape=(layer.input_size, index.shape[0]))

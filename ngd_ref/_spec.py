@@ -246,6 +246,8 @@ class Layer(_DenseFields, _LayerKind):
 
     __slots__ = ()
 
+    #: the layer kind's name (an adapter's `layer_kinds` declares the kinds it supports)
+    kind = "dense"
     #: A dense layer has one position (T = 1): its patch is its whole input.
     is_convolution: Literal[False] = False
     n_positions = 1
@@ -302,6 +304,8 @@ class Conv2d(_Conv2dFields, _LayerKind):
 
     #: `(H, W)` of this layer's input; None until bound (`with_input`, or by a `Problem`).
     input_hw: tuple[int, int] | None = None
+    #: the layer kind's name (an adapter's `layer_kinds` declares the kinds it supports)
+    kind = "conv2d"
     is_convolution: Literal[True] = True
 
     def __new__(cls, c_in: int, c_out: int, kernel, stride=(1, 1), padding=(0, 0),

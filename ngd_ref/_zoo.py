@@ -12,7 +12,10 @@ reductions, both batch regimes and every last-layer kind, and (issue 14) Poisson
 above 1 (so `log y!` is not 0), two problems sharing every shape (`deep-linear-2x3x3x2-mse-b4`
 and `deep-curved-2x3x3x2-mse-b4`: a cache keyed on shapes is visible) and a deep net with a
 curved activation at every hidden layer (`phi'' != 0` below the top hidden layer, so a
-Hessian that drops the deep second-order terms is visible).
+Hessian that drops the deep second-order terms is visible). Both end with convolutional
+problems (PROTOCOL s12, `conv_problems()`): the zoo with all of them, the quick zoo with
+`QUICK_CONV` (two convolutions with padding and stride under a softmax head, a convolution as
+last layer with sigmoid cross-entropy, a 1x1 strided convolution with Poisson outputs).
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from ngd_ref._problem import Problem
 from ngd_ref._spec import LOSSES, Layer
 from ngd_ref._zoo_conv import conv_problems, make_conv_problem
 
-__all__ = ["HIDDEN_ACTIVATIONS", "LOSSES", "conv_problems", "get", "make_conv_problem",
-           "make_problem", "names", "problems"]
+__all__ = ["HIDDEN_ACTIVATIONS", "LOSSES", "QUICK_CONV", "conv_problems", "get",
+           "make_conv_problem", "make_problem", "names", "problems"]
 
 HIDDEN_ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "softplus")
 
@@ -95,6 +98,10 @@ def make_problem(
     return Problem(name, layers, loss, params, inputs, targets, reduction)
 
 
+#: the conv problems of the quick zoo (the names of `conv_problems()` entries)
+QUICK_CONV = ("conv-1x4x4-2c-pad-stride-ce-b2", "conv-2x3x3-2c-last-sigmoid-bce-b2",
+              "conv-1x1-stride2-3x3x3-poisson-b2")
+
 #: data seed of the quick zoo's Poisson problem: its targets are (3, 2, 1), so log y! != 0
 _QUICK_POISSON_SEED = 4
 
@@ -124,6 +131,7 @@ def problems(quick: bool = False) -> tuple[Problem, ...]:
         # the same shapes, curved at every hidden layer
         out.append(make_problem((2, 3, 3, 2), ("tanh", "softplus", "identity"), "mse", 4,
                                 name="deep-curved-2x3x3x2-mse-b4"))
+        out += [p for p in conv_problems() if p.name in QUICK_CONV]
         return tuple(out)
     # every loss x every hidden activation, B = 3, mean
     for loss in LOSSES:
@@ -145,6 +153,7 @@ def problems(quick: bool = False) -> tuple[Problem, ...]:
         make_problem((2, 5, 6), ("tanh", "identity"), "gaussian_logvar", 4,
                      name="heteroscedastic-2x5x6-tanh-b4"),
         make_problem((2, 3, 3), ("tanh", "softmax"), "mse", 2),
+        *conv_problems(),
     ]
     names_seen = [p.name for p in out]
     assert len(set(names_seen)) == len(names_seen), "zoo names must be unique"
@@ -162,7 +171,7 @@ def get(name: str) -> Problem:
     Raises:
         KeyError: with the list of valid names.
     """
-    for problem in problems(False) + problems(True) + conv_problems():
+    for problem in problems(False) + problems(True):
         if problem.name == name:
             return problem
     raise KeyError(f"no zoo problem named {name!r}; see ngd_ref.zoo.names()")

@@ -1,7 +1,7 @@
 """Convolutional problems (PROTOCOL s12), tiny enough for dense n x n matrices.
 
-Kept apart from the default zoo (`problems()`, `--quick`, the fuzz draws) until every consumer
-handles convolutions; `ngd_ref.zoo.conv_problems()` lists them. Data are dyadic rationals, as
+All of them end the default zoo (`ngd_ref.zoo.problems()`), three the quick zoo
+(`ngd_ref.zoo.QUICK_CONV`); `ngd_ref.zoo.conv_problems()` lists them. Data are dyadic rationals, as
 in the rest of the zoo, so they are exact in float64, float32 and mpmath.
 
 Coverage: kernel sizes 1 to the whole input, strides 1 and 2, zero padding, 1 to 3 channels,

@@ -73,8 +73,9 @@ def parameter_name(problem: Problem, index: int) -> str:
         zip(problem.layers, layer_slices(problem.layers), strict=True), start=1
     ):
         if block.start <= index < block.stop:
-            column, row = divmod(index - block.start, layer.n_out)  # vec stacks columns
-            return (f"layer {number} b[{row}]" if column == layer.n_in
+            rows, cols = layer.weight_shape  # a conv's W is c_out x c_in k_h k_w (s12)
+            column, row = divmod(index - block.start, rows)  # vec stacks columns
+            return (f"layer {number} b[{row}]" if column == cols - 1
                     else f"layer {number} W[{row}, {column}]")
     return f"[{index}]"
 

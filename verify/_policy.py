@@ -176,8 +176,9 @@ class TolerancePolicy:
         jac = np.linalg.norm(np.asarray(self.ref.jacobians, dtype=np.float64), axis=(1, 2)) ** 2
         return float(self.problem.scale * np.sum(jac * mid))
 
-    def kfac_magnitudes(self, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
-        """`MAG` of section 4's K-FAC factors of `kind`, with this policy's middle magnitudes.
+    def kfac_magnitudes(self, kind: str, approx: str = "expand"
+                        ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`MAG` of section 4's K-FAC factors of `kind` (s12's `approx` for convolutions).
 
         `fisher` and `ggn` use `middle_magnitudes` (the saturation floor included), `empirical`
         the outer product of `grad_magnitudes` (its middle is `dL/dz dL/dz^T`).
@@ -187,7 +188,7 @@ class TolerancePolicy:
             middles = np.einsum("bc,bd->bcd", g, g)
         else:
             middles = self.middle_magnitudes("fisher" if kind == "fisher" else "ggn")
-        return kfac_magnitudes(self.problem, kind, middle_magnitudes=middles)
+        return kfac_magnitudes(self.problem, kind, approx=approx, middle_magnitudes=middles)
 
     def matrix(self, curvature: str) -> np.ndarray:
         """The reference matrix."""

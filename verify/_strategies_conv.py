@@ -1,18 +1,24 @@
 """Hypothesis strategy of convolutional problems (PROTOCOL s12), tiny enough for dense matrices.
 
-Kept out of `verify.strategies.problems()`'s default draws until every consumer handles
-convolutions; select it with `problems(conv=True)` or `conv_problems()`.
+Select it with `problems(conv=True)` or `conv_problems()` (the hypothesis strategy's default
+draws stay dense); `generate_conv` is the same space drawn with a numpy generator, which
+`verify.strategies.generate` (the `--fuzz` problems) uses for every `CONV_EVERY`-th draw.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import hypothesis.strategies as st
+import numpy as np
 
 from ngd_ref import Conv2d, Layer, Loss, Problem, zoo
 
-__all__ = ["build_conv", "conv_problems"]
+__all__ = ["CONV_EVERY", "build_conv", "conv_problems", "generate_conv"]
+
+#: every CONV_EVERY-th problem of `verify.strategies.generate` (the `--fuzz` draws) is a conv net
+CONV_EVERY = 4
 
 #: Losses a conv last layer (identity activation) can feed: any output size works for them.
 CONV_LAST_LOSSES = ("mse", "sigmoid_cross_entropy", "poisson", "softmax_cross_entropy")
@@ -56,31 +62,48 @@ def build_conv(input_shape: tuple[int, int, int], convs: Sequence[tuple], head: 
 _ALL_LOSSES: tuple[str, ...] = tuple(member.value for member in Loss)
 
 
+def generate_conv(rng: np.random.Generator, losses: Sequence[str],
+                  activations: Sequence[str] = zoo.HIDDEN_ACTIVATIONS,
+                  max_batch: int = 3) -> Problem:
+    """One problem of `conv_problems`' space, drawn with `rng` (deterministic per state)."""
+    return _draw_conv(lambda lo, hi: int(rng.integers(lo, hi + 1)),
+                      lambda options: options[int(rng.integers(len(options)))],
+                      losses, activations, max_batch)
+
+
 @st.composite
 def _conv_problems(draw, losses: Sequence[str], activations: Sequence[str],
                    max_batch: int) -> Problem:
-    shape = (draw(st.integers(1, 2)), draw(st.integers(2, 4)), draw(st.integers(2, 4)))
+    return _draw_conv(lambda lo, hi: draw(st.integers(lo, hi)),
+                      lambda options: draw(st.sampled_from(options)),
+                      losses, activations, max_batch)
+
+
+def _draw_conv(integer: Callable[[int, int], int], choose: Callable[[list], Any],
+               losses: Sequence[str], activations: Sequence[str], max_batch: int) -> Problem:
+    """The point of the space chosen by `integer(lo, hi)` (inclusive) and `choose(options)`."""
+    shape = (integer(1, 2), integer(2, 4), integer(2, 4))
     hw, convs = shape[1:], []
-    for _ in range(draw(st.integers(1, 2))):
-        padding = (draw(st.integers(0, 1)), draw(st.integers(0, 1)))
-        kernel = tuple(draw(st.integers(1, min(3, size + 2 * pad)))
+    for _ in range(integer(1, 2)):
+        padding = (integer(0, 1), integer(0, 1))
+        kernel = tuple(integer(1, min(3, size + 2 * pad))
                        for size, pad in zip(hw, padding, strict=True))
-        stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-        convs.append((draw(st.integers(1, 2)), kernel, stride, padding,
-                      draw(st.sampled_from(list(activations)))))
+        stride = (integer(1, 2), integer(1, 2))
+        convs.append((integer(1, 2), kernel, stride, padding,
+                      choose(list(activations))))
         hw = tuple((size + 2 * pad - k) // s + 1
                    for size, pad, k, s in zip(hw, padding, kernel, stride, strict=True))
-    conv_last = draw(st.booleans())
+    conv_last = bool(integer(0, 1))
     pool = [loss for loss in losses if loss in CONV_LAST_LOSSES] if conv_last else list(losses)
     if conv_last and Loss.SOFTMAX_CROSS_ENTROPY.value in pool and convs[-1][0] * hw[0] * hw[1] < 2:
         pool.remove(Loss.SOFTMAX_CROSS_ENTROPY.value)
     if not pool:
         conv_last, pool = False, list(losses)
-    loss = draw(st.sampled_from(pool))
-    head = None if conv_last else draw(st.integers(1, 3))
-    return build_conv(shape, convs, head, loss, draw(st.integers(1, max_batch)),
-                      draw(st.sampled_from(["mean", "sum"])), draw(st.integers(-1, 1)),
-                      draw(st.integers(0, 2**16)))
+    loss = choose(pool)
+    head = None if conv_last else integer(1, 3)
+    return build_conv(shape, convs, head, loss, integer(1, max_batch),
+                      choose(["mean", "sum"]), integer(-1, 1),
+                      integer(0, 2**16))
 
 
 def conv_problems(*, losses: Sequence[str] = _ALL_LOSSES,

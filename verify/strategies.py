@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from ngd_ref import LOSSES, Loss, Problem
 from ngd_ref._zoo import HIDDEN_ACTIVATIONS, make_problem
-from verify._strategies_conv import conv_problems
+from verify._strategies_conv import CONV_EVERY, conv_problems, generate_conv
 
 __all__ = [
     "TRAJECTORY_FAMILIES",
@@ -160,7 +160,8 @@ def problems(*, losses: Sequence[str] = LOSSES, activations: Sequence[str] = HID
 
     With `conv=True` the problems have convolutions (`verify._strategies_conv.conv_problems`;
     `max_layers`, `max_width`, `reductions` and `conditioning` do not apply); the default
-    draws stay dense until every consumer handles convolutions.
+    draws stay dense (property tests written for dense layers keep their hypotheses);
+    `generate`'s `--fuzz` draws include convolutions.
     """
     if conv:  # PROTOCOL s12's convolutional problems (verify._strategies_conv)
         return conv_problems(losses=losses, activations=activations, max_batch=max_batch)
@@ -174,7 +175,10 @@ def generate(n: int, seed: int, quick: bool = False) -> list[Problem]:
     """`n` deterministic problems from the default space (`quick`: at most 2 layers, width 3).
 
     Losses cycle through `LOSSES` (offset by the seed); the rest is drawn from
-    `np.random.default_rng(seed)`.
+    `np.random.default_rng(seed)`. Every `CONV_EVERY`-th problem (i = 3, 7, ...) is a
+    convolutional net of `conv_problems`' space with the cycle's loss (PROTOCOL s12; `quick`:
+    batch <= 2), drawn from its own generator `default_rng([seed, i])` so the dense draws stay
+    as they were.
 
     Raises:
         ValueError: if `n < 0`.
@@ -192,8 +196,12 @@ def generate(n: int, seed: int, quick: bool = False) -> list[Problem]:
         batch = int(rng.integers(1, space.max_batch + 1))
         reduction = str(rng.choice(list(space.reductions)))
         exponent = int(rng.integers(space.conditioning[0], space.conditioning[1] + 1))
-        out.append(build(loss, widths, hidden, batch, reduction, exponent,
-                         int(rng.integers(0, 2**16))))
+        data_seed = int(rng.integers(0, 2**16))
+        if i % CONV_EVERY == CONV_EVERY - 1:
+            out.append(generate_conv(np.random.default_rng([seed, i]), (loss,),
+                                     space.activations, 2 if quick else 3))
+        else:
+            out.append(build(loss, widths, hidden, batch, reduction, exponent, data_seed))
     return out
 
 

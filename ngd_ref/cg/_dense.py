@@ -32,6 +32,7 @@ float64 arrays and on numpy object arrays of `mpmath.mpf` (use it inside
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +80,29 @@ def _as_callable(operator: Any, name: str) -> Matvec:
 
 def _dot(u: np.ndarray, v: np.ndarray) -> Any:
     return np.sum(u * v)
+
+
+def _exponent(u: np.ndarray) -> int:
+    """`e` with `2^e` near `max |u_i|` (0 where that is 0 or not a positive float64)."""
+    largest = float(np.max(np.abs(u))) if u.size else 0.0
+    return math.frexp(largest)[1] if largest > 0 and math.isfinite(largest) else 0
+
+
+def _scaled_dot(u: np.ndarray, v: np.ndarray) -> tuple[Any, int]:
+    """`(u 2^-e) . (v 2^-f)` and `e + f`: `u . v` without underflow.
+
+    A residual far below the right-hand side (CG run past convergence with `tol = 0`) has
+    `r . r` or `p . A p` below the smallest float64 (about 1e-308 once `|r| < 1e-154`); the
+    scaled products stay normal, and since scaling by `2^e` is exact, `alpha` and `beta`
+    computed from them are bit-identical to the unscaled ones wherever those did not underflow.
+    """
+    e, f = _exponent(u), _exponent(v)
+    return _dot(u * 2.0**-e, v * 2.0**-f), e + f
+
+
+def _ratio(numerator: tuple[Any, int], denominator: tuple[Any, int]) -> Any:
+    """`(a 2^e) / (b 2^f)` for `numerator = (a, e)`, `denominator = (b, f)` (`_scaled_dot`)."""
+    return (numerator[0] / denominator[0]) * 2.0 ** (numerator[1] - denominator[1])
 
 
 def _sqrt(value: Any) -> Any:
@@ -151,7 +175,7 @@ def _run_cg(matvec: Matvec | np.ndarray, b: np.ndarray, x0: np.ndarray | None, *
     restart = True
     converged = False
     iterations = 0
-    p = rho = None
+    p = rho = None  # rho: the scaled r^T z of `_scaled_dot`
     while True:
         if _dot(r, r) <= threshold_sq:
             true_r = b - apply_a(x)
@@ -163,16 +187,16 @@ def _run_cg(matvec: Matvec | np.ndarray, b: np.ndarray, x0: np.ndarray | None, *
         if iterations >= maxiter:
             break
         z = apply_m(r)
-        rho_new = _dot(r, z)
-        if rho_new < 0:
-            raise ValueError(f"precond: not positive definite (r^T M r = {rho_new})")
-        p = z if restart else z + (rho_new / rho) * p
+        rho_new = _scaled_dot(r, z)
+        if rho_new[0] < 0:
+            raise ValueError(f"precond: not positive definite (r^T M r = {_dot(r, z)})")
+        p = z if restart else z + _ratio(rho_new, rho) * p
         rho, restart = rho_new, False
         ap = apply_a(p)
-        curvature = _dot(p, ap)
-        if not curvature > 0:
-            raise ValueError(f"matvec: not positive definite (p^T A p = {curvature})")
-        alpha = rho / curvature
+        curvature = _scaled_dot(p, ap)
+        if not curvature[0] > 0:
+            raise ValueError(f"matvec: not positive definite (p^T A p = {_dot(p, ap)})")
+        alpha = _ratio(rho, curvature)
         x = x + alpha * p
         r = r - alpha * ap
         iterations += 1

@@ -12,6 +12,7 @@ from ngd_ref.sampled._dense import (
     estimator_moments,
     hutchinson_moments,
     rademacher_chaos_moments,
+    rule_nodes,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "estimator_moments",
     "hutchinson_moments",
     "rademacher_chaos_moments",
+    "rule_nodes",
 ]

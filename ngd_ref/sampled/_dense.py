@@ -63,11 +63,21 @@ __all__ = [
     "estimator_moments",
     "hutchinson_moments",
     "rademacher_chaos_moments",
+    "rule_nodes",
 ]
 
 #: degree (in the score) the rules must integrate: fourth moments of a quadratic
 _DEGREE = 8
 _CHUNK = 4096
+
+
+def rule_nodes(problem: Problem) -> int:
+    """Nodes of the exact product rule over one example's targets (`OutputLoss.score_rule`).
+
+    `Q^{C_y}` grows exponentially with the outputs (`5^20` for a convolution's 20 mse
+    outputs): callers check it against their budget before asking for the moments.
+    """
+    return get_loss(problem.loss).score_rule_nodes(problem.output_dim, _DEGREE)
 #: relative size below which a per-example variance counts as zero (a constant contribution)
 _ZERO = 1e-24
 

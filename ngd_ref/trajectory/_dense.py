@@ -264,7 +264,7 @@ class _Runner:
         return cg_solve(system, rhs, start, tol=0.0, maxiter=iters).x
 
     def _factors(self, ref: DenseCurvature, kind: str) -> list:
-        return kfac_factors_of(ref, kind)
+        return kfac_factors_of(ref, kind, approx=self.hyper.get("approx", "expand"))
 
     def _kfac_solve(self, factors: list, v: np.ndarray, lam: Any, method: str) -> np.ndarray:
         return kfac_solve_factors(factors, v, lam, method, backend=self.bk)
@@ -455,7 +455,7 @@ class _Runner:
     def _shampoo(self, k, ref, g, events, log) -> np.ndarray:
         bk, hyper = self.bk, self.hyper
         layers, slices = self.problem.layers, layer_slices(self.problem.layers)
-        grads = [g[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
+        grads = [g[sl].reshape(layer.weight_shape, order="F")
                  for layer, sl in zip(layers, slices, strict=True)]
         beta2 = bk.scalar(hyper["beta2"])
         if self.left is None:

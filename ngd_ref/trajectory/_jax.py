@@ -119,14 +119,15 @@ class _JaxRunner(_Runner):
 
     def _factors(self, ref: Any, kind: str) -> list:  # ref: the `_Point` of `at`
         return [(self._host(a), self._host(s))
-                for a, s in kfac_factors(ref.problem, kind, dtype=self.dtype)]
+                for a, s in kfac_factors(ref.problem, kind, dtype=self.dtype,
+                                         approx=self.hyper.get("approx", "expand"))]
 
     def _kfac_solve(self, factors, v, lam, method):
         layers, blocks, start = self.problem.layers, [], 0
         for layer in layers:
-            size = (layer.n_in + 1) * layer.n_out
+            size = layer.n_params
             blocks.append(self._jnp(v[start:start + size].reshape(
-                (layer.n_out, layer.n_in + 1), order="F")))
+                layer.weight_shape, order="F")))
             start += size
         out = damped_solve_layers([(self._jnp(a), self._jnp(s)) for a, s in factors], blocks,
                                      self._jnp(lam), method)

@@ -240,6 +240,40 @@ def embed(problem: Problem, frame: Frame) -> Embedded:
     return Embedded(frame, tree, index, flat_ids.shape[0], inputs, targets, weights)
 
 
+@dataclasses.dataclass(frozen=True)
+class OwnFrame:
+    """A problem's own network as its frame (weight sharing has no universal-MLP embedding).
+
+    Attributes:
+        objective: `h = sum_b w_b L_b` of `ngd_ref.jax.network_apply(problem.layers)` (the
+            weights carry c), compiled once per architecture.
+    """
+
+    objective: nj.Objective
+
+
+def own_embedding(problem: Problem) -> Embedded:
+    """The problem in its own network (PROTOCOL s12 convolutions): params `[(W_l, b_l), ...]`.
+
+    `index` maps the canonical `vec([W b])` entries to the positions of `ravel_pytree`.
+    """
+    objective = nj.Objective(nj.network_apply(problem.layers), problem.loss, "sum")
+    params = [(np.asarray(w), np.asarray(b))
+              for w, b in unflatten(problem.layers, problem.params)]
+    ids, start = [], 0
+    for layer in problem.layers:
+        rows, cols = layer.weight_shape
+        canon = np.arange(start, start + rows * cols).reshape(cols, rows).T
+        ids += [canon[:, :-1].ravel(), canon[:, -1]]
+        start += rows * cols
+    flat_ids = np.concatenate(ids)
+    index = np.empty(problem.n_params, dtype=np.int64)
+    index[flat_ids] = np.arange(flat_ids.shape[0])
+    weights = np.full(problem.batch_size, problem.scale)
+    return Embedded(OwnFrame(objective), params, index, problem.n_params,
+                    np.asarray(problem.inputs), np.asarray(problem.targets), weights)
+
+
 def _pads(problem: Problem) -> bool:
     """Whether extra outputs `z = 0`, `y = 0` leave h and its derivatives unchanged.
 
@@ -282,7 +316,7 @@ class FramePlan:
 
     def __init__(self, problems: Sequence[Problem] = ()) -> None:
         self._frames: dict[tuple[Any, ...], Frame] = {}
-        groups = _groups(problems)
+        groups = _groups([problem for problem in problems if problem.dense_only])
         #: one planned problem per frame (e.g. to compile each frame's programs early)
         self.representatives: list[Problem] = [group[0] for group in groups]
         #: the parameter counts n of the planned problems
@@ -300,7 +334,9 @@ class FramePlan:
     def embedded(self, problem: Problem) -> Embedded:
         """The problem embedded in its frame."""
         key = _key(problem)
-        if key not in self._embedded:
+        if key not in self._embedded and not problem.dense_only:
+            self._embedded[key] = own_embedding(problem)
+        elif key not in self._embedded:
             frame = self._frames.setdefault(key, Frame.of([problem]))
             self._embedded[key] = embed(problem, frame)
         return self._embedded[key]

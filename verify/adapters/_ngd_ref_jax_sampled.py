@@ -94,7 +94,8 @@ class SampledJaxMixin:
 
     def kfac_factors_separate(self, problem: Problem, kind: str, approx: str = "expand"):
         """Weight and bias blocks from `kfac_factors` (A without / only its homogeneous entry)."""
-        return [((a[:-1, :-1], s), (a[-1:, -1:], s)) for a, s in self.kfac_factors(problem, kind)]
+        return [((a[:-1, :-1], s), (a[-1:, -1:], s))
+                for a, s in self.kfac_factors(problem, kind, approx=approx)]
 
     def top_eigenpairs(self, problem: Problem, curvature: str, k: int):
         """Lanczos on the curvature operator; the k of largest `|lambda|` (ties by value)."""

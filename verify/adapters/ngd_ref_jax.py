@@ -12,7 +12,9 @@ its kernels once per (frame, dtype, mesh) with XLA's `-O0` and no fusion emitter
 (`_COMPILER_OPTIONS`); the results are read off at the problem's own coordinates. Built
 with `problems=` (as `ngd-verify run` does) it plans the frames over them (the full zoo: 3
 frames); built with no arguments (as `ngd-verify check` does) every problem gets a frame of
-its own. The kernels, called once per problem (per vector for the products):
+its own. A network with convolutions (PROTOCOL s12) is no MLP: it is its own frame
+(`_jax_frames.own_embedding`: its `ngd_ref.jax.network_apply`, compiled per architecture).
+The kernels, called once per problem (per vector for the products):
 
 * `_quantities`: `h`, `grad h` and the exact diagonals of G, F, EF;
 * `_hessian_diag`: the exact `diag(H)` by n HVPs;
@@ -234,6 +236,7 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
 
     name = "ngd-ref-jax"
     dtype = "float64"
+    layer_kinds = ("dense", "conv2d")  # PROTOCOL s12 (a conv net is its own frame)
 
     def __init__(self, problems: Sequence[Problem] = (), devices: int = 1) -> None:
         self._plan = FramePlan(problems)
@@ -255,7 +258,8 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         """The problem's embedding and its universal params and batch in this dtype (cached)."""
         e = self._plan.embedded(problem)
         if id(e) not in self._device:
-            batch = nj.Batch(*self._cast((e.inputs, e.targets, e.weights)))
+            targets = e.targets if e.targets.dtype.kind == "i" else self._cast(e.targets)
+            batch = nj.Batch(self._cast(e.inputs), targets, self._cast(e.weights))
             self._device[id(e)] = (e, self._cast(e.params), batch)
         return self._device[id(e)]
 
@@ -459,16 +463,17 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         return np.asarray(nj.shampoo_direction(self._matrix(G), self._matrix(L), self._matrix(R),
                                                eps))
 
-    def kfac_factors(self, problem: Problem, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
-        """K-FAC factors `[(A_l, S_l), ...]` (PROTOCOL s4), exact expectations, in JAX."""
-        factors = nj.kfac_factors(problem, kind, dtype=self.dtype)
+    def kfac_factors(self, problem: Problem, kind: str, approx: str = "expand"
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """K-FAC factors `[(A_l, S_l), ...]` (PROTOCOL s4, s12 `approx`), in JAX."""
+        factors = nj.kfac_factors(problem, kind, dtype=self.dtype, approx=approx)
         return [(np.asarray(a), np.asarray(s)) for a, s in factors]
 
     def kfac_solve(self, problem: Problem, v: Any, damping: float, method: str,
-                   kind: str = "fisher") -> np.ndarray:
+                   kind: str = "fisher", approx: str = "expand") -> np.ndarray:
         """Block-diagonal damped K-FAC solve (eq. 23 `eigen` or eq. 24 `factored`), in JAX."""
         return np.asarray(nj.kfac_solve(problem, np.asarray(v, dtype=np.float64), damping,
-                                        method, kind, dtype=self.dtype))
+                                        method, kind, dtype=self.dtype, approx=approx))
 
     def lowrank_ggn_update(self, problem: Problem, damping: float) -> np.ndarray:
         """`-(G + damping I)^{-1} grad h` in output space (`ngd_ref.jax.lowrank_ggn_update`)."""

@@ -1,5 +1,10 @@
 """Checks of K-FAC (PROTOCOL s4; Grosse ch. 4 s5, seed 002).
 
+On a convolutional problem (PROTOCOL s12) every call passes `approx=` ("expand" and
+"reduce" each, check names suffixed `_expand`/`_reduce`) and `kfac_factors_default_approx` /
+`kfac_solve_default_approx` check that omitting it means "expand"; on dense-only problems
+the calls are section 4's, without the keyword (both approximations are s4's there).
+
 * `kfac_factors(problem, kind)` for every kind (`fisher`, `ggn`, `empirical`): a list of one
   `(A_l, S_l)` pair per layer with the right shapes, the product `A_l (x) S_l` equal to the
   exact reference's (`ngd_ref.kfac._dense.kfac_factors`; `A_l = mean_b abar abar^T`,
@@ -23,7 +28,8 @@ from ngd_ref.dense import factored_damping_pi, kfac_factors, kfac_solve
 from verify._report import Status
 from verify.harness._context import CheckContext
 
-__all__ = ["KINDS", "METHODS", "check_kfac_factors", "check_kfac_solve", "factor_split"]
+__all__ = ["APPROXES", "KINDS", "METHODS", "approx_keywords", "check_kfac_factors",
+           "check_kfac_solve", "factor_split"]
 
 KINDS = ("fisher", "ggn", "empirical")
 METHODS = ("eigen", "factored")
@@ -32,6 +38,19 @@ _SOLVE_CASES = tuple((kind, method, 0.1) for kind in KINDS for method in METHODS
     ("fisher", "factored", 1.0),
     (None, "eigen", 0.1),  # kind omitted: PROTOCOL s5's default, "fisher"
 )
+
+
+#: PROTOCOL s12's K-FAC approximations of a convolution ("expand" is the default)
+APPROXES = ("expand", "reduce")
+
+
+def approx_keywords(problem) -> tuple[dict[str, str], ...]:
+    """The `approx=` keywords to check K-FAC with: none on dense-only problems, both on conv."""
+    return ({},) if problem.dense_only else tuple({"approx": a} for a in APPROXES)
+
+
+def _suffix(keyword: dict[str, str]) -> str:
+    return f"_{keyword['approx']}" if keyword else ""
 
 
 def _pairs(ctx: CheckContext, check: str, value, expected: list) -> list | None:
@@ -67,12 +86,17 @@ def factor_split(actual, desired: np.ndarray) -> str:
 def check_kfac_factors(ctx: CheckContext) -> None:
     """Every kind's products `A_l (x) S_l` against the exact reference; the split reported."""
     b = ctx.policy
-    for kind in KINDS:
-        check = f"kfac_factors_{kind}"
-        expected = kfac_factors(ctx.problem, kind)
-        magnitudes = ctx.policy.kfac_magnitudes(kind)
+    cases = [(kind, keyword, False) for kind in KINDS for keyword in approx_keywords(ctx.problem)]
+    if not ctx.problem.dense_only:  # approx omitted: PROTOCOL s12's default, "expand"
+        cases.append(("fisher", {"approx": "expand"}, True))
+    for kind, keyword, omitted in cases:
+        check = ("kfac_factors_default_approx" if omitted
+                 else f"kfac_factors_{kind}{_suffix(keyword)}")
+        expected = kfac_factors(ctx.problem, kind, **keyword)
+        magnitudes = ctx.policy.kfac_magnitudes(kind, **keyword)
         ctx.begin(check)
-        pairs = _pairs(ctx, check, ctx.port("kfac_factors", ctx.problem, kind), expected)
+        value = ctx.port("kfac_factors", ctx.problem, kind, **({} if omitted else keyword))
+        pairs = _pairs(ctx, check, value, expected)
         if pairs is None:
             continue
         for index, ((a, s), (a_ref, s_ref), (a_mag, s_mag)) in enumerate(
@@ -89,7 +113,8 @@ def check_kfac_factors(ctx: CheckContext) -> None:
                 tolerance=b.rtol,
                 magnitude=float(np.linalg.norm(a_mag) * np.linalg.norm(s_mag)),
                 what=f"layer {index}: A_l (x) S_l, A_l = mean_b abar abar^T, S_l = c sum_b M_b, "
-                f"kind {kind} (PROTOCOL s4; only the product counts, s12: the port's split "
+                f"kind {kind}{_described(keyword, omitted)} (PROTOCOL s4; only the product "
+                f"counts, s12: the port's split "
                 f"A = k A_ref with {factor_split(a, a_ref)})",
             )
             if comparison.reason:
@@ -101,6 +126,16 @@ def check_kfac_factors(ctx: CheckContext) -> None:
                     tolerance=b.rtol,
                     magnitude=float(np.linalg.norm(mag)) * _split_scale(actual, mag),
                 )
+
+
+def _described(keyword: dict[str, str], omitted: bool) -> str:
+    if not keyword:
+        return ""
+    return f", approx {keyword['approx']}" + (" (omitted: the default)" if omitted else "")
+
+
+def _omitted_approx(problem) -> str:
+    return "" if problem.dense_only else ", approx omitted (PROTOCOL s12's default, expand)"
 
 
 def _split_scale(actual, magnitude: np.ndarray) -> float:
@@ -136,23 +171,29 @@ def check_kfac_solve(ctx: CheckContext) -> None:
     """Damped K-FAC solves for every kind, both methods, two dampings."""
     b = ctx.policy
     (v,) = ctx.probe(ctx.problem.n_params)
-    for passed, method, damping in _SOLVE_CASES:
+    cases = [(passed, method, damping, keyword) for passed, method, damping in _SOLVE_CASES
+             for keyword in (approx_keywords(ctx.problem) if passed else ({},))]
+    for passed, method, damping, keyword in cases:
         kind = passed or "fisher"
-        check = f"kfac_solve_{method}_{kind}" if passed else "kfac_solve_default_kind"
-        factors = kfac_factors(ctx.problem, kind)
+        check = f"kfac_solve_{method}_{kind}{_suffix(keyword)}" if passed else \
+            "kfac_solve_default_kind"
+        factors = kfac_factors(ctx.problem, kind, **keyword)
         if method == "factored" and any(np.trace(s) <= 0 for _, s in factors):
             ctx.record(check, Status.SKIP, "pi is undefined: tr(S_l) = 0 for this problem")
             continue
-        condition = _condition(factors, ctx.policy.kfac_magnitudes(kind), damping, method)
+        condition = _condition(factors, ctx.policy.kfac_magnitudes(kind, **keyword), damping,
+                               method)
         tolerance = b.solve_rtol(condition)
         ctx.begin(check)
-        value = ctx.port("kfac_solve", ctx.problem, v, damping, method, *([kind] if passed else []))
+        value = ctx.port("kfac_solve", ctx.problem, v, damping, method, *([kind] if passed else []),
+                         **keyword)
         ctx.compare(
             check,
             value,
-            kfac_solve(ctx.problem, v, damping, method, kind),
+            kfac_solve(ctx.problem, v, damping, method, kind, **keyword),
             tolerance=tolerance,
-            what=f"K-FAC {method} damped solve, kind {kind}{'' if passed else ' (omitted)'}, "
+            what=f"K-FAC {method} damped solve, kind {kind}{'' if passed else ' (omitted)'}"
+            f"{_described(keyword, False) if passed else _omitted_approx(ctx.problem)}, "
             f"lambda {damping:g} "
             f"(Grosse eq. {23 if method == 'eigen' else 24}; condition {condition:.1e})",
         )

@@ -22,6 +22,7 @@ from typing import Any
 from verify._errors import UsageError
 from verify.harness._faults import describe_exception, port_text
 from verify.harness._isolation import DEFAULT_TIMEOUT, CallTimedOut, run_isolated
+from verify.harness._layer_kinds import DEFAULT_LAYER_KINDS, declared_layer_kinds
 
 __all__ = ["CAPABILITIES", "LoadedAdapter", "capabilities_of", "load_adapter"]
 
@@ -76,12 +77,15 @@ class LoadedAdapter:
         name: its `name` attribute, else the target string.
         dtype: `"float64"` or `"float32"` (its `dtype` attribute; default float64).
         capabilities: the methods of `CAPABILITIES` it defines, in that order.
+        layer_kinds: the layer kinds it declares (`layer_kinds` attribute, PROTOCOL s12;
+            `verify.harness._layer_kinds`), default `("dense",)`.
     """
 
     instance: Any
     name: str
     dtype: str
     capabilities: tuple[str, ...]
+    layer_kinds: tuple[str, ...] = DEFAULT_LAYER_KINDS
 
 
 def capabilities_of(adapter: Any) -> tuple[str, ...]:
@@ -198,6 +202,7 @@ def load_adapter(target: str | type | Any, *, timeout: float | None = DEFAULT_TI
             raise UsageError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         capabilities = capabilities_of(instance)
         name = _attribute(instance, "name", None)
+        layer_kinds = declared_layer_kinds(_attribute(instance, "layer_kinds", None))
     except UsageError as exc:
         raise UsageError(f"--adapter {label!r}: {exc}") from None
     if not capabilities:
@@ -207,5 +212,5 @@ def load_adapter(target: str | type | Any, *, timeout: float | None = DEFAULT_TI
         )
     return LoadedAdapter(
         instance, port_text(name, 80) if isinstance(name, str) and name else label, dtype,
-        capabilities,
+        capabilities, layer_kinds,
     )

@@ -104,7 +104,7 @@ def check_shampoo_direction(ctx: CheckContext) -> None:
     """`_methods.check_shampoo_direction`, then statistics accumulated over three gradients."""
     _methods.check_shampoo_direction(ctx)
     layer = ctx.problem.layers[0]
-    shape = (layer.n_out, layer.n_in + 1)
+    shape = layer.weight_shape  # a convolution's Wbar is c_out x (c_in k_h k_w + 1) (s12)
     sl = layer_slices(ctx.problem.layers)[0]
     grad = ctx.policy.ref.gradient[sl].reshape(shape, order="F")
     scale = max(float(np.linalg.norm(grad)), 1.0 / 64.0)

@@ -42,6 +42,7 @@ from verify.harness._faults import (
 from verify.harness._inputs import with_twin
 from verify.harness._isolation import DEFAULT_TIMEOUT
 from verify.harness._kfac import check_kfac_factors, check_kfac_solve
+from verify.harness._layer_kinds import PROBLEM_FREE, declared_layer_kinds, unsupported_kinds
 from verify.harness._loading import CAPABILITIES, LoadedAdapter, load_adapter
 from verify.harness._matrices import check_gradient, check_loss, check_matrix
 from verify.harness._method_inputs import INPUT_CHECKS
@@ -103,7 +104,18 @@ def _run_one(
     adapter: Any, capability: str, problem: Problem, dtype: str, seed: int,
     timeout: float | None,
 ) -> tuple[list[CheckResult], bool]:
-    """`run_capability`'s results, and whether a port call timed out."""
+    """`run_capability`'s results, and whether a port call timed out.
+
+    A problem with a layer kind the adapter does not declare (`layer_kinds`,
+    `verify.harness._layer_kinds`) is one `skip` result, the port not called.
+    """
+    missing = _undeclared(adapter, capability, problem)
+    if missing:
+        kinds = declared_layer_kinds(getattr(adapter, "layer_kinds", None))
+        return [CheckResult(capability, capability, problem.name, Status.SKIP,
+                            message=f"not checked: the problem has {', '.join(missing)} layers "
+                            f"and the adapter's layer_kinds {list(kinds)} does not declare "
+                            f"them (PROTOCOL s12)")], False
     ctx = CheckContext(adapter, capability, problem, dtype, seed, timeout=timeout)
     timed_out = False
     # The oracle's own arithmetic runs with numpy's errors ignored (non-finite values are
@@ -131,6 +143,13 @@ def _run_one(
                 f"the port): {describe_exception(exc)}; please report it",
             )
     return ctx.results, timed_out
+
+
+def _undeclared(adapter: Any, capability: str, problem: Problem) -> list[str]:
+    """The layer kinds of `problem` the adapter does not declare, for this capability."""
+    if capability in PROBLEM_FREE:
+        return []
+    return unsupported_kinds(problem, declared_layer_kinds(getattr(adapter, "layer_kinds", None)))
 
 
 def run_checks(
@@ -222,18 +241,22 @@ def check_problem_size(layers: Any, batch: int, where: str) -> None:
     try:
         sizes = [(int(layer[0]), int(layer[1])) for layer in layers]
     except (TypeError, ValueError, IndexError, KeyError):
-        return  # malformed: `Problem` says what is wrong
+        return  # malformed or a convolution: checked once built (`_check_counts`)
     if not sizes:
         return
-    n = sum((n_in + 1) * n_out for n_in, n_out in sizes)
+    _check_counts(sum((n_in + 1) * n_out for n_in, n_out in sizes), sizes[-1][1], batch, where)
+
+
+def _check_counts(n: int, outputs: int, batch: int, where: str) -> None:
+    """`check_problem_size` on the counts: `n` parameters, C `outputs`, `batch` examples."""
     if n > MAX_PARAMS:
         raise UsageError(
             f"{where}: {n} parameters; the dense reference is limited to n <= {MAX_PARAMS} "
             "(it forms n x n matrices)"
         )
-    if batch * sizes[-1][1] * n > MAX_JACOBIAN:
+    if batch * outputs * n > MAX_JACOBIAN:
         raise UsageError(
-            f"{where}: batch {batch} x {sizes[-1][1]} outputs x {n} parameters exceeds the "
+            f"{where}: batch {batch} x {outputs} outputs x {n} parameters exceeds the "
             f"reference's limit of {MAX_JACOBIAN} Jacobian entries"
         )
 
@@ -273,6 +296,11 @@ def _problems_from_file(path: Path) -> list[Problem]:
             )
         try:
             problems.append(Problem.from_dict(item))
+            if not problems[-1].dense_only:  # a convolution's counts need its geometry
+                _check_counts(problems[-1].n_params, problems[-1].output_dim,
+                              problems[-1].batch_size, f"{label}: problem {index}")
+        except UsageError:
+            raise
         except ProblemError as exc:
             raise UsageError(f"{label}: problem {index}: {exc}") from None
         except (RecursionError, MemoryError):

@@ -5,7 +5,8 @@
 * `kfac_factors_separate(problem, kind)`: per layer the weight block `A_w (x) S_w` and the bias
   block `A_b (x) S_b` against `A_l` without / with only its homogeneous row and column (times
   `S_l`, PROTOCOL s4), as products (each block may split a scalar between its factors; the
-  split found is reported).
+  split found is reported). On a convolutional problem both of s12's `approx` ("expand":
+  `A_b = T`; "reduce": `A_b = 1`), check names suffixed `_expand`/`_reduce`.
 * `top_eigenpairs(problem, curvature, k)`: for k with a gap after the k-th absolute value, the
   values (Weyl: a perturbation `dC` of a symmetric matrix moves each eigenvalue by at most
   `||dC||_2 <= e = rtol ||MAG(C)||_F`) in the protocol's order, and for each cluster of equal
@@ -28,7 +29,7 @@ import numpy as np
 from ngd_ref.dense import kfac_factors
 from verify._report import Status
 from verify.harness._context import CheckContext
-from verify.harness._kfac import KINDS, factor_split
+from verify.harness._kfac import KINDS, approx_keywords, factor_split
 
 __all__ = ["S13_CHECKS", "eigen_order", "gapped_ks", "tie_groups"]
 
@@ -51,12 +52,12 @@ def check_per_example_gradients(ctx: CheckContext) -> None:
 def check_kfac_factors_separate(ctx: CheckContext) -> None:
     """Separate weight and bias blocks, as products, for every kind (PROTOCOL s13)."""
     b = ctx.policy
-    for kind in KINDS:
-        check = f"kfac_factors_separate_{kind}"
-        expected = kfac_factors(ctx.problem, kind)
-        magnitudes = ctx.policy.kfac_magnitudes(kind)
+    for kind, keyword in ((k, w) for k in KINDS for w in approx_keywords(ctx.problem)):
+        check = f"kfac_factors_separate_{kind}" + "".join(f"_{v}" for v in keyword.values())
+        expected = kfac_factors(ctx.problem, kind, **keyword)
+        magnitudes = ctx.policy.kfac_magnitudes(kind, **keyword)
         ctx.begin(check)
-        value = ctx.port("kfac_factors_separate", ctx.problem, kind)
+        value = ctx.port("kfac_factors_separate", ctx.problem, kind, **keyword)
         try:
             layers = [tuple(tuple(block) for block in item) for item in value]
         except TypeError:
@@ -78,8 +79,9 @@ def check_kfac_factors_separate(ctx: CheckContext) -> None:
                 split = factor_split(pa, ra)
                 ctx.compare(f"{check}_{label}", product, np.kron(ra, s), tolerance=b.rtol,
                             magnitude=float(np.linalg.norm(ma) * np.linalg.norm(s_mag)),
-                            what=f"layer {index}: {label} block A (x) S, kind {kind} (PROTOCOL "
-                                 f"s13; the port's split of A: {split})")
+                            what=f"layer {index}: {label} block A (x) S, kind {kind}"
+                                 f"{''.join(f', approx {v}' for v in keyword.values())} "
+                                 f"(PROTOCOL s13; the port's split of A: {split})")
 
 
 def tie_groups(sorted_abs: np.ndarray, tie: float) -> list[tuple[int, int]]:

@@ -29,7 +29,13 @@ from collections.abc import Callable
 import numpy as np
 
 from ngd_ref.dense import kfac_factors
-from ngd_ref.sampled import Estimator, estimator_entries, estimator_moments, hutchinson_moments
+from ngd_ref.sampled import (
+    Estimator,
+    estimator_entries,
+    estimator_moments,
+    hutchinson_moments,
+    rule_nodes,
+)
 from verify._report import Status
 from verify._statistics import (
     MAX_PROBES,
@@ -307,10 +313,41 @@ def check_hutchinson_diag(ctx: CheckContext) -> None:
     _hutchinson(ctx, "hutchinson_diag", trace=False)
 
 
+#: most nodes of the exact rule over one example's targets the moments may enumerate (a
+#: cost budget: the dense zoo's largest rule has 9^3 nodes, a conv net's 20 mse outputs 5^20)
+MAX_RULE_NODES = 2**16
+
+
+def _feasible(check: Callable[[CheckContext], None], *, conv: bool = True
+              ) -> Callable[[CheckContext], None]:
+    """`check`, recorded as not checked where the exact moments are out of reach.
+
+    Args:
+        check: a score-based estimator's check.
+        conv: whether the reference covers convolutional problems (`False`: `mc_kfac_factors`,
+            whose s12 `approx` sampling the moments do not implement).
+    """
+    def guarded(ctx: CheckContext) -> None:
+        name = ctx.capability
+        if not conv and not ctx.problem.dense_only:
+            ctx.record(name, Status.SKIP, "not checked: the exact moments of sampled K-FAC for "
+                       "convolutions (PROTOCOL s12's approx) are not implemented")
+            return
+        nodes = rule_nodes(ctx.problem)
+        if nodes > MAX_RULE_NODES:
+            ctx.record(name, Status.SKIP, f"not checked: the exact moments need a rule of "
+                       f"{nodes:.3g} nodes over the targets (budget {MAX_RULE_NODES})")
+            return
+        check(ctx)
+
+    guarded.__doc__ = check.__doc__
+    return guarded
+
+
 SAMPLED_CHECKS = {
-    "mc_fisher": check_mc_fisher,
-    "mc_fisher_vp": check_mc_fisher_vp,
-    "mc_fisher_diag": check_mc_fisher_diag,
-    "mc_kfac_factors": check_mc_kfac_factors,
+    "mc_fisher": _feasible(check_mc_fisher),
+    "mc_fisher_vp": _feasible(check_mc_fisher_vp),
+    "mc_fisher_diag": _feasible(check_mc_fisher_diag),
+    "mc_kfac_factors": _feasible(check_mc_kfac_factors, conv=False),
     "hutchinson_trace": check_hutchinson_trace,
 }

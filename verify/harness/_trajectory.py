@@ -117,12 +117,16 @@ def _candidates(problem: Problem, family: str, ref: DenseCurvature) -> list[tupl
         curvature = {"fisher": "fisher", "empirical": "empirical_fisher", "ggn": "ggn"}
         variants = [("eigen", 0.5, True, 1 / 32, 1, 2.0), ("factored", 0.875, False, 1 / 4, 2, 1.5),
                     ("factored", 0.5, True, 1 / 32, 1, 1.5)]
-        for kind, (method, ema, bias, mult, every, omega) in itertools.product(kinds, variants):
+        # PROTOCOL s12: hyper["approx"] is present on convolutional problems (both kinds drawn)
+        approx = ([{"approx": a} for a in rotated(["expand", "reduce"])]
+                  if not problem.dense_only else [{}])
+        for number, (kind, (method, ema, bias, mult, every, omega)) in enumerate(
+                itertools.product(kinds, variants)):
             out.append(("kfac", dict(
                 kind=kind, ema=ema, ema_bias_correction=bias, stats_every=2, inverse_every=3,
                 damping=scale(curvature[kind]) * mult, damping_method=method, step_rule=rule,
                 lr=0.5, momentum=0.5, adapt_damping=True, damping_every=every,
-                damping_factor=omega)))
+                damping_factor=omega, **approx[number % len(approx)])))
     elif family == "shampoo":
         g2 = _power_of_two(float(ref.gradient @ ref.gradient))
         for lr, mult, beta2 in [(0.25, 1 / 16, 0.5), (0.0625, 1.0, 0.875), (0.25, 1.0, 0.875)]:

@@ -94,7 +94,10 @@ def reverse_mode_vjp(problem: Problem, theta: np.ndarray, bk: Backend,
     Backpropagation `g_s = phi'(s)^T delta` uses `Activation.jacobian_apply` with the
     Jacobian's symmetry (diagonal for elementwise activations, `diag(p) - p p^T` for softmax);
     the layer-l block is `vec(g_s abar^T) = abar (x) g_s` (PROTOCOL s1's column-major vec).
-    The cotangents `u_b` (`(B, C)`, output-sized) default to `dL/dz_b` at the targets.
+    A convolution (PROTOCOL s12) is the same with the patch matrix: `abar` the `(d + 1, T)`
+    columns gathered by `Conv2d.patch_index` (then a row of ones), the block `vec(G Abar^T)`,
+    and `W^T G` scattered back onto the input pixels. The cotangents `u_b` (`(B, C)`,
+    output-sized) default to `dL/dz_b` at the targets.
     """
     loss = get_loss(problem.loss)
     labels = problem.targets.dtype.kind == "i"
@@ -106,18 +109,32 @@ def reverse_mode_vjp(problem: Problem, theta: np.ndarray, bk: Backend,
                                          strict=True)):
         a, tape = x, []
         for wbar, layer in zip((w for w, _ in blocks), problem.layers, strict=True):
-            abar = np.concatenate([a, bk.asarray(np.ones(1))])
-            s_l = wbar @ abar
+            if layer.is_convolution:
+                gathered = np.concatenate([a, bk.zeros(1)])[layer.patch_index]
+                abar = np.concatenate([gathered, bk.asarray(np.ones((1, layer.n_positions)))])
+                s_l = (wbar @ abar).reshape(-1)
+            else:
+                abar = np.concatenate([a, bk.asarray(np.ones(1))])
+                s_l = wbar @ abar
             a = get_activation(layer.activation).value(bk, s_l)
             tape.append((abar, s_l, a))
         delta = (loss.grad(bk, y if labels else bk.asarray(y), a) if cotangents is None
                  else bk.asarray(cotangents[index_b]))
         for index in reversed(range(len(blocks))):
             abar, s_l, a_l = tape[index]
-            g_s = get_activation(problem.layers[index].activation).jacobian_apply(
-                bk, s_l, a_l, delta)
-            total[slices[index]] = total[slices[index]] + np.kron(abar, g_s)
-            delta = blocks[index][0][:, :-1].T @ g_s
+            layer = problem.layers[index]
+            g_s = get_activation(layer.activation).jacobian_apply(bk, s_l, a_l, delta)
+            w = blocks[index][0][:, :-1]
+            if layer.is_convolution:
+                big_g = g_s.reshape(w.shape[0], layer.n_positions)
+                total[slices[index]] = (total[slices[index]]
+                                        + (big_g @ abar.T).reshape(-1, order="F"))
+                pixels = bk.zeros(layer.input_size + 1)
+                np.add.at(pixels, layer.patch_index, w.T @ big_g)
+                delta = pixels[:-1]
+            else:
+                total[slices[index]] = total[slices[index]] + np.kron(abar, g_s)
+                delta = w.T @ g_s
     return total
 
 

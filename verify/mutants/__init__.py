@@ -74,6 +74,7 @@ class BugClass(str, enum.Enum):
     CACHING = "caching by name or shape"
     OPTIMIZER_STATE = "optimizer state and schedules"
     SAMPLING = "Monte Carlo sampling"
+    CONVOLUTION = "convolution layout and K-FAC expand/reduce"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +108,8 @@ CONTROLS: tuple[type[NumpyPort], ...] = (NumpyPort, NumpyPort32)
 CORPUS_MODULES: tuple[str, ...] = ("verify.mutants._corpus", "verify.mutants.seed_methods",
                                    "verify.mutants._corpus_trajectory",
                                    "verify.mutants.sampling",
-                                   "verify.mutants._corpus_blindspots")
+                                   "verify.mutants._corpus_blindspots",
+                                   "verify.mutants._corpus_conv")
 
 
 def register_mutant(

@@ -31,17 +31,29 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
+from verify.mutants._port_conv import (
+    ConvHessianMixin,
+    geometry,
+    kfac_statistics,
+    patch_matrix,
+    scatter_cotangents,
+)
 from verify.mutants._port_sampled import SampledPortMixin
 from verify.mutants._port_trajectory import TrajectoryPort
 
 __all__ = ["NumpyPort", "NumpyPort32"]
 
 
-class NumpyPort(TrajectoryPort, SampledPortMixin):
-    """A correct port in numpy at precision `dtype` (PROTOCOL s5, s9 and the extensions)."""
+class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
+    """A correct port in numpy at precision `dtype` (PROTOCOL s5, s9 and the extensions).
+
+    Convolutions (PROTOCOL s12) by its own im2col (`verify.mutants._port_conv`): a layer's
+    trace entry holds the patch matrix `Pbar` (`(T, patch + 1)`) instead of `abar`.
+    """
 
     name = "numpy-port"
     dtype = "float64"
+    layer_kinds = ("dense", "conv2d")
 
     # -- precision and data ----------------------------------------------------------------
     @property
@@ -55,18 +67,22 @@ class NumpyPort(TrajectoryPort, SampledPortMixin):
         """The reduction constant c (1/B for mean, 1 for sum)."""
         return 1.0 / problem.batch_size if problem.reduction == "mean" else 1.0  # PROTOCOL s1
 
+    def _geometry(self, problem):
+        """Each layer's shapes and im2col index (`verify.mutants._port_conv.geometry`)."""
+        return geometry(problem)
+
     def _layer_offsets(self, problem) -> list[int]:
         offsets, start = [], 0
-        for layer in problem.layers:
+        for g in self._geometry(problem):
             offsets.append(start)
-            start += (layer.n_in + 1) * layer.n_out
+            start += (g.patch + 1) * g.rows
         return offsets
 
     def _wbar(self, problem, theta: np.ndarray, index: int) -> np.ndarray:
         """Layer `index`'s `[W b]`, `(n_out, n_in + 1)`, from the column-major block."""
-        layer, start = problem.layers[index], self._layer_offsets(problem)[index]
-        block = theta[start : start + (layer.n_in + 1) * layer.n_out]
-        return block.reshape((layer.n_out, layer.n_in + 1), order="F")
+        g, start = self._geometry(problem)[index], self._layer_offsets(problem)[index]
+        block = theta[start : start + (g.patch + 1) * g.rows]
+        return block.reshape((g.rows, g.patch + 1), order="F")
 
     def _vec(self, matrix: np.ndarray) -> np.ndarray:
         """Column-major vec of a `(n_out, n_in + 1)` block."""
@@ -102,9 +118,14 @@ class NumpyPort(TrajectoryPort, SampledPortMixin):
     def _forward(self, problem, theta: np.ndarray, x: np.ndarray):
         """One example: per layer `(abar, s, a)`."""
         out, a = [], x
-        for index, layer in enumerate(problem.layers):
-            abar = np.concatenate([a, np.ones(1, self._dt)])
-            s = self._wbar(problem, theta, index) @ abar
+        shapes = self._geometry(problem)
+        for index, (layer, g) in enumerate(zip(problem.layers, shapes, strict=True)):
+            if g.index is None:
+                abar = np.concatenate([a, np.ones(1, self._dt)])
+                s = self._wbar(problem, theta, index) @ abar
+            else:  # s[o T + t] = Pbar[t] . Wbar[o]: channel-major (PROTOCOL s12)
+                abar = np.hstack([patch_matrix(g, a), np.ones((g.positions, 1), self._dt)])
+                s = (abar @ self._wbar(problem, theta, index).T).T.reshape(-1)
             a = (
                 self._softmax(s)
                 if layer.activation == "softmax"
@@ -124,14 +145,22 @@ class NumpyPort(TrajectoryPort, SampledPortMixin):
             else:
                 g_s = g_a * self._act(layer.activation, s)[1]
             out[index] = g_s
-            g_a = g_s @ self._wbar(problem, theta, index)[:, : layer.n_in]
+            g = self._geometry(problem)[index]
+            w = self._wbar(problem, theta, index)[:, : g.patch]
+            if g.index is None:
+                g_a = g_s @ w
+            else:  # the patch cotangents, summed into the input pixels
+                patches = np.einsum("krt,ri->kti", g_s.reshape(len(g_s), g.rows, -1), w)
+                g_a = scatter_cotangents(g, patches)
         return out
 
     def _jacobian(self, problem, theta, trace) -> np.ndarray:
         """`J = dz/dtheta` (C, n): row c is the gradient of output c."""
         c_out = problem.output_dim
         blocks = [
-            np.einsum("ci,j->cji", d, abar).reshape(c_out, -1)
+            np.einsum("ci,j->cji", d, abar).reshape(c_out, -1) if abar.ndim == 1 else
+            np.einsum("crt,tj->cjr", d.reshape(c_out, -1, abar.shape[0]), abar).reshape(
+                c_out, -1)
             for d, (abar, _, _) in zip(
                 self._backward(problem, theta, trace, np.eye(c_out, dtype=self._dt)),
                 trace,
@@ -282,6 +311,8 @@ class NumpyPort(TrajectoryPort, SampledPortMixin):
         return (total + total.T) / 2
 
     def _example_hessian(self, problem, theta, trace, jac, z, y) -> np.ndarray:
+        if any(abar.ndim == 2 for abar, _, _ in trace):
+            return self._example_hessian_patches(problem, theta, trace, jac, z, y)
         n = theta.shape[0]
         offsets = self._layer_offsets(problem)
         # forward tangents of every pre-activation and homogeneous input along all n directions
@@ -392,8 +423,11 @@ class NumpyPort(TrajectoryPort, SampledPortMixin):
         g = self._loss_grad(problem, z, y)
         return np.outer(g, g)
 
-    def kfac_factors(self, problem, kind):
-        """`[(A_l, S_l)]`, `A_l = mean_b abar abar^T`, `S_l = c sum_b D_b^T M_b D_b`."""
+    def kfac_factors(self, problem, kind, approx="expand"):
+        """`[(A_l, S_l)]`, `A_l = mean_b abar abar^T`, `S_l = c sum_b D_b^T M_b D_b`.
+
+        A convolution's terms are s12's `approx` ("expand" or "reduce", `kfac_statistics`).
+        """
         theta = self._cast(problem.params)
         c = self._dt(self._scale(problem))
         factors: list[list[Any]] = [[0, 0] for _ in problem.layers]
@@ -401,10 +435,21 @@ class NumpyPort(TrajectoryPort, SampledPortMixin):
             ds = self._backward(problem, theta, trace, np.eye(problem.output_dim, dtype=self._dt))
             middle = self._kfac_middle(problem, kind, z, y)
             for index, ((abar, _, _), d) in enumerate(zip(trace, ds, strict=True)):
-                factors[index][0] = factors[index][0] + np.outer(abar, abar)
-                factors[index][1] = factors[index][1] + d.T @ middle @ d
+                if abar.ndim == 2:
+                    a_term, s_term = kfac_statistics(abar, d, middle, d.shape[1] // len(abar),
+                                                     approx)
+                else:
+                    a_term, s_term = np.outer(abar, abar), d.T @ middle @ d
+                factors[index][0] = factors[index][0] + a_term
+                factors[index][1] = factors[index][1] + s_term
         batch = self._dt(problem.batch_size)
         return [(a / batch, c * s) for a, s in factors]
+
+    def _factors_with(self, problem, kind, approx):
+        """`kfac_factors` with s12's `approx` passed only where it is not the default."""
+        if approx == "expand":
+            return self.kfac_factors(problem, kind)
+        return self.kfac_factors(problem, kind, approx=approx)
 
     def _pi(self, a: np.ndarray, s: np.ndarray):
         return np.sqrt((np.trace(a) / a.shape[0]) / (np.trace(s) / s.shape[0]))
@@ -423,11 +468,11 @@ class NumpyPort(TrajectoryPort, SampledPortMixin):
         s_d = s + root / pi * np.eye(s.shape[0], dtype=self._dt)
         return self._vec(np.linalg.solve(s_d, np.linalg.solve(a_d.T, v.T).T))
 
-    def kfac_solve(self, problem, v, damping, method, kind="fisher"):
+    def kfac_solve(self, problem, v, damping, method, kind="fisher", approx="expand"):
         """Block-diagonal K-FAC damped solve, `method` "eigen" or "factored"."""
         v = self._cast(v)
         out, start = [], 0
-        for a, s in self.kfac_factors(problem, kind):
+        for a, s in self._factors_with(problem, kind, approx):
             size = a.shape[0] * s.shape[0]
             out.append(self._kron_solve(a, s, v[start : start + size], damping, method))
             start += size

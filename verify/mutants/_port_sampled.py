@@ -124,6 +124,9 @@ class SampledPortMixin(PortPrimitives):
         """`[(A_l, S_l)]`: `A_l` exact, `S_l = c sum_b (1/S) sum_s Ds Ds^T`."""
         if estimator not in ("targets", "sketch"):
             raise ValueError(f"estimator: expected 'targets' or 'sketch', got {estimator!r}")
+        if any(hasattr(layer, "kernel") for layer in problem.layers):
+            raise NotImplementedError("mc_kfac_factors: convolutions (PROTOCOL s12) are not "
+                                      "implemented by this port")
         rng = self._rng(seed)
         theta = self._cast(problem.params)
         eye = np.eye(problem.output_dim, dtype=self._dt)
@@ -166,12 +169,21 @@ class SampledPortMixin(PortPrimitives):
 
     def kfac_factors_separate(self, problem, kind, approx="expand"):
         """`[((A_w, S), (A_b, S))]` from `kfac_factors`: A without/with only its last row."""
-        return [((a[:-1, :-1], s), (a[-1:, -1:], s)) for a, s in self.kfac_factors(problem, kind)]
+        return [((a[:-1, :-1], s), (a[-1:, -1:], s))
+                for a, s in self._factors_with(problem, kind, approx)]
 
     def top_eigenpairs(self, problem, curvature, k):
         """The k eigenpairs of largest `|lambda|` (ties: larger value first)."""
         lam, vec = np.linalg.eigh(getattr(self, str(curvature))(problem))
-        order = np.lexsort((-lam, -np.abs(lam)))[:k]
+        # PROTOCOL s13: |lambda| equal within rounding of the largest is a tie, broken by value
+        # (a Hessian's exact +-l pairs differ by rounding only, e.g. on conv nets)
+        tie = 8 * lam.shape[0] * np.finfo(self._dt).eps * float(np.max(np.abs(lam)))
+        order, rest = [], list(np.argsort(-np.abs(lam), kind="stable"))
+        while rest:
+            group = [i for i in rest if abs(lam[rest[0]]) - abs(lam[i]) <= tie]
+            order += sorted(group, key=lambda i: -lam[i])
+            rest = [i for i in rest if i not in group]
+        order = np.array(order[:k], dtype=int)
         return lam[order], vec[:, order]
 
     def trace(self, problem, curvature):

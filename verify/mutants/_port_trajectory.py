@@ -31,6 +31,11 @@ from verify.mutants._port_base import PortPrimitives
 __all__ = ["TrajectoryPort"]
 
 
+def _approx_keyword(hyper) -> dict:
+    """`{"approx": ...}` when `hyper` names the conv K-FAC approximation (PROTOCOL s12)."""
+    return {"approx": hyper["approx"]} if "approx" in hyper else {}
+
+
 class TrajectoryPort(PortPrimitives):
     """Mixin: `optimizer_trajectory` for `NumpyPort` (needs its primitives)."""
 
@@ -92,8 +97,8 @@ class TrajectoryPort(PortPrimitives):
 
     def _blocks(self, problem, v):
         out, start = [], 0
-        for layer in problem.layers:
-            size = (layer.n_in + 1) * layer.n_out
+        for shape in self._geometry(problem):
+            size = (shape.patch + 1) * shape.rows
             out.append(v[start : start + size])
             start += size
         return out
@@ -163,7 +168,8 @@ class TrajectoryPort(PortPrimitives):
         eta = dt(hyper["ema"])
         if self._due(k, int(hyper["stats_every"])):
             new = [(self._cast(a), self._cast(s))
-                   for a, s in self.kfac_factors(here, hyper["kind"])]
+                   for a, s in self.kfac_factors(here, hyper["kind"],
+                                                 **_approx_keyword(hyper))]
             old = state["avg"] or [(np.zeros_like(a), np.zeros_like(s)) for a, s in new]
             state["avg"] = [(self._ema(a0, a1, eta), self._ema(s0, s1, eta))
                             for (a0, s0), (a1, s1) in zip(old, new, strict=True)]
@@ -210,8 +216,9 @@ class TrajectoryPort(PortPrimitives):
         return factors, state["lam"]
 
     def _step_shampoo(self, k, here, g, hyper, state):
-        grads = [block.reshape((layer.n_out, layer.n_in + 1), order="F")
-                 for layer, block in zip(here.layers, self._blocks(here, g), strict=True)]
+        grads = [block.reshape((shape.rows, shape.patch + 1), order="F")
+                 for shape, block in zip(self._geometry(here), self._blocks(here, g),
+                                         strict=True)]
         if state["stats"] is None:
             state["stats"] = [(np.zeros((m.shape[0],) * 2, self._dt),
                                np.zeros((m.shape[1],) * 2, self._dt)) for m in grads]
