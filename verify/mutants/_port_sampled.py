@@ -85,7 +85,9 @@ class SampledPortMixin:
     def mc_fisher(self, problem, num_samples, seed):
         """`c sum_b (1/S) sum_s gh gh^T`."""
         draws = self._draws(problem, num_samples, self._rng(seed))
-        total = sum(_gram(u @ jac) for _, jac, _, u in draws)
+        # sum_s gh gh^T = J^T (U^T U) J: the (C, C) Gram of the scores first, S C^2 + C n^2
+        # operations instead of S n^2
+        total = sum(jac.T @ _gram(u) @ jac for _, jac, _, u in draws)
         return self._mc_scale(problem, num_samples) * total
 
     def mc_fisher_vp(self, problem, v, num_samples, seed):
@@ -93,16 +95,15 @@ class SampledPortMixin:
         v = self._cast(v)
         total = 0
         for _, jac, _, u in self._draws(problem, num_samples, self._rng(seed)):
-            g = u @ jac
-            total = total + g.T @ (g @ v)
+            total = total + jac.T @ (u.T @ (u @ (jac @ v)))  # G^T (G v), G = U J
         return self._mc_scale(problem, num_samples) * total
 
     def mc_fisher_diag(self, problem, num_samples, seed):
         """`c sum_b (1/S) sum_s gh * gh`."""
         total = 0
         for _, jac, _, u in self._draws(problem, num_samples, self._rng(seed)):
-            g = u @ jac
-            total = total + np.sum(g * g, axis=0)
+            # sum_s (u_s J)^2 entrywise = diag(J^T (U^T U) J)
+            total = total + np.einsum("ci,cd,di->i", jac, _gram(u), jac)
         return self._mc_scale(problem, num_samples) * total
 
     def _output_root(self, problem, z) -> np.ndarray:
@@ -132,7 +133,7 @@ class SampledPortMixin:
             for index, d in enumerate(self._backward(problem, theta, trace, eye)):
                 abar = trace[index][0]
                 factors[index][0] = factors[index][0] + np.outer(abar, abar)
-                factors[index][1] = factors[index][1] + _gram(u @ d)
+                factors[index][1] = factors[index][1] + d.T @ _gram(u) @ d
         batch = self._dt(problem.batch_size)
         scale = self._mc_scale(problem, num_samples)
         return [(a / batch, scale * s) for a, s in factors]
