@@ -495,7 +495,7 @@ class NumpyPort(TrajectoryPort, SampledPortMixin):
         rng = np.random.default_rng(seed)
         total = np.zeros(n, self._dt)
         for _ in range(num_samples):
-            z = rng.choice(np.array([-1.0, 1.0], self._dt), size=n)
+            z = self._probe(rng, n)
             total = total + z * self._cast(matvec(z))
         return total / self._dt(num_samples)
 

@@ -139,7 +139,8 @@ class SampledPortMixin:
         return [(a / batch, scale * s) for a, s in factors]
 
     def _probe(self, rng, n: int) -> np.ndarray:
-        return rng.choice(np.array([-1.0, 1.0], self._dt), size=n)
+        """A Rademacher vector: entries -1 or 1 with probability 1/2 each."""
+        return (2 * rng.integers(0, 2, size=n) - 1).astype(self._dt)
 
     def hutchinson_trace(self, matvec, n, num_samples, seed):
         """Mean over Rademacher `z` of `z^T matvec(z)`."""
