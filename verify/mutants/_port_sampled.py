@@ -125,7 +125,7 @@ class SampledPortMixin:
         theta = self._cast(problem.params)
         eye = np.eye(problem.output_dim, dtype=self._dt)
         factors = [[0, 0] for _ in problem.layers]
-        for trace, _, z, _ in self._examples(problem):
+        for trace, z, _ in self._traces(problem):
             if estimator == "sketch":
                 u = self._sketch_scores(problem, z, rng, num_samples)
             else:
