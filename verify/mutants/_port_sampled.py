@@ -6,7 +6,8 @@ pass, Jacobians and loss derivatives (no code shared with `ngd_ref`):
 * targets `yhat ~ r(.|z_b)` drawn with `numpy.random.default_rng(seed)`, i.i.d. over
   examples and draws (`_sample_targets`); the score `u = dL/dz(yhat, z)` for all draws of an
   example at once (`_scores`);
-* `mc_fisher = c sum_b (1/S) G_b^T G_b` with `G_b = U_b J_b` (rows `gh^T`), its product with
+* `mc_fisher = c sum_b (1/S) G_b^T G_b` with `G_b = U_b J_b` (rows `gh^T`; formed as
+  `J_b^T (U_b^T U_b) J_b`, the `(C, C)` Gram first), its product with
   `v` and its diagonal; `mc_kfac_factors`: `A_l` exact, `S_l = c sum_b (1/S) Ds^T Ds` with
   `Ds = U_b (dz/ds_l)` (`targets`) or `W Q_b^T (dz/ds_l)` with Rademacher `W` and
   `Q_b = V sqrt(Lambda)` from `F_R,b = V Lambda V^T` (`sketch`);
