@@ -49,7 +49,8 @@ def _sigmoid_product(s: Array) -> Array:
 
 
 #: `sigmoid'`, whose own derivative is `sigmoid''(s) = -sigmoid'(s) tanh(s / 2)`.
-_sigmoid_slope = _with_slope(_sigmoid_product, lambda s: -_sigmoid_slope(s) * jnp.tanh(s / 2))
+_sigmoid_slope: Callable[[Array], Array] = _with_slope(
+    _sigmoid_product, lambda s: -_sigmoid_slope(s) * jnp.tanh(s / 2))
 #: Hyperbolic tangent with the derivative `_tanh_slope`.
 tanh = _with_slope(jnp.tanh, _tanh_slope)
 #: Logistic function with the derivative `sigmoid(s) sigmoid(-s)`.

@@ -60,7 +60,8 @@ class Backend:
         if self.is_mp:
             arr = np.asarray(x)
             out = np.empty(arr.shape, dtype=object)
-            out.flat = [self._convert(v) for v in arr.flat]
+            for index, value in np.ndenumerate(arr):
+                out[index] = self._convert(value)
             return out
         return np.asarray(x, dtype=np.float64)
 

@@ -101,6 +101,7 @@ def from_flax(params: Mapping[str, Any] | Sequence[tuple[Any, Any]]) -> np.ndarr
             `{"params": {"Dense_0": {"kernel", "bias"}, ...}}` or Haiku's
             `{"linear": {"w", "b"}, "linear_1": ...}`), layers in insertion order.
     """
+    pairs: Sequence[tuple[Any, Any]]
     if isinstance(params, Mapping):
         pairs = _pairs_from_mapping(params, ("kernel", "w"), ("bias", "b"))
     else:
@@ -120,6 +121,7 @@ def _pairs_from_mapping(
     if "params" in tree and isinstance(tree["params"], Mapping) and len(tree) == 1:
         tree = tree["params"]
     leaves = {key: value for key, value in tree.items() if not isinstance(value, Mapping)}
+    nested: dict[str, Any]
     if leaves:  # flat state dict such as {"0.weight": ..., "0.bias": ...}
         prefixes: list[str] = []
         for key in leaves:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+from typing import Any
 
 import mpmath
 import numpy as np
@@ -34,7 +35,7 @@ import scipy.special
 from ngd_ref._backend import FLOAT64, Backend
 from ngd_ref._spec import Loss, loss_spec
 
-__all__ = ["OutputLoss", "OutputMoments", "ScoreRule", "get_loss"]
+__all__ = ["CategoricalLoss", "OutputLoss", "OutputMoments", "ScoreRule", "get_loss"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +132,7 @@ class OutputLoss(abc.ABC):
 # ---------------------------------------------------------------------------------------------
 # Categorical outputs
 # ---------------------------------------------------------------------------------------------
-class _Categorical(OutputLoss):
+class CategoricalLoss(OutputLoss):
     """Categorical r(y|z) = p(z)[y]; expectations by enumerating the C classes."""
 
     @abc.abstractmethod
@@ -162,7 +163,7 @@ class _Categorical(OutputLoss):
         return rng.choice(p.shape[0], size=size, p=p / np.sum(p))
 
 
-class _SoftmaxCrossEntropy(_Categorical):
+class _SoftmaxCrossEntropy(CategoricalLoss):
     name = "softmax_cross_entropy"
 
     def grad_magnitude(self, y, z):
@@ -201,7 +202,7 @@ def _complements(p: np.ndarray) -> np.ndarray:
     return np.array([np.sum(np.delete(p, i)) for i in range(p.shape[0])], dtype=p.dtype)
 
 
-class _NllProbs(_Categorical):
+class _NllProbs(CategoricalLoss):
     """`-log z[y]` on probabilities z: z is not a natural parameter (F != G, Martens s9)."""
 
     name = "nll_probs"
@@ -268,9 +269,9 @@ class _Separable(OutputLoss):
     def moments(self, bk, z):
         zeta = self._zeta(z)
         nodes, weights, tail = self.rule(bk, zeta)
-        mean_u = 0
-        mean_uu = 0
-        mean_h = 0
+        mean_u: Any = 0  # arrays after the first node
+        mean_uu: Any = 0
+        mean_h: Any = 0
         for yq, wq in zip(nodes, weights, strict=True):
             _, u, h = self.terms(bk, yq, zeta)
             mean_u = mean_u + wq * u
@@ -503,10 +504,10 @@ def _poisson_rule(bk: Backend, rate: np.ndarray):
     # in float64 once rate > ~745 (z > 6.6) and would zero every weight.
     weights = []
     log_rate = bk.log(rate)
-    log_p = -rate
-    for k in ks:
-        weights.append(bk.exp(log_p))
-        log_p = log_p + log_rate - bk.log(bk.scalar(int(k) + 1))
+    log_weight = -rate
+    for count in ks:
+        weights.append(bk.exp(log_weight))
+        log_weight = log_weight + log_rate - bk.log(bk.scalar(int(count) + 1))
     return nodes, np.stack(weights), worst_tail
 
 

@@ -274,7 +274,8 @@ def _validate_input_shape(value: Any) -> tuple[int, int, int] | None:
         return None
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 3:
         raise ProblemError(f"input_shape: expected (C, H, W) or None, got {value!r}")
-    return tuple(_positive_int(f"input_shape[{i}]", v) for i, v in enumerate(value))
+    channels, height, width = (_positive_int(f"input_shape[{i}]", v) for i, v in enumerate(value))
+    return channels, height, width
 
 
 def _conv_fields(layer: Any) -> tuple | None:
@@ -334,6 +335,7 @@ def _validate_layers(layers: Any,
             fields = _conv_fields(layer)
         except ProblemError as exc:
             raise ProblemError(f"layers[{index}]: {exc}") from None
+        current: Layer | Conv2d
         if fields is not None:
             current = _validate_conv(index, fields, checked[-1] if checked else None,
                                      input_shape)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
@@ -208,8 +208,14 @@ class _LayerKind:
     """What every layer kind derives from its `weight_shape` and `activation`."""
 
     __slots__ = ()
-    weight_shape: tuple[int, int]
     activation: str
+    #: True for `Conv2d` (a `Literal` in each kind, so a check on it narrows the type)
+    is_convolution: bool
+
+    if TYPE_CHECKING:  # each kind defines it (a property)
+
+        @property
+        def weight_shape(self) -> tuple[int, int]: ...
 
     @property
     def n_params(self) -> int:
@@ -241,7 +247,7 @@ class Layer(_DenseFields, _LayerKind):
     __slots__ = ()
 
     #: A dense layer has one position (T = 1): its patch is its whole input.
-    is_convolution = False
+    is_convolution: Literal[False] = False
     n_positions = 1
 
     @property
@@ -296,7 +302,7 @@ class Conv2d(_Conv2dFields, _LayerKind):
 
     #: `(H, W)` of this layer's input; None until bound (`with_input`, or by a `Problem`).
     input_hw: tuple[int, int] | None = None
-    is_convolution = True
+    is_convolution: Literal[True] = True
 
     def __new__(cls, c_in: int, c_out: int, kernel, stride=(1, 1), padding=(0, 0),
                 activation: str = "identity", *, input_hw=None) -> Conv2d:
@@ -322,8 +328,9 @@ class Conv2d(_Conv2dFields, _LayerKind):
     @property
     def output_hw(self) -> tuple[int, int]:
         """`(H', W')` with `H' = (H + 2 p_h - k_h) // s_h + 1` (W' alike)."""
-        return tuple((size + 2 * pad - k) // step + 1 for size, pad, k, step in
-                     zip(self._hw(), self.padding, self.kernel, self.stride, strict=True))
+        height, width = ((size + 2 * pad - k) // step + 1 for size, pad, k, step in
+                         zip(self._hw(), self.padding, self.kernel, self.stride, strict=True))
+        return height, width
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

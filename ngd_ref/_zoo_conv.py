@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import zlib
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -74,7 +75,10 @@ def make_conv_problem(input_shape: tuple[int, int, int], layers: Sequence[Conv2d
     targets = _targets(rng, loss, rows, bound[-1].output_size)
     if identical_inputs:
         inputs, targets = np.repeat(inputs, batch, 0), np.repeat(targets, batch, 0)
-    return Problem(name, bound, loss, params, inputs, targets, reduction, input_shape)
+    # `Problem.layers` is annotated with the dense `Layer` that most of the code reads; a
+    # problem's layers may start with s12's `Conv2d` (validated by `Problem` itself)
+    dense_typed = cast("tuple[Layer, ...]", bound)
+    return Problem(name, dense_typed, loss, params, inputs, targets, reduction, input_shape)
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,6 +136,7 @@ def _identically_fed() -> Problem:
                                          Layer(8, 2, "tanh")),
                              "mse", 1, name="conv-identically-fed-1x3x3-mse-b1")
     conv, dense_layer = base.layers
+    assert isinstance(conv, Conv2d)  # the first layer of `base`
     wbar = base.params[conv.n_params:].reshape(dense_layer.weight_shape, order="F").copy()
     t = conv.n_positions
     for channel in range(conv.c_out):

@@ -14,7 +14,7 @@ Example:
 from ngd_ref._activations import Activation, get_activation
 from ngd_ref._backend import FLOAT64, Backend, mp_backend
 from ngd_ref._certify import agreement_digits, certify, mp_self_agreement
-from ngd_ref._losses import OutputLoss, OutputMoments, get_loss
+from ngd_ref._losses import CategoricalLoss, OutputLoss, OutputMoments, get_loss
 from ngd_ref.cg._dense import (
     CGResult,
     cg,
@@ -107,6 +107,7 @@ __all__ = [
     "Activation",
     "Backend",
     "CGResult",
+    "CategoricalLoss",
     "Curvature",
     "DampingMethod",
     "DenseCurvature",

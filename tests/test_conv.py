@@ -251,7 +251,7 @@ def test_kfac_mpmath_matches_float64_on_conv():
     for approx in KfacApprox:
         with mp.precision():
             high = [(np.asarray(a, dtype=np.float64), np.asarray(s, dtype=np.float64))
-                    for a, s in kfac_factors(problem, "fisher", mp, approx=approx)]
+                    for a, s in kfac_factors(problem, "fisher", backend=mp, approx=approx)]
         policy = tolerance_policy(problem, "float64")
         for (a, s), (a_h, s_h) in zip(kfac_factors(problem, "fisher", approx=approx), high,
                                       strict=True):

@@ -69,7 +69,7 @@ def test_hessian_free_decreases_the_loss():
         losses.append(float(info.loss))
         assert bool(info.accepted) == bool(info.new_loss < info.loss)
     assert losses[-1] < losses[0]
-    assert int(state.count) == 5
+    assert int(state.step) == 5
 
 
 def test_hessian_free_rejects_bad_arguments():

@@ -64,14 +64,14 @@ def test_mpmath_backend_agrees_with_float64(problem):
     v = np.linspace(-1.0, 1.0, problem.n_params)
     for kind in ("fisher", "empirical"):
         for (a, s), (a_mp, s_mp) in zip(kd.kfac_factors(problem, kind),
-                                        kd.kfac_factors(problem, kind, mp), strict=True):
+                                        kd.kfac_factors(problem, kind, backend=mp), strict=True):
             assert a_mp.dtype == object
             assert compare(a, mp.to_float64(a_mp), tolerance=_tol(problem)).passed
             assert compare(s, mp.to_float64(s_mp), tolerance=_tol(problem),
                            magnitude=1e-300 + np.abs(s).max()).passed
     for method in ("eigen", "factored"):
         x = kd.kfac_solve(problem, v, 0.5, method, "fisher")
-        x_mp = mp.to_float64(kd.kfac_solve(problem, v, 0.5, method, "fisher", mp))
+        x_mp = mp.to_float64(kd.kfac_solve(problem, v, 0.5, method, "fisher", backend=mp))
         tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
                          condition=float(np.linalg.cond(kd.kfac_matrix(problem, "fisher")
                                                         + 0.5 * np.eye(problem.n_params))))
@@ -104,7 +104,7 @@ def test_exactness_check_catches_a_wrong_factor(monkeypatch):
     original = kd.kfac_factors
 
     def summed(p, kind, backend=ref.FLOAT64):
-        return [(a * p.batch_size, s) for a, s in original(p, kind, backend)]
+        return [(a * p.batch_size, s) for a, s in original(p, kind, backend=backend)]
 
     monkeypatch.setattr(kfac_ids, "kfac_matrix", lambda p, kind: kd._block_diagonal(
         [np.kron(a, s) for a, s in summed(p, kind)], ref.FLOAT64))

@@ -157,7 +157,8 @@ def kfac_section(quick: bool = False) -> dict[str, Any]:
     """
     rounds = 3 if quick else 7
     out: dict[str, Any] = {}
-    jax_ratios, notes = {}, []
+    jax_ratios: dict[str, Any] = {}
+    notes: list[str] = []
     for key, (batch, stats_every, inverse_every) in SETTINGS.items():
         contestants = {"sgd": _sgd_step(batch),
                        "kfac": _kfac_step(batch, stats_every, inverse_every)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -95,7 +95,8 @@ def print_report(report: Report, *, group: str = "check", console: Console | Non
 
 
 @contextlib.contextmanager
-def progress(total: int, description: str, *, enabled: bool = True) -> Iterator[callable]:
+def progress(total: int, description: str, *,
+             enabled: bool = True) -> Iterator[Callable[..., None]]:
     """A progress bar on stderr; yields `advance(label)` to call once per finished item."""
     if not enabled:
         yield lambda label="": None

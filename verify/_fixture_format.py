@@ -387,12 +387,12 @@ def parse_fixture(data: Any, source: str) -> Fixture:
         where = f"{source}: tolerance.{key}"
         if not isinstance(record, Mapping):
             raise FixtureError(f"{where}: expected an object, got {type(record).__name__}")
-        values = {}
-        for field in ("length", "depth"):
-            values[field] = _int_field(_get(record, (field,), where), f"{where}.{field}", 0)
-        for field in ("condition", "magnitude", "float64", "float32"):
-            values[field] = float(_array(_get(record, (field,), where), (), f"{where}.{field}"))
-        tolerance[key] = ToleranceRecord(**values)
+        length, depth = (_int_field(_get(record, (field,), where), f"{where}.{field}", 0)
+                         for field in ("length", "depth"))
+        condition, magnitude, rtol64, rtol32 = (
+            float(_array(_get(record, (field,), where), (), f"{where}.{field}"))
+            for field in ("condition", "magnitude", "float64", "float32"))
+        tolerance[key] = ToleranceRecord(length, depth, condition, magnitude, rtol64, rtol32)
     return Fixture(Path(source), problem, digits, arguments, expected, tolerance, data)
 
 

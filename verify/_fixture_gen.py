@@ -196,13 +196,13 @@ def compute_expected(problem: Problem, arguments: Arguments,
         for c in curvatures:
             out["damped_update", c] = ref.damped_update(c, lam)
         for kind in KfacKind:
-            for index, (a, s) in enumerate(kfac_factors(problem, kind, bk)):
+            for index, (a, s) in enumerate(kfac_factors(problem, kind, backend=bk)):
                 out["kfac_factors", kind.value, index, "A"] = a
                 out["kfac_factors", kind.value, index, "S"] = s
         for method in DampingMethod:
             for kind in KfacKind:
                 out["kfac_solve", method.value, kind.value] = kfac_solve(
-                    problem, arguments.vector, lam, method, kind, bk)
+                    problem, arguments.vector, lam, method, kind, backend=bk)
         system = arguments.cg
         matrix, rhs, x0 = bk.asarray(system.matrix), bk.asarray(system.rhs), bk.asarray(system.x0)
         diag = bk.asarray(system.preconditioner)

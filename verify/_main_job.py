@@ -17,7 +17,8 @@ from verify.strategies import generate
 __all__ = ["run_main_job"]
 
 
-def run_main_job(*, quick: bool, fuzz: int, seed: int, devices: int, show_progress: bool) -> Report:
+def run_main_job(*, quick: bool, fuzz: int, seed: int, devices: int, show_progress: bool,
+                 report: Report | None = None) -> Report:
     """Run the battery and the cross-validation; return the report (the CLI prints it).
 
     Args:
@@ -26,17 +27,20 @@ def run_main_job(*, quick: bool, fuzz: int, seed: int, devices: int, show_progre
         seed: seed of the generated problems and of the cross-validation's probes.
         devices: devices to shard the JAX batch over.
         show_progress: draw progress bars on stderr.
+        report: the report to fill as results come (default: a new one); on an interrupt
+            (Ctrl-C) it holds every result so far, as `check_adapter`'s does.
     """
     from ngd_ref import zoo
     from verify.crossval import count, crossvalidate, prepare
 
     problems = list(zoo.problems(quick)) + generate(fuzz, seed, quick=quick)
-    report = Report(adapter="ngd-ref", dtype="float64", devices=devices)
+    if report is None:
+        report = Report(adapter="ngd-ref", dtype="float64", devices=devices)
     prepared = prepare(problems, devices=devices)  # JAX compiles while the battery runs
     with progress(len(problems), "identities", enabled=show_progress) as advance:
-        report.extend(run_battery(problems, progress=advance))
+        run_battery(problems, progress=advance, results=report.results)
     with progress(count(problems, devices), "JAX cross-validation",
                   enabled=show_progress) as advance:
-        report.extend(crossvalidate(problems, devices=devices, seed=seed, progress=advance,
-                                    prepared=prepared))
+        crossvalidate(problems, devices=devices, seed=seed, progress=advance,
+                      prepared=prepared, results=report.results)
     return report

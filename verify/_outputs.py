@@ -81,7 +81,7 @@ class ReportFiles:
                         "refusing to overwrite it"
                     )
                 try:
-                    handle = open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))  # noqa: SIM115
+                    handle = open(path, mode, encoding=None if "b" in mode else "utf-8")  # noqa: SIM115
                 except OSError as exc:
                     raise UsageError(
                         f"{option} {value!r}: cannot write: {exc.strerror or exc}"

@@ -26,9 +26,19 @@ and one method per kind of check:
   - products use `MAG(C) |v|`, diagonals `diag(MAG(C))`;
   - scalar magnitudes of a sum of terms (the identities' two-sided comparisons) are the
     Frobenius-norm bound `c sum_b ||J_b||_F^2 ||MAG(M_b)||_F` of the same model;
+* `solve_rtol(condition)`: the tolerance, relative to `||x||`, of a solve (or a matrix
+  function such as an inverse root) whose inputs are known to the policy's rounding:
+  Higham (2002) Thm 7.2, `||dx|| / ||x|| <= kappa (||dA|| / ||A|| + ||db|| / ||b||) /
+  (1 - kappa ||dA|| / ||A||)` with `||dA|| <= rtol MAG(A)`, `||db|| <= rtol MAG(b)`, is
+  `rtol * condition` to first order, where `condition = kappa * max(MAG(A) / ||A||,
+  MAG(b) / ||b||, 1)` is the perturbation in units of the matrix and right side amplified
+  by `kappa` (`verify._tolerance.solve_rtol`; the policy's `length` and `depth` by default,
+  the system's own where it is not the problem's, e.g. a K-FAC block). A tolerance >= 1
+  means the result is not determined at this precision (`determined`): the matrix is
+  singular to working precision and no comparison can fail a wrong port without failing a
+  correct one, so such a check is reported as not checked;
 * `solve_tolerance`: `solve_rtol` with `condition = kappa(C + lambda I) * max(MAG(C)/||C +
-  lambda I||, MAG(g)/||g||)` (Higham Thm 7.2: the perturbation, in units of the matrix and
-  right side, amplified by the condition number).
+  lambda I||, MAG(g)/||g||)`.
 """
 
 from __future__ import annotations
@@ -169,6 +179,29 @@ class TolerancePolicy:
         return self.ref.matrix(curvature)
 
     # -- tolerances ------------------------------------------------------------------------
+    def solve_rtol(self, condition: float, *, length: int | None = None,
+                   depth: int | None = None) -> float:
+        """Tolerance relative to `||x||` of a solve of condition `condition` (module docstring).
+
+        Args:
+            condition: `kappa * max(MAG(A) / ||A||, MAG(b) / ||b||)` of the system (or just
+                `kappa` where the inputs are exact).
+            length: the longest sum of the system (default: the problem's `length`).
+            depth: levels of composition (default: the problem's `depth`).
+        """
+        return solve_rtol(self.dtype, length=self.length if length is None else length,
+                          depth=self.depth if depth is None else depth, condition=condition)
+
+    @staticmethod
+    def determined(tolerance: float) -> bool:
+        """Whether a relative tolerance leaves the result determined (`< 1`, module docstring)."""
+        return tolerance < 1.0
+
+    @property
+    def overflow(self) -> float:
+        """The largest finite value of the policy's dtype (`numpy.finfo(dtype).max`)."""
+        return float(np.finfo(self.dtype).max)
+
     def solve_tolerance(
         self,
         matrix: np.ndarray,
@@ -181,12 +214,10 @@ class TolerancePolicy:
         damped = matrix + damping * np.eye(matrix.shape[0])
         kappa = float(np.linalg.cond(damped))
         units = max(
-            np.linalg.norm(magnitude) / max(np.linalg.norm(damped), _TINY),
-            np.linalg.norm(rhs_magnitude) / max(np.linalg.norm(rhs), _TINY),
+            float(np.linalg.norm(magnitude)) / max(float(np.linalg.norm(damped)), _TINY),
+            float(np.linalg.norm(rhs_magnitude)) / max(float(np.linalg.norm(rhs)), _TINY),
         )
-        return solve_rtol(
-            self.dtype, length=self.length, depth=self.depth, condition=kappa * max(units, 1.0)
-        ), kappa
+        return self.solve_rtol(kappa * max(units, 1.0)), kappa
 
 
 # Small on purpose: a policy holds the dense reference and n x n magnitudes; the harness and

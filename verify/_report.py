@@ -76,7 +76,7 @@ class CheckResult:
         error = self.error if self.error is None or math.isfinite(self.error) else None
         tolerance = (self.tolerance if self.tolerance is None or math.isfinite(self.tolerance)
                      else None)  # JSON has no inf
-        out = {
+        out: dict[str, Any] = {
             "check": self.check,
             "capability": self.capability,
             "problem": self.problem,

@@ -144,7 +144,7 @@ def block_design(entries: int, *, calls_per_block: int = 8,
     )
 
 
-def _rounding(rtol: float, magnitude2: np.ndarray, p: float) -> np.ndarray:
+def _rounding(rtol: float, magnitude2: np.ndarray | float, p: float) -> np.ndarray:
     return rtol * np.sqrt(np.asarray(magnitude2, dtype=float) / ((1 - _CHEBYSHEV_SHARE) * p))
 
 

@@ -52,6 +52,10 @@ def build_conv(input_shape: tuple[int, int, int], convs: Sequence[tuple], head: 
     return base.replace(params=base.params * 2.0**scale_exponent)
 
 
+#: every protocol loss (the default of `conv_problems`)
+_ALL_LOSSES: tuple[str, ...] = tuple(member.value for member in Loss)
+
+
 @st.composite
 def _conv_problems(draw, losses: Sequence[str], activations: Sequence[str],
                    max_batch: int) -> Problem:
@@ -79,7 +83,7 @@ def _conv_problems(draw, losses: Sequence[str], activations: Sequence[str],
                       draw(st.integers(0, 2**16)))
 
 
-def conv_problems(*, losses: Sequence[str] = tuple(loss.value for loss in Loss),
+def conv_problems(*, losses: Sequence[str] = _ALL_LOSSES,
                   activations: Sequence[str] = zoo.HIDDEN_ACTIVATIONS,
                   max_batch: int = 3) -> st.SearchStrategy[Problem]:
     """A strategy of valid convolutional problems, tiny enough for dense matrices.

@@ -39,7 +39,8 @@ def run_identity(ident: Identity, problem: Problem) -> list[CheckResult]:
 
 
 def run_battery(problems: Sequence[Problem], *, progress: Callable[[str], None] | None = None,
-                identities: Sequence[Identity] | None = None) -> list[CheckResult]:
+                identities: Sequence[Identity] | None = None,
+                results: list[CheckResult] | None = None) -> list[CheckResult]:
     """Every applicable identity on every problem.
 
     Args:
@@ -47,9 +48,14 @@ def run_battery(problems: Sequence[Problem], *, progress: Callable[[str], None] 
         progress: called with the problem's name after each problem (e.g. the `advance` of
             `verify._console.progress`).
         identities: a subset to run; default all of `verify.identities.IDENTITIES`.
+        results: the list to append the results to as they come (default: a new one); what
+            it holds survives an interrupt (Ctrl-C), for a partial report.
+
+    Returns:
+        `results`.
     """
     chosen = list(IDENTITIES if identities is None else identities)
-    results: list[CheckResult] = []
+    results = [] if results is None else results
     with threadpool_limits(limits=1, user_api="blas"):
         for problem in problems:
             for ident in chosen:

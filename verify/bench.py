@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,11 @@ def flop_predictions(sizes: tuple[int, ...] = SIZES) -> dict[str, float]:
             "cg_iter_over_grad": 2 * backward / grad}
 
 
+def _ignoring_argument(call: Callable[[], Any]) -> Callable[[Any], Any]:
+    """`call` as an `interleaved_seconds` contestant (which passes one argument)."""
+    return lambda _: call()
+
+
 def jax_section(quick: bool) -> dict[str, Any]:
     """Time the products and CG: seconds and ratios to one gradient."""
     from ngd_ref import jax as nj
@@ -121,8 +127,9 @@ def jax_section(quick: bool) -> dict[str, Any]:
         "cg_low": lambda: cg_run(params, CG_ITERATIONS[0]),
         "cg_high": lambda: cg_run(params, CG_ITERATIONS[1]),
     }
-    seconds = interleaved_seconds({name: (lambda _, f=f: f(), None) for name, f in calls.items()},
-                                  calls=1, rounds=repeats)
+    seconds = interleaved_seconds(
+        {name: (_ignoring_argument(f), None) for name, f in calls.items()},
+        calls=1, rounds=repeats)
     low, high = seconds.pop("cg_low"), seconds.pop("cg_high")
     seconds["cg_iter"] = (high - low) / (CG_ITERATIONS[1] - CG_ITERATIONS[0])
     predicted = flop_predictions()

@@ -138,11 +138,12 @@ def run(json_path, junit_path, seed, fuzz, quick, verbose, no_progress, devices)
     from verify._main_job import run_main_job
     from verify._report import Report
 
+    report = Report(adapter="ngd-ref", dtype="float64", devices=devices)
     try:
-        report = run_main_job(quick=quick, fuzz=fuzz, seed=seed, devices=devices,
-                              show_progress=not no_progress)
-    except KeyboardInterrupt:  # the main job builds its report at the end: none to keep
-        return _interrupted(Report(adapter="ngd-ref", devices=devices), files, "check", verbose)
+        run_main_job(quick=quick, fuzz=fuzz, seed=seed, devices=devices,
+                     show_progress=not no_progress, report=report)
+    except KeyboardInterrupt:  # the report holds every result so far
+        return _interrupted(report, files, "check", verbose)
     return _finish(report, files, "check", verbose)
 
 

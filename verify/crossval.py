@@ -115,7 +115,8 @@ def prepare(problems: Sequence[Problem], *, devices: int = 1) -> Prepared:
 
 def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 0,
                   progress: Callable[[str], None] | None = None,
-                  prepared: Prepared | None = None) -> list[CheckResult]:
+                  prepared: Prepared | None = None,
+                  results: list[CheckResult] | None = None) -> list[CheckResult]:
     """Check `ngd_ref.jax` (through its adapters) against the dense reference on `problems`.
 
     Args:
@@ -124,16 +125,18 @@ def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 
         seed: seed of the probe vectors.
         progress: called once per finished (capability, problem) of each adapter.
         prepared: from `prepare(problems, devices=devices)` (default: prepared here).
+        results: the list to append to as each (problem, adapter) finishes (default: a new
+            one); what it holds survives an interrupt (Ctrl-C), for a partial report.
 
     Returns:
-        The harness's results, checks renamed `jax_<check>_<dtype>[_sharded<N>]`.
+        `results`: the harness's results, checks renamed `jax_<check>_<dtype>[_sharded<N>]`.
     """
     prepared = prepared or prepare(problems, devices=devices)
     prepared.wait()
     advance = progress or (lambda label: None)
     loaded = [(load_adapter(adapter), capabilities, dtype, suffix)
               for adapter, capabilities, dtype, suffix in prepared.runs]
-    results: list[CheckResult] = []
+    results = [] if results is None else results
     for problem in problems:  # problem-major: the reference is built once per problem
         for adapter, capabilities, dtype, suffix in loaded:
             report = run_checks(adapter, [problem], seed=seed, capabilities=capabilities,

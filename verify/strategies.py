@@ -164,8 +164,9 @@ def problems(*, losses: Sequence[str] = LOSSES, activations: Sequence[str] = HID
     """
     if conv:  # PROTOCOL s12's convolutional problems (verify._strategies_conv)
         return conv_problems(losses=losses, activations=activations, max_batch=max_batch)
+    lo, hi = conditioning
     space = ProblemSpace(tuple(losses), tuple(activations), max_layers, max_width, max_batch,
-                         tuple(reductions), tuple(conditioning))
+                         tuple(reductions), (lo, hi))
     return _problems(space)
 
 
@@ -198,10 +199,11 @@ def generate(n: int, seed: int, quick: bool = False) -> list[Problem]:
 
 def register_profiles() -> None:
     """Register the hypothesis profiles `ci`, `dev` and `fuzz` (idempotent)."""
-    common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
-    settings.register_profile("ci", max_examples=8, derandomize=True, **common)
-    settings.register_profile("dev", max_examples=30, **common)
-    settings.register_profile("fuzz", max_examples=300, **common)
+    slow = [HealthCheck.too_slow]
+    settings.register_profile("ci", max_examples=8, derandomize=True, deadline=None,
+                              suppress_health_check=slow)
+    settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=slow)
+    settings.register_profile("fuzz", max_examples=300, deadline=None, suppress_health_check=slow)
 
 
 # -- optimizer trajectories (PROTOCOL s10): method x hyperparameters x batch sequences ----------

@@ -177,7 +177,7 @@ def _run_cg(matvec: Matvec | np.ndarray, b: np.ndarray, x0: np.ndarray | None, *
         r = r - alpha * ap
         iterations += 1
         norms.append(_sqrt(_dot(r, r)))
-        if keep_iterates:
+        if iterates is not None:
             iterates.append(x)
     final = b - apply_a(x)
     return CGResult(x, iterations, converged, tuple(norms), _sqrt(_dot(final, final)),
@@ -213,8 +213,10 @@ def cg_iterates(
     Stops early only where the residual becomes exactly zero (then fewer are returned; the
     JAX twin repeats the last one to keep its static shape).
     """
-    return _run_cg(matvec, b, x0, tol=0.0, atol=0.0, maxiter=maxiter, precond=precond,
-                   keep_iterates=True).iterates
+    iterates = _run_cg(matvec, b, x0, tol=0.0, atol=0.0, maxiter=maxiter, precond=precond,
+                       keep_iterates=True).iterates
+    assert iterates is not None  # keep_iterates=True records them
+    return iterates
 
 
 def _solve_spd(k: np.ndarray, f: np.ndarray) -> np.ndarray:

@@ -81,7 +81,12 @@ class CGResult(NamedTuple):
 
 def tree_vdot(a: Params, b: Params) -> jax.Array:
     """`<a, b>` summed over the leaves of two pytrees of the same structure."""
-    return sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    products = [jnp.vdot(u, v)
+                for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)]
+    total = products[0]  # a left fold, as `sum` (0 + p is p exactly)
+    for product in products[1:]:
+        total = total + product
+    return total
 
 
 def _axpy(alpha: jax.Array, x: Params, y: Params) -> Params:

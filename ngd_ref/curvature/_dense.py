@@ -333,8 +333,8 @@ class DenseCurvature:
             return self.c * np.sum(self.per_example_gradients, axis=0)
 
     # -- the matrices ----------------------------------------------------------------------
-    def _sum_second_order(self, cotangents: Sequence[np.ndarray],
-                          tangents: Sequence[np.ndarray]) -> np.ndarray:
+    def _sum_second_order(self, cotangents: Sequence[np.ndarray] | np.ndarray,
+                          tangents: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """`c sum_b d(J_b^T r_b)/dtheta` with `dr_b = tangents[b] @ J_b`, symmetrized."""
         bk = self.backend
         with bk.precision():
@@ -345,7 +345,7 @@ class DenseCurvature:
             total = self.c * total
             return (total + total.T) / 2
 
-    def _sum_gauss_newton(self, middles: Sequence[np.ndarray]) -> np.ndarray:
+    def _sum_gauss_newton(self, middles: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """`c sum_b J_b^T M_b J_b`."""
         with self.backend.precision():
             return self.c * sum(t.jacobian.T @ m @ t.jacobian

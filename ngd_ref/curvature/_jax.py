@@ -101,7 +101,7 @@ class Batch(NamedTuple):
     weights: Array | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class Objective:
     """`h(params) = c sum_b L(y_b, apply(params, inputs)_b)` (PROTOCOL sections 1-2).
 
@@ -116,19 +116,20 @@ class Objective:
     """
 
     apply: Apply
-    loss: JaxLoss | str
+    loss: JaxLoss
     reduction: str = "mean"
 
-    def __post_init__(self) -> None:
-        if not callable(self.apply):
+    def __init__(self, apply: Apply, loss: JaxLoss | Loss | str, reduction: str = "mean") -> None:
+        # the fields hold the resolved `JaxLoss` and reduction value (frozen: set once here)
+        if not callable(apply):
             raise ValueError(f"apply: expected a callable (params, inputs) -> outputs, got "
-                             f"{type(self.apply).__name__}")
-        object.__setattr__(self, "loss", get_jax_loss(self.loss))
+                             f"{type(apply).__name__}")
+        object.__setattr__(self, "apply", apply)
+        object.__setattr__(self, "loss", get_jax_loss(loss))
         try:
-            object.__setattr__(self, "reduction", Reduction(self.reduction).value)
+            object.__setattr__(self, "reduction", Reduction(reduction).value)
         except ValueError:
-            raise ValueError(
-                f"reduction: expected 'mean' or 'sum', got {self.reduction!r}") from None
+            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}") from None
 
     def weights(self, batch_size: int, dtype: Any) -> Array:
         """Per-example weights `w_b = c`, shape `(B,)`."""
@@ -523,7 +524,7 @@ def from_problem(problem: Problem, dtype: str = "float64") -> tuple[Objective, l
     """
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
-    if dtype == "float64" and not jax.config.jax_enable_x64:
+    if dtype == "float64" and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
         raise ValueError("dtype: float64 needs jax.config.update('jax_enable_x64', True) first")
     objective = Objective(network_apply(problem.layers), problem.loss, problem.reduction)
     labels = Loss(problem.loss).has_class_labels

@@ -187,12 +187,12 @@ class HFState(NamedTuple):
     Attributes:
         damping: current `lambda`.
         previous: the last CG solution, the warm start of the next solve.
-        count: number of updates so far.
+        step: number of updates so far (as `KfacState.step`).
     """
 
     damping: jax.Array
     previous: Params
-    count: jax.Array
+    step: jax.Array
 
 
 class HFInfo(NamedTuple):
@@ -288,6 +288,6 @@ def hessian_free(objective: Objective, *, damping: float = 1.0,
         new_damping = levenberg_marquardt(state.damping, rho)
         info = HFInfo(loss, new_loss, rho, state.damping, accepted, result.iterations,
                       result.converged)
-        return new_params, HFState(new_damping, d, state.count + 1), info
+        return new_params, HFState(new_damping, d, state.step + 1), info
 
     return HessianFree(init, update)

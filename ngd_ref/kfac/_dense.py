@@ -146,8 +146,8 @@ def _pieces(ref: DenseCurvature, kind: KfacKind, *, absolute: bool = False,
     """
     problem = ref.problem
     fix = np.abs if absolute else (lambda x: x)
-    middles = ([fix(m) for m in _middles(ref, kind)] if middles is None
-               else list(np.asarray(middles)))
+    per_example = ([fix(m) for m in _middles(ref, kind)] if middles is None
+                   else list(np.asarray(middles)))
     xs, blocks = [], []
     with ref.backend.precision():
         for index, (layer, sl) in enumerate(zip(problem.layers, layer_slices(problem.layers),
@@ -156,10 +156,10 @@ def _pieces(ref: DenseCurvature, kind: KfacKind, *, absolute: bool = False,
                 dzds = fix(ref.jacobians[:, :, sl.stop - layer.n_out: sl.stop])
                 xs.append([np.multiply.outer(x, x)
                            for x in (fix(t.abar[index]) for t in ref.traces)])
-                blocks.append([d.T @ m @ d for d, m in zip(dzds, middles, strict=True)])
+                blocks.append([d.T @ m @ d for d, m in zip(dzds, per_example, strict=True)])
                 continue
             x_l, m_l = [], []
-            for trace, jacs, middle in zip(ref.traces, ref.preactivation_jacobians, middles,
+            for trace, jacs, middle in zip(ref.traces, ref.preactivation_jacobians, per_example,
                                            strict=True):
                 cols = fix(trace.abar[index])                           # (d + 1, T)
                 per_t = fix(jacs[index]).reshape(-1, layer.c_out, layer.n_positions)
@@ -195,7 +195,7 @@ def _assemble(xs: list[list[np.ndarray]], blocks: list[list[np.ndarray]], c,
     return factors
 
 
-def kfac_factors(problem: Problem, kind: KfacKind | str, backend: Backend = FLOAT64, *,
+def kfac_factors(problem: Problem, kind: KfacKind | str, *, backend: Backend = FLOAT64,
                  approx: KfacApprox | str = "expand") -> Factors:
     """Compute the Kronecker factors `[(A_l, S_l), ...]` of PROTOCOL s4, exact expectations.
 
@@ -267,14 +267,14 @@ def _block_diagonal(blocks: Sequence[np.ndarray], bk: Backend) -> np.ndarray:
     return out
 
 
-def kfac_matrix(problem: Problem, kind: KfacKind | str, backend: Backend = FLOAT64, *,
+def kfac_matrix(problem: Problem, kind: KfacKind | str, *, backend: Backend = FLOAT64,
                 approx: KfacApprox | str = "expand") -> np.ndarray:
     """Form the block-diagonal K-FAC matrix `diag(A_1 (x) S_1, ..., A_L (x) S_L)`, `(n, n)`.
 
     In the canonical layout (column-major `vec([W b])`), `A_l (x) S_l` acts on `vec(V)` as
     `vec(S_l V A_l)` (Grosse eq. 16, A symmetric).
     """
-    factors = kfac_factors(problem, kind, backend, approx=approx)
+    factors = kfac_factors(problem, kind, backend=backend, approx=approx)
     with backend.precision():
         return _block_diagonal([np.kron(a, s) for a, s in factors], backend)
 
@@ -318,7 +318,7 @@ def exactness_regimes(problem: Problem, kind: KfacKind | str) -> tuple[Exactness
 # ---------------------------------------------------------------------------------------------
 # Damping and solves
 # ---------------------------------------------------------------------------------------------
-def factored_damping_pi(a: np.ndarray, s: np.ndarray, backend: Backend = FLOAT64):
+def factored_damping_pi(a: np.ndarray, s: np.ndarray, *, backend: Backend = FLOAT64):
     """`pi = sqrt((tr(A)/dim A) / (tr(S)/dim S))` (PROTOCOL s4; Martens & Grosse 2015 s6.3).
 
     The trace-norm choice that balances the two added terms of eq. 24. When a trace is not
@@ -347,7 +347,7 @@ def damped_factors(a: np.ndarray, s: np.ndarray, damping: float, *, pi=None,
     """
     check_damping(damping, positive=True)
     with backend.precision():
-        pi = factored_damping_pi(a, s, backend) if pi is None else backend.scalar(pi)
+        pi = factored_damping_pi(a, s, backend=backend) if pi is None else backend.scalar(pi)
         root = backend.sqrt(backend.scalar(damping))
         return (a + pi * root * backend.eye(a.shape[0]), s + root / pi * backend.eye(s.shape[0]))
 
@@ -373,7 +373,7 @@ def _solve_layer(a: np.ndarray, s: np.ndarray, v: np.ndarray, damping: float,
 
 
 def kfac_solve_factors(factors: Sequence[tuple[np.ndarray, np.ndarray]], v: np.ndarray,
-                       damping: float, method: DampingMethod | str,
+                       damping: float, method: DampingMethod | str, *,
                        backend: Backend = FLOAT64) -> np.ndarray:
     """Block-diagonal damped K-FAC solve from given factors (e.g. moving averages).
 
@@ -399,7 +399,7 @@ def kfac_solve_factors(factors: Sequence[tuple[np.ndarray, np.ndarray]], v: np.n
 
 
 def kfac_solve(problem: Problem, v: np.ndarray, damping: float, method: DampingMethod | str,
-               kind: KfacKind | str = "fisher", backend: Backend = FLOAT64, *,
+               kind: KfacKind | str = "fisher", *, backend: Backend = FLOAT64,
                approx: KfacApprox | str = "expand") -> np.ndarray:
     """`kfac_solve_factors(kfac_factors(problem, kind), v, damping, method)` (PROTOCOL s4/s5).
 
@@ -409,8 +409,8 @@ def kfac_solve(problem: Problem, v: np.ndarray, damping: float, method: DampingM
         >>> kfac_solve(p, np.ones(p.n_params), 0.1, "eigen").shape
         (31,)
     """
-    factors = kfac_factors(problem, kind, backend, approx=approx)
-    return kfac_solve_factors(factors, v, damping, method, backend)
+    factors = kfac_factors(problem, kind, backend=backend, approx=approx)
+    return kfac_solve_factors(factors, v, damping, method, backend=backend)
 
 
 def ema_update(average: Sequence[tuple[np.ndarray, np.ndarray]],

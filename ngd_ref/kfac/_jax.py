@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +69,12 @@ Layers = list[tuple[Array, Array]]
 Tap = Callable[[int, Array, Array], Array]
 
 
+class NetworkApply(Protocol):
+    """`(params, x, tap=no tap) -> z`: a `DenseNetwork`'s forward pass (the tap is optional)."""
+
+    def __call__(self, params: Any, x: Array, tap: Tap = ...) -> Array: ...
+
+
 class Estimator(str, enum.Enum):
     """How `S_l` is estimated: exact expectation, or one pullback-sampling-trick draw each."""
 
@@ -86,7 +92,7 @@ class DenseNetwork(NamedTuple):
         set_layers: `(params, layers) -> params` of the same structure (inverse of `get_layers`).
     """
 
-    apply: Callable[[Any, Array, Tap], Array]
+    apply: NetworkApply
     get_layers: Callable[[Any], Layers]
     set_layers: Callable[[Any, Layers], Any]
 
@@ -229,10 +235,8 @@ def _output_middles(loss: JaxLoss, kind: KfacKind, y: Array, z: Array) -> Array:
     """Dense per-example `F_R` or `H_L`, `(B, C, C)` (columns from the closed-form products)."""
     eye = jnp.eye(z.shape[1], dtype=z.dtype)
     if kind is KfacKind.FISHER:
-        per_example = lambda zb: jax.vmap(lambda u: loss.fisher_vp(zb, u))(eye)  # noqa: E731
-        return jax.vmap(per_example)(z)
-    per_example = lambda yb, zb: jax.vmap(lambda u: loss.hessian_vp(yb, zb, u))(eye)  # noqa: E731
-    return jax.vmap(per_example)(y, z)
+        return jax.vmap(lambda zb: jax.vmap(lambda u: loss.fisher_vp(zb, u))(eye))(z)
+    return jax.vmap(lambda yb, zb: jax.vmap(lambda u: loss.hessian_vp(yb, zb, u))(eye))(y, z)
 
 
 def kfac_statistics(network: DenseNetwork, params, x: Array, y: Array, loss: str | JaxLoss,

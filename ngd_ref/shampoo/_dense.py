@@ -259,6 +259,7 @@ def matrix_power(matrix, p: int, *, backend: Backend = FLOAT64) -> np.ndarray:
             p >>= 1
             if p:
                 base = base @ base
+        assert result is not None  # p >= 1 has a set bit
         return result
 
 

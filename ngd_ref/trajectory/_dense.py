@@ -391,6 +391,7 @@ class _Runner:
             self.updates += 1
             events.append(Event.STATISTICS)
         if k % int(hyper["inverse_every"]) == 0:
+            assert self.average is not None  # step 0 refreshes the statistics (0 % every == 0)
             if hyper["ema_bias_correction"]:
                 scale = 1 - bk.scalar(hyper["ema"]) ** self.updates
                 factors = [(a / scale, s / scale) for a, s in self.average]
@@ -401,6 +402,7 @@ class _Runner:
             if DampingMethod(hyper["damping_method"]) is DampingMethod.FACTORED and not all(
                     np.trace(self.f64(a)) > 0 and np.trace(self.f64(s)) > 0 for a, s in factors):
                 log["undefined"] = "eq. 24's pi: a K-FAC factor has zero trace"
+        assert self.solver is not None  # step 0 builds the inverses
         factors, lam_solve, condition = self.solver
         log["condition"] = condition
         delta = self._kfac_solve(factors, g, lam_solve, hyper["damping_method"])
@@ -470,6 +472,7 @@ class _Runner:
                 for lm, rm in self.left)
             self.roots = (roots, condition)
             events.append(Event.ROOT)
+        assert self.roots is not None  # step 0 builds the roots
         roots, log["condition"] = self.roots
         lr = bk.scalar(hyper["lr"])
         blocks = [-lr * (rl @ gm @ rr).reshape(-1, order="F")

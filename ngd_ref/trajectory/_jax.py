@@ -92,7 +92,8 @@ class _JaxRunner(_Runner):
     def _host(self, x: Any) -> np.ndarray:
         return np.asarray(x, dtype=np.float64)
 
-    def at(self, k: int, theta: np.ndarray) -> _Point:
+    def at(self, k: int, theta: np.ndarray) -> Any:
+        # a `_Point`: it stands where the dense runner has its `DenseCurvature` (duck-typed)
         x, y = self.batches[k]
         moved = self.problem.replace(params=np.asarray(theta, dtype=np.float64),
                                      inputs=np.asarray(x, dtype=np.float64),
@@ -116,7 +117,7 @@ class _JaxRunner(_Runner):
                              maxiter=iters)
         return self._host(result.x)
 
-    def _factors(self, ref: _Point, kind: str) -> list:
+    def _factors(self, ref: Any, kind: str) -> list:  # ref: the `_Point` of `at`
         return [(self._host(a), self._host(s))
                 for a, s in kfac_factors(ref.problem, kind, dtype=self.dtype)]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,17 @@ __all__ = ["SampledJaxMixin"]
 
 class SampledJaxMixin:
     """PROTOCOL s11 and s13 methods for `NgdRefJax` (needs `_prepared`, `dtype`)."""
+
+    if TYPE_CHECKING:  # provided by `NgdRefJax`
+        dtype: str
+
+        def _prepared(self, problem: Problem) -> tuple[nj.Objective, Any, nj.Batch]: ...
+
+        def _vector(self, v: Any) -> jax.Array: ...
+
+        def kfac_factors(
+            self, problem: Problem, kind: str
+        ) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
     def _flat(self, problem: Problem):
         objective, params, batch = self._prepared(problem)

@@ -15,6 +15,8 @@ __all__ = ["TrajectoryJax"]
 class TrajectoryJax:
     """Mixin of `NgdRefJax`: the five methods of section 10 with the JAX twin's numerics."""
 
+    dtype: str  # `NgdRefJax.dtype`
+
     def optimizer_trajectory(self, problem: Problem, batches: Any, method: str,
                              hyper: dict) -> list[np.ndarray]:
         """`theta_1 .. theta_K` from `ngd_ref.jax.trajectory_jax` in the adapter's dtype."""

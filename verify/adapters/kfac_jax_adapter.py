@@ -159,8 +159,10 @@ class KfacJax:
 
     def _permutation(self, setup: _Setup) -> np.ndarray:
         """`P` with `canonical = P @ raveled`."""
+        import jax.numpy as jnp
+
         n = setup.model.problem.n_params
-        return np.stack([setup.model.from_raveled(e) for e in np.eye(n)], axis=1)
+        return np.stack([setup.model.from_raveled(jnp.asarray(e)) for e in np.eye(n)], axis=1)
 
     @staticmethod
     @functools.lru_cache(maxsize=64)

@@ -21,8 +21,8 @@ its own. The kernels, called once per problem (per vector for the products):
 * `_damped`: `-(C + lambda I)^{-1} grad h` by `ngd_ref.jax.cg_solve` on the restricted,
   linearized operator `P C P^T` (`curvature_operator`; `curvature_vp` on the mesh), the
   curvature chosen at run time (`lax.switch`); where CG does not converge (an indefinite,
-  nonsingular `H + lambda I`, or the indefinite GGN of `gaussian_logvar`), by
-  `jax.scipy.sparse.linalg.gmres` without restarts.
+  nonsingular `H + lambda I`, or the indefinite GGN of `gaussian_logvar`), by LU on the
+  operator materialized with n products.
 
 `cg` runs the jitted `ngd_ref.jax.cg_solve` with the caller's numpy `matvec`/`precond`
 reached through `jax.pure_callback`, on vectors padded to a length bucket (the padding is an
@@ -128,12 +128,14 @@ def _products(objective, params, batch, v, *, mesh) -> dict[str, jax.Array]:
 
 @_kernel
 def _damped(objective, params, batch, mask, which, damping, *, mesh) -> jax.Array:
-    """`-(P C P^T + lambda I)^{-1} P grad h` by CG (GMRES where CG fails), `C = _KINDS[which]`.
+    """`-(P C P^T + lambda I)^{-1} P grad h` by CG (LU where CG fails), `C = _KINDS[which]`.
 
     One CG loop whose product switches (`lax.switch`, at run time) among the four operators,
     each linearized once before the loop. CG needs a positive definite system; the protocol's
     formula holds for any nonsingular one, so where CG does not converge the same operator is
-    solved by GMRES with a Krylov space of full dimension.
+    materialized (n products) and solved by LU. (`jax.scipy.sparse.linalg.gmres` cannot
+    serve: its `custom_linear_solve` transposes the operator, and the sharded curvature
+    products contain `stop_gradient`, which has no transpose rule.)
     """
     unravel = ravel_pytree(params)[1]
     neg_g = -mask * _flat(nj.gradient(objective, params, batch, mesh=mesh))
@@ -147,14 +149,14 @@ def _damped(objective, params, batch, mask, which, damping, *, mesh) -> jax.Arra
     n = neg_g.shape[0]
     result = nj.cg_solve(matvec, neg_g, tol=tol, maxiter=10 * n)
 
-    def minimal_residual(_: jax.Array) -> jax.Array:
+    def direct(_: None) -> jax.Array:
         # an indefinite but nonsingular system (PROTOCOL s5 asks for any nonsingular one):
-        # CG breaks down, GMRES without restarts (Krylov dimension n) does not
-        x, _ = jax.scipy.sparse.linalg.gmres(matvec, neg_g, tol=tol, restart=n, maxiter=2,
-                                             solve_method="incremental")
-        return x
+        # CG breaks down; the operator is materialized by n products (the zoo's n is small)
+        # and solved by LU with partial pivoting
+        matrix = jax.vmap(matvec, out_axes=1)(jnp.eye(n, dtype=neg_g.dtype))
+        return jnp.linalg.solve(matrix, neg_g)
 
-    return jax.lax.cond(result.converged, lambda _: result.x, minimal_residual, None)
+    return jax.lax.cond(result.converged, lambda _: result.x, direct, None)
 
 
 # -- cg with host callables ----------------------------------------------------------------------

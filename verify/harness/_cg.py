@@ -79,7 +79,7 @@ import numpy as np
 from ngd_ref import Problem
 from ngd_ref.dense import krylov_optimal_iterates, mp_backend
 from verify._report import Status
-from verify._tolerance import solve_rtol, unit_roundoff
+from verify._tolerance import unit_roundoff
 from verify.harness._context import CheckContext
 from verify.harness._faults import readonly
 
@@ -284,8 +284,7 @@ def _check_variant(
                 variant.check,
                 value,
                 expected,
-                tolerance=solve_rtol(ctx.dtype, length=n, depth=1,
-                                     condition=float(np.linalg.cond(a))),
+                tolerance=ctx.policy.solve_rtol(float(np.linalg.cond(a)), length=n, depth=1),
                 what=f"iterate {k} = x0: the residual is already zero ({variant.what})",
             )
             if not comparison.passed:
@@ -313,7 +312,7 @@ def _check_variant(
             variant.check,
             value,
             optimal[k - 1],
-            tolerance=solve_rtol(ctx.dtype, length=n, depth=k, condition=max(amplified, basis)),
+            tolerance=ctx.policy.solve_rtol(max(amplified, basis), length=n, depth=k),
             magnitude=start_norm,
             what=f"iterate {k} = A-optimal point of x0 + K_{k} (Grosse s4; {variant.what})",
         )
@@ -338,18 +337,18 @@ def _check_converges(
     # the recurrence residual drifts from the true one by rounding of size u ||A|| ||x_j|| for
     # every iterate passed through, so the floor is taken at the larger of ||x|| and ||x0||
     start = float(np.linalg.norm(kwargs["x0"])) if "x0" in kwargs else 0.0
-    floor = solve_rtol(ctx.dtype, length=n, depth=1, condition=1.0) * float(
+    floor = ctx.policy.solve_rtol(1.0, length=n, depth=1) * float(
         np.linalg.norm(a, 2) * max(float(np.linalg.norm(x)), start)
     )
     bound = tol * float(np.linalg.norm(b)) + floor
     ok = bool(np.isfinite(residual)) and residual <= bound
-    start = "x0 = 0" if "x0" not in kwargs else "x0 with ||b - A x0|| = 100 ||b||"
+    start_name = "x0 = 0" if "x0" not in kwargs else "x0 with ||b - A x0|| = 100 ||b||"
     ctx.record(
         check,
         Status.PASS if ok else Status.FAIL,
         f"||b - A x|| = {residual:.2e} {'<=' if ok else '>'} tol ||b|| + rounding floor "
         f"= {bound:.2e} (PROTOCOL s5 stopping rule, relative to ||b||, tol={tol:g}"
-        f"{'' if 'tol' in kwargs else ' by default'}; {start})",
+        f"{'' if 'tol' in kwargs else ' by default'}; {start_name})",
         residual / max(float(np.linalg.norm(b)), 1e-300),
         bound / max(float(np.linalg.norm(b)), 1e-300),
     )

@@ -39,9 +39,6 @@ __all__ = ["DEFAULT_TIMEOUT", "CallTimedOut", "Outcome", "run_isolated"]
 #: default per-call timeout in seconds (`ngd-verify check --timeout`)
 DEFAULT_TIMEOUT = 60.0
 
-#: numpy's default floating-point error handling; every port call starts from it
-_NUMPY_DEFAULTS = {"divide": "warn", "over": "warn", "under": "ignore", "invalid": "warn"}
-
 
 class CallTimedOut(Exception):
     """The call did not return within the timeout and was abandoned."""
@@ -107,7 +104,8 @@ def run_isolated(fn: Callable[[], Any], timeout: float | None) -> Outcome:
 
     def job() -> None:
         try:
-            with np.errstate(**_NUMPY_DEFAULTS):
+            # numpy's default floating-point error handling: every port call starts from it
+            with np.errstate(divide="warn", over="warn", under="ignore", invalid="warn"):
                 outcome.value = fn()
         except BaseException as exc:  # noqa: BLE001 -- containment is the point
             outcome.error = exc

@@ -21,7 +21,6 @@ import numpy as np
 
 from ngd_ref.dense import factored_damping_pi, kfac_factors, kfac_solve
 from verify._report import Status
-from verify._tolerance import solve_rtol
 from verify.harness._context import CheckContext
 
 __all__ = ["KINDS", "METHODS", "check_kfac_factors", "check_kfac_solve", "factor_split"]
@@ -126,8 +125,8 @@ def _condition(factors, magnitudes, damping: float, method: str) -> float:
                 (ls.max() + root / pi) / (ls.min() + root / pi)
             )
         units = max(
-            np.linalg.norm(a_mag) / max(np.linalg.norm(a), 1e-300),
-            np.linalg.norm(s_mag) / max(np.linalg.norm(s), 1e-300),
+            float(np.linalg.norm(a_mag)) / max(float(np.linalg.norm(a)), 1e-300),
+            float(np.linalg.norm(s_mag)) / max(float(np.linalg.norm(s)), 1e-300),
         )
         worst = max(worst, kappa * max(units, 1.0))
     return worst
@@ -145,7 +144,7 @@ def check_kfac_solve(ctx: CheckContext) -> None:
             ctx.record(check, Status.SKIP, "pi is undefined: tr(S_l) = 0 for this problem")
             continue
         condition = _condition(factors, ctx.policy.kfac_magnitudes(kind), damping, method)
-        tolerance = solve_rtol(ctx.dtype, length=b.length, depth=b.depth, condition=condition)
+        tolerance = b.solve_rtol(condition)
         ctx.begin(check)
         value = ctx.port("kfac_solve", ctx.problem, v, damping, method, *([kind] if passed else []))
         ctx.compare(

@@ -125,6 +125,8 @@ def _import_class(target: str) -> type:
             raise UsageError(f"--adapter {target!r}: no such file {str(path)!r}")
         module_name = f"_ngd_verify_adapter_{abs(hash(str(path.resolve())))}"
         spec_obj = importlib.util.spec_from_file_location(module_name, path)
+        if spec_obj is None or spec_obj.loader is None:
+            raise UsageError(f"--adapter {target!r}: {str(path)!r} cannot be imported as a module")
         module = importlib.util.module_from_spec(spec_obj)
         sys.modules[module_name] = module
         try:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from ngd_ref import layer_slices
-from ngd_ref.dense import bfgs_update, inverse_root, lbfgs_direction, shampoo_direction
-from verify._tolerance import rounding_rtol, solve_rtol
+from ngd_ref.dense import bfgs_update, inverse_root, lbfgs_direction
+from verify._tolerance import rounding_rtol
 from verify.harness import _methods
 from verify.harness._context import CheckContext
 from verify.harness._faults import readonly
@@ -95,7 +95,7 @@ def check_inverse_root(ctx: CheckContext) -> None:
         "inverse_root_default_ridge",
         value,
         inverse_root(ridged, 2, 0.0),
-        tolerance=solve_rtol(ctx.dtype, length=m.shape[0], depth=2, condition=kappa),
+        tolerance=ctx.policy.solve_rtol(kappa, length=m.shape[0], depth=2),
         what=f"M^(-1/2) with ridge omitted: PROTOCOL s9's default ridge = 0 (kappa {kappa:.1e})",
     )
 
@@ -111,22 +111,10 @@ def check_shampoo_direction(ctx: CheckContext) -> None:
     others = [p.reshape(shape) * scale for p in ctx.probe(grad.size, 2)]
     left = sum(g @ g.T for g in (grad, *others))
     right = sum(g.T @ g for g in (grad, *others))
-    condition = float(
-        np.linalg.cond(left + _SHAMPOO_EPS * np.eye(shape[0]))
-        + np.linalg.cond(right + _SHAMPOO_EPS * np.eye(shape[1]))
-    )
-    ctx.begin("shampoo_direction_accumulated")
-    value = ctx.port(
-        "shampoo_direction", readonly(grad), readonly(left), readonly(right), _SHAMPOO_EPS
-    )
-    ctx.compare(
-        "shampoo_direction_accumulated",
-        value,
-        shampoo_direction(grad, left, right, _SHAMPOO_EPS),
-        tolerance=solve_rtol(ctx.dtype, length=grad.size, depth=3, condition=condition),
-        what="(L + eps I)^(-1/4) G (R + eps I)^(-1/4) with L, R summed over three gradients "
-        "(PROTOCOL s9: L and R are inputs, not G G^T and G^T G)",
-    )
+    _methods.compare_shampoo(
+        ctx, "shampoo_direction_accumulated", grad, left, right, _SHAMPOO_EPS,
+        "(L + eps I)^(-1/4) G (R + eps I)^(-1/4) with L, R summed over three gradients "
+        "(PROTOCOL s9: L and R are inputs, not G G^T and G^T G)")
 
 
 def check_hutchinson_diag(ctx: CheckContext) -> None:

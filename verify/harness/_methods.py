@@ -42,9 +42,9 @@ from ngd_ref.dense import (
     shampoo_direction,
     trust_region_update,
 )
-from verify._policy import TolerancePolicy
+from verify._policy import tolerance_policy
 from verify._report import Status
-from verify._tolerance import rounding_rtol, solve_rtol
+from verify._tolerance import rounding_rtol
 from verify.harness._context import CheckContext
 from verify.harness._faults import readonly
 from verify.harness._sampled import check_hutchinson_diag
@@ -192,7 +192,7 @@ def _lbfgs_step_bounds(
       `E_y = rtol (||MAG(g(theta))|| + ||MAG(g(theta'))||) + ||MAG(H(theta')) e||`.
     """
     b = ctx.policy
-    moved = TolerancePolicy(ctx.problem.replace(params=new_params), ctx.dtype)
+    moved = tolerance_policy(ctx.problem.replace(params=new_params), ctx.dtype)
     rtol_k = rounding_rtol(ctx.dtype, length=b.length, depth=b.depth + 2 * _MEMORY)
     e_s = rtol_k * _LR * two_loop_magnitude(b.gradient_magnitude, s_list, y_list, _GAMMA)
     e = b.rtol * np.abs(new_params) + e_s
@@ -212,9 +212,13 @@ def check_lbfgs_step(ctx: CheckContext) -> None:
     """
     _, s_list, y_list = _lbfgs_memory(ctx)
     expected = lbfgs_step(ctx.problem, s_list, y_list, _LR, _GAMMA)
-    if not all(np.all(np.isfinite(part)) for part in expected):
+    limit = ctx.policy.overflow
+    if not all(np.all(np.isfinite(part)) for part in expected) or float(np.max(
+            tolerance_policy(ctx.problem.replace(params=expected[0]), ctx.dtype)
+            .gradient_magnitude)) > limit:
         ctx.record("lbfgs_step", Status.SKIP, "not checked: the reference step leaves the region "
-                   "where h is finite in float64 (overflow at theta')")
+                   f"where h and its gradient are finite in {ctx.dtype} (MAG(grad h(theta')) "
+                   f"overflows {limit:.3g})")
         return
     e_params, e_y = _lbfgs_step_bounds(ctx, s_list, y_list, expected[0])
     ctx.begin("lbfgs_step")
@@ -267,7 +271,7 @@ def check_inverse_root(ctx: CheckContext) -> None:
             "inverse_root",
             value,
             inverse_root(m, p, ridge),
-            tolerance=solve_rtol(ctx.dtype, length=m.shape[0], depth=2, condition=kappa),
+            tolerance=ctx.policy.solve_rtol(kappa, length=m.shape[0], depth=2),
             what=f"(M + {ridge:.3g} I)^(-1/{p}) (PROTOCOL s9; kappa {kappa:.1e})",
         )
 
@@ -278,19 +282,34 @@ def check_shampoo_direction(ctx: CheckContext) -> None:
     sl = layer_slices(ctx.problem.layers)[0]
     grad = ctx.policy.ref.gradient[sl].reshape(layer.weight_shape, order="F")
     left, right, eps = grad @ grad.T, grad.T @ grad, 0.1
+    compare_shampoo(ctx, "shampoo_direction", grad, left, right, eps,
+                    "(L + eps I)^(-1/4) G (R + eps I)^(-1/4) (PROTOCOL s9; Shampoo)")
+
+
+def compare_shampoo(ctx: CheckContext, check: str, grad: np.ndarray, left: np.ndarray,
+                    right: np.ndarray, eps: float, what: str) -> None:
+    """One `shampoo_direction` call against the reference, or not checked where undetermined.
+
+    Tolerance `TolerancePolicy.solve_rtol(kappa(L + eps I) + kappa(R + eps I))` (length
+    `G.size`, depth 3: two inverse roots and the products). Where it is >= 1 (`determined`:
+    `eps` below the dtype's resolution of `||L||`, e.g. a float32 port on a problem with a
+    huge gradient), a correct port's eigenvalues of `L + eps I` can come out negative and its
+    root NaN: the check is reported as not checked, with the condition number.
+    """
     condition = float(
         np.linalg.cond(left + eps * np.eye(left.shape[0]))
         + np.linalg.cond(right + eps * np.eye(right.shape[0]))
     )
-    ctx.begin("shampoo_direction")
+    tolerance = ctx.policy.solve_rtol(condition, length=grad.size, depth=3)
+    if not ctx.policy.determined(tolerance):
+        ctx.record(check, Status.SKIP,
+                   f"not checked: L + eps I and R + eps I are singular to {ctx.dtype} precision "
+                   f"(kappa sum {condition:.2e}, relative tolerance {tolerance:.2e} >= 1)")
+        return
+    ctx.begin(check)
     value = ctx.port("shampoo_direction", readonly(grad), readonly(left), readonly(right), eps)
-    ctx.compare(
-        "shampoo_direction",
-        value,
-        shampoo_direction(grad, left, right, eps),
-        tolerance=solve_rtol(ctx.dtype, length=grad.size, depth=3, condition=condition),
-        what="(L + eps I)^(-1/4) G (R + eps I)^(-1/4) (PROTOCOL s9; Shampoo)",
-    )
+    ctx.compare(check, value, shampoo_direction(grad, left, right, eps), tolerance=tolerance,
+                what=what)
 
 
 METHOD_CHECKS = {

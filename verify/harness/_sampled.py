@@ -120,17 +120,17 @@ def _statistical(ctx: CheckContext, check: str, call: Callable[[int, int], np.nd
     scale = float(np.linalg.norm(np.sqrt(magnitude2)))
     ctx.compare(f"{check}_repeatable", again, results[0], tolerance=rtol, magnitude=scale,
                 what=f"{what}: the same seed twice (s11: repeatable within rounding)")
-    seed = seed_test(results, moments.atom, design.seed_level)
-    if seed.calls is None:
+    distinct = seed_test(results, moments.atom, design.seed_level)
+    if distinct.calls is None:
         _record(ctx, f"{check}_seed_dependence", Status.SKIP,
                 f"correct draws may coincide with probability {moments.atom:.3g} per call: "
                 "seed dependence not checked")
     else:
-        _record(ctx, f"{check}_seed_dependence", Status.PASS if seed.passed else Status.FAIL,
-                f"{what}: {seed.calls} distinct seeds "
-                + ("do not all give the same result" if seed.passed else
+        _record(ctx, f"{check}_seed_dependence", Status.PASS if distinct.passed else Status.FAIL,
+                f"{what}: {distinct.calls} distinct seeds "
+                + ("do not all give the same result" if distinct.passed else
                    "all give the same result (the seed is ignored?)")
-                + f" (correct ports coincide w.p. <= {moments.atom:.3g}^{seed.calls - 1})")
+                + f" (correct ports coincide w.p. <= {moments.atom:.3g}^{distinct.calls - 1})")
 
 
 def _relative_k2(moments, projection) -> float:
@@ -197,11 +197,11 @@ def check_mc_fisher_vp(ctx: CheckContext) -> None:
     ctx.begin("mc_fisher_vp_linear")
     seed = call_seeds(ctx.seed, 1, 7)[0]
     parts = [ctx.port("mc_fisher_vp", ctx.problem, x, 4, seed) for x in (v, w, v + w)]
-    arrays = [ctx.require_shape("mc_fisher_vp_linear", x, (n,)) for x in parts]
-    if any(a is None for a in arrays):
+    at_v, at_w, at_sum = (ctx.require_shape("mc_fisher_vp_linear", x, (n,)) for x in parts)
+    if at_v is None or at_w is None or at_sum is None:
         return
-    magnitude = float(np.linalg.norm(np.abs(arrays[0]) + np.abs(arrays[1])))
-    ctx.compare("mc_fisher_vp_linear", arrays[2], arrays[0] + arrays[1],
+    magnitude = float(np.linalg.norm(np.abs(at_v) + np.abs(at_w)))
+    ctx.compare("mc_fisher_vp_linear", at_sum, at_v + at_w,
                 tolerance=ctx.policy.rtol, magnitude=magnitude,
                 what="one seed: R(v + w) = R(v) + R(w) (the draws do not depend on v, s11)")
 

@@ -60,12 +60,12 @@ def check_damped_update(ctx: CheckContext) -> None:
         for damping in dampings_for(matrix):
             _compare_update(ctx, f"damped_update_{curvature}", curvature, damping)
     noise = b.rtol * float(np.linalg.norm(b.matrix_magnitude("hessian")))
-    damping = indefinite_damping(b.matrix("hessian"), noise)
-    if damping is None:
+    shift = indefinite_damping(b.matrix("hessian"), noise)
+    if shift is None:
         ctx.record("damped_update_indefinite", Status.SKIP,
                    "H is positive semidefinite here: no indefinite damped system to check")
     else:
-        _compare_update(ctx, "damped_update_indefinite", "hessian", damping)
+        _compare_update(ctx, "damped_update_indefinite", "hessian", shift)
 
 
 def _compare_update(ctx: CheckContext, check: str, curvature: str, damping: float) -> None:

@@ -77,6 +77,18 @@ def exact_rtol(problem: Problem) -> float:
     return tolerance_policy(problem, "float64").rtol
 
 
+def solve_tolerance(problem: Problem, condition: float, *, length: int | None = None,
+                    depth: int | None = None) -> float:
+    """The float64 policy's `TolerancePolicy.solve_rtol` for a solve of condition `condition`.
+
+    The default `length` is `n` (the longest sum of an `n x n` parameter-space solve; the
+    problem's own sums are in the magnitudes behind `condition`), the default `depth` the
+    policy's `L + 2`; pass the system's own for other systems (a K-FAC block, output space).
+    """
+    return tolerance_policy(problem, "float64").solve_rtol(
+        condition, length=problem.n_params if length is None else length, depth=depth)
+
+
 def middle_magnitudes(ref: DenseCurvature) -> np.ndarray:
     """`MAG` of each example's output-space middle matrix, `(B,)` (`TolerancePolicy.middle_norms`).
 

@@ -227,7 +227,7 @@ def conv_kfac_factored_damping_conservative(problem: Problem) -> list[CheckResul
                     gap = float(np.linalg.eigvalsh(m_f - np.kron(a, s)
                                                    - damping * np.eye(dim))[0])
                     tol = rounding_rtol("float64", length=dim, depth=2)
-                    worst = max(worst, max(-gap, 0.0) / (np.linalg.norm(m_f, 2) * tol))
+                    worst = max(worst, max(-gap, 0.0) / (float(np.linalg.norm(m_f, 2)) * tol))
         cmp = Comparison(worst, 1.0, 1.0, worst, None, worst <= 1.0)
         out.append(result(f"conv_kfac_factored_damping_conservative[{kind.value},reduce]",
                           problem, cmp, "M_factored >= A (x) S + l I (error = worst negative "

@@ -31,8 +31,8 @@ import numpy as np
 
 from ngd_ref import Loss, Problem
 from ngd_ref.dense import cg_iterates
-from verify._tolerance import compare, solve_rtol
-from verify.identities._common import at_most, reference
+from verify._tolerance import compare
+from verify.identities._common import at_most, reference, solve_tolerance
 from verify.identities._registry import MARGIN, detectable, identity, result
 
 __all__ = [
@@ -54,8 +54,7 @@ GD_ITERATIONS = 200
 
 
 def _tol(problem: Problem, condition: float) -> float:
-    return solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
-                      condition=condition)
+    return solve_tolerance(problem, condition)
 
 
 def _convex(problem: Problem) -> bool:
@@ -116,6 +115,7 @@ def damped_newton_stretch_unbounded(problem: Problem):
     """Negative control of the `eta^{-1}` bound: the stretch along `q_min` is `1/|nu + eta|`."""
     ref = reference(problem)
     eta = _stretch_eta(problem)
+    assert eta is not None  # `applies`
     values, vectors = np.linalg.eigh(ref.hessian)
     q = vectors[:, 0]
     stretched = np.linalg.solve(ref.hessian + eta * np.eye(problem.n_params), q)
@@ -219,6 +219,7 @@ def gradient_descent_rate_is_kappa(problem: Problem):
     values, vectors = np.linalg.eigh(a)
     x_star = vectors[:, 0] + vectors[:, -1]
     k = _rate_iterations(problem)
+    assert k is not None  # `applies`
     gd = _gd_iterates(a, a @ x_star, np.zeros(problem.n_params), 2.0 / (lip + mu), k)
     kappa = lip / mu
     rho_cg = (np.sqrt(kappa) - 1) / (np.sqrt(kappa) + 1)

@@ -32,8 +32,14 @@ import numpy as np
 
 from ngd_ref import Layer, Loss, Problem
 from ngd_ref.dense import levenberg_marquardt, reduction_ratio
-from verify._tolerance import solve_rtol
-from verify.identities._common import at_most, default_direction, exact_rtol, problem_rng, reference
+from verify.identities._common import (
+    at_most,
+    default_direction,
+    exact_rtol,
+    problem_rng,
+    reference,
+    solve_tolerance,
+)
 from verify.identities._registry import identity
 from verify.identities.hessian import network_curved
 
@@ -176,8 +182,7 @@ def reduction_ratio_damped_quadratic(problem: Problem):
         lam = factor * norm if norm > 0 else factor
         d = ref.damped_update("hessian", lam)
         a, m = 0.5 * float(d @ h @ d), 0.5 * lam * float(d @ d)
-        eps = solve_rtol("float64", length=twin.n_params, depth=len(twin.layers) + 2,
-                         condition=(norm + lam) / lam)
+        eps = solve_tolerance(twin, (norm + lam) / lam)
         for k in STEP_MULTIPLES:
             exact = damped_quadratic_ratio(a, m, k)
             step = k * d

@@ -31,7 +31,6 @@ import numpy as np
 
 from ngd_ref import Loss, Problem
 from ngd_ref.dense import mp_backend
-from verify._tolerance import solve_rtol
 from verify.identities._common import (
     at_most,
     default_damping,
@@ -39,6 +38,7 @@ from verify.identities._common import (
     magnitude,
     reference,
     smooth_along,
+    solve_tolerance,
 )
 from verify.identities._registry import MARGIN, detectable, identity
 from verify.identities.fisher import mp_loss
@@ -111,8 +111,7 @@ def _grid_signs(problem: Problem, curvature: str, lam: float):
     for factor in DAMPING_FACTORS:
         damping = factor * lam
         kappa = (norm + damping) / damping
-        tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
-                         condition=kappa)
+        tol = solve_tolerance(problem, kappa)
         if not detectable(2 * np.sqrt(kappa) / (kappa + 1), tol):
             continue
         d = ref.damped_update(curvature, damping)
@@ -175,8 +174,7 @@ def _ascent(problem: Problem) -> _Ascent | None:
     e = np.concatenate([[lower / eps], -coeffs[1:] / (gaps - eps)])
     slope = float(c @ e)
     cosine = slope / float(np.linalg.norm(c) * np.linalg.norm(e))
-    tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
-                     condition=mag / eps)
+    tol = solve_tolerance(problem, mag / eps)
     if not detectable(cosine, tol):
         return None
     curvature = abs(float(e @ (nu * e)))
@@ -202,6 +200,7 @@ def small_damping_newton_ascends(problem: Problem):
     Hypothesis: the ascent is detectable (`_ascent`).
     """
     ascent = _ascent(problem)
+    assert ascent is not None  # `applies`
     ref = reference(problem)
     g = ref.gradient
     d = ref.damped_update("hessian", ascent.damping)

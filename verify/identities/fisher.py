@@ -25,6 +25,8 @@ Identities 1, 3 and 4 of the battery (seeds 000/001; Martens, seed 003, s5, s8, 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ngd_ref import Loss, Problem
@@ -206,7 +208,7 @@ def kl_coefficients(problem: Problem, direction: np.ndarray, *,
         theta, d = bk.asarray(problem.params), bk.asarray(direction)
         z0 = network_outputs(problem, theta, bk)
         scale = bk.scalar(problem.scale)
-        even = {False: [], True: []}
+        even: dict[bool, list[Any]] = {False: [], True: []}
         for k in (first, first - 1):
             t = bk.scalar(2) ** -k
             sums = {False: 0, True: 0}

@@ -29,7 +29,7 @@ import scipy.linalg
 
 from ngd_ref import Problem
 from ngd_ref.dense import get_loss, mp_backend, network_outputs
-from verify._tolerance import compare, solve_rtol
+from verify._tolerance import compare
 from verify.identities._common import (
     default_damping,
     default_direction,
@@ -39,6 +39,7 @@ from verify.identities._common import (
     problem_rng,
     reference,
     smooth_along,
+    solve_tolerance,
 )
 from verify.identities._registry import identity, result, separated
 
@@ -150,8 +151,7 @@ def affine_invariance(problem: Problem, *, reparameterization=None):
     out = []
     for r, _ in grid:
         kappa_r2 = float(np.linalg.cond(r)) ** 2
-        tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
-                         condition=kappa_r2)
+        tol = solve_tolerance(problem, kappa_r2)
         for curvature in ("hessian", "ggn", "fisher"):
             if not numerically_consistent(ref.matrix(curvature), ref.gradient, tol,
                                           kappa_r2 * tol):
@@ -186,8 +186,7 @@ def damped_steps_not_invariant(problem: Problem, *, reparameterization=None,
     lam = default_damping(problem) if damping is None else damping
     d, _, _ = _steps(problem, r, "ggn", lam)
     direct = reference(problem).damped_update("ggn", lam)
-    tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
-                     condition=float(np.linalg.cond(r)) ** 2)
+    tol = solve_tolerance(problem, float(np.linalg.cond(r)) ** 2)
     cmp = compare(d, direct, tolerance=tol)
     return separated("damped_steps_not_invariant", problem, cmp,
                      f"damped GN step (lambda={lam:.3g}) changes under R", GROSSE)

@@ -32,7 +32,8 @@ from ngd_ref.dense import (
 )
 from verify._policy import tolerance_policy
 from verify._report import CheckResult
-from verify._tolerance import Comparison, compare, rounding_rtol, solve_rtol
+from verify._tolerance import Comparison, compare, rounding_rtol
+from verify.identities._common import solve_tolerance
 from verify.identities._registry import detectable, identity, result, separated
 
 SOURCE = "Grosse ch.4 s5.2 (seed 002), PROTOCOL s4"
@@ -231,8 +232,7 @@ def kfac_solve_matches_explicit(problem: Problem) -> list[CheckResult]:
                                                         for a, s in factors])
             for method, matrix in explicit.items():
                 desired = np.linalg.solve(matrix, v)
-                tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
-                                 condition=float(np.linalg.cond(matrix)))
+                tol = solve_tolerance(problem, float(np.linalg.cond(matrix)))
                 comparison = compare(kfac_solve(problem, v, damping, method, kind), desired,
                                      tolerance=tol)
                 out.append(result(f"kfac_solve_matches_explicit[{kind.value},{method},"
@@ -292,7 +292,7 @@ def kfac_factored_damping_conservative(problem: Problem) -> list[CheckResult]:
             rhs = np.broadcast_to(gl, (len(cases), dim))[..., None]
             q_f = np.linalg.solve(m_f, rhs)[..., 0] @ gl
             q_e = np.linalg.solve(m_e, rhs)[..., 0] @ gl
-            tols = np.array([solve_rtol("float64", length=dim, depth=2, condition=float(c))
+            tols = np.array([solve_tolerance(problem, float(c), length=dim, depth=2)
                              for c in np.linalg.cond(m_e)])
             excess = np.divide(q_f - q_e, np.abs(q_e) * tols, out=np.zeros_like(q_f),
                                where=q_f > q_e)

@@ -25,8 +25,8 @@ import numpy as np
 
 from ngd_ref import Problem, layer_slices, unflatten
 from ngd_ref.dense import damped_factors, kfac_factors, kfac_matrix, kfac_solve_factors
-from verify._tolerance import compare, rounding_rtol, solve_rtol
-from verify.identities._common import magnitude, problem_rng, reference
+from verify._tolerance import compare, rounding_rtol
+from verify.identities._common import magnitude, problem_rng, reference, solve_tolerance
 from verify.identities._registry import identity, result, separated
 
 __all__ = [
@@ -120,7 +120,7 @@ def kron_inverse(problem: Problem):
     condition = float(np.linalg.cond(a) * np.linalg.cond(s))
     left = np.linalg.inv(np.kron(a, s))
     right = np.kron(np.linalg.inv(a), np.linalg.inv(s))
-    tol = solve_rtol("float64", length=a.shape[0] * s.shape[0], depth=1, condition=condition)
+    tol = solve_tolerance(problem, condition, length=a.shape[0] * s.shape[0], depth=1)
     cmp = compare(left, right, tolerance=tol)
     return result("kron_inverse", problem, cmp, "inverse", f"{SOURCE} eq. (19)")
 
@@ -210,7 +210,7 @@ def kron_kfac_layout(problem: Problem):
         desired[sl] = vec(np.linalg.solve(s_d, big_v) @ np.linalg.inv(a_d))
         solved = kfac_solve_factors(factors, v, lam, "factored")
         condition = float(np.linalg.cond(a_d) * np.linalg.cond(s_d))
-        tol = solve_rtol("float64", length=a.shape[0] * s.shape[0], depth=2, condition=condition)
+        tol = solve_tolerance(problem, condition, length=a.shape[0] * s.shape[0], depth=2)
         out.append(result("kron_kfac_layout", problem, compare(solved, desired, tolerance=tol),
                           f"layer {index + 1}: factored solve = vec(S_d^-1 V A_d^-1) "
                           f"(kappa {condition:.3g})", f"{SOURCE} eq. (19)"))

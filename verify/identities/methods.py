@@ -35,7 +35,8 @@ import numpy as np
 from ngd_ref import Loss, Probabilities, Problem, layer_slices
 from ngd_ref import dense as ref
 from verify._report import CheckResult, Status
-from verify._tolerance import compare, hoeffding_bound, rounding_rtol, solve_rtol
+from verify._tolerance import compare, hoeffding_bound, rounding_rtol
+from verify.identities._common import solve_tolerance
 from verify.identities._registry import detectable, identity, result, separated
 
 __all__: list[str] = []
@@ -196,8 +197,7 @@ def _newton_climbs(problem: Problem) -> CheckResult:
     newton = negative.T @ ref.newton_update(problem, lam)
     trust = negative.T @ ref.trust_region_update(problem, lam)
     g = negative.T @ ref.dense(problem).gradient
-    rtol = solve_rtol("float64", length=problem.n_params, depth=_depth(problem),
-                      condition=float(np.abs(values).max()) / float(np.abs(values + lam).min()))
+    rtol = solve_tolerance(problem, float(np.abs(values).max()) / float(np.abs(values + lam).min()))
     check = separated("newton_step_climbs_at_indefinite_hessian", problem,
                       compare(newton, trust, tolerance=rtol),
                       "Newton and |H| steps differ on the negative eigenspace", _SEED_004)
@@ -221,8 +221,7 @@ def _bfgs_tolerance(problem: Problem, B: np.ndarray, s: np.ndarray, y: np.ndarra
     # The update divides by y^T s and s^T B s: relative to the natural scales, cancellation
     # amplifies rounding by ||y|| ||s|| / |y^T s| (the angle between s and y).
     amplification = float(np.linalg.norm(y) * np.linalg.norm(s) / abs(y @ s))
-    return solve_rtol("float64", length=problem.n_params, depth=_depth(problem),
-                      condition=amplification * _condition(B))
+    return solve_tolerance(problem, amplification * _condition(B))
 
 
 @identity("bfgs_secant_and_symmetry", source=f"{_SEED_004} 'BFGS'; {_NW}",
@@ -357,8 +356,7 @@ def _gamma(steps: list, ys: list) -> float:
 
 
 def _lbfgs_tolerance(problem: Problem, A: np.ndarray) -> float:
-    return solve_rtol("float64", length=problem.n_params, depth=2 * _MEMORY + 1,
-                      condition=_condition(A))
+    return solve_tolerance(problem, _condition(A), depth=2 * _MEMORY + 1)
 
 
 @identity("lbfgs_two_loop_equals_dense_inverse_bfgs", source=f"{_SEED_004} 'L-BFGS'; {_NW}",
@@ -580,8 +578,7 @@ _LOWRANK_DAMPING_FRACTION = 0.1
 
 def _ggn_solve_tolerance(problem: Problem, lam: float) -> float:
     damped = ref.dense(problem).ggn + lam * np.eye(problem.n_params)
-    return solve_rtol("float64", length=problem.n_params, depth=_depth(problem),
-                      condition=_condition(damped))
+    return solve_tolerance(problem, _condition(damped))
 
 
 def _ggn_damping(problem: Problem) -> float:
@@ -610,8 +607,9 @@ def _lowrank_control(problem: Problem) -> CheckResult:
     d = ref.dense(problem)
     lam = _ggn_damping(problem)
     jac = d.jacobians.reshape(-1, problem.n_params)
-    probs = np.concatenate([ref.get_loss(problem.loss).probabilities(ref.FLOAT64, z)
-                            for z in d.outputs])
+    loss = ref.get_loss(problem.loss)
+    assert isinstance(loss, ref.CategoricalLoss)  # `applies`: softmax probabilities
+    probs = np.concatenate([loss.probabilities(ref.FLOAT64, z) for z in d.outputs])
     coupled = np.diag(probs) - np.outer(probs, probs)
     system = d.c * coupled @ (jac @ jac.T) + lam * np.eye(jac.shape[0])
     seed_step = -(jac.T @ np.linalg.solve(system, d.c * d.loss_grads.reshape(-1)))
@@ -637,8 +635,8 @@ def _roots(problem: Problem) -> list[CheckResult]:
         eig = ref.inverse_root(A, p)
         newton = ref.coupled_newton_inverse_root(A, p)
         bound = newton.residual / (p * (1 - newton.residual)) if newton.residual < 1 else math.inf
-        rtol = bound + solve_rtol("float64", length=n, depth=newton.iterations + p,
-                                  condition=_condition(A))
+        rtol = bound + solve_tolerance(problem, _condition(A), length=n,
+                                       depth=newton.iterations + p)
         out.append(result("inverse_root_eigh_equals_coupled_newton", problem,
                           compare(newton.root, eig, tolerance=rtol),
                           f"p = {p}: eigh vs coupled Newton ({newton.iterations} steps)",
@@ -652,7 +650,7 @@ _POLAR_DPS = 50
 class _PolarLayer(NamedTuple):
     """One layer's Shampoo case: its 50-digit gradient, the polar factor, the ridge."""
 
-    index: int
+    layer_index: int
     gradient: np.ndarray          # mp, n_out x (n_in + 1)
     polar: np.ndarray             # float64 U_r V_r^T
     singular: np.ndarray          # float64 kept singular values s_1 >= ... >= s_r > 0
@@ -727,7 +725,7 @@ def _polar(problem: Problem) -> list[CheckResult]:
         rtol = _polar_rtol(layer, layer.eps / (2 * layer.singular**2))
         out.append(result("shampoo_one_step_is_polar_factor", problem,
                           compare(_shampoo_step(layer, 4), layer.polar, tolerance=rtol),
-                          f"layer {layer.index}: one Shampoo step == polar factor (50-digit "
+                          f"layer {layer.layer_index}: one Shampoo step == polar factor (50-digit "
                           "arithmetic)", "Gupta et al. 2018"))
     return out
 
@@ -750,6 +748,7 @@ def _polar_control(problem: Problem) -> list[CheckResult]:
         _, rtol = _inverse_sqrt_separation(layer)
         out.append(separated("shampoo_inverse_square_root_is_not_polar", problem,
                              compare(_shampoo_step(layer, 2), layer.polar, tolerance=rtol),
-                             f"layer {layer.index}: L^{{-1/2}} G R^{{-1/2}} differs from U V^T",
+                             f"layer {layer.layer_index}: L^{{-1/2}} G R^{{-1/2}} differs from "
+                             "U V^T",
                              _SEED_004))
     return out

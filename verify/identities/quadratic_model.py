@@ -36,7 +36,7 @@ import numpy as np
 
 from ngd_ref import Loss, Problem
 from ngd_ref.dense import kfac_solve, momentum_subspace_step, optimal_step_size
-from verify._tolerance import compare, solve_rtol
+from verify._tolerance import compare
 from verify.identities._common import (
     at_most,
     default_damping,
@@ -46,6 +46,7 @@ from verify.identities._common import (
     magnitude,
     middle_magnitudes,
     reference,
+    solve_tolerance,
 )
 from verify.identities._registry import detectable, identity, result, separated
 
@@ -90,8 +91,7 @@ def range_solve(problem: Problem, matrix: np.ndarray, rhs: np.ndarray) -> np.nda
 
 
 def _solve_tol(problem: Problem, matrix: np.ndarray) -> float:
-    return solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
-                      condition=range_condition(matrix, _cutoff(problem)))
+    return solve_tolerance(problem, range_condition(matrix, _cutoff(problem)))
 
 
 def _convex_loss(problem: Problem) -> bool:
@@ -103,8 +103,7 @@ def _loss_hessian_tol(problem: Problem) -> float:
     ref = reference(problem)
     conditions = [range_condition(h, exact_rtol(problem) * mag)
                   for h, mag in zip(ref.loss_hessians, middle_magnitudes(ref), strict=True)]
-    return solve_rtol("float64", length=problem.output_dim, depth=len(problem.layers) + 2,
-                      condition=max(conditions))
+    return solve_tolerance(problem, max(conditions), length=problem.output_dim)
 
 
 def resolvable(problem: Problem, *, margin: float = 1.0) -> bool:
@@ -391,8 +390,7 @@ def momentum_subspace_stationary(problem: Problem, *, previous: np.ndarray | Non
         basis = np.stack([r / np.linalg.norm(r), p / np.linalg.norm(p)], axis=1)
         mag = float(np.linalg.norm(ref.gradient)
                     + np.linalg.norm(curvature) * np.linalg.norm(step))
-        tol = solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
-                         condition=float(np.linalg.cond(basis.T @ curvature @ basis)))
+        tol = solve_tolerance(problem, float(np.linalg.cond(basis.T @ curvature @ basis)))
         stationary = compare(basis.T @ (ref.gradient + curvature @ step), np.zeros(2),
                              tolerance=tol, magnitude=mag)
         out.append(result("momentum_subspace_stationary", problem, stationary,

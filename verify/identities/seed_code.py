@@ -34,13 +34,14 @@ import numpy as np
 
 from ngd_ref import Loss, Problem, layer_slices, unflatten
 from ngd_ref import dense as ref
-from verify._tolerance import compare, rounding_rtol, solve_rtol
+from verify._tolerance import compare, rounding_rtol
 from verify.identities._common import (
     at_most,
     default_damping,
     exact_rtol,
     problem_rng,
     reference,
+    solve_tolerance,
 )
 from verify.identities._registry import detectable, identity, result, separated
 
@@ -65,8 +66,7 @@ def _depth(problem: Problem) -> int:
 
 
 def _solve_tol(problem: Problem, matrix: np.ndarray) -> float:
-    return solve_rtol("float64", length=problem.n_params, depth=_depth(problem),
-                      condition=float(np.linalg.cond(matrix)))
+    return solve_tolerance(problem, float(np.linalg.cond(matrix)))
 
 
 # -- unscaled-damping Gauss-Newton -----------------------------------------------------------
@@ -143,8 +143,7 @@ def _sr1_pair(problem: Problem, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _sr1_tol(problem: Problem, b: np.ndarray, s: np.ndarray, y: np.ndarray) -> float:
     v = y - b @ s
     amplification = float(np.linalg.norm(v) * np.linalg.norm(s) / abs(v @ s))
-    return solve_rtol("float64", length=problem.n_params, depth=_depth(problem),
-                      condition=amplification * float(np.linalg.cond(b)))
+    return solve_tolerance(problem, amplification * float(np.linalg.cond(b)))
 
 
 @identity("broyden_rank1_secant", source=BFGS,

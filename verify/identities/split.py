@@ -53,6 +53,7 @@ def split_twin(problem: Problem) -> Problem:
     *hidden, last = problem.layers
     own = Loss(problem.loss)
     probability_form = own.spec.probability_form
+    loss: Loss | None
     if probability_form is not None:
         loss, activation = probability_form, probability_form.spec.last_activation
     else:

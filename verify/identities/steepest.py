@@ -30,13 +30,14 @@ import numpy as np
 from ngd_ref import Problem
 from ngd_ref.dense import absolute_hessian, trust_region_update
 from verify._policy import tolerance_policy
-from verify._tolerance import compare, solve_rtol
+from verify._tolerance import compare
 from verify.identities._common import (
     at_most,
     default_damping,
     exact_rtol,
     problem_rng,
     reference,
+    solve_tolerance,
 )
 from verify.identities._registry import detectable, identity, result
 
@@ -55,8 +56,7 @@ COMPETITORS = 3
 
 
 def _solve_tol(problem: Problem, metric: np.ndarray) -> float:
-    return solve_rtol("float64", length=problem.n_params, depth=len(problem.layers) + 2,
-                      condition=float(np.linalg.cond(metric)))
+    return solve_tolerance(problem, float(np.linalg.cond(metric)))
 
 
 def _natural_metric(problem: Problem) -> tuple[np.ndarray, np.ndarray]:

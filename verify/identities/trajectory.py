@@ -33,7 +33,7 @@ import numpy as np
 from ngd_ref import Loss, Problem
 from ngd_ref.dense import DenseCurvature, exact_diagonal_blocks
 from verify._report import CheckResult, Status
-from verify._tolerance import compare
+from verify._tolerance import Comparison, compare
 from verify.harness import trajectory_batches, trajectory_reference
 from verify.identities._common import reference
 from verify.identities._registry import detectable, identity, result, separated
@@ -61,11 +61,11 @@ def _damping(problem: Problem, curvature: str) -> float:
 
 
 def _compare_runs(problem: Problem, batches: list, first: tuple[str, dict],
-                  second: tuple[str, dict]) -> tuple[object, list[float]] | str:
+                  second: tuple[str, dict]) -> Comparison | str:
     """Compare two trajectories step by step; the Comparison of the worst step (in tolerances).
 
     Returns:
-        `(comparison, per-step tolerances)` or the reason the reference cannot run them.
+        The worst step's comparison, or the reason the reference cannot run them.
     """
     try:
         a, _, tol_a = trajectory_reference(problem, batches, *first, "float64")
@@ -79,6 +79,7 @@ def _compare_runs(problem: Problem, batches: list, first: tuple[str, dict],
         if worst is None or comparison.error / comparison.tolerance > (
                 worst.error / worst.tolerance):
             worst = comparison
+    assert worst is not None  # the batches are STEPS >= 1 steps
     return worst
 
 

@@ -102,7 +102,7 @@ class Mutant:
 
 MUTANTS: dict[str, Mutant] = {}
 
-CONTROLS: tuple[type, ...] = (NumpyPort, NumpyPort32)
+CONTROLS: tuple[type[NumpyPort], ...] = (NumpyPort, NumpyPort32)
 
 CORPUS_MODULES: tuple[str, ...] = ("verify.mutants._corpus", "verify.mutants.seed_methods",
                                    "verify.mutants._corpus_trajectory",
@@ -137,7 +137,7 @@ def register_mutant(
     if unknown:
         raise ValueError(f"dtypes: expected 'float64'/'float32', got {sorted(unknown)}")
 
-    def decorate(cls: type) -> type:
+    def decorate(cls: type[NumpyPort]) -> type[NumpyPort]:
         for dtype in dtypes:
             key = name if dtype == "float64" else f"{name}-float32"
             if key in MUTANTS:

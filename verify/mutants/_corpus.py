@@ -300,9 +300,9 @@ class GgnVpStaleCache(NumpyPort):
 )
 class HessianAccumulates(NumpyPort):
     def hessian(self, problem):
-        key = ("acc", problem.name)
-        total = self.__dict__.get(key, 0) + super().hessian(problem)
-        self.__dict__[key] = total
+        buffers = vars(self).setdefault("_accumulated", {})
+        total = buffers.get(problem.name, 0) + super().hessian(problem)
+        buffers[problem.name] = total
         return total
 
 

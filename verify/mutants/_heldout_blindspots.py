@@ -123,7 +123,8 @@ class CgZeroRhsReturnsZero(NumpyPort):
         return super().cg(matvec, b, x0, tol, maxiter, precond)
 
 
-def _m(name: str, bug_class: BugClass, description: str, cls: type, *capabilities: str) -> Mutant:
+def _m(name: str, bug_class: BugClass, description: str, cls: type[NumpyPort],
+       *capabilities: str) -> Mutant:
     cls.name = name
     return Mutant(name, bug_class, description, cls, capabilities)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -44,7 +45,7 @@ class NumpyPort(TrajectoryPort, SampledPortMixin):
 
     # -- precision and data ----------------------------------------------------------------
     @property
-    def _dt(self) -> type:
+    def _dt(self) -> type[np.floating[Any]]:
         return np.dtype(self.dtype).type
 
     def _cast(self, array) -> np.ndarray:
@@ -114,7 +115,7 @@ class NumpyPort(TrajectoryPort, SampledPortMixin):
 
     def _backward(self, problem, theta, trace, g_out: np.ndarray) -> list[np.ndarray]:
         """Backpropagate output cotangents `g_out` (k, C) to `(k, n_out)` per layer (dL/ds_l)."""
-        g_a, out = g_out, [None] * len(trace)
+        g_a, out = g_out, [np.empty(0)] * len(trace)
         for index in reversed(range(len(trace))):
             layer = problem.layers[index]
             abar, s, a = trace[index]
@@ -277,8 +278,11 @@ class NumpyPort(TrajectoryPort, SampledPortMixin):
         theta = self._cast(problem.params)
         c = self._dt(self._scale(problem))
         total = sum(
-            self._example_hessian(problem, theta, trace, j, z, y)
-            for trace, j, z, y in self._examples(problem)
+            (
+                self._example_hessian(problem, theta, trace, j, z, y)
+                for trace, j, z, y in self._examples(problem)
+            ),
+            start=np.zeros((theta.shape[0],) * 2, self._dt),
         )
         total = c * total
         return (total + total.T) / 2
@@ -398,7 +402,7 @@ class NumpyPort(TrajectoryPort, SampledPortMixin):
         """`[(A_l, S_l)]`, `A_l = mean_b abar abar^T`, `S_l = c sum_b D_b^T M_b D_b`."""
         theta = self._cast(problem.params)
         c = self._dt(self._scale(problem))
-        factors = [[0, 0] for _ in problem.layers]
+        factors: list[list[Any]] = [[0, 0] for _ in problem.layers]
         for trace, z, y in self._traces(problem):
             ds = self._backward(problem, theta, trace, np.eye(problem.output_dim, dtype=self._dt))
             middle = self._kfac_middle(problem, kind, z, y)

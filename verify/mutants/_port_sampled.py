@@ -20,13 +20,17 @@ Each step is a small hook, so the sampling mutants (`verify.mutants.sampling`) o
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.special
+
+from verify.mutants._port_base import PortPrimitives
 
 __all__ = ["SampledPortMixin"]
 
 
-class SampledPortMixin:
+class SampledPortMixin(PortPrimitives):
     """Sampled estimators and s13 capabilities for `NumpyPort` (see module docstring)."""
 
     # -- sampling hooks --------------------------------------------------------------------
@@ -125,7 +129,7 @@ class SampledPortMixin:
         rng = self._rng(seed)
         theta = self._cast(problem.params)
         eye = np.eye(problem.output_dim, dtype=self._dt)
-        factors = [[0, 0] for _ in problem.layers]
+        factors: list[list[Any]] = [[0, 0] for _ in problem.layers]
         for trace, z, _ in self._traces(problem):
             if estimator == "sketch":
                 u = self._sketch_scores(problem, z, rng, num_samples)

@@ -22,12 +22,16 @@ overrides exactly one:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from verify.mutants._port_base import PortPrimitives
 
 __all__ = ["TrajectoryPort"]
 
 
-class TrajectoryPort:
+class TrajectoryPort(PortPrimitives):
     """Mixin: `optimizer_trajectory` for `NumpyPort` (needs its primitives)."""
 
     # -- hooks -----------------------------------------------------------------------------
@@ -99,10 +103,11 @@ class TrajectoryPort:
         """`theta_1 .. theta_K` of `method` (PROTOCOL s10), in the port's precision."""
         dt = self._dt
         theta = self._cast(problem.params)
-        state = {"d": np.zeros_like(theta), "p": np.zeros_like(theta), "direction": None,
-                 "lam": dt(hyper["damping"]) if "damping" in hyper else None,
-                 "avg": None, "m": 0, "solver": None, "stats": None, "roots": None,
-                 "pairs": []}
+        state: dict[str, Any] = {
+            "d": np.zeros_like(theta), "p": np.zeros_like(theta), "direction": None,
+            "lam": dt(hyper["damping"]) if "damping" in hyper else None,
+            "avg": None, "m": 0, "solver": None, "stats": None, "roots": None,
+            "pairs": []}
         step = getattr(self, f"_step_{method}", None)
         if step is None:
             raise NotImplementedError(f"method {method!r}")
