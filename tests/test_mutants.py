@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from verify._report import Status
+from verify.harness import check_adapter
 from verify.mutants import CONTROLS, BugClass, load_corpus
 from verify.mutants._run import run_control, run_mutant
 
@@ -29,10 +31,27 @@ def test_mutant_is_killed(name):
                          r"(?!no event)", outcome.evidence.message), outcome.evidence.message
 
 
+#: capabilities whose checks must pass on the quick source (besides no failure anywhere)
+QUICK_COVERAGE = {"hessian", "kfac_factors", "kfac_solve", "cg", "damped_update", "hvp",
+                  "lbfgs_direction", "lbfgs_step"}
+
+
 @pytest.mark.parametrize("control", CONTROLS, ids=lambda cls: cls.name)
 def test_control_passes(control):
-    failures = run_control(control)
+    # `check_adapter(source="quick")` runs the same checks as `run_control` (the quick zoo,
+    # seed 0); one run serves both claims: the control passes, and the quick source covers
+    # every capability path (formerly a second run in test_harness.py)
+    report = check_adapter(control, source="quick", show_progress=False)
+    failures = [r for r in report.results if Status(r.status) in (Status.FAIL, Status.ERROR)]
     assert not failures, "\n".join(f"{f.check} {f.problem}: {f.message}" for f in failures[:5])
+    assert report.passed
+    passed = {r.capability for r in report.results if Status(r.status) is Status.PASS}
+    assert passed >= QUICK_COVERAGE
+
+
+def test_run_control_reports_no_failure_of_a_correct_port():
+    # `run_control` itself, on the smallest slice that exercises it (one capability)
+    assert run_control(CONTROLS[0], capabilities=("gradient",)) == []
 
 
 # The two renderings of seed 004's L-BFGS loop: rebinding (the seed's code, a wrong `y` caught

@@ -41,6 +41,7 @@ run goes on with the next (capability, problem).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from typing import Any
@@ -152,17 +153,19 @@ def readonly(array: Any, dtype: Any = np.float64) -> np.ndarray:
 
 
 def fresh_problem(problem: Problem) -> Problem:
-    """Return a new `Problem` with the same data in new read-only arrays (the port's copy)."""
-    return Problem(
-        problem.name,
-        problem.layers,
-        problem.loss,
-        problem.params.copy(),
-        problem.inputs.copy(),
-        problem.targets.copy(),
-        problem.reduction,
-        input_shape=problem.input_shape,
-    )
+    """Return a new `Problem` with the same data in new read-only arrays (the port's copy).
+
+    The fields are copied as they are, without `Problem`'s validation: `problem` is already
+    a validated one, and the harness makes a copy for every port call.
+    """
+    fresh = object.__new__(Problem)
+    for field in dataclasses.fields(Problem):
+        value = getattr(problem, field.name)
+        if isinstance(value, np.ndarray):
+            value = value.copy()
+            value.setflags(write=False)
+        object.__setattr__(fresh, field.name, value)
+    return fresh
 
 
 #: the phrase of every numpy error for a write into a read-only array

@@ -174,8 +174,8 @@ class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
     SUPPORTED_LOSSES = ("mse", "softmax_cross_entropy", "sigmoid_cross_entropy", "poisson",
                         "nll_probs", "gaussian_logvar")
 
-    def _examples(self, problem):
-        """Per example `(trace, J, z, y)` at the problem's parameters, in `dtype`.
+    def _traces(self, problem):
+        """Per example `(trace, z, y)` at the problem's parameters, in `dtype` (no Jacobian).
 
         Raises:
             ValueError: for a loss outside `SUPPORTED_LOSSES` (never computed as another).
@@ -189,7 +189,13 @@ class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
         )
         for x, y in zip(self._cast(problem.inputs), targets, strict=True):
             trace = self._forward(problem, theta, x)
-            yield trace, self._jacobian(problem, theta, trace), trace[-1][2], y
+            yield trace, trace[-1][2], y
+
+    def _examples(self, problem):
+        """Per example `(trace, J, z, y)` at the problem's parameters, in `dtype`."""
+        theta = self._cast(problem.params)
+        for trace, z, y in self._traces(problem):
+            yield trace, self._jacobian(problem, theta, trace), z, y
 
     # -- losses (PROTOCOL s2) --------------------------------------------------------------
     def _loss_value(self, problem, z, y):
@@ -431,7 +437,7 @@ class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
         theta = self._cast(problem.params)
         c = self._dt(self._scale(problem))
         factors: list[list[Any]] = [[0, 0] for _ in problem.layers]
-        for trace, _, z, y in self._examples(problem):
+        for trace, z, y in self._traces(problem):
             ds = self._backward(problem, theta, trace, np.eye(problem.output_dim, dtype=self._dt))
             middle = self._kfac_middle(problem, kind, z, y)
             for index, ((abar, _, _), d) in enumerate(zip(trace, ds, strict=True)):
@@ -544,7 +550,7 @@ class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
         rng = np.random.default_rng(seed)
         total = np.zeros(n, self._dt)
         for _ in range(num_samples):
-            z = rng.choice(np.array([-1.0, 1.0], self._dt), size=n)
+            z = self._probe(rng, n)
             total = total + z * self._cast(matvec(z))
         return total / self._dt(num_samples)
 

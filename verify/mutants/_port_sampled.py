@@ -6,7 +6,8 @@ pass, Jacobians and loss derivatives (no code shared with `ngd_ref`):
 * targets `yhat ~ r(.|z_b)` drawn with `numpy.random.default_rng(seed)`, i.i.d. over
   examples and draws (`_sample_targets`); the score `u = dL/dz(yhat, z)` for all draws of an
   example at once (`_scores`);
-* `mc_fisher = c sum_b (1/S) G_b^T G_b` with `G_b = U_b J_b` (rows `gh^T`), its product with
+* `mc_fisher = c sum_b (1/S) G_b^T G_b` with `G_b = U_b J_b` (rows `gh^T`; formed as
+  `J_b^T (U_b^T U_b) J_b`, the `(C, C)` Gram first), its product with
   `v` and its diagonal; `mc_kfac_factors`: `A_l` exact, `S_l = c sum_b (1/S) Ds^T Ds` with
   `Ds = U_b (dz/ds_l)` (`targets`) or `W Q_b^T (dz/ds_l)` with Rademacher `W` and
   `Q_b = V sqrt(Lambda)` from `F_R,b = V Lambda V^T` (`sketch`);
@@ -89,7 +90,9 @@ class SampledPortMixin(PortPrimitives):
     def mc_fisher(self, problem, num_samples, seed):
         """`c sum_b (1/S) sum_s gh gh^T`."""
         draws = self._draws(problem, num_samples, self._rng(seed))
-        total = sum(_gram(u @ jac) for _, jac, _, u in draws)
+        # sum_s gh gh^T = J^T (U^T U) J: the (C, C) Gram of the scores first, S C^2 + C n^2
+        # operations instead of S n^2
+        total = sum(jac.T @ _gram(u) @ jac for _, jac, _, u in draws)
         return self._mc_scale(problem, num_samples) * total
 
     def mc_fisher_vp(self, problem, v, num_samples, seed):
@@ -97,16 +100,15 @@ class SampledPortMixin(PortPrimitives):
         v = self._cast(v)
         total = 0
         for _, jac, _, u in self._draws(problem, num_samples, self._rng(seed)):
-            g = u @ jac
-            total = total + g.T @ (g @ v)
+            total = total + jac.T @ (u.T @ (u @ (jac @ v)))  # G^T (G v), G = U J
         return self._mc_scale(problem, num_samples) * total
 
     def mc_fisher_diag(self, problem, num_samples, seed):
         """`c sum_b (1/S) sum_s gh * gh`."""
         total = 0
         for _, jac, _, u in self._draws(problem, num_samples, self._rng(seed)):
-            g = u @ jac
-            total = total + np.sum(g * g, axis=0)
+            # sum_s (u_s J)^2 entrywise = diag(J^T (U^T U) J)
+            total = total + np.einsum("ci,cd,di->i", jac, _gram(u), jac)
         return self._mc_scale(problem, num_samples) * total
 
     def _output_root(self, problem, z) -> np.ndarray:
@@ -131,7 +133,7 @@ class SampledPortMixin(PortPrimitives):
         theta = self._cast(problem.params)
         eye = np.eye(problem.output_dim, dtype=self._dt)
         factors: list[list[Any]] = [[0, 0] for _ in problem.layers]
-        for trace, _, z, _ in self._examples(problem):
+        for trace, z, _ in self._traces(problem):
             if estimator == "sketch":
                 u = self._sketch_scores(problem, z, rng, num_samples)
             else:
@@ -139,13 +141,14 @@ class SampledPortMixin(PortPrimitives):
             for index, d in enumerate(self._backward(problem, theta, trace, eye)):
                 abar = trace[index][0]
                 factors[index][0] = factors[index][0] + np.outer(abar, abar)
-                factors[index][1] = factors[index][1] + _gram(u @ d)
+                factors[index][1] = factors[index][1] + d.T @ _gram(u) @ d
         batch = self._dt(problem.batch_size)
         scale = self._mc_scale(problem, num_samples)
         return [(a / batch, scale * s) for a, s in factors]
 
     def _probe(self, rng, n: int) -> np.ndarray:
-        return rng.choice(np.array([-1.0, 1.0], self._dt), size=n)
+        """A Rademacher vector: entries -1 or 1 with probability 1/2 each."""
+        return (2 * rng.integers(0, 2, size=n) - 1).astype(self._dt)
 
     def hutchinson_trace(self, matvec, n, num_samples, seed):
         """Mean over Rademacher `z` of `z^T matvec(z)`."""

@@ -9,6 +9,7 @@ class and returns 0 iff everything is killed and every control passes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 from ngd_ref import zoo
 from verify._report import CheckResult, Status
@@ -40,9 +41,16 @@ def run_mutant(mutant: Mutant, *, quick: bool = True) -> MutantOutcome:
     return MutantOutcome(mutant, bool(bad), bad[0] if bad else None)
 
 
-def run_control(adapter_class: type, *, quick: bool = True) -> list[CheckResult]:
-    """Every check of a correct port on the (quick) zoo; returns the failures (none expected)."""
-    report = run_checks(load_adapter(adapter_class), zoo.problems(quick=quick))
+def run_control(
+    adapter_class: type, *, quick: bool = True, capabilities: Iterable[str] | None = None
+) -> list[CheckResult]:
+    """Every check (of `capabilities`: default all) of a correct port on the (quick) zoo.
+
+    Returns the failures (none expected).
+    """
+    report = run_checks(
+        load_adapter(adapter_class), zoo.problems(quick=quick), capabilities=capabilities
+    )
     return [r for r in report.results if Status(r.status) in (Status.FAIL, Status.ERROR)]
 
 
