@@ -1,9 +1,10 @@
 """The primitives `NumpyPort` defines and its mixins build on, declared for the type checker.
 
-`TrajectoryPort`, `SampledPortMixin` and `ConvHessianMixin` are mixins of `NumpyPort`: their methods call the
-port's own precision, layer geometry, forward pass, loss derivatives and linear algebra. `PortPrimitives`
-declares those members (only while type checking: at run time the class is empty, so the
-method resolution order finds `NumpyPort`'s definitions and nothing here can shadow them).
+`TrajectoryPort`, `SampledPortMixin` and `ConvHessianMixin` are mixins of `NumpyPort`: their
+methods call the port's own precision, layer geometry, forward pass, loss derivatives and
+linear algebra. `PortPrimitives` declares those members (only while type checking: at run time
+the class is empty, so the method resolution order finds `NumpyPort`'s definitions and nothing
+here can shadow them).
 """
 
 from __future__ import annotations
