@@ -126,6 +126,10 @@ class OutputLoss(abc.ABC):
         """Exact rule for `E_{y ~ r(.|z)}` of polynomials of degree `<= degree` in `dL/dz`."""
 
     @abc.abstractmethod
+    def score_rule_nodes(self, outputs: int, degree: int) -> int:
+        """The nodes `score_rule` enumerates for an `outputs`-entry z (callers budget on it)."""
+
+    @abc.abstractmethod
     def sample(self, rng: np.random.Generator, z: np.ndarray, size: int) -> np.ndarray:
         """`size` independent targets `y ~ r(.|z)` (float64 `z`), in the problem's format.
 

@@ -83,7 +83,8 @@ def _draw_conv(integer: Callable[[int, int], int], choose: Callable[[list], Any]
                losses: Sequence[str], activations: Sequence[str], max_batch: int) -> Problem:
     """The point of the space chosen by `integer(lo, hi)` (inclusive) and `choose(options)`."""
     shape = (integer(1, 2), integer(2, 4), integer(2, 4))
-    hw, convs = shape[1:], []
+    hw: tuple[int, ...] = shape[1:]
+    convs = []
     for _ in range(integer(1, 2)):
         padding = (integer(0, 1), integer(0, 1))
         kernel = tuple(integer(1, min(3, size + 2 * pad))

@@ -175,7 +175,8 @@ def _run_cg(matvec: Matvec | np.ndarray, b: np.ndarray, x0: np.ndarray | None, *
     restart = True
     converged = False
     iterations = 0
-    p = rho = None  # rho: the scaled r^T z of `_scaled_dot`
+    p: np.ndarray | None = None
+    rho: tuple[Any, int] | None = None  # the scaled r^T z of `_scaled_dot`
     while True:
         if _dot(r, r) <= threshold_sq:
             true_r = b - apply_a(x)
@@ -190,7 +191,10 @@ def _run_cg(matvec: Matvec | np.ndarray, b: np.ndarray, x0: np.ndarray | None, *
         rho_new = _scaled_dot(r, z)
         if rho_new[0] < 0:
             raise ValueError(f"precond: not positive definite (r^T M r = {_dot(r, z)})")
-        p = z if restart else z + _ratio(rho_new, rho) * p
+        if restart or p is None or rho is None:  # the first step, or after a restart
+            p = z
+        else:
+            p = z + _ratio(rho_new, rho) * p
         rho, restart = rho_new, False
         ap = apply_a(p)
         curvature = _scaled_dot(p, ap)

@@ -167,8 +167,9 @@ class Embedded:
     """A problem inside its frame (float64 numpy leaves).
 
     Attributes:
-        frame: the frame.
-        params: universal params (`{"layers": [(W, b), ...], "mix": [...]}`).
+        frame: the frame (`OwnFrame` for a problem in its own network, `own_embedding`).
+        params: universal params (`{"layers": [(W, b), ...], "mix": [...]}`), or the own
+            network's `[(W_l, b_l), ...]`.
         index: `(n,)` flat universal position of each canonical parameter.
         size: N, the number of universal parameters.
         inputs: `(B, n_in + 1)`; the last column is the loss index.
@@ -176,8 +177,8 @@ class Embedded:
         weights: `(B,)`: c, then 0 for padding.
     """
 
-    frame: Frame
-    params: dict[str, Any]
+    frame: Frame | OwnFrame
+    params: dict[str, Any] | list[tuple[np.ndarray, np.ndarray]]
     index: np.ndarray
     size: int
     inputs: np.ndarray

@@ -35,7 +35,7 @@ class SampledJaxMixin:
         def _vector(self, v: Any) -> jax.Array: ...
 
         def kfac_factors(
-            self, problem: Problem, kind: str
+            self, problem: Problem, kind: str, approx: str = "expand"
         ) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
     def _flat(self, problem: Problem):

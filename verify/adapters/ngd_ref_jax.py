@@ -258,7 +258,8 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         """The problem's embedding and its universal params and batch in this dtype (cached)."""
         e = self._plan.embedded(problem)
         if id(e) not in self._device:
-            targets = e.targets if e.targets.dtype.kind == "i" else self._cast(e.targets)
+            labels = e.targets.dtype.kind == "i"  # int32 labels, as `nj.from_problem` gives
+            targets = jnp.asarray(e.targets, jnp.int32) if labels else self._cast(e.targets)
             batch = nj.Batch(self._cast(e.inputs), targets, self._cast(e.weights))
             self._device[id(e)] = (e, self._cast(e.params), batch)
         return self._device[id(e)]

@@ -22,13 +22,15 @@ the calls are section 4's, without the keyword (both approximations are s4's the
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 
 from ngd_ref.dense import factored_damping_pi, kfac_factors, kfac_solve
 from verify._report import Status
 from verify.harness._context import CheckContext
 
-__all__ = ["APPROXES", "KINDS", "METHODS", "approx_keywords", "check_kfac_factors",
+__all__ = ["APPROXES", "KINDS", "METHODS", "ApproxKeyword", "approx_keywords", "check_kfac_factors",
            "check_kfac_solve", "factor_split"]
 
 KINDS = ("fisher", "ggn", "empirical")
@@ -44,12 +46,18 @@ _SOLVE_CASES = tuple((kind, method, 0.1) for kind in KINDS for method in METHODS
 APPROXES = ("expand", "reduce")
 
 
-def approx_keywords(problem) -> tuple[dict[str, str], ...]:
+class ApproxKeyword(TypedDict, total=False):
+    """The keyword arguments a K-FAC call is checked with: s12's `approx`, or none."""
+
+    approx: str
+
+
+def approx_keywords(problem) -> tuple[ApproxKeyword, ...]:
     """The `approx=` keywords to check K-FAC with: none on dense-only problems, both on conv."""
-    return ({},) if problem.dense_only else tuple({"approx": a} for a in APPROXES)
+    return ({},) if problem.dense_only else tuple(ApproxKeyword(approx=a) for a in APPROXES)
 
 
-def _suffix(keyword: dict[str, str]) -> str:
+def _suffix(keyword: ApproxKeyword) -> str:
     return f"_{keyword['approx']}" if keyword else ""
 
 
@@ -128,7 +136,7 @@ def check_kfac_factors(ctx: CheckContext) -> None:
                 )
 
 
-def _described(keyword: dict[str, str], omitted: bool) -> str:
+def _described(keyword: ApproxKeyword, omitted: bool) -> str:
     if not keyword:
         return ""
     return f", approx {keyword['approx']}" + (" (omitted: the default)" if omitted else "")

@@ -61,9 +61,9 @@ class HvpDoubleMean(NumpyPort):
     "kfac_factors",
 )
 class KfacSBatchMean(NumpyPort):
-    def kfac_factors(self, problem, kind):
+    def kfac_factors(self, problem, kind, approx="expand"):
         c = self._dt(self._scale(problem) * problem.batch_size)
-        return [(a, s / c) for a, s in super().kfac_factors(problem, kind)]
+        return [(a, s / c) for a, s in super().kfac_factors(problem, kind, approx)]
 
 
 @_mutant(
@@ -103,9 +103,9 @@ class BiasFirstLayout(NumpyPort):
     "kfac_factors",
 )
 class KfacANoHomogeneous(NumpyPort):
-    def kfac_factors(self, problem, kind):
+    def kfac_factors(self, problem, kind, approx="expand"):
         out = []
-        for a, s in super().kfac_factors(problem, kind):
+        for a, s in super().kfac_factors(problem, kind, approx):
             a = a.copy()
             a[-1, :] = 0
             a[:, -1] = 0
@@ -136,8 +136,8 @@ class GgnDiagDropsBias(NumpyPort):
     "kfac_factors",
 )
 class KfacSwappedFactors(NumpyPort):
-    def kfac_factors(self, problem, kind):
-        return [(s, a) for a, s in super().kfac_factors(problem, kind)]
+    def kfac_factors(self, problem, kind, approx="expand"):
+        return [(s, a) for a, s in super().kfac_factors(problem, kind, approx)]
 
 
 @_mutant(
@@ -313,8 +313,8 @@ class HessianAccumulates(NumpyPort):
     "kfac_factors",
 )
 class KfacFactorsLeakAverage(NumpyPort):
-    def kfac_factors(self, problem, kind):
-        factors = super().kfac_factors(problem, kind)
+    def kfac_factors(self, problem, kind, approx="expand"):
+        factors = super().kfac_factors(problem, kind, approx)
         previous = self.__dict__.get("_previous")
         self.__dict__["_previous"] = factors
         if previous is None or [a.shape for a, _ in previous] != [a.shape for a, _ in factors]:

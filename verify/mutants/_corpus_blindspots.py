@@ -55,8 +55,8 @@ class GradientParamsFloat32(NumpyPort):
          "K-FAC statistics from inputs stored in float32; killed by the twin's "
          "kfac_factors_*_reused_name", "kfac_factors", dtypes=("float64",))
 class KfacFactorsInputsFloat32(NumpyPort):
-    def kfac_factors(self, problem, kind):
-        return super().kfac_factors(problem.replace(inputs=_f32(problem.inputs)), kind)
+    def kfac_factors(self, problem, kind, approx="expand"):
+        return super().kfac_factors(problem.replace(inputs=_f32(problem.inputs)), kind, approx)
 
 
 # -- optional-argument defaults ----------------------------------------------------------------
@@ -64,8 +64,8 @@ class KfacFactorsInputsFloat32(NumpyPort):
          "kfac_solve's kind defaults to 'ggn' (PROTOCOL: 'fisher'); killed by "
          "kfac_solve_default_kind", "kfac_solve")
 class KfacSolveDefaultKindGgn(NumpyPort):
-    def kfac_solve(self, problem, v, damping, method, kind="ggn"):
-        return super().kfac_solve(problem, v, damping, method, kind)
+    def kfac_solve(self, problem, v, damping, method, kind="ggn", approx="expand"):
+        return super().kfac_solve(problem, v, damping, method, kind, approx)
 
 
 @_mutant("cg-scipy-default-tol", BugClass.DEFAULTS,

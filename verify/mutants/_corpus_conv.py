@@ -11,6 +11,8 @@ powers-of-T confusions (curvlinops issue 82), and the layout slips of a hand-wri
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 
 import numpy as np
 
@@ -119,18 +121,19 @@ class ConvPaddingIgnoredInA(NumpyPort):
         factors = super().kfac_factors(problem, kind, approx=approx)
         for index, ((a, s), g) in enumerate(zip(factors, self._geometry(problem), strict=True)):
             if g.index is not None and np.any(g.index == g.in_size):
-                a = self._valid_a(problem, index, g, approx)
+                valid = np.all(g.index < g.in_size, axis=1)  # patches without padding
+                a = self._valid_a(problem, index, valid, approx)
             out.append((a, s))
         return out
 
-    def _valid_a(self, problem, index: int, g: Geometry, approx: str) -> np.ndarray:
-        valid = np.all(g.index < g.in_size, axis=1)  # positions whose patch has no padding
-        total = 0
+    def _valid_a(self, problem, index: int, valid: np.ndarray, approx: str) -> np.ndarray:
+        """Layer `index`'s A from the positions `valid` only (mean over the batch)."""
+        terms = []
         for trace, _, _, _ in self._examples(problem):
             inside = trace[index][0][valid]
-            total = total + (inside.T @ inside if approx == "expand" else
-                             np.outer(inside.mean(0), inside.mean(0)))
-        return total / self._dt(problem.batch_size)
+            terms.append(inside.T @ inside if approx == "expand" else
+                         np.outer(inside.mean(0), inside.mean(0)))
+        return functools.reduce(operator.add, terms) / self._dt(problem.batch_size)
 
 
 @_mutant("conv-output-channels-last",

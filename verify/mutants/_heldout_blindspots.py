@@ -83,11 +83,11 @@ class BfgsSkipsWeakCurvature(NumpyPort):
 
 
 class KfacFactorsCachedByNameKind(NumpyPort):
-    def kfac_factors(self, problem, kind):
+    def kfac_factors(self, problem, kind, approx="expand"):
         cache = self.__dict__.setdefault("_factors", {})
         key = (problem.name, kind)
         if key not in cache:
-            cache[key] = super().kfac_factors(problem, kind)
+            cache[key] = super().kfac_factors(problem, kind, approx)
         return [(a.copy(), s.copy()) for a, s in cache[key]]
 
 

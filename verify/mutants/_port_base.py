@@ -1,9 +1,10 @@
 """The primitives `NumpyPort` defines and its mixins build on, declared for the type checker.
 
-`TrajectoryPort` and `SampledPortMixin` are mixins of `NumpyPort`: their methods call the
-port's own precision, forward pass, loss derivatives and linear algebra. `PortPrimitives`
-declares those members (only while type checking: at run time the class is empty, so the
-method resolution order finds `NumpyPort`'s definitions and nothing here can shadow them).
+`TrajectoryPort`, `SampledPortMixin` and `ConvHessianMixin` are mixins of `NumpyPort`: their
+methods call the port's own precision, layer geometry, forward pass, loss derivatives and
+linear algebra. `PortPrimitives` declares those members (only while type checking: at run time
+the class is empty, so the method resolution order finds `NumpyPort`'s definitions and nothing
+here can shadow them).
 """
 
 from __future__ import annotations
@@ -29,7 +30,21 @@ class PortPrimitives:
 
         def _scale(self, problem: Any) -> float: ...
 
+        def _geometry(self, problem: Any) -> tuple[Any, ...]: ...
+
+        def _layer_offsets(self, problem: Any) -> list[int]: ...
+
+        def _wbar(self, problem: Any, theta: np.ndarray, index: int) -> np.ndarray: ...
+
         def _vec(self, matrix: np.ndarray) -> np.ndarray: ...
+
+        def _act(
+            self, name: str, s: np.ndarray
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+        def _loss_grad(self, problem: Any, z: Any, y: Any) -> np.ndarray: ...
+
+        def _loss_hessian(self, problem: Any, z: Any, y: Any) -> np.ndarray: ...
 
         @staticmethod
         def _softmax(s: np.ndarray) -> np.ndarray: ...
@@ -56,7 +71,13 @@ class PortPrimitives:
 
         def gradient(self, problem: Any) -> np.ndarray: ...
 
-        def kfac_factors(self, problem: Any, kind: Any) -> list[tuple[np.ndarray, np.ndarray]]: ...
+        def kfac_factors(
+            self, problem: Any, kind: Any, approx: Any = "expand"
+        ) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
+        def _factors_with(
+            self, problem: Any, kind: Any, approx: Any
+        ) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
         def cg(
             self,

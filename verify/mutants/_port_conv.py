@@ -25,6 +25,9 @@ import dataclasses
 import functools
 
 import numpy as np
+import numpy.typing as npt
+
+from verify.mutants._port_base import PortPrimitives
 
 __all__ = ["Geometry", "geometry", "kfac_statistics", "patch_matrix", "scatter_cotangents",
            "scatter_tangents"]
@@ -46,11 +49,11 @@ class Geometry:
     patch: int
     positions: int
     in_size: int
-    index: np.ndarray | None
+    index: npt.NDArray[np.intp] | None
 
 
 def _im2col_index(channels: int, height: int, width: int, kernel, stride, padding
-                  ) -> tuple[np.ndarray, int, int]:
+                  ) -> tuple[npt.NDArray[np.intp], int, int]:
     """The `(T, c k_h k_w)` gather index of one convolution, and `(H', W')`."""
     (k_h, k_w), (s_h, s_w), (p_h, p_w) = (tuple(int(v) for v in pair)
                                           for pair in (kernel, stride, padding))
@@ -85,6 +88,9 @@ def _geometry(input_shape: tuple | None, layers: tuple) -> tuple[Geometry, ...]:
     for layer in layers:
         if len(layer) == 4:
             c_out, kernel, stride, padding = layer
+            if shape is None:
+                raise ValueError("a convolution needs a (C, H, W) input: the problem's "
+                                 "input_shape, or a convolution before it")
             channels, height, width = shape
             index, out_h, out_w = _im2col_index(channels, height, width, kernel, stride,
                                                 padding)
@@ -118,7 +124,7 @@ def scatter_cotangents(g: Geometry, patches: np.ndarray) -> np.ndarray:
     if g.index is None:
         return patches[:, 0]
     out = np.zeros((patches.shape[0], g.in_size + 1), patches.dtype)
-    np.add.at(out, (slice(None), g.index), patches)
+    np.add.at(out.T, g.index, np.moveaxis(patches, 0, -1))  # out[:, index] += patches
     return out[:, : g.in_size]
 
 
@@ -150,7 +156,7 @@ def kfac_statistics(pbar: np.ndarray, jac: np.ndarray, middle: np.ndarray, rows:
     raise ValueError(f"approx: expected 'expand' or 'reduce', got {approx!r}")
 
 
-class ConvHessianMixin:
+class ConvHessianMixin(PortPrimitives):
     """`_example_hessian_patches` for `NumpyPort`: the Hessian of a network with convolutions.
 
     Needs the port's `_geometry`, `_wbar`, `_act`, `_loss_grad`, `_loss_hessian`,

@@ -186,8 +186,8 @@ class SampledPortMixin(PortPrimitives):
             group = [i for i in rest if abs(lam[rest[0]]) - abs(lam[i]) <= tie]
             order += sorted(group, key=lambda i: -lam[i])
             rest = [i for i in rest if i not in group]
-        order = np.array(order[:k], dtype=int)
-        return lam[order], vec[:, order]
+        top = np.array(order[:k], dtype=int)
+        return lam[top], vec[:, top]
 
     def trace(self, problem, curvature):
         """`tr C`."""
