@@ -14,6 +14,8 @@ from verify.identities import kfac as kfac_ids
 from verify.identities._registry import IDENTITIES
 
 ZOO = zoo.problems()
+#: the dense layers' s4 construction (conv K-FAC, expand and reduce: tests/test_conv.py)
+DENSE_ZOO = [p for p in ZOO if p.dense_only]
 QUICK = zoo.problems(quick=True)
 KINDS = [k.value for k in kd.KfacKind]
 
@@ -39,7 +41,7 @@ def _explicit_a(problem) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("problem", ZOO, ids=lambda p: p.name)
+@pytest.mark.parametrize("problem", DENSE_ZOO, ids=lambda p: p.name)
 def test_factors_match_explicit_construction(problem, kind):
     """A_l from a separate forward pass; S_l is the bias-bias block of the exact C_ll.
 

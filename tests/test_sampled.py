@@ -36,9 +36,10 @@ def test_exact_means_are_the_dense_reference(problem):
         Estimator.MC_FISHER_DIAG: np.diag(fisher),
         Estimator.MC_FISHER_VP: fisher @ v,
     }
-    factors = [s for _, s in kfac_factors(problem, "fisher")]
-    means[Estimator.KFAC_TARGETS] = means[Estimator.KFAC_SKETCH] = estimator_entries(
-        Estimator.KFAC_TARGETS, problem, factors)
+    if problem.dense_only:  # sampled conv K-FAC has no exact moments (not checked there)
+        factors = [s for _, s in kfac_factors(problem, "fisher")]
+        means[Estimator.KFAC_TARGETS] = means[Estimator.KFAC_SKETCH] = estimator_entries(
+            Estimator.KFAC_TARGETS, problem, factors)
     for estimator, expected in means.items():
         moments, projection = estimator_moments(estimator, problem, v=v)
         np.testing.assert_allclose(moments.mean, expected, atol=1e-13 * np.abs(expected).max())
@@ -238,9 +239,12 @@ def test_float32_sketch_allowance_is_normwise_in_the_root_of_the_output_fisher()
     policy's `sketch_middle_magnitudes` allows and the entrywise `MAG(F_R)` does not.
     """
     from verify._policy import tolerance_policy
-    from verify.strategies import generate
+    from verify.strategies import build
 
-    problem = next(p for p in generate(25, 0) if p.name == SATURATED)
+    # the campaign's seed-0 draw, by its build arguments (the fuzz draws now include conv nets)
+    problem = build("softmax_cross_entropy", [4, 4, 1, 2], ["identity", "relu"], 4, "sum", 1,
+                    63434)
+    assert problem.name == SATURATED
     ref, policy, port = dense(problem), tolerance_policy(problem, "float32"), NumpyPort32()
     b = 2
     fisher = np.asarray(ref.output_fishers[b])

@@ -92,26 +92,32 @@ def _rho_tolerance(problem: Problem, step: np.ndarray, predicted: float) -> floa
     return exact_rtol(problem) * (abs(float(ref.loss)) + shifted) / abs(predicted)
 
 
+def _dense_last_layer(problem: Problem) -> bool:
+    """The quadratic twin's scope: it reads the last layer's dense input (none for a conv)."""
+    return not problem.layers[-1].is_convolution
+
+
 def _twin_degenerate(problem: Problem) -> str | None:
     """Why the quadratic twin cannot carry the theorem (None where it can).
 
-    The twin reads the last layer's dense input (none for a convolution), and its steps are
-    `-(H + lambda I)^{-1} g` of the twin: a degenerate twin gradient makes rho 0/0.
+    Its steps are `-(H + lambda I)^{-1} g` of the twin: a degenerate twin gradient makes rho
+    0/0. Outside the twin's scope (`_dense_last_layer`: it reads the last layer's dense input)
+    the hypothesis is vacuous; `applies` leaves those problems out.
     """
-    if problem.layers[-1].is_convolution:
-        return "the last layer is a convolution: the quadratic twin reads a dense input"
+    if not _dense_last_layer(problem):
+        return None
     why = gradient_degenerate(quadratic_twin(problem))
     return None if why is None else f"quadratic twin: {why}"
 
 
-#: the quadratic twin exists and its gradient is resolved in float64
+#: the quadratic twin's gradient is resolved in float64
 TWIN_GRADIENT_NOT_DEGENERATE = Hypothesis("quadratic twin's gradient not degenerate",
                                           _twin_degenerate)
 
 
 @identity("reduction_ratio_quadratic", source=SOURCE,
           statement="rho = 1 on an exactly quadratic objective with exact curvature (lambda = 0)",
-          hypotheses=(TWIN_GRADIENT_NOT_DEGENERATE,))
+          applies=_dense_last_layer, hypotheses=(TWIN_GRADIENT_NOT_DEGENERATE,))
 def reduction_ratio_quadratic(problem: Problem, *, direction: np.ndarray | None = None):
     """`rho(d) = 1` for `quadratic_twin(problem)`, `C = H`, undamped model, any step d."""
     twin = quadratic_twin(problem)
@@ -184,7 +190,7 @@ def _lm_factor(rho: float) -> float:
           statement="on a quadratic with the damped model, rho(k d*) = (b - k a)/(b - k(a + m)) "
                     "exactly: 1 <= rho(d*) <= 2, rho(3 d*) < 1/4 for lambda >= ||H|| and LM "
                     "increases lambda there (lambda / ||H|| in 2^-6, 1, 2^6)",
-          hypotheses=(TWIN_GRADIENT_NOT_DEGENERATE,))
+          applies=_dense_last_layer, hypotheses=(TWIN_GRADIENT_NOT_DEGENERATE,))
 def reduction_ratio_damped_quadratic(problem: Problem):
     """Grosse s4.1 on `quadratic_twin(problem)` with `C = H` and `lambda > 0` (module docstring).
 
