@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ngd_ref import layer_slices
-from ngd_ref.dense import bfgs_update, inverse_root, lbfgs_direction
+from ngd_ref.dense import inverse_root, lbfgs_direction
 from verify._tolerance import rounding_rtol
 from verify.harness import _methods
 from verify.harness._context import CheckContext
@@ -46,25 +46,11 @@ def check_bfgs_update(ctx: CheckContext) -> None:
     _methods.check_bfgs_update(ctx)
     bmat, _ = _methods._spd_pair(ctx)
     s, w = ctx.probe(bmat.shape[0], 2)
-    bs = bmat @ s
-    t = (_CURVATURE_FRACTION * float(s @ bs) - float(s @ w)) / float(s @ s)
-    y = w + t * s
-    magnitude = np.linalg.norm(
-        np.abs(bmat)
-        + np.outer(np.abs(y), np.abs(y)) / abs(y @ s)
-        + np.outer(np.abs(bs), np.abs(bs)) / abs(s @ bs)
-    )
-    ctx.begin("bfgs_update_generic_pair")
-    value = ctx.port("bfgs_update", readonly(bmat), s, readonly(y))
-    ctx.compare(
-        "bfgs_update_generic_pair",
-        value,
-        bfgs_update(bmat, s, y),
-        tolerance=ctx.policy.rtol,
-        magnitude=float(magnitude),
-        what=f"B + y y^T/(y^T s) - B s s^T B/(s^T B s), generic pair with s^T y = "
-        f"{_CURVATURE_FRACTION:g} s^T B s > 0 (PROTOCOL s9: no Powell damping)",
-    )
+    t = (_CURVATURE_FRACTION * float(s @ (bmat @ s)) - float(s @ w)) / float(s @ s)
+    _methods.compare_bfgs_update(
+        ctx, "bfgs_update_generic_pair", bmat, s, w + t * s,
+        f"B + y y^T/(y^T s) - B s s^T B/(s^T B s), generic pair with s^T y = "
+        f"{_CURVATURE_FRACTION:g} s^T B s > 0 (PROTOCOL s9: no Powell damping)")
 
 
 def check_lbfgs_direction(ctx: CheckContext) -> None:

@@ -109,23 +109,27 @@ def check_bfgs_update(ctx: CheckContext) -> None:
     """The BFGS Hessian-approximation update against the reference."""
     bmat, a2 = _spd_pair(ctx)
     (s,) = ctx.probe(bmat.shape[0])
-    y = a2 @ s
+    compare_bfgs_update(ctx, "bfgs_update", bmat, s, a2 @ s,
+                        "B + y y^T/(y^T s) - B s s^T B/(s^T B s) (PROTOCOL s9)")
+
+
+def compare_bfgs_update(ctx: CheckContext, check: str, bmat: np.ndarray, s: np.ndarray,
+                        y: np.ndarray, what: str) -> None:
+    """The port's `bfgs_update(B, s, y)` against the reference, as check `check`.
+
+    The magnitude is eq. (BFGS)'s terms on absolute values:
+    `|B| + |y||y|^T / |y^T s| + |Bs||Bs|^T / |s^T B s|`.
+    """
     bs = bmat @ s
     magnitude = np.linalg.norm(
         np.abs(bmat)
         + np.outer(np.abs(y), np.abs(y)) / abs(y @ s)
         + np.outer(np.abs(bs), np.abs(bs)) / abs(s @ bs)
     )
-    ctx.begin("bfgs_update")
+    ctx.begin(check)
     value = ctx.port("bfgs_update", readonly(bmat), s, readonly(y))
-    ctx.compare(
-        "bfgs_update",
-        value,
-        bfgs_update(bmat, s, y),
-        tolerance=ctx.policy.rtol,
-        magnitude=float(magnitude),
-        what="B + y y^T/(y^T s) - B s s^T B/(s^T B s) (PROTOCOL s9)",
-    )
+    ctx.compare(check, value, bfgs_update(bmat, s, y), tolerance=ctx.policy.rtol,
+                magnitude=float(magnitude), what=what)
 
 
 def _lbfgs_memory(ctx: CheckContext) -> tuple[np.ndarray, list, list]:

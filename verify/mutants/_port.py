@@ -89,6 +89,22 @@ class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
         return matrix.reshape(-1, order="F")
 
     # -- activations -----------------------------------------------------------------------
+    def _pre_activation_cotangents(self, activation: str, s, a, g_a, dg_a, ds, da):
+        """`(g_s, dg_s)`: the cotangent at the pre-activation s and its tangents.
+
+        From the cotangent `g_a` at the activation a and its tangents `dg_a` (softmax couples
+        the outputs; elementwise activations use `phi'` and `phi''`).
+        """
+        if activation == "softmax":
+            centred = g_a - a @ g_a
+            g_s = a * centred
+            dg_s = da * centred[:, None] + a[:, None] * (dg_a - (g_a @ da + a @ dg_a)[None, :])
+        else:
+            _, d1, d2 = self._act(activation, s)
+            g_s = d1 * g_a
+            dg_s = d1[:, None] * dg_a + (d2 * g_a)[:, None] * ds
+        return g_s, dg_s
+
     def _act(self, name: str, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Elementwise `(phi(s), phi'(s), phi''(s))` (not for softmax)."""
         one = self._dt(1)
@@ -345,14 +361,8 @@ class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
             layer = problem.layers[index]
             abar, s, a = trace[index]
             dabar, ds, da = tangents[index]
-            if layer.activation == "softmax":
-                centred = g_a - a @ g_a
-                g_s = a * centred
-                dg_s = da * centred[:, None] + a[:, None] * (dg_a - (g_a @ da + a @ dg_a)[None, :])
-            else:
-                _, d1, d2 = self._act(layer.activation, s)
-                g_s = d1 * g_a
-                dg_s = d1[:, None] * dg_a + (d2 * g_a)[:, None] * ds
+            g_s, dg_s = self._pre_activation_cotangents(layer.activation, s, a, g_a, dg_a, ds,
+                                                        da)
             block = abar[:, None, None] * dg_s[None] + dabar[:, None, :] * g_s[None, :, None]
             out[offsets[index] : offsets[index] + block.shape[0] * block.shape[1]] = block.reshape(
                 -1, n

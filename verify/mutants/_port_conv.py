@@ -196,14 +196,8 @@ class ConvHessianMixin(PortPrimitives):
             pbar, s, a = trace[index]
             pbar = np.atleast_2d(pbar)
             dpbar, ds, da = tangents[index]
-            if layer.activation == "softmax":
-                centred = g_a - a @ g_a
-                g_s = a * centred
-                dg_s = da * centred[:, None] + a[:, None] * (dg_a - (g_a @ da + a @ dg_a)[None, :])
-            else:
-                _, d1, d2 = self._act(layer.activation, s)
-                g_s = d1 * g_a
-                dg_s = d1[:, None] * dg_a + (d2 * g_a)[:, None] * ds
+            g_s, dg_s = self._pre_activation_cotangents(layer.activation, s, a, g_a, dg_a, ds,
+                                                        da)
             g_s3 = g_s.reshape(g.rows, g.positions)
             dg_s3 = dg_s.reshape(g.rows, g.positions, n)
             block = (np.einsum("tj,rtn->jrn", pbar, dg_s3)
