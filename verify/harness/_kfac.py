@@ -192,6 +192,12 @@ def check_kfac_solve(ctx: CheckContext) -> None:
         condition = _condition(factors, ctx.policy.kfac_magnitudes(kind, **keyword), damping,
                                method)
         tolerance = b.solve_rtol(condition)
+        if not b.determined(tolerance):  # as shampoo_direction: a correct port may return NaN
+            ctx.record(check, Status.SKIP,
+                       f"not checked: the K-FAC {method} damped system is singular to "
+                       f"{ctx.dtype} precision (condition {condition:.1e}, relative tolerance "
+                       f"{tolerance:.2e} >= 1)")
+            continue
         ctx.begin(check)
         value = ctx.port("kfac_solve", ctx.problem, v, damping, method, *([kind] if passed else []),
                          **keyword)
