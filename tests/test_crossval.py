@@ -154,6 +154,22 @@ def test_adapters_share_frames_across_problems():
     assert len(alone._plan.frames) == 1
 
 
+def test_unplanned_variants_join_a_planned_frame():
+    """A variant the harness hands (other parameters, the reused-name twin) joins the frame
+    of its planned problem instead of compiling one of its own: a full `run` compiled one
+    per variant until XLA ran out of memory maps ("LLVM compilation error: Cannot allocate
+    memory") and the run died without a report."""
+    problems = [p for p in zoo.problems(quick=True) if p.dense_only]
+    adapter = NgdRefJax(problems)
+    planned = adapter._plan.frames
+    for problem in problems:
+        variant = problem.replace(params=np.asarray(problem.params) * 1.5)
+        assert adapter._plan.embedded(variant).frame in planned
+    assert adapter._plan.frames == planned
+    small = zoo.make_problem((2, 2), ("tanh",), "poisson", 1)  # no planned frame has poisson
+    assert adapter._plan.embedded(small).frame not in planned
+
+
 def _global_x64() -> bool:
     """JAX's global flag, as a thread without this test's (x64 fixture) context sees it."""
     seen = []

@@ -20,7 +20,8 @@ universal MLP:
 Results are read off at each problem's own coordinates (`Embedded.index`); a curvature
 operator is restricted to them by a mask (`P C P^T`), so a damped solve on the frame is the
 problem's own solve with exact zeros elsewhere. With the frames planned from the whole zoo
-there are 3 frames (C = 3, 4, 6); a problem the plan does not know gets a frame of its own.
+there are 3 frames (C = 3, 4, 6); a problem the plan does not know joins the smallest frame
+that holds it (`Frame.holds`), else gets a frame of its own.
 """
 
 from __future__ import annotations
@@ -154,6 +155,22 @@ class Frame:
         """The universal model and loss, `h = sum_b w_b L_b` (weights carry c and padding)."""
         return nj.Objective(_universal_apply(self.activations), _universal_loss(self.losses),
                             "sum")
+
+    def holds(self, problem: Problem) -> bool:
+        """Whether `problem` embeds in this frame as `Frame.of` would have planned it.
+
+        Its outputs are the frame's (or fewer, when the extra ones are exact zeros, `_pads`),
+        it is no deeper, wider or larger in batch, and its loss and the activation of each
+        universal layer are among the frame's candidates.
+        """
+        widths = [problem.layers[0].n_in] + [layer.n_out for layer in problem.layers[:-1]]
+        outputs_fit = problem.output_dim == self.outputs or (
+            problem.output_dim < self.outputs and _pads(problem))
+        return (problem.dense_only and outputs_fit and len(problem.layers) <= self.depth
+                and problem.layers[0].n_in <= self.n_in and max(widths) <= self.hidden
+                and problem.batch_size <= self.batch and problem.loss in self.losses
+                and all(name in names for name, names in zip(
+                    _layer_activations(problem, self.depth), self.activations, strict=True)))
 
     def shapes(self) -> list[tuple[int, int]]:
         """`(n_out, n_in)` per universal layer."""
@@ -327,6 +344,17 @@ class FramePlan:
             self._frames.update({_key(problem): frame for problem in group})
         self._embedded: dict[tuple[Any, ...], Embedded] = {}
 
+    def _frame_holding(self, problem: Problem) -> Frame:
+        """A frame already in use that holds an unplanned problem, else a new one of its own.
+
+        The harness hands variants of a planned problem (other parameters, the reused-name
+        twin): they share its frame and its compiled programs instead of each compiling
+        its own (~2 s per kernel, and XLA's code pages accumulate over a long run).
+        """
+        known = sorted(self.frames, key=lambda frame: (frame.depth * frame.hidden * frame.batch,
+                                                      dataclasses.astuple(frame)))
+        return next((frame for frame in known if frame.holds(problem)), Frame.of([problem]))
+
     @property
     def frames(self) -> set[Frame]:
         """The distinct frames planned or created so far."""
@@ -338,6 +366,7 @@ class FramePlan:
         if key not in self._embedded and not problem.dense_only:
             self._embedded[key] = own_embedding(problem)
         elif key not in self._embedded:
-            frame = self._frames.setdefault(key, Frame.of([problem]))
+            frame = self._frames.get(key) or self._frame_holding(problem)
+            self._frames[key] = frame
             self._embedded[key] = embed(problem, frame)
         return self._embedded[key]
