@@ -364,7 +364,8 @@ class DenseCurvature:
         with self.backend.precision():
             jac = self.jacobians
             stacked = jac.reshape(-1, jac.shape[-1])
-            return self.c * (stacked.T @ np.matmul(np.stack(middles), jac).reshape(stacked.shape))
+            middle = middles if isinstance(middles, np.ndarray) else np.stack(middles)
+            return self.c * (stacked.T @ np.matmul(middle, jac).reshape(stacked.shape))
 
     @functools.cached_property
     def hessian(self) -> np.ndarray:
