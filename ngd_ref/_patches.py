@@ -18,7 +18,7 @@ import scipy.sparse
 from ngd_ref._backend import Backend
 from ngd_ref._spec import Conv2d, Layer
 
-__all__ = ["patches", "patches_adjoint"]
+__all__ = ["patches", "patches_adjoint", "weighted_patches_adjoint"]
 
 
 def patches(layer: Layer | Conv2d, a: np.ndarray, bk: Backend) -> np.ndarray:
@@ -44,6 +44,30 @@ def patches_adjoint(layer: Layer | Conv2d, g: np.ndarray, bk: Backend) -> np.nda
     out = bk.zeros((layer.input_size + 1, *rest))
     np.add.at(out, layer.patch_index.reshape(-1), g.reshape(-1, *rest))
     return out[: layer.input_size]
+
+
+def weighted_patches_adjoint(layer: Layer | Conv2d, w: np.ndarray, g: np.ndarray,
+                             bk: Backend) -> np.ndarray:
+    """`patches_adjoint(layer, W^T G)`: the cotangent of a layer's input from `G = dL/dS`.
+
+    `w` is the weight matrix `W` `(c_out, patch_size)` (no bias column) and `g` is `G`,
+    `(c_out, T, *rest)`; the result is `(input_size, *rest)`, i.e. `M^T vec(G)` with
+    `M = d vec_rows(S) / d a` the layer's input Jacobian (PROTOCOL s12: `S = W P + b 1^T`, so
+    `dS = W dP` and the adjoint of `dP = patches(da)` is `patches_adjoint`). In float64 a
+    convolution's `M^T = S_adj (W^T (x) I_T)` is formed as one sparse matrix (`S_adj` the 0/1
+    matrix of `patches_adjoint`): one sparse product with inner dimension `c_out T`, instead
+    of a dense product with inner dimension `c_out` and a `(patch_size, T, *rest)`
+    intermediate. On object arrays (mpmath) the two steps run as written.
+    """
+    rows, rest = w.shape[0], g.shape[2:]
+    if not layer.is_convolution or g.dtype == object:
+        weighted = (w.T @ g.reshape(rows, -1)).reshape(w.shape[1], layer.n_positions, *rest)
+        return patches_adjoint(layer, weighted, bk)
+    spread = scipy.sparse.kron(scipy.sparse.csr_matrix(w.T), scipy.sparse.eye(layer.n_positions),
+                               format="csr")                    # (patch_size T, c_out T)
+    operator = _scatter(tuple(layer), layer.input_hw) @ spread  # (input_size, c_out T)
+    flat = g.reshape(rows * layer.n_positions, -1)
+    return (operator @ flat).reshape(layer.input_size, *rest)
 
 
 @functools.lru_cache(maxsize=64)

@@ -89,6 +89,39 @@ def tree_vdot(a: Params, b: Params) -> jax.Array:
     return total
 
 
+def _exponent(tree: Params) -> jax.Array:
+    """`e` with `2^e` near the largest `|u_i|` over the leaves (0 where that is 0 or not finite).
+
+    The twin of `ngd_ref.cg._dense._exponent` (int32 scalar; empty leaves count as 0).
+    """
+    largest = jnp.zeros(())
+    for leaf in jax.tree.leaves(tree):
+        largest = jnp.maximum(largest, jnp.max(jnp.abs(leaf), initial=0))
+    usable = (largest > 0) & jnp.isfinite(largest)
+    return jnp.where(usable, jnp.frexp(jnp.where(usable, largest, 1))[1], 0).astype(jnp.int32)
+
+
+def _scaled_vdot(a: Params, b: Params) -> tuple[jax.Array, jax.Array]:
+    """`(a 2^-e) . (b 2^-f)` and `e + f`: `<a, b>` without underflow.
+
+    As the dense CG's `_scaled_dot`: run past convergence with `tol = 0`, `r^T z` and
+    `p^T A p` fall below the smallest normal float once `|r| < ~1e-154` (float64), and an
+    underflowed `p^T A p = 0` read as "not positive definite". Scaling by powers of two is
+    exact, so `alpha` and `beta` from the scaled products are bit-identical to the unscaled
+    ones wherever those did not underflow.
+    """
+    e, f = _exponent(a), _exponent(b)
+    scaled_a = jax.tree.map(lambda u: jnp.ldexp(u, -e), a)
+    scaled_b = jax.tree.map(lambda u: jnp.ldexp(u, -f), b)
+    return tree_vdot(scaled_a, scaled_b), e + f
+
+
+def _ratio(numerator: tuple[jax.Array, jax.Array],
+           denominator: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """`(a 2^e) / (b 2^f)` for `numerator = (a, e)`, `denominator = (b, f)` (`_scaled_vdot`)."""
+    return jnp.ldexp(numerator[0] / denominator[0], numerator[1] - denominator[1])
+
+
 def _axpy(alpha: jax.Array, x: Params, y: Params) -> Params:
     return jax.tree.map(lambda u, v: v + alpha.astype(v.dtype) * u, x, y)
 
@@ -107,18 +140,20 @@ def _cg_step(matvec: Operator, apply_m: Operator, x: Params, r: Params, p: Param
 
     `z = M r`, `rho' = r^T z`, `p' = z` on a (re)start else `z + (rho'/rho) p`,
     `alpha = rho' / p'^T A p'` (0 when `p'^T A p' <= 0`), `x' = x + alpha p'`,
-    `r' = r - alpha A p'`.
+    `r' = r - alpha A p'`. `rho` is carried as `_scaled_vdot`'s `(value, exponent)` pair, and
+    both dot products are scaled (no underflow after convergence).
 
     Returns:
         `(x', r', p', rho', p'^T A p' > 0)`.
     """
     z = apply_m(r)
-    rho_new = tree_vdot(r, z)
-    p = _select(restart, z, _axpy(rho_new / jnp.where(restart, 1, rho), p, z))
+    rho_new = _scaled_vdot(r, z)
+    one = (jnp.ones_like(rho_new[0]), jnp.zeros_like(rho_new[1]))
+    p = _select(restart, z, _axpy(_ratio(rho_new, _select(restart, one, rho)), p, z))
     ap = matvec(p)
-    curvature = tree_vdot(p, ap)
-    positive = curvature > 0
-    alpha = jnp.where(positive, rho_new / jnp.where(positive, curvature, 1), 0)
+    curvature = _scaled_vdot(p, ap)
+    positive = curvature[0] > 0
+    alpha = jnp.where(positive, _ratio(rho_new, _select(positive, curvature, one)), 0)
     return _axpy(alpha, p, x), _axpy(-alpha, ap, r), p, rho_new, positive
 
 
@@ -199,7 +234,7 @@ def cg_solve(
     def cond(state):
         return ~state[6]
 
-    zero = jnp.zeros((), dtype)
+    zero = (jnp.zeros((), dtype), jnp.zeros((), jnp.int32))  # rho as (value, exponent)
     state = (jnp.asarray(0, jnp.int32), x0, r0, r0, zero, jnp.asarray(True), jnp.asarray(False),
              jnp.asarray(CGStatus.MAX_ITERATIONS, jnp.int32), norms0)
     k, x, _, _, _, _, _, status, norms = jax.lax.while_loop(cond, body, state)
@@ -251,6 +286,7 @@ def cg_iterates(matvec: Operator, b: Params, x0: Params | None = None, *, maxite
         x, r, p, rho = _select(done, (x, r, p, rho), tuple(new))
         return (x, r, p, rho, jnp.asarray(False), done), x
 
-    state = (x0, r0, r0, jnp.zeros((), dtype), jnp.asarray(True), jnp.asarray(False))
+    state = (x0, r0, r0, (jnp.zeros((), dtype), jnp.zeros((), jnp.int32)), jnp.asarray(True),
+             jnp.asarray(False))
     _, xs = jax.lax.scan(step, state, None, length=maxiter)
     return jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]), x0, xs)

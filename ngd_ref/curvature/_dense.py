@@ -38,7 +38,7 @@ from ngd_ref._activations import get_activation
 from ngd_ref._backend import FLOAT64, Backend
 from ngd_ref._layout import layer_slices
 from ngd_ref._losses import OutputMoments, get_loss
-from ngd_ref._patches import patches, patches_adjoint
+from ngd_ref._patches import patches, patches_adjoint, weighted_patches_adjoint
 from ngd_ref._problem import Problem
 from ngd_ref._spec import Conv2d, Layer, Loss, Reduction
 
@@ -133,6 +133,9 @@ def trace_example(problem: Problem, theta: np.ndarray, x: np.ndarray, bk: Backen
     Per layer, with `Abar` the `(d + 1, T)` patch matrix (`T = 1` for a dense layer):
     `dS = Wbar dAbar + dWbar Abar`, where `dWbar Abar` is nonzero in layer l's block only:
     `dS[o, t] / dWbar[o, k] = Abar[k, t]`, i.e. `Abar^T (x) I` (Grosse ch. 4 eq. 16).
+    Layer l's input depends on the parameters of the layers before it only, so `dAbar` is
+    zero outside the columns `[0, start_l)` (`start_l` the first of layer l's columns) and
+    `Wbar dAbar` is computed on those columns alone (exact zeros are not multiplied out).
     """
     n = theta.shape[0]
     a_prev, da_prev = x, bk.zeros((x.shape[0], n))
@@ -142,22 +145,25 @@ def trace_example(problem: Problem, theta: np.ndarray, x: np.ndarray, bk: Backen
         act = get_activation(layer.activation)
         abar, s = _affine(wbar, a_prev, bk, layer)
         rows, positions = wbar.shape[0], layer.n_positions
-        if layer.is_convolution:
-            dabar = np.concatenate([patches(layer, da_prev, bk),
-                                    bk.zeros((1, positions, n))])
-        else:
-            dabar = np.concatenate([da_prev, bk.zeros((1, n))])
         cols = _patch_view(layer, abar)                          # (d + 1, T)
-        ds = (wbar @ _patch_view(layer, dabar).reshape(cols.shape[0], -1)).reshape(-1, n)
+        before = slice(0, sl.start)                              # where dAbar may be nonzero
+        dabar = bk.zeros((cols.shape[0], positions, n))
+        dabar[:-1, :, before] = patches(layer, da_prev[:, before], bk)
+        ds = bk.zeros((rows * positions, n))
+        width = cols.shape[0] - 1
+        prior = dabar[:-1, :, before].reshape(width, positions * sl.start)
+        ds[:, before] = (wbar[:, :-1] @ prior).reshape(rows * positions, sl.start)
         own = cols.T[None, :, :, None] * bk.eye(rows)[:, None, None, :]   # [o, t, k, o']
-        ds[:, sl] = ds[:, sl] + own.reshape(rows * positions, -1)
+        ds[:, sl] = own.reshape(rows * positions, -1)
         a = act.value(bk, s)
         out.abar.append(abar)
-        out.dabar.append(dabar)
+        out.dabar.append(dabar if layer.is_convolution else dabar[:, 0])
         out.s.append(s)
         out.ds.append(ds)
         out.a.append(a)
-        a_prev, da_prev = a, act.jacobian_apply(bk, s, a, ds)
+        a_prev, da_prev = a, bk.zeros((s.shape[0], n))
+        upto = slice(0, sl.stop)                                 # dS is zero after layer l
+        da_prev[:, upto] = act.jacobian_apply(bk, s, a, ds[:, upto])
     return dataclasses.replace(out, jacobian=da_prev)
 
 
@@ -193,20 +199,28 @@ def second_order_backward(problem: Problem, theta: np.ndarray, tr: ExampleTrace,
         big_g, big_dg = g_s.reshape(rows, positions), dg_s.reshape(rows, positions, n)
         # grad of vec(Wbar) is vec(G Abar^T); entry (o, k) sits at k * c_out + o.
         vec[sl] = (big_g @ cols.T).reshape(-1, order="F")
-        block = ((cols @ big_dg.transpose(1, 0, 2).reshape(positions, -1)).reshape(-1, rows, n)
-                 + np.matmul(big_g[None], dcols))                      # [k, o, m]
-        mat[sl] = block.reshape(-1, n)
+        # mat is C-contiguous (allocated above), so its row block reshapes to a view: the
+        # products write into mat directly.
+        block = mat[sl].reshape(cols.shape[0], rows, n)         # [k, o, m]
+        np.matmul(cols, big_dg.transpose(1, 0, 2).reshape(positions, -1),
+                  out=block.reshape(cols.shape[0], -1))
+        # G dAbar^T: dAbar is zero outside the columns before layer l (see `trace_example`).
+        before = slice(0, sl.start)
+        block[:-1, :, before] += np.matmul(big_g[None], dcols[:-1, :, before])
         if index:
             w = wbar[:, :-1]
             width = w.shape[1]
-            # d(W^T G) = W^T dG + (dW)^T G; (dW)^T G is nonzero in layer l's block only.
-            dw_term = bk.zeros((width, positions, n))
-            for j in range(width):
-                dw_term[j, :, sl.start + j * rows: sl.start + (j + 1) * rows] = big_g.T
-            g_p = w.T @ big_g
-            dg_p = (w.T @ big_dg.reshape(rows, -1)).reshape(width, positions, n) + dw_term
-            g_a = patches_adjoint(layer, g_p, bk)
-            dg_a = patches_adjoint(layer, dg_p, bk)
+            # One adjoint for both: [dG | G] -> [d(W^T G) | W^T G] (before the dW^T G term).
+            both = weighted_patches_adjoint(
+                layer, w, np.concatenate([big_dg, big_g[:, :, None]], axis=2), bk)
+            dg_a, g_a = both[:, :n], both[:, n]
+            # d(W^T G) = W^T dG + (dW)^T G; (dW)^T G is nonzero in layer l's block only:
+            # [(dW)^T G][j, t] / dW[o, j'] = delta_{j j'} G[o, t] (column sl.start + j' c_out + o).
+            own = bk.zeros((width, positions, width, rows))               # [j, t, j', o]
+            own[np.arange(width), :, np.arange(width), :] = big_g.T
+            own = own.reshape(width, positions, width * rows)
+            weights_of_w = slice(sl.start, sl.start + width * rows)
+            dg_a[:, weights_of_w] = dg_a[:, weights_of_w] + patches_adjoint(layer, own, bk)
     return vec, mat
 
 
@@ -341,15 +355,17 @@ class DenseCurvature:
             total = bk.zeros((self.theta.shape[0],) * 2)
             for t, r, m in zip(self.traces, cotangents, tangents, strict=True):
                 _, mat = second_order_backward(self.problem, self.theta, t, r, m @ t.jacobian, bk)
-                total = total + mat
+                total += mat
             total = self.c * total
             return (total + total.T) / 2
 
     def _sum_gauss_newton(self, middles: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """`c sum_b J_b^T M_b J_b`."""
+        """`c sum_b J_b^T M_b J_b`, as one product `J^T (M J)` of the `(B C, n)` stacks."""
         with self.backend.precision():
-            return self.c * sum(t.jacobian.T @ m @ t.jacobian
-                                for t, m in zip(self.traces, middles, strict=True))
+            jac = self.jacobians
+            stacked = jac.reshape(-1, jac.shape[-1])
+            middle = middles if isinstance(middles, np.ndarray) else np.stack(middles)
+            return self.c * (stacked.T @ np.matmul(middle, jac).reshape(stacked.shape))
 
     @functools.cached_property
     def hessian(self) -> np.ndarray:
