@@ -48,7 +48,7 @@ from verify.harness._faults import InputModified, NotClaimed, PortFault, readonl
 from verify.strategies import TRAJECTORY_FAMILIES, generate_trajectory_settings
 
 __all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory", "schedule",
-           "trajectory_batches", "trajectory_reference"]
+           "subspace_condition", "trajectory_batches", "trajectory_reference"]
 
 #: steps per trajectory: enough for two statistics updates, an inverse refresh between them,
 #: two root refreshes, an eviction with memory 2
@@ -197,6 +197,41 @@ def _ambiguity(nominal: StepLog, shifted: StepLog, factor: float, rtol: float,
     return ""
 
 
+def subspace_condition(step: StepLog, d: np.ndarray, d_prev: np.ndarray) -> float:
+    """How much eq. 27's 2 x 2 solve amplifies the rounding of step k (1 for other steps).
+
+    Grosse ch.4 eq. 27 (PROTOCOL s10 `momentum_qm`) minimizes the model over `V = [Delta_k,
+    d_{k-1}]`: `d_k = V c`, `W c = -V^T g` with `W = V^T (C + lambda I) V`. In the basis
+    scaled to unit `(C + lambda I)`-norm, `W` is `[[1, rho], [rho, 1]]` with `rho^2 = 1 -
+    det/(a11 a22)` (`StepLog.det_ratio`), and a perturbation of `W` and `V^T g` of relative size
+    `e` (the rounding of `a_ij`, and of `Delta_k` through `a_ij` and `g^T Delta_k`) moves `d_k`
+    by `V W^-1 (dW c + db)`, of norm up to `e ||V|| ||c|| / sigma_min(V)`: the condition
+    number of the scaled basis, `sigma_max / sigma_min = (1 + |rho|) / sqrt(det/(a11 a22))`
+    (Higham 2002 Thm 7.2 on the 2 x 2 system, mapped back through `V`), times the
+    cancellation of the combination, `(||alpha Delta_k|| + ||beta d_{k-1}||) / ||d_k||`
+    (`alpha Delta_k = d_k - beta d_{k-1}`). Nearly parallel `Delta_k` and `d_{k-1}` (a det
+    ratio of 5e-4 on campaign seed 6's `gen-2x1x2x1-sigmoid-tanh-identity-mse-b4-sum-k0-s64562`)
+    amplify a correct float32 port's error about 90-fold; the eq. 27 fallback (eq. 26) and the
+    other methods have factor 1.
+
+    Args:
+        step: the reference's log of step k.
+        d: the reference's step `d_k`.
+        d_prev: `d_{k-1}`.
+    """
+    if step.det_ratio is None or Event.MOMENTUM_FALLBACK in step.events:
+        return 1.0
+    ratio = float(step.det_ratio)
+    if not 0 < ratio <= 1:
+        return math.inf
+    basis = (1 + math.sqrt(1 - ratio)) / math.sqrt(ratio)
+    beta = float(step.beta)
+    norm = max(float(np.linalg.norm(d)), np.finfo(np.float64).tiny)
+    combination = (float(np.linalg.norm(d - beta * d_prev))
+                   + abs(beta) * float(np.linalg.norm(d_prev))) / norm
+    return basis * max(combination, 1.0)
+
+
 def trajectory_reference(problem: Problem, batches: list, method: str, hyper: dict,
                          dtype: str) -> tuple[Trajectory, Trajectory, list[float]]:
     """The reference run, its twin started `2u` apart, and the tolerances of a `dtype` port.
@@ -221,11 +256,14 @@ def trajectory_reference(problem: Problem, batches: list, method: str, hyper: di
         raise ValueError("the reference trajectory is not finite")
     path = np.vstack([theta0, nominal.float64()])
     divergences = np.linalg.norm(path - np.vstack([start, shifted.float64()]), axis=1)
+    steps = np.diff(path, axis=0)
+    previous = np.vstack([np.zeros_like(theta0), steps[:-1]])
     tolerances = trajectory_tolerances(
         dtype, length=max(problem.n_params, problem.batch_size * problem.output_dim),
-        depth=len(problem.layers) + 2, step_norms=np.linalg.norm(np.diff(path, axis=0), axis=1),
+        depth=len(problem.layers) + 2, step_norms=np.linalg.norm(steps, axis=1),
         param_norms=np.linalg.norm(path[1:], axis=1),
-        conditions=[s.condition * s.gradient_cancellation for s in nominal.steps],
+        conditions=[s.condition * s.gradient_cancellation * subspace_condition(s, d, p)
+                    for s, d, p in zip(nominal.steps, steps, previous, strict=True)],
         divergences=divergences)
     return nominal, shifted, tolerances
 
