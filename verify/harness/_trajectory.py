@@ -47,8 +47,8 @@ from verify.harness._context import CheckContext
 from verify.harness._faults import InputModified, NotClaimed, PortFault, readonly
 from verify.strategies import TRAJECTORY_FAMILIES, generate_trajectory_settings
 
-__all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory", "schedule",
-           "subspace_condition", "trajectory_batches", "trajectory_reference"]
+__all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory", "pair_condition",
+           "schedule", "subspace_condition", "trajectory_batches", "trajectory_reference"]
 
 #: steps per trajectory: enough for two statistics updates, an inverse refresh between them,
 #: two root refreshes, an eviction with memory 2
@@ -232,6 +232,30 @@ def subspace_condition(step: StepLog, d: np.ndarray, d_prev: np.ndarray) -> floa
     return basis * max(combination, 1.0)
 
 
+def pair_condition(steps: tuple[StepLog, ...], k: int, memory: int) -> float:
+    """How much the stored L-BFGS pairs amplify the rounding of step k (1 without pairs).
+
+    Step k's direction is the two-loop recursion (Nocedal & Wright 2006, Alg. 7.4) over the
+    newest `memory` pairs stored before it. A pair's `y_j = g(theta_{j+1}) - g(theta_j)` is a
+    difference of gradients, so it is known only to the rounding of `||s_j|| (||MAG g(theta_j)||
+    + ||MAG g(theta_{j+1})||) + |s_j|^T |y_j|` (`StepLog.pair_scale`), not of `y_j^T s_j`: the
+    pair, `rho_j = 1 / y_j^T s_j` and a scaled `gamma` are known to a relative
+    `rtol pair_scale / |y_j^T s_j|` (the units of the inputs, as `solve_tolerance`'s
+    `MAG(C) / ||C||`), and so is the direction. The factor is the largest such ratio over the
+    pairs in memory (>= 1). Campaign seed 6's `gen-3x4x2-relu-softmax-nll_probs-b1-sum-k0-s56164`
+    stored a pair with `y^T s = 3.8e-8` and scale `6.4e-6`.
+
+    Args:
+        steps: the reference's step logs.
+        k: the step.
+        memory: the L-BFGS memory `m`.
+    """
+    stored = [s for s in steps[:k] if Event.PAIR_STORED in s.events]
+    newest = stored[len(stored) - memory:] if memory else []
+    ratios = [s.pair_scale / abs(float(s.pair_curvature)) for s in newest]
+    return max([1.0, *ratios])
+
+
 def trajectory_reference(problem: Problem, batches: list, method: str, hyper: dict,
                          dtype: str) -> tuple[Trajectory, Trajectory, list[float]]:
     """The reference run, its twin started `2u` apart, and the tolerances of a `dtype` port.
@@ -263,7 +287,9 @@ def trajectory_reference(problem: Problem, batches: list, method: str, hyper: di
         depth=len(problem.layers) + 2, step_norms=np.linalg.norm(steps, axis=1),
         param_norms=np.linalg.norm(path[1:], axis=1),
         conditions=[s.condition * s.gradient_cancellation * subspace_condition(s, d, p)
-                    for s, d, p in zip(nominal.steps, steps, previous, strict=True)],
+                    * pair_condition(nominal.steps, k, int(hyper.get("memory", 0)))
+                    for k, (s, d, p) in enumerate(zip(nominal.steps, steps, previous,
+                                                      strict=True))],
         divergences=divergences)
     return nominal, shifted, tolerances
 
