@@ -137,7 +137,9 @@ class StepLog:
         loss_magnitude: `c sum_b (|L_b| + ||z_b||_1)` at `theta_k` on batch k (float64): the
             scale of the loss's rounding error (log-sum-exp cancellation grows with |z|).
         gradient_cancellation: `||c sum_b |J_b|^T |dL/dz_b| || / ||g_k||` (>= 1): how much the
-            gradient cancels (its rounding error is relative to the numerator).
+            gradient cancels (its rounding error is relative to the numerator; through a
+            softmax output layer `|J_b|^T |dL/dz_b|` is `|ds_L/dtheta|^T (diag(p) + p p^T)
+            |dL/dz_b|`, see `magnitudes`).
         exponent_range: `2 max |s_l|` over layers and examples at `theta_k` on batch k
             (float64): a bound on every exponential's argument (a max-shifted softmax's
             spread included), for the harness's range test of the port's dtype.

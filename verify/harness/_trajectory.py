@@ -21,7 +21,8 @@ has the most distinct events (statistics update, inverse refresh, damping increa
 decrease, root refresh, pair storage, rejection and eviction, momentum fallback), then the
 most events, then the smallest tolerance, is used.
 
-Tolerances: `verify._tolerance.trajectory_tolerances`, from each step's condition number and
+Tolerances: `verify._tolerance.trajectory_tolerances`, from each step's condition number (with
+eq. 27's 2 x 2 solve, `subspace_condition`, and L-BFGS's stored pairs, `pair_condition`) and
 the measured divergence of the two reference runs (never a fixed schedule). The first step
 whose parameters leave the tolerance -- or turn non-finite -- fails the check, and the message
 names it with its events.
