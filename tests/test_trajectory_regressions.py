@@ -62,6 +62,8 @@ def test_subspace_condition_is_the_scaled_basis_condition():
     assert subspace_condition(step, d, d_prev) == pytest.approx((1 + math.sqrt(1 - 1e-4)) / 1e-2)
     orthogonal = StepLog(k=1, det_ratio=1.0, beta=1.0)
     assert subspace_condition(orthogonal, d, d_prev) == 1.0
+    # a ratio rounded above 1 is an orthogonal pair
+    assert subspace_condition(StepLog(k=1, det_ratio=1 + 2e-16, beta=1.0), d, d_prev) == 1.0
     fallback = StepLog(k=1, det_ratio=1e-9, beta=0.0, events=(Event.MOMENTUM_FALLBACK,))
     assert subspace_condition(fallback, d, d_prev) == 1.0
     assert subspace_condition(StepLog(k=0), d, d_prev) == 1.0

@@ -222,8 +222,8 @@ def subspace_condition(step: StepLog, d: np.ndarray, d_prev: np.ndarray) -> floa
     """
     if step.det_ratio is None or Event.MOMENTUM_FALLBACK in step.events:
         return 1.0
-    ratio = float(step.det_ratio)
-    if not 0 < ratio <= 1:
+    ratio = min(float(step.det_ratio), 1.0)  # <= 1 (Cauchy-Schwarz) but for rounding
+    if not ratio > 0:  # eq. 27 is taken only beyond 64 eps: unreachable but for NaN
         return math.inf
     basis = (1 + math.sqrt(1 - ratio)) / math.sqrt(ratio)
     beta = float(step.beta)
