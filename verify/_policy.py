@@ -38,7 +38,11 @@ and one method per kind of check:
   singular to working precision and no comparison can fail a wrong port without failing a
   correct one, so such a check is reported as not checked;
 * `solve_tolerance`: `solve_rtol` with `condition = kappa(C + lambda I) * max(MAG(C)/||C +
-  lambda I||, MAG(g)/||g||)`.
+  lambda I||, MAG(g)/||g||)`;
+* optimizer trajectories (PROTOCOL s10) apply the same `solve_rtol` per step through
+  `verify._tolerance.trajectory_tolerances`, the step's condition including the cancellation
+  of its inputs: the gradient's (a softmax output's `diag(p) + p p^T`), eq. 27's scaled basis
+  and L-BFGS's pairs (`pair_scale / y^T s`); see docs/trajectories.md, "Tolerances".
 """
 
 from __future__ import annotations

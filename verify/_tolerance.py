@@ -115,7 +115,9 @@ def trajectory_tolerances(dtype: str, *, length: int, depth: int, step_norms, pa
         step_norms: `||d_j||`, j = 0..K-1.
         param_norms: `||theta_{j+1}||`, j = 0..K-1.
         conditions: the condition of step j's linear algebra times the cancellation of its
-            gradient (`MAG(g)/||g||`), j = 0..K-1.
+            gradient (`MAG(g)/||g||`) and of its other inputs (eq. 27's basis, L-BFGS's
+            pairs: `verify.harness._trajectory.subspace_condition`, `pair_condition`),
+            j = 0..K-1.
         divergences: `D_0 .. D_K` of the two reference runs.
     """
     tiny = np.finfo(np.float64).tiny

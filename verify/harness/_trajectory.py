@@ -21,7 +21,8 @@ has the most distinct events (statistics update, inverse refresh, damping increa
 decrease, root refresh, pair storage, rejection and eviction, momentum fallback), then the
 most events, then the smallest tolerance, is used.
 
-Tolerances: `verify._tolerance.trajectory_tolerances`, from each step's condition number and
+Tolerances: `verify._tolerance.trajectory_tolerances`, from each step's condition number (with
+eq. 27's 2 x 2 solve, `subspace_condition`, and L-BFGS's stored pairs, `pair_condition`) and
 the measured divergence of the two reference runs (never a fixed schedule). The first step
 whose parameters leave the tolerance -- or turn non-finite -- fails the check, and the message
 names it with its events.
@@ -47,8 +48,8 @@ from verify.harness._context import CheckContext
 from verify.harness._faults import InputModified, NotClaimed, PortFault, readonly
 from verify.strategies import TRAJECTORY_FAMILIES, generate_trajectory_settings
 
-__all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory", "schedule",
-           "trajectory_batches", "trajectory_reference"]
+__all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory", "pair_condition",
+           "schedule", "subspace_condition", "trajectory_batches", "trajectory_reference"]
 
 #: steps per trajectory: enough for two statistics updates, an inverse refresh between them,
 #: two root refreshes, an eviction with memory 2
@@ -197,6 +198,65 @@ def _ambiguity(nominal: StepLog, shifted: StepLog, factor: float, rtol: float,
     return ""
 
 
+def subspace_condition(step: StepLog, d: np.ndarray, d_prev: np.ndarray) -> float:
+    """How much eq. 27's 2 x 2 solve amplifies the rounding of step k (1 for other steps).
+
+    Grosse ch.4 eq. 27 (PROTOCOL s10 `momentum_qm`) minimizes the model over `V = [Delta_k,
+    d_{k-1}]`: `d_k = V c`, `W c = -V^T g` with `W = V^T (C + lambda I) V`. In the basis
+    scaled to unit `(C + lambda I)`-norm, `W` is `[[1, rho], [rho, 1]]` with `rho^2 = 1 -
+    det/(a11 a22)` (`StepLog.det_ratio`), and a perturbation of `W` and `V^T g` of relative size
+    `e` (the rounding of `a_ij`, and of `Delta_k` through `a_ij` and `g^T Delta_k`) moves `d_k`
+    by `V W^-1 (dW c + db)`, of norm up to `e ||V|| ||c|| / sigma_min(V)`: the condition
+    number of the scaled basis, `sigma_max / sigma_min = (1 + |rho|) / sqrt(det/(a11 a22))`
+    (Higham 2002 Thm 7.2 on the 2 x 2 system, mapped back through `V`), times the
+    cancellation of the combination, `(||alpha Delta_k|| + ||beta d_{k-1}||) / ||d_k||`
+    (`alpha Delta_k = d_k - beta d_{k-1}`). Nearly parallel `Delta_k` and `d_{k-1}` (a det
+    ratio of 5e-4 on campaign seed 6's `gen-2x1x2x1-sigmoid-tanh-identity-mse-b4-sum-k0-s64562`)
+    amplify a correct float32 port's error about 90-fold; the eq. 27 fallback (eq. 26) and the
+    other methods have factor 1.
+
+    Args:
+        step: the reference's log of step k.
+        d: the reference's step `d_k`.
+        d_prev: `d_{k-1}`.
+    """
+    if step.det_ratio is None or Event.MOMENTUM_FALLBACK in step.events:
+        return 1.0
+    ratio = min(float(step.det_ratio), 1.0)  # <= 1 (Cauchy-Schwarz) but for rounding
+    if not ratio > 0:  # eq. 27 is taken only beyond 64 eps: unreachable but for NaN
+        return math.inf
+    basis = (1 + math.sqrt(1 - ratio)) / math.sqrt(ratio)
+    beta = float(step.beta)
+    norm = max(float(np.linalg.norm(d)), np.finfo(np.float64).tiny)
+    combination = (float(np.linalg.norm(d - beta * d_prev))
+                   + abs(beta) * float(np.linalg.norm(d_prev))) / norm
+    return basis * max(combination, 1.0)
+
+
+def pair_condition(steps: tuple[StepLog, ...], k: int, memory: int) -> float:
+    """How much the stored L-BFGS pairs amplify the rounding of step k (1 without pairs).
+
+    Step k's direction is the two-loop recursion (Nocedal & Wright 2006, Alg. 7.4) over the
+    newest `memory` pairs stored before it. A pair's `y_j = g(theta_{j+1}) - g(theta_j)` is a
+    difference of gradients, so it is known only to the rounding of `||s_j|| (||MAG g(theta_j)||
+    + ||MAG g(theta_{j+1})||) + |s_j|^T |y_j|` (`StepLog.pair_scale`), not of `y_j^T s_j`: the
+    pair, `rho_j = 1 / y_j^T s_j` and a scaled `gamma` are known to a relative
+    `rtol pair_scale / |y_j^T s_j|` (the units of the inputs, as `solve_tolerance`'s
+    `MAG(C) / ||C||`), and so is the direction. The factor is the largest such ratio over the
+    pairs in memory (>= 1). Campaign seed 6's `gen-3x4x2-relu-softmax-nll_probs-b1-sum-k0-s56164`
+    stored a pair with `y^T s = 3.8e-8` and scale `6.4e-6`.
+
+    Args:
+        steps: the reference's step logs.
+        k: the step.
+        memory: the L-BFGS memory `m`.
+    """
+    stored = [s for s in steps[:k] if Event.PAIR_STORED in s.events]
+    newest = stored[len(stored) - memory:] if memory else []
+    ratios = [s.pair_scale / abs(float(s.pair_curvature)) for s in newest]
+    return max([1.0, *ratios])
+
+
 def trajectory_reference(problem: Problem, batches: list, method: str, hyper: dict,
                          dtype: str) -> tuple[Trajectory, Trajectory, list[float]]:
     """The reference run, its twin started `2u` apart, and the tolerances of a `dtype` port.
@@ -221,11 +281,16 @@ def trajectory_reference(problem: Problem, batches: list, method: str, hyper: di
         raise ValueError("the reference trajectory is not finite")
     path = np.vstack([theta0, nominal.float64()])
     divergences = np.linalg.norm(path - np.vstack([start, shifted.float64()]), axis=1)
+    steps = np.diff(path, axis=0)
+    previous = np.vstack([np.zeros_like(theta0), steps[:-1]])
     tolerances = trajectory_tolerances(
         dtype, length=max(problem.n_params, problem.batch_size * problem.output_dim),
-        depth=len(problem.layers) + 2, step_norms=np.linalg.norm(np.diff(path, axis=0), axis=1),
+        depth=len(problem.layers) + 2, step_norms=np.linalg.norm(steps, axis=1),
         param_norms=np.linalg.norm(path[1:], axis=1),
-        conditions=[s.condition * s.gradient_cancellation for s in nominal.steps],
+        conditions=[s.condition * s.gradient_cancellation * subspace_condition(s, d, p)
+                    * pair_condition(nominal.steps, k, int(hyper.get("memory", 0)))
+                    for k, (s, d, p) in enumerate(zip(nominal.steps, steps, previous,
+                                                      strict=True))],
         divergences=divergences)
     return nominal, shifted, tolerances
 
