@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import threading
 from typing import Any
 
 import mpmath
@@ -498,9 +499,24 @@ class _Poisson(_Separable):
 _POISSON_SERIES_MAX_RATE = 64.0
 
 
+_LOG_FACTORIALS: dict[str, list[object]] = {}
+_LOG_FACTORIALS_LOCK = threading.Lock()
+
+
 def _log_factorial(bk: Backend, y) -> object:
+    """`log y! = log 2 + log 3 + ... + log y`, summed left to right in `bk`'s precision.
+
+    The partial sums are kept per backend (they depend on the target only), so each is
+    computed once: the same numbers as the sum written out, without its O(y) cost per call.
+    """
     k = int(round(float(y)))
-    return sum((bk.log(bk.scalar(i)) for i in range(2, k + 1)), bk.scalar(0))
+    with _LOG_FACTORIALS_LOCK:
+        sums = _LOG_FACTORIALS.setdefault(bk.name, [bk.scalar(0), bk.scalar(0)])
+        if k >= len(sums):
+            with bk.precision():
+                for i in range(len(sums), k + 1):
+                    sums.append(sums[-1] + bk.log(bk.scalar(i)))
+        return sums[k]
 
 
 def _poisson_rule(bk: Backend, rate: np.ndarray):
