@@ -1,6 +1,6 @@
 """The seed-23 crash class (`check --fuzz 25 --seed 23`): degenerate Krylov spaces in `cg`.
 
-The reference's `krylov_optimal_iterate` once divided by zero (`_solve_spd`) where the Krylov
+The reference's `krylov_optimal_iterate` once divided by zero (its Galerkin solve) where the Krylov
 basis stops growing before `n`; the seed-7 case of `test_robustness` tests the reference
 itself. Here two of the seed-23 problems whose basis degenerates with and without the Jacobi
 preconditioner go through the whole `cg` capability: a correct port passes with no error, a
