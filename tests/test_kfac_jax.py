@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import itertools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ngd_ref import Loss, layer_slices, zoo
 from ngd_ref import dense as ref
-from ngd_ref._losses import get_loss
+from ngd_ref import zoo
 from ngd_ref.kfac import _dense as kd
 from ngd_ref.kfac import _jax as kj
-from verify._tolerance import (
-    FALSE_POSITIVE_RATE,
-    compare,
-    hoeffding_bound,
-    rounding_rtol,
-    solve_rtol,
-)
+from verify._report import Status
+from verify._tolerance import compare, rounding_rtol, solve_rtol
+from verify.adapters._x64 import in_x64
+from verify.harness import run_capability
 
 QUICK = list(zoo.problems(quick=True))
 EXTRA = [zoo.get("mlp-2x4x4x3-relu-softmax_cross_entropy-b3"),
@@ -101,62 +95,54 @@ def test_float64_port_off_by_1e7_fails():
     assert not compare(np.asarray(s_jax) * (1 + 1e-7), s, tolerance=_tol(problem, "float64")).passed
 
 
-# -- the pullback sampling trick: a statistical test -------------------------------------------
+# -- the pullback sampling trick: the s11 statistical test --------------------------------------
 BOUNDED = [zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3"),
            zoo.get("mlp-3x4x3-sigmoid-sigmoid_cross_entropy-b4-sum")]
-DRAWS = 4000
 
 
-def _entry_ranges(problem) -> list[np.ndarray]:
-    """Width of the interval each entry of one draw of `S_l` is confined to.
+@in_x64  # the harness calls ports on a worker thread, outside this test's x64 context
+class _PullbackPort:
+    """`kfac_statistics(..., estimator="sampled")` as PROTOCOL s11's `mc_kfac_factors`.
 
-    Each example's pseudo-gradient `Dz = dL(y, z_b)/dz` takes finitely many values (one per
-    class, or per 0/1 pattern), so `Ds_i Ds_j = (D^T Dz)_i (D^T Dz)_j` lies in
-    `[min_y, max_y]` per example and the draw `c sum_b Ds Ds^T` in an interval of width
-    `c sum_b (max_y - min_y)`, computed exactly by enumeration.
+    `num_samples` draws, one PRNG key each (split from `seed`), averaged: the mean of the
+    sampled factors over S sampled targets per example. `kind="empirical"` is the negative
+    control: the observed labels instead of samples from r(y|z) (a biased estimator of F's
+    factors).
     """
-    d = ref.dense(problem)
-    loss = get_loss(problem.loss)
-    c_out = problem.output_dim
-    outcomes = (range(c_out) if Loss(problem.loss).has_class_labels
-                else [np.array(y, float) for y in itertools.product((0, 1), repeat=c_out)])
-    widths = []
-    for layer, sl in zip(problem.layers, layer_slices(problem.layers), strict=True):
-        total = 0
-        for jac, z in zip(d.jacobians, d.outputs, strict=True):
-            dzds = jac[:, sl.stop - layer.n_out: sl.stop]
-            products = np.stack([np.outer(g, g) for g in
-                                 (dzds.T @ loss.grad(ref.FLOAT64, y, z) for y in outcomes)])
-            total = total + products.max(axis=0) - products.min(axis=0)
-        widths.append(problem.scale * total)
-    return widths
+
+    name = "ngd-ref-jax-pullback"
+    dtype = "float64"
+    layer_kinds = ("dense",)
+
+    def __init__(self, kind: str = "fisher") -> None:
+        self.kind = kind
+        self._compiled: dict[str, object] = {}
+
+    def mc_kfac_factors(self, problem, num_samples, seed, estimator="targets"):
+        if estimator != "targets":
+            raise NotImplementedError("the pullback trick samples targets, not a sketch")
+        if problem.name not in self._compiled:
+            self._compiled[problem.name] = jax.jit(jax.vmap(
+                lambda key: kj.kfac_factors(problem, self.kind, estimator="sampled", key=key)))
+        draws = self._compiled[problem.name](
+            jax.random.split(jax.random.PRNGKey(seed), num_samples))
+        return [(np.asarray(a).mean(axis=0), np.asarray(s).mean(axis=0)) for a, s in draws]
 
 
-def _sampled_mean(problem) -> list[np.ndarray]:
-    keys = jax.random.split(jax.random.PRNGKey(20240611), DRAWS)
-    draws = jax.jit(jax.vmap(lambda k: [s for _, s in kj.kfac_factors(
-        problem, "fisher", estimator="sampled", key=k)]))(keys)
-    return [np.asarray(s).mean(axis=0) for s in draws]
+def _mean_result(port, problem):
+    results = run_capability(port, "mc_kfac_factors", problem, dtype="float64")
+    return next(r for r in results if r.check == "mc_kfac_factors_targets_mean")
 
 
 @pytest.mark.parametrize("problem", BOUNDED, ids=lambda p: p.name)
 def test_pullback_sampling_trick_is_unbiased(problem):
-    """Hoeffding per entry, union bound over all entries: false-positive rate <= 1e-6."""
-    widths = _entry_ranges(problem)
-    tests = sum(w.size for w in widths)
-    means = _sampled_mean(problem)
-    exact = [s for _, s in kd.kfac_factors(problem, "fisher")]
-    empirical = [s for _, s in kd.kfac_factors(problem, "empirical")]
-    power = False
-    for mean, s, s_emp, width in zip(means, exact, empirical, widths, strict=True):
-        # Hoeffding's threshold is linear in the range width.
-        threshold = width * hoeffding_bound(1.0, DRAWS, tests=tests,
-                                            false_positive_rate=FALSE_POSITIVE_RATE)
-        assert np.all(np.abs(mean - s) <= threshold), np.max(np.abs(mean - s) / threshold)
-        power |= bool(np.any(np.abs(s_emp - s) > 2 * threshold))
-    # The test can fail: a sampler from the wrong distribution (the observed labels, i.e. the
-    # empirical Fisher) is off by more than twice the threshold somewhere.
-    assert power
+    """The exact-moment mean test of s11 (false-positive rate <= 1e-6 for the estimator's
+    real distribution, `verify._statistics`), with its power; the observed labels fail it."""
+    result = _mean_result(_PullbackPort(), problem)
+    assert result.status is Status.PASS, result.message
+    assert result.power is not None and result.power <= 0.05
+    control = _mean_result(_PullbackPort("empirical"), problem)
+    assert control.status is Status.FAIL, control.message
 
 
 def test_sampled_ggn_needs_natural_parameters():
