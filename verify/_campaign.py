@@ -41,6 +41,7 @@ class CampaignResult:
         false_alarms: `"port seed problem check: message"` for each fail/error.
         crashes: `"port seed problem: exception"` for each exception escaping the harness.
         worst_ratio: the largest error/tolerance among passing results.
+        worst_check: `"port seed problem check"` of that result (how close a false alarm came).
         stopped_by_time: the time limit ended the campaign early.
         seconds: wall time.
     """
@@ -52,6 +53,7 @@ class CampaignResult:
     false_alarms: list[str] = dataclasses.field(default_factory=list)
     crashes: list[str] = dataclasses.field(default_factory=list)
     worst_ratio: float = 0.0
+    worst_check: str = ""
     stopped_by_time: bool = False
     seconds: float = 0.0
 
@@ -73,7 +75,8 @@ class CampaignResult:
             f"{self.checks} checks, {self.passed} passed, in {self.seconds:.0f} s"
             + (" (stopped at the time limit)" if self.stopped_by_time else ""),
             f"crashes: {len(self.crashes)}; false alarms: {len(self.false_alarms)}; "
-            f"worst passing error/tolerance: {self.worst_ratio:.3g}",
+            f"worst passing error/tolerance: {self.worst_ratio:.3g}"
+            + (f" ({self.worst_check})" if self.worst_check else ""),
         ]
         lines += [f"  CRASH {c}" for c in self.crashes[:10]]
         lines += [f"  FALSE ALARM {f}" for f in self.false_alarms[:10]]
@@ -128,8 +131,10 @@ def run_campaign(
                     result.checks += 1
                     if r.status is Status.PASS:
                         result.passed += 1
-                        if r.error is not None and r.tolerance:
-                            result.worst_ratio = max(result.worst_ratio, r.error / r.tolerance)
+                        if (r.error is not None and r.tolerance
+                                and r.error / r.tolerance > result.worst_ratio):
+                            result.worst_ratio = r.error / r.tolerance
+                            result.worst_check = f"{label} {r.check}"
                     elif r.status in (Status.FAIL, Status.ERROR):
                         result.false_alarms.append(f"{label} {r.check}: {r.message}")
         result.seeds_done.append(seed)
