@@ -300,7 +300,7 @@ def test_kfac_jax_empirical_kfac_is_batch_size_times_smaller_than_its_exact_empi
     from verify.adapters.kfac_jax_adapter import KfacJax
 
     port, batch = KfacJax(), SAME_INPUTS.batch_size
-    setup, factors, _, _ = port._kfac(SAME_INPUTS, "empirical")
+    setup, factors, *_ = port._kfac(SAME_INPUTS, "empirical")
     exact = port._explicit(SAME_INPUTS, "fisher_empirical")  # raw: w = 1 for a mean
     tol = _f64_tolerance(SAME_INPUTS, depth=len(SAME_INPUTS.layers) + 2)
     for sl, (a, s) in zip(layer_slices(SAME_INPUTS.layers), factors(setup.args), strict=True):

@@ -50,8 +50,9 @@ _OPTIMIZER_MODES = {"fisher": "fisher_exact", "ggn": "ggn_exact"}
 
 def _declined(problem: Problem, hyper: dict) -> str:
     """Why kfac-jax's `Optimizer` has no setting for `hyper` (empty when it has)."""
-    if problem.input_shape is not None:
-        return "the kfac-jax adapter registers dense layers only"
+    if hyper.get("approx", "expand") != "expand":
+        return ("kfac-jax's convolution block is K-FAC-expand (Conv2DTwoKroneckerFactored); "
+                "it has no K-FAC-reduce")
     if hyper["kind"] not in _OPTIMIZER_MODES:
         return (f"kind {hyper['kind']!r}: kfac-jax's quadratic model is F or G "
                 f"(exact_quad_model_matrix_type), never EF")
