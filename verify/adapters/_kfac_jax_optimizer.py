@@ -29,8 +29,10 @@ Declined (`NotImplementedError`, reported as skip), each because kfac-jax has no
 for it: `ema_bias_correction=False`; `stats_every > inverse_every` (kfac-jax raises
 `ValueError`); kind `empirical` (the quadratic model of rho and eqs. 26-27 is F or G,
 `exact_quad_model_matrix_type` has no EF, and `fisher_empirical`'s S carries an extra 1/B:
-docs/findings.md, kfac-jax finding 4); kind `ggn` for nll_probs (finding 5); convolutional
-problems. What kfac-jax does differently with the settings above is not patched: the harness
+docs/findings.md, kfac-jax finding 4); kind `ggn` for nll_probs (finding 5); on convolutional
+problems (PROTOCOL s12) `hyper["approx"] = "reduce"` (kfac-jax's conv block is expand, finding
+13; expand needs no option: the registered convolutions drive the optimizer, finding 16).
+What kfac-jax does differently with the settings above is not patched: the harness
 reports it (docs/findings.md, kfac-jax finding 9).
 """
 

@@ -1,7 +1,10 @@
 """`kfac-jax` (DeepMind, 0.0.8): exact curvature and K-FAC behind the protocol.
 
 kfac-jax is used as its documentation tells a user to: the network is written in JAX with
-every dense layer registered by `kfac_jax.register_dense(s, a, kernel, bias)` and the loss
+every dense layer registered by `kfac_jax.register_dense(s, a, kernel, bias)`, every
+convolution (PROTOCOL s12) by `kfac_jax.register_conv2d(s, image, kernel, bias, **params)`
+with the `conv_general_dilated` parameters (NCHW images, HWIO kernels:
+`verify.adapters._jax_conv`), and the loss
 registered on the network output (`register_squared_error_loss`,
 `register_softmax_cross_entropy_loss`, `register_sigmoid_cross_entropy_loss`,
 `register_categorical_predictive_distribution`); the curvature comes from its estimator
@@ -13,7 +16,8 @@ classes, which are what `kfac_jax.Optimizer` runs internally:
     hessian                hvp against every basis vector
     ggn, fisher,           ExplicitExactCurvature, estimation_mode ggn_exact / fisher_exact /
     empirical_fisher       fisher_empirical, `to_dense_matrix`
-    kfac_factors           BlockDiagonalCurvature (DenseTwoKroneckerFactored blocks), modes
+    kfac_factors           BlockDiagonalCurvature (DenseTwoKroneckerFactored blocks,
+                           Conv2DTwoKroneckerFactored for convolutions: s12's expand), modes
                            fisher_exact / ggn_exact / fisher_empirical: the blocks' two factors
     kfac_solve             the same estimator, `update_cache` + `multiply_inverse(...,
                            use_cached=True)` with `exact_power=True` ("eigen": eigenbases of the
@@ -33,7 +37,18 @@ Layout (no numbers touched): parameters are Flax-layout `[{"kernel": (n_in, n_ou
 `ravel_pytree` order and `ngd_ref.from_flax`. A dense block's factors are over the array
 `[kernel; bias]` of shape `(n_in + 1, n_out)` = `Wbar^T`, whose row-major vectorization is the
 canonical `vec(Wbar)`; its input factor has the bias coordinate last, so `(A, S)` are the
-protocol's (PROTOCOL s4) as they stand.
+protocol's (PROTOCOL s4) as they stand. A convolution's kernel is HWIO `(k_h, k_w, c_in,
+c_out)`, `K[u, v, c, o] = W[o, (c,u,v)]`; its block flattens it to `(k_h k_w c_in, c_out)`, so
+its `A` is over the patch in (kernel row, kernel column, channel) order, bias last, and is
+permuted to the protocol's (channel, kernel row, kernel column) order.
+
+Convolutions (PROTOCOL s12; docs/findings.md, kfac-jax findings 13-15): a
+`Conv2DTwoKroneckerFactored` block normalizes both factors by `B T` (T output positions) and
+carries `fixed_scale() = T`; its curvature is `fixed_scale * (A (x) S)`
+(`CurvatureBlock.multiply_matpower`), which is s12's K-FAC-expand with `A_l = T A`,
+`S_l = S`: the adapter returns `(fixed_scale * A, S)` for every block (dense blocks: scale 1),
+and the solves are kfac-jax's own (the scale is applied inside `multiply_inverse`).
+kfac-jax has no K-FAC-reduce: `approx="reduce"` on a convolutional problem is declined.
 
 Loss conventions, with their documented constants (kfac-jax registration docstrings):
 
