@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ngd_ref import Problem, flatten, unflatten
+from ngd_ref import Conv2d, Layer, Problem, flatten, unflatten
 from ngd_ref._losses_jax import get_jax_loss
 from verify.adapters._jax_conv import conv_preactivation, hwio_kernel, weight_matrix
 
-__all__ = ["JaxModel", "activation", "jax_model", "preactivation"]
+__all__ = ["JaxModel", "activation", "jax_model"]
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -83,7 +83,7 @@ class JaxModel:
         return ravel_pytree(self.tree(vector))[0]
 
 
-def _weight(layer, kernel: Any) -> np.ndarray:
+def _weight(layer: Layer | Conv2d, kernel: Any) -> np.ndarray:
     """A layer's kernel -> `W (n_out, n_in)` of PROTOCOL s1 (s12 for a convolution)."""
     return weight_matrix(layer, kernel) if layer.is_convolution else np.asarray(kernel).T
 
@@ -96,7 +96,7 @@ def _tree(problem: Problem, vector: np.ndarray) -> list[dict[str, jax.Array]]:
                                                                np.asarray(vector)), strict=True)]
 
 
-def preactivation(layer, params: dict[str, Any], a: jax.Array) -> jax.Array:
+def _preactivation(layer: Layer | Conv2d, params: dict[str, Any], a: jax.Array) -> jax.Array:
     """`s` of one layer on the flattened input `a`, flattened (channel-major for a conv)."""
     if layer.is_convolution:
         _, s, _ = conv_preactivation(layer, params["kernel"], params["bias"], a)
@@ -113,7 +113,7 @@ def jax_model(problem: Problem) -> JaxModel:
     def apply(params, inputs):
         a = inputs
         for layer, prm, phi in zip(problem.layers, params, acts, strict=True):
-            a = phi(preactivation(layer, prm, a))
+            a = phi(_preactivation(layer, prm, a))
         return a
 
     def loss(params, inputs, targets):
