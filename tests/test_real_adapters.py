@@ -266,6 +266,7 @@ def test_kfac_jax_declines_losses_it_has_no_registration_for(loss):
     assert set(statuses.values()) == {Status.SKIP}
 
 
+@pytest.mark.usefixtures("x64")  # calls private methods: float64 needs x64
 def test_kfac_jax_nll_probs_fisher_passes_and_its_ggn_is_the_logit_ggn():
     """Convention: kfac-jax's GGN is at the registered logits, so nll_probs' G has no map.
 
@@ -288,6 +289,7 @@ def test_kfac_jax_nll_probs_fisher_passes_and_its_ggn_is_the_logit_ggn():
     assert compare(logit_ggn, ref.ggn, tolerance=tol).error > 100 * tol
 
 
+@pytest.mark.usefixtures("x64")  # calls private methods: float64 needs x64
 def test_kfac_jax_empirical_kfac_is_batch_size_times_smaller_than_its_exact_empirical_fisher():
     """Convention (documented, inconsistent): `fisher_empirical` K-FAC divides S by B again.
 
@@ -300,7 +302,7 @@ def test_kfac_jax_empirical_kfac_is_batch_size_times_smaller_than_its_exact_empi
     from verify.adapters.kfac_jax_adapter import KfacJax
 
     port, batch = KfacJax(), SAME_INPUTS.batch_size
-    setup, factors, _, _ = port._kfac(SAME_INPUTS, "empirical")
+    setup, factors, *_ = port._kfac(SAME_INPUTS, "empirical")
     exact = port._explicit(SAME_INPUTS, "fisher_empirical")  # raw: w = 1 for a mean
     tol = _f64_tolerance(SAME_INPUTS, depth=len(SAME_INPUTS.layers) + 2)
     for sl, (a, s) in zip(layer_slices(SAME_INPUTS.layers), factors(setup.args), strict=True):
@@ -309,6 +311,7 @@ def test_kfac_jax_empirical_kfac_is_batch_size_times_smaller_than_its_exact_empi
         assert compare(block, exact[sl, sl], tolerance=tol).error > 100 * tol
 
 
+@pytest.mark.usefixtures("x64")  # calls private methods: float64 needs x64
 def test_kfac_jax_cached_pi_adjusted_inverse_ignores_per_block_damping_scale():
     """Bug: `update_cache` drops `norm_to_scale_identity_weight_per_block` (kfac-jax 0.0.8).
 

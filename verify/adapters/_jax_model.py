@@ -4,7 +4,9 @@ Shared by the `optax` and `kfac-jax` adapters. Parameters are `[{"kernel": (n_in
 "bias": (n_out,)}, ...]` (`ngd_ref.to_flax`), the network is `a = phi(a_prev @ kernel + bias)`
 and the objective is `h = c sum_b L(y_b, z_b)` with the per-example losses of
 `ngd_ref._losses_jax` (PROTOCOL s2), `c = 1/B` or 1. Converting results back to the
-canonical layout goes through `ngd_ref.from_flax`, so no number is touched on the way.
+canonical layout goes through `ngd_ref.from_flax`, so no number is touched on the way. A
+convolution (PROTOCOL s12) is `{"kernel": (k_h, k_w, c_in, c_out), "bias": (c_out,)}` on
+NCHW images (`verify.adapters._jax_conv`), its output flattened channel-major.
 Float64 needs a 64-bit context (`verify.adapters._x64`; the adapters' methods run in one):
 this module leaves JAX's global flag alone.
 """
@@ -20,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ngd_ref import Problem, from_flax, to_flax
+from ngd_ref import Conv2d, Layer, Problem, flatten, unflatten
 from ngd_ref._losses_jax import get_jax_loss
+from verify.adapters._jax_conv import conv_preactivation, hwio_kernel, weight_matrix
 
 __all__ = ["JaxModel", "activation", "jax_model"]
 
@@ -63,11 +66,12 @@ class JaxModel:
 
     def canonical(self, tree: Any) -> np.ndarray:
         """A params-shaped pytree -> canonical `(n,)` vector."""
-        return from_flax([(np.asarray(t["kernel"]), np.asarray(t["bias"])) for t in tree])
+        return flatten([(_weight(layer, t["kernel"]), np.asarray(t["bias"]))
+                        for layer, t in zip(self.problem.layers, tree, strict=True)])
 
     def tree(self, vector: np.ndarray) -> Any:
         """Canonical `(n,)` vector -> params-shaped pytree."""
-        return jax.tree.map(jnp.asarray, to_flax(self.problem.layers, np.asarray(vector)))
+        return _tree(self.problem, vector)
 
     def from_raveled(self, flat: jax.Array) -> np.ndarray:
         """A vector in `ravel_pytree(params)` order -> canonical."""
@@ -79,22 +83,43 @@ class JaxModel:
         return ravel_pytree(self.tree(vector))[0]
 
 
+def _weight(layer: Layer | Conv2d, kernel: Any) -> np.ndarray:
+    """A layer's kernel -> `W (n_out, n_in)` of PROTOCOL s1 (s12 for a convolution)."""
+    return weight_matrix(layer, kernel) if layer.is_convolution else np.asarray(kernel).T
+
+
+def _tree(problem: Problem, vector: np.ndarray) -> list[dict[str, jax.Array]]:
+    """Canonical `(n,)` vector -> `[{"kernel", "bias"}, ...]` (HWIO kernels for convolutions)."""
+    return [{"kernel": jnp.asarray(hwio_kernel(layer, w) if layer.is_convolution else w.T),
+             "bias": jnp.asarray(b)}
+            for layer, (w, b) in zip(problem.layers, unflatten(problem.layers,
+                                                               np.asarray(vector)), strict=True)]
+
+
+def _preactivation(layer: Layer | Conv2d, params: dict[str, Any], a: jax.Array) -> jax.Array:
+    """`s` of one layer on the flattened input `a`, flattened (channel-major for a conv)."""
+    if layer.is_convolution:
+        _, s, _ = conv_preactivation(layer, params["kernel"], params["bias"], a)
+        return s.reshape(a.shape[0], -1)
+    return a @ params["kernel"] + params["bias"]
+
+
 def jax_model(problem: Problem) -> JaxModel:
-    """Translate a problem (PROTOCOL s1-s2) into a JAX model and loss."""
+    """Translate a problem (PROTOCOL s1-s2, s12) into a JAX model and loss."""
     acts = [activation(layer.activation) for layer in problem.layers]
     per_example = get_jax_loss(problem.loss).value
     scale = problem.scale
 
     def apply(params, inputs):
         a = inputs
-        for layer, phi in zip(params, acts, strict=True):
-            a = phi(a @ layer["kernel"] + layer["bias"])
+        for layer, prm, phi in zip(problem.layers, params, acts, strict=True):
+            a = phi(_preactivation(layer, prm, a))
         return a
 
     def loss(params, inputs, targets):
         z = apply(params, inputs)
         return scale * jnp.sum(jax.vmap(per_example)(targets, z))
 
-    params = jax.tree.map(jnp.asarray, to_flax(problem.layers, problem.params))
+    params = _tree(problem, problem.params)
     return JaxModel(problem, params, jnp.asarray(problem.inputs), jnp.asarray(problem.targets),
                     apply, loss, per_example, scale)

@@ -29,8 +29,10 @@ Declined (`NotImplementedError`, reported as skip), each because kfac-jax has no
 for it: `ema_bias_correction=False`; `stats_every > inverse_every` (kfac-jax raises
 `ValueError`); kind `empirical` (the quadratic model of rho and eqs. 26-27 is F or G,
 `exact_quad_model_matrix_type` has no EF, and `fisher_empirical`'s S carries an extra 1/B:
-docs/findings.md, kfac-jax finding 4); kind `ggn` for nll_probs (finding 5); convolutional
-problems. What kfac-jax does differently with the settings above is not patched: the harness
+docs/findings.md, kfac-jax finding 4); kind `ggn` for nll_probs (finding 5); on convolutional
+problems (PROTOCOL s12) `hyper["approx"] = "reduce"` (kfac-jax's conv block is expand, finding
+13; expand needs no option: the registered convolutions drive the optimizer, finding 16).
+What kfac-jax does differently with the settings above is not patched: the harness
 reports it (docs/findings.md, kfac-jax finding 9).
 """
 
@@ -50,8 +52,9 @@ _OPTIMIZER_MODES = {"fisher": "fisher_exact", "ggn": "ggn_exact"}
 
 def _declined(problem: Problem, hyper: dict) -> str:
     """Why kfac-jax's `Optimizer` has no setting for `hyper` (empty when it has)."""
-    if problem.input_shape is not None:
-        return "the kfac-jax adapter registers dense layers only"
+    if hyper.get("approx", "expand") != "expand":
+        return ("kfac-jax's convolution block is K-FAC-expand (Conv2DTwoKroneckerFactored); "
+                "it has no K-FAC-reduce")
     if hyper["kind"] not in _OPTIMIZER_MODES:
         return (f"kind {hyper['kind']!r}: kfac-jax's quadratic model is F or G "
                 f"(exact_quad_model_matrix_type), never EF")

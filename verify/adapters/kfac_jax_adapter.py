@@ -1,7 +1,10 @@
 """`kfac-jax` (DeepMind, 0.0.8): exact curvature and K-FAC behind the protocol.
 
 kfac-jax is used as its documentation tells a user to: the network is written in JAX with
-every dense layer registered by `kfac_jax.register_dense(s, a, kernel, bias)` and the loss
+every dense layer registered by `kfac_jax.register_dense(s, a, kernel, bias)`, every
+convolution (PROTOCOL s12) by `kfac_jax.register_conv2d(s, image, kernel, bias, **params)`
+with the `conv_general_dilated` parameters (NCHW images, HWIO kernels:
+`verify.adapters._jax_conv`), and the loss
 registered on the network output (`register_squared_error_loss`,
 `register_softmax_cross_entropy_loss`, `register_sigmoid_cross_entropy_loss`,
 `register_categorical_predictive_distribution`); the curvature comes from its estimator
@@ -13,7 +16,8 @@ classes, which are what `kfac_jax.Optimizer` runs internally:
     hessian                hvp against every basis vector
     ggn, fisher,           ExplicitExactCurvature, estimation_mode ggn_exact / fisher_exact /
     empirical_fisher       fisher_empirical, `to_dense_matrix`
-    kfac_factors           BlockDiagonalCurvature (DenseTwoKroneckerFactored blocks), modes
+    kfac_factors           BlockDiagonalCurvature (DenseTwoKroneckerFactored blocks,
+                           Conv2DTwoKroneckerFactored for convolutions: s12's expand), modes
                            fisher_exact / ggn_exact / fisher_empirical: the blocks' two factors
     kfac_solve             the same estimator, `update_cache` + `multiply_inverse(...,
                            use_cached=True)` with `exact_power=True` ("eigen": eigenbases of the
@@ -33,7 +37,18 @@ Layout (no numbers touched): parameters are Flax-layout `[{"kernel": (n_in, n_ou
 `ravel_pytree` order and `ngd_ref.from_flax`. A dense block's factors are over the array
 `[kernel; bias]` of shape `(n_in + 1, n_out)` = `Wbar^T`, whose row-major vectorization is the
 canonical `vec(Wbar)`; its input factor has the bias coordinate last, so `(A, S)` are the
-protocol's (PROTOCOL s4) as they stand.
+protocol's (PROTOCOL s4) as they stand. A convolution's kernel is HWIO `(k_h, k_w, c_in,
+c_out)`, `K[u, v, c, o] = W[o, (c,u,v)]`; its block flattens it to `(k_h k_w c_in, c_out)`, so
+its `A` is over the patch in (kernel row, kernel column, channel) order, bias last, and is
+permuted to the protocol's (channel, kernel row, kernel column) order.
+
+Convolutions (PROTOCOL s12; docs/findings.md, kfac-jax findings 13-15): a
+`Conv2DTwoKroneckerFactored` block normalizes both factors by `B T` (T output positions) and
+carries `fixed_scale() = T`; its curvature is `fixed_scale * (A (x) S)`
+(`CurvatureBlock.multiply_matpower`), which is s12's K-FAC-expand with `A_l = T A`,
+`S_l = S`: the adapter returns `(fixed_scale * A, S)` for every block (dense blocks: scale 1),
+and the solves are kfac-jax's own (the scale is applied inside `multiply_inverse`).
+kfac-jax has no K-FAC-reduce: `approx="reduce"` on a convolutional problem is declined.
 
 Loss conventions, with their documented constants (kfac-jax registration docstrings):
 
@@ -73,6 +88,7 @@ from typing import Any
 import numpy as np
 
 from ngd_ref import Problem
+from verify.adapters._jax_conv import conv_preactivation, hwio_patch_order
 from verify.adapters._jax_model import JaxModel, activation, jax_model
 from verify.adapters._kfac_jax_optimizer import KfacJaxOptimizerMixin
 from verify.adapters._x64 import in_x64
@@ -114,6 +130,7 @@ class KfacJax(KfacJaxOptimizerMixin):
 
     name = "kfac-jax"
     dtype = "float64"
+    layer_kinds = ("dense", "conv2d")  # PROTOCOL s12: `register_conv2d`, NCHW / HWIO
 
     def __init__(self) -> None:
         import kfac_jax  # noqa: F401 -- fail at construction when absent
@@ -135,10 +152,18 @@ class KfacJax(KfacJaxOptimizerMixin):
 
         def func(params, batch, register_layers=True):
             a, targets = batch
-            for i, (layer, phi) in enumerate(zip(params, acts, strict=True)):
-                s = a @ layer["kernel"] + layer["bias"]
-                if register_layers:
-                    s = kfac_jax.register_dense(s, a, layer["kernel"], layer["bias"])
+            for i, (layer, prm, phi) in enumerate(zip(problem.layers, params, acts,
+                                                       strict=True)):
+                if layer.is_convolution:  # PROTOCOL s12, NCHW / HWIO (`_jax_conv`)
+                    image, s, options = conv_preactivation(layer, prm["kernel"], prm["bias"], a)
+                    if register_layers:
+                        s = kfac_jax.register_conv2d(s, image, prm["kernel"], prm["bias"],
+                                                     **options)
+                    s = s.reshape(a.shape[0], -1)
+                else:
+                    s = a @ prm["kernel"] + prm["bias"]
+                    if register_layers:
+                        s = kfac_jax.register_dense(s, a, prm["kernel"], prm["bias"])
                 if i == last and problem.loss == "nll_probs":
                     # the softmax is the categorical distribution's link: register its logits
                     kfac_jax.register_categorical_predictive_distribution(s, targets, weight=weight)
@@ -223,7 +248,8 @@ class KfacJax(KfacJaxOptimizerMixin):
         """Build the K-FAC estimator, jitted `factors(args)` and `solve(args, v, damping, exact)`.
 
         Both start from a fresh state and run one exact update in `kind`'s estimation mode.
-        Also returns `k`, with protocol `S = k *` kfac-jax's `S` (module docstring).
+        Also returns `k`, with protocol `S = k *` kfac-jax's `S` (module docstring), and the
+        estimator's blocks, one per layer (`_protocol_pairs` reads their `fixed_scale`).
         """
         import jax
         import kfac_jax
@@ -267,10 +293,8 @@ class KfacJax(KfacJaxOptimizerMixin):
             )
 
         estimate(setup.args)  # finalizes the estimator: its blocks exist from here on
-        if any(block.fixed_scale() != 1.0 for block in estimator.blocks):
-            raise NotImplementedError("a kfac-jax block carries a scale; dense blocks carry none")
         k = 1.0 / problem.scale if kind == "empirical" else 1.0
-        return setup, factors, solve, k
+        return setup, factors, solve, k, _checked_blocks(problem, estimator.blocks)
 
     @staticmethod
     def _sampled_kfac(problem: Problem, estimator: str, num_samples: int, vmap: bool = True):
@@ -283,7 +307,7 @@ class KfacJax(KfacJaxOptimizerMixin):
         the problem (`verify.harness.fresh_problem`), and problems hash by identity.
         """
         return KfacJax._setup(problem), _compiled_sampled(problem, estimator, int(num_samples),
-                                                          vmap)
+                                                          vmap)[0]
 
     # -- capabilities ------------------------------------------------------------------------
     def loss(self, problem: Problem):
@@ -324,41 +348,105 @@ class KfacJax(KfacJaxOptimizerMixin):
         """Dense EF: `ExplicitExactCurvature`, mode `fisher_empirical`, divided by `w`."""
         return self._explicit(problem, "fisher_empirical") / self._setup(problem).weight
 
-    def kfac_factors(self, problem: Problem, kind: str):
-        """`[(A_l, S_l)]`: the dense blocks' factors (`S` times `k` for kind empirical)."""
+    def kfac_factors(self, problem: Problem, kind: str, approx: str = "expand"):
+        """`[(A_l, S_l)]`: the blocks' factors (`_protocol_pairs`), `S` times `k` (empirical).
+
+        `A` is times the block's `fixed_scale` (T for a convolution, in the protocol's patch
+        order); `approx="reduce"` on a convolutional problem is declined (module docstring).
+        """
+        _decline_reduce(problem, approx)
         if kind == "ggn":
             self._decline_ggn(problem)
-        setup, factors, _, k = self._kfac(problem, kind)
-        return [
-            (np.asarray(a, dtype=np.float64), k * np.asarray(s, dtype=np.float64))
-            for a, s in factors(setup.args)
-        ]
+        setup, factors, _, k, blocks = self._kfac(problem, kind)
+        return _protocol_pairs(problem, blocks, factors(setup.args), k)
 
-    def kfac_solve(self, problem: Problem, v, damping, method, kind="fisher"):
+    def kfac_solve(self, problem: Problem, v, damping, method, kind="fisher",
+                   approx: str = "expand"):
         """Damped K-FAC solve: cached `multiply_inverse`, exact ("eigen") or pi-adjusted."""
         if method not in ("eigen", "factored"):
             raise NotImplementedError(f"unknown damping method {method!r}")
+        _decline_reduce(problem, approx)
         if kind == "ggn":
             self._decline_ggn(problem)
-        setup, _, solve, k = self._kfac(problem, kind)
+        setup, _, solve, k, _ = self._kfac(problem, kind)
         out = solve(setup.args, setup.model.tree(np.asarray(v)), damping / k, method == "eigen")
         return setup.model.canonical(out) / k
 
     def mc_kfac_factors(self, problem: Problem, num_samples: int, seed: int,
-                        estimator: str = "targets"):
-        """`[(A_l, S_l)]` of mode fisher_gradients / fisher_curvature_prop (s11), unscaled."""
-        setup, factors = self._sampled_kfac(problem, estimator, int(num_samples))
-        return [(np.asarray(a, dtype=np.float64), np.asarray(s, dtype=np.float64))
-                for a, s in factors(setup.args, int(seed))]
+                        estimator: str = "targets", approx: str = "expand"):
+        """`[(A_l, S_l)]` of mode fisher_gradients / fisher_curvature_prop (s11).
+
+        Mapped as `kfac_factors`' (`_protocol_pairs`, no constant on S).
+        """
+        _decline_reduce(problem, approx)
+        setup = self._setup(problem)
+        factors, curvature = _compiled_sampled(problem, estimator, int(num_samples), True)
+        raw = factors(setup.args, int(seed))
+        return _protocol_pairs(problem, _checked_blocks(problem, curvature.blocks), raw)
+
+
+def _decline_reduce(problem: Problem, approx: str) -> None:
+    """kfac-jax's convolution block is s12's expand; reduce has no counterpart (declined)."""
+    if approx not in ("expand", "reduce"):
+        raise NotImplementedError(f"unknown K-FAC approximation {approx!r}")
+    if approx == "reduce" and not problem.dense_only:
+        raise NotImplementedError(
+            "kfac-jax's Conv2DTwoKroneckerFactored is K-FAC-expand (KFC); it has no "
+            "K-FAC-reduce (docs/findings.md)")
+
+
+def _checked_blocks(problem: Problem, blocks) -> tuple:
+    """The estimator's blocks, checked to be one Kronecker block of the layer's kind per layer.
+
+    Raises:
+        NotImplementedError: another block structure (then the factors have no mapping here).
+    """
+    import kfac_jax
+
+    kinds = [kfac_jax.Conv2DTwoKroneckerFactored if layer.is_convolution
+             else kfac_jax.DenseTwoKroneckerFactored for layer in problem.layers]
+    blocks = tuple(blocks)
+    if len(blocks) != len(kinds) or not all(
+            type(block) is kind for block, kind in zip(blocks, kinds, strict=True)):
+        raise NotImplementedError(f"kfac-jax built blocks {[type(b).__name__ for b in blocks]} "
+                                  f"for layers {[layer.kind for layer in problem.layers]}")
+    return blocks
+
+
+def _protocol_pairs(problem: Problem, blocks: tuple, raw, k: float = 1.0) -> list:
+    """kfac-jax's block factors -> PROTOCOL s4 / s12 (expand) `(A_l, S_l)` (layout, constants).
+
+    A kfac-jax block's curvature is `fixed_scale * (A (x) S)` (`CurvatureBlock.multiply_matpower`
+    scales by `self.scale`); a dense block's `fixed_scale` is 1 and a convolution's
+    (`Conv2DTwoKroneckerFactored.fixed_scale`) is its number of output positions T, while
+    both of its factors are normalized by `B T` (`compute_inputs_stats`,
+    `compute_outputs_stats`): `A_l = T A`, `S_l = S` (docs/findings.md). A convolution's
+    `A` is over the HWIO patch order and is permuted to the protocol's
+    (`verify.adapters._jax_conv.hwio_patch_order`).
+    """
+    out = []
+    for layer, block, (a, s) in zip(problem.layers, blocks, raw, strict=True):
+        a = float(block.fixed_scale()) * np.asarray(a, dtype=np.float64)
+        if layer.is_convolution:
+            order = np.argsort(hwio_patch_order(layer))
+            a = a[np.ix_(order, order)]
+        out.append((a, k * np.asarray(s, dtype=np.float64)))
+    return out
 
 
 
-#: jitted sampled-mode factors by (structure, estimator, S, vmap); oldest evicted past 64
-_COMPILED: dict[tuple, Callable] = {}
+#: jitted sampled-mode factors and their estimator by (structure, estimator, S, vmap); oldest
+#: evicted past 64
+_COMPILED: dict[tuple, tuple[Callable, Any]] = {}
 
 
 def _compiled_sampled(problem: Problem, estimator: str, num_samples: int, vmap: bool):
-    """The jitted sampled-mode factors of `problem`'s structure (compiled once per key)."""
+    """The jitted sampled-mode factors of `problem`'s structure (compiled once per key).
+
+    Returns:
+        `(factors, estimator)`: the function and the estimator whose blocks its factors are
+        (the blocks exist from the first call on).
+    """
     import jax
     import kfac_jax
 
@@ -384,8 +472,8 @@ def _compiled_sampled(problem: Problem, estimator: str, num_samples: int, vmap: 
 
     if len(_COMPILED) >= 64:
         _COMPILED.pop(next(iter(_COMPILED)))
-    _COMPILED[key] = factors
-    return factors
+    _COMPILED[key] = factors, curvature
+    return factors, curvature
 
 
 def _one_exact_update(estimator, state, rng, args, batch_size: int):
