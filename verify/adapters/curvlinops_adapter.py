@@ -41,7 +41,8 @@ import functools
 
 import numpy as np
 
-from ngd_ref import Problem, from_torch, layer_slices
+from ngd_ref import Problem
+from verify.adapters._torch_model import torch_inputs, torch_order, torch_sequential
 
 __all__ = ["Curvlinops"]
 
@@ -53,6 +54,7 @@ class Curvlinops:
 
     name = "curvlinops"
     dtype = "float64"
+    layer_kinds = ("dense", "conv2d")  # PROTOCOL s12: nn.Conv2d (verify.adapters._torch_model)
 
     def __init__(self) -> None:
         # torch's global default dtype is left alone: every tensor is built float64 explicitly,
@@ -69,24 +71,10 @@ class Curvlinops:
         if problem.loss not in _LOSSES:
             raise NotImplementedError(f"curvlinops has no loss for {problem.loss!r}")
         # softmax (last layer only, PROTOCOL s1) over the output features of a (B, C) batch
-        acts = {"identity": nn.Identity, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU,
-                "softplus": nn.Softplus, "softmax": functools.partial(nn.Softmax, dim=-1)}
-        unmapped = sorted({layer.activation for layer in problem.layers} - set(acts))
-        if unmapped:
-            raise NotImplementedError(f"no torch module mapped for activation(s) {unmapped}")
-        modules = []
-        for layer, (w, b) in zip(problem.layers, _unflatten(problem), strict=True):
-            linear = nn.Linear(layer.n_in, layer.n_out).double()
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(w))
-                linear.bias.copy_(torch.from_numpy(b))
-            modules.append(linear)
-            if layer.activation != "identity":
-                modules.append(acts[layer.activation]())
-        model = nn.Sequential(*modules).double()
+        model = torch_sequential(problem, softmax_output=True)
         loss_func = {"mse": nn.MSELoss, "softmax_cross_entropy": nn.CrossEntropyLoss,
                      "sigmoid_cross_entropy": nn.BCEWithLogitsLoss}[problem.loss](reduction="sum")
-        x = torch.from_numpy(np.array(problem.inputs))
+        x = torch_inputs(problem)
         y = torch.from_numpy(np.array(problem.targets))
         params = [p for p in model.parameters()]
         # H, G, S (fisher/ggn) are linear in the loss: k = c/2 for mse; EF and S (empirical)
@@ -95,22 +83,13 @@ class Curvlinops:
         return model, loss_func, params, [(x, y)], (problem.scale * half, problem.scale * half**2)
 
     def _to_torch_order(self, problem: Problem, v) -> np.ndarray:
-        """Canonical -> `[vec_row(W_1), b_1, ...]`."""
-        pieces = []
-        for layer, sl in zip(problem.layers, layer_slices(problem.layers), strict=True):
-            wbar = np.asarray(v)[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
-            pieces += [wbar[:, :-1].reshape(-1), wbar[:, -1]]
-        return np.concatenate(pieces)
+        """Canonical -> `[vec_row(W_1), b_1, ...]` (`torch_order`)."""
+        return np.asarray(v, dtype=np.float64)[torch_order(problem)]
 
     def _from_torch_order(self, problem: Problem, flat) -> np.ndarray:
-        flat, out, start = np.asarray(flat, dtype=np.float64), [], 0
-        for layer in problem.layers:
-            w = flat[start: start + layer.n_in * layer.n_out].reshape(layer.n_out, layer.n_in)
-            start += layer.n_in * layer.n_out
-            b = flat[start: start + layer.n_out]
-            start += layer.n_out
-            out.append((w, b))
-        return from_torch(out)
+        out = np.empty(problem.n_params)
+        out[torch_order(problem)] = np.asarray(flat, dtype=np.float64)
+        return out
 
     def _operator(self, problem: Problem, which: str):
         import curvlinops
@@ -157,7 +136,7 @@ class Curvlinops:
         """`EF v`."""
         return self._product(problem, "empirical_fisher", v)
 
-    def _kfac(self, problem: Problem, kind: str):
+    def _kfac(self, problem: Problem, kind: str, approx: str = "expand"):
         import curvlinops
 
         model, loss_func, params, data, (linear, quadratic) = self._setup(problem)
@@ -165,33 +144,36 @@ class Curvlinops:
         # the constructor computes the factors; calling compute_kronecker_factors() again would
         # accumulate a second copy on top (docs/findings.md)
         kfac = curvlinops.KFACLinearOperator(model, loss_func, params, data,
-                                             fisher_type=fisher_type,
+                                             fisher_type=fisher_type, kfac_approx=approx,
                                              separate_weight_and_bias=False)
         return kfac, quadratic if kind == "empirical" else linear
 
-    def kfac_factors(self, problem: Problem, kind: str):
-        """`[(A_l, S_l)]` from curvlinops' input and gradient covariances (times the factor k)."""
-        kfac, factor = self._kfac(problem, kind)
+    def kfac_factors(self, problem: Problem, kind: str, approx: str = "expand"):
+        """`[(A_l, S_l)]` from curvlinops' input and gradient covariances (times the factor k).
+
+        `approx` is curvlinops' `kfac_approx` (PROTOCOL s12; both are s4's for a dense layer).
+        """
+        kfac, factor = self._kfac(problem, kind, approx)
         out = []
-        for name in kfac._mapping:  # one entry per Linear module, in order
+        for name in kfac._mapping:  # one entry per Linear / Conv2d module, in order
             a = kfac._input_covariances[name].detach().numpy()
             s = kfac._gradient_covariances[name].detach().numpy()
             out.append((a, factor * s))
         return out
 
-    def kfac_solve(self, problem: Problem, v, damping, method, kind="fisher"):
+    def kfac_solve(self, problem: Problem, v, damping, method, kind="fisher",
+                   approx: str = "expand"):
         """Damped K-FAC solve with `KFACInverseLinearOperator` (exact or heuristic damping)."""
         import curvlinops
         import torch
 
-        kfac, factor = self._kfac(problem, kind)
+        kfac, factor = self._kfac(problem, kind, approx)
         # curvlinops damps its own (unscaled) matrix: K-FAC of k^-1 C, so solve with damping/k.
         inverse = curvlinops.KFACInverseLinearOperator(
             kfac, damping=damping / factor, use_exact_damping=method == "eigen",
             use_heuristic_damping=method == "factored")
         out = inverse @ torch.from_numpy(self._to_torch_order(problem, v))
         return self._from_torch_order(problem, out.detach().numpy()) / factor
-
 
     # -- sampled (s11) ---------------------------------------------------------------------
     def _fisher_mc(self, problem: Problem, num_samples: int, seed: int):
@@ -235,9 +217,3 @@ class Curvlinops:
         return [(kfac._input_covariances[name].detach().numpy(),
                  linear * kfac._gradient_covariances[name].detach().numpy())
                 for name in kfac._mapping]
-
-
-def _unflatten(problem: Problem):
-    from ngd_ref import unflatten
-
-    return [(np.array(w), np.array(b)) for w, b in unflatten(problem.layers, problem.params)]
