@@ -108,12 +108,25 @@ class Curvlinops:
         return factor * self._from_torch_order(problem, out.detach().numpy())
 
     def _dense(self, problem: Problem, which: str) -> np.ndarray:
+        """The operator on the identity, one matrix product (as `mc_fisher`)."""
+        import torch
+
+        op, factor = self._operator(problem, which)
+        return factor * self._columns(problem, op @ torch.from_numpy(self._basis(problem)))
+
+    def _basis(self, problem: Problem) -> np.ndarray:
+        """The canonical identity's columns in torch order, `(n, n)`."""
         n = problem.n_params
-        return np.stack([self._product(problem, which, e) for e in np.eye(n)], axis=1)
+        return np.stack([self._to_torch_order(problem, e) for e in np.eye(n)], axis=1)
+
+    def _columns(self, problem: Problem, out) -> np.ndarray:
+        """`(n, k)` torch-order columns -> canonical-order columns."""
+        return np.stack([self._from_torch_order(problem, col) for col in out.detach().numpy().T],
+                        axis=1)
 
     # -- capabilities ------------------------------------------------------------------------
     def hessian(self, problem: Problem):
-        """Dense H, one `HessianLinearOperator` product per basis vector."""
+        """Dense H, `HessianLinearOperator` applied to the identity."""
         return self._dense(problem, "hessian")
 
     def ggn(self, problem: Problem):
@@ -197,11 +210,7 @@ class Curvlinops:
         import torch
 
         op, factor = self._fisher_mc(problem, num_samples, seed)
-        n = problem.n_params
-        basis = np.stack([self._to_torch_order(problem, e) for e in np.eye(n)], axis=1)
-        out = (op @ torch.from_numpy(basis)).detach().numpy()
-        return factor * np.stack([self._from_torch_order(problem, col) for col in out.T],
-                                 axis=1)
+        return factor * self._columns(problem, op @ torch.from_numpy(self._basis(problem)))
 
     def mc_kfac_factors(self, problem: Problem, num_samples: int, seed: int,
                         estimator: str = "targets"):
