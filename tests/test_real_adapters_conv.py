@@ -116,6 +116,44 @@ def test_curvlinops_conv_swapped_approx_fails():
             {Status.PASS}
 
 
+def _mislaid(flip_kernel: bool):
+    """curvlinops with one layout mistake: HWC-flattened images, or flipped kernels (a true
+    convolution instead of s12's cross-correlation)."""
+    import copy
+
+    import torch
+
+    from verify.adapters.curvlinops_adapter import Curvlinops
+
+    class Mislaid(Curvlinops):
+        name = "curvlinops-flipped-kernel" if flip_kernel else "curvlinops-hwc-inputs"
+
+        @staticmethod
+        def _setup(problem):
+            model, loss_func, _, [(x, y)], factors = Curvlinops._setup(problem)
+            model = copy.deepcopy(model)  # the cached setup stays intact
+            if flip_kernel:
+                with torch.no_grad():
+                    for module in model:
+                        if isinstance(module, torch.nn.Conv2d):
+                            module.weight.copy_(torch.flip(module.weight, dims=(2, 3)))
+            else:
+                channels, height, width = problem.input_shape
+                x = x.reshape(x.shape[0], height, width, channels).permute(0, 3, 1, 2)
+            return model, loss_func, list(model.parameters()), [(x, y)], factors
+
+    return Mislaid()
+
+
+@pytest.mark.parametrize("flip_kernel", [False, True], ids=["hwc-inputs", "flipped-kernel"])
+def test_curvlinops_conv_layout_mistakes_fail(flip_kernel):
+    """Negative controls for the translation: pixel-major (HWC) image flattening, or a kernel
+    flip, fails the GGN product on a 2-channel 3x3 input."""
+    pytest.importorskip("curvlinops", reason=CURVLINOPS_SKIP)
+    report = run_checks(_mislaid(flip_kernel), [LAST_SIGMOID_BCE], capabilities=["ggn_vp"])
+    assert Status.FAIL in _verdicts(report)[("ggn_vp_matches_reference", LAST_SIGMOID_BCE.name)]
+
+
 def test_curvlinops_conv_declines_poisson():
     pytest.importorskip("curvlinops", reason=CURVLINOPS_SKIP)
     report = run_checks(load_adapter("curvlinops"), [POISSON], capabilities=["ggn", "kfac_factors"])

@@ -16,9 +16,14 @@ Capabilities and the extension behind each:
 - `empirical_fisher`, `empirical_fisher_vp`, `per_example_gradients` (s13): `BatchGrad`
   (`grad_batch`); `empirical_fisher_diag`: `SumGradSquared` (`sum_grad_squared`);
 - `kfac_factors_separate` (s13): `KFLR` (`kflr`: `[S, A_w]` for a weight, `[S]` for a
-  bias), kinds ggn and fisher;
+  bias), kinds ggn and fisher; on a convolution `approx="expand"` only, BackPACK's KFLR as
+  computed (neither s12 approximation, docs/findings.md), `"reduce"` declined;
 - `mc_fisher`, `mc_fisher_vp` (s11): `SqrtGGNMC(mc_samples=S)`; `mc_fisher_diag` (s11):
   `DiagGGNMC(mc_samples=S)`.
+
+Convolutions (PROTOCOL s12, `layer_kinds = ("dense", "conv2d")`): `nn.Conv2d` with NCHW
+inputs and an `nn.Flatten` after the last convolution (`verify.adapters._torch_model`); every
+extension above supports `Conv2d` and `Flatten`.
 
 Seeds (PROTOCOL s11): BackPACK draws from torch's global generator, so a call runs under
 `torch.random.fork_rng()` with `torch.manual_seed(seed)`: the draws are repeatable and the

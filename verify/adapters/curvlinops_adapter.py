@@ -1,10 +1,12 @@
 """`curvlinops` (PyTorch): Hessian, GGN, EF and K-FAC operators behind the protocol.
 
 Translation (no numbers adjusted beyond the documented constant factors below): the problem
-becomes a float64 `torch.nn.Sequential` of `Linear` + activation modules (weights `(out,
-in)`, `ngd_ref.to_torch`); curvlinops' vectors are the concatenation of the flattened
-(row-major) parameter tensors `[W_1, b_1, W_2, b_2, ...]`, mapped to the canonical layout by
-`ngd_ref.from_torch` and its inverse.
+becomes a float64 `torch.nn.Sequential` of `Linear` / `Conv2d` + activation modules
+(`verify.adapters._torch_model.torch_sequential`: weights `(out, in)`, `ngd_ref.to_torch`; a
+convolution's kernel `(c_out, c_in, k_h, k_w)` is PROTOCOL s12's `W` reshaped, NCHW inputs,
+an `nn.Flatten` after the last convolution); curvlinops' vectors are the concatenation of the
+flattened (row-major) parameter tensors `[W_1, b_1, W_2, b_2, ...]`, mapped to the canonical
+layout by `torch_order`.
 
 Activations: `identity`, `tanh`, `sigmoid`, `relu`, `softplus` and (last layer) `softmax`
 (`nn.Softmax(dim=-1)`, e.g. mse on a softmax output); any other declines the problem
@@ -24,7 +26,9 @@ Capabilities: `hessian`, `ggn`, `empirical_fisher` (dense from `HessianLinearOpe
 `kfac_factors` (`KFACLinearOperator` with `separate_weight_and_bias=False`, fisher types
 `type-2` for kinds fisher/ggn -- exact for these natural-parameter losses -- and
 `empirical`), and `kfac_solve` (`KFACInverseLinearOperator` with `use_exact_damping=True`
-for "eigen" and `use_heuristic_damping=True` for "factored").
+for "eigen" and `use_heuristic_damping=True` for "factored"). Convolutions (PROTOCOL s12,
+`layer_kinds = ("dense", "conv2d")`): `approx` is curvlinops' `kfac_approx` ("expand",
+"reduce"); its expand puts the `1/T` into `A` rather than `S` (a split, docs/findings.md).
 
 Sampled (PROTOCOL s11), curvlinops' `fisher_type="mc"`: `mc_fisher_vp` is
 `FisherMCLinearOperator(..., seed=seed, mc_samples=S) @ v`, `mc_fisher` the same operator
