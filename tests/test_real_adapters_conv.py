@@ -108,7 +108,8 @@ def test_curvlinops_conv_swapped_approx_fails():
             other = {"expand": "reduce", "reduce": "expand"}[approx]
             return super().kfac_factors(problem, kind, other)
 
-    report = run_checks(Swapped(), [NEITHER, FULL_KERNEL], capabilities=["kfac_factors"])
+    report = run_checks(load_adapter(Swapped()), [NEITHER, FULL_KERNEL],
+                        capabilities=["kfac_factors"])
     verdicts = _verdicts(report)
     for approx in ("expand", "reduce"):
         assert Status.FAIL in verdicts[(f"kfac_factors_ggn_{approx}_product", NEITHER.name)]
@@ -150,7 +151,8 @@ def test_curvlinops_conv_layout_mistakes_fail(flip_kernel):
     """Negative controls for the translation: pixel-major (HWC) image flattening, or a kernel
     flip, fails the GGN product on a 2-channel 3x3 input."""
     pytest.importorskip("curvlinops", reason=CURVLINOPS_SKIP)
-    report = run_checks(_mislaid(flip_kernel), [LAST_SIGMOID_BCE], capabilities=["ggn_vp"])
+    report = run_checks(load_adapter(_mislaid(flip_kernel)), [LAST_SIGMOID_BCE],
+                        capabilities=["ggn_vp"])
     assert Status.FAIL in _verdicts(report)[("ggn_vp_matches_reference", LAST_SIGMOID_BCE.name)]
 
 
