@@ -178,10 +178,16 @@ class TorchModel:
         return torch_order(self.problem)
 
     def canonical_columns(self, leading: int, value: Callable[[Any], Any]) -> np.ndarray:
-        """`(n, leading)` from `value(param)`, a tensor shaped `(leading, *param.shape)`."""
-        pairs = [(value(m.weight), value(m.bias)) for m in self.layer_modules]
-        return np.stack([self.canonical([(w[i], b[i]) for w, b in pairs])
-                         for i in range(leading)], axis=1)
+        """`(n, leading)` from `value(param)`, a tensor shaped `(leading, *param.shape)`.
+
+        The rows of every `value(param).reshape(leading, -1)`, concatenated in parameter
+        order, are torch-order vectors; one permutation (`torch_order`) makes them canonical.
+        """
+        flat = np.concatenate([value(p).detach().numpy().reshape(leading, -1)
+                               for m in self.layer_modules for p in (m.weight, m.bias)], axis=1)
+        out = np.empty((self.problem.n_params, leading), dtype=flat.dtype)
+        out[self.torch_order] = flat.T
+        return out
 
 
 def torch_model(problem: Problem) -> TorchModel:
