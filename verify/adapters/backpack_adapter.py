@@ -16,9 +16,14 @@ Capabilities and the extension behind each:
 - `empirical_fisher`, `empirical_fisher_vp`, `per_example_gradients` (s13): `BatchGrad`
   (`grad_batch`); `empirical_fisher_diag`: `SumGradSquared` (`sum_grad_squared`);
 - `kfac_factors_separate` (s13): `KFLR` (`kflr`: `[S, A_w]` for a weight, `[S]` for a
-  bias), kinds ggn and fisher;
+  bias), kinds ggn and fisher; on a convolution `approx="expand"` only, BackPACK's KFLR as
+  computed (neither s12 approximation, docs/findings.md), `"reduce"` declined;
 - `mc_fisher`, `mc_fisher_vp` (s11): `SqrtGGNMC(mc_samples=S)`; `mc_fisher_diag` (s11):
   `DiagGGNMC(mc_samples=S)`.
+
+Convolutions (PROTOCOL s12, `layer_kinds = ("dense", "conv2d")`): `nn.Conv2d` with NCHW
+inputs and an `nn.Flatten` after the last convolution (`verify.adapters._torch_model`); every
+extension above supports `Conv2d` and `Flatten`.
 
 Seeds (PROTOCOL s11): BackPACK draws from torch's global generator, so a call runs under
 `torch.random.fork_rng()` with `torch.manual_seed(seed)`: the draws are repeatable and the
@@ -54,6 +59,7 @@ class Backpack:
 
     name = "backpack"
     dtype = "float64"
+    layer_kinds = ("dense", "conv2d")  # PROTOCOL s12: nn.Conv2d (verify.adapters._torch_model)
 
     def __init__(self) -> None:
         import backpack  # noqa: F401 -- fail at construction when absent
@@ -85,14 +91,14 @@ class Backpack:
                           divisor: float, seed: int | None = None) -> np.ndarray:
         setup = self._backward(problem, *([extension] if extension else []), seed=seed)
         flat = setup.canonical([(getattr(m.weight, attribute), getattr(m.bias, attribute))
-                                for m in setup.linears])
+                                for m in setup.layer_modules])
         return flat / divisor
 
     def _sqrt_ggn(self, problem: Problem, extension: Any, attribute: str,
                   seed: int | None = None) -> np.ndarray:
         """`V` (n, k) with `G_torch = V V^T`, divided by `sqrt(t)` (so `V V^T` is G or F)."""
         setup = self._backward(problem, extension, seed=seed)
-        raw = getattr(setup.linears[0].weight, attribute)
+        raw = getattr(setup.layer_modules[0].weight, attribute)
         columns = raw.shape[0] * raw.shape[1]  # (C or S, B, *param.shape)
         v = setup.canonical_columns(
             columns, lambda p: getattr(p, attribute).reshape(columns, *p.shape))
@@ -177,19 +183,25 @@ class Backpack:
 
         BackPACK's weight factors `[S, A_w]` act on the row-major `vec(W)` as `S (x) A_w`,
         which is `A_w (x) S` on the protocol's column-major `vec(W)`; the bias block is `S`.
+        On a convolution BackPACK's `KFLR` is its KFC (Grosse and Martens 2016, the s12
+        `approx="expand"` it names) as computed, passed on unchanged: `A_w` is expand's, but
+        `S` sums the GGN's square root over positions before squaring (`Jb = sum_t J_{b,t}`,
+        reduce's `S`), so the weight block is neither s12 approximation (docs/findings.md).
+        BackPACK has no K-FAC-reduce: `approx="reduce"` declines on convolutional problems.
         """
         from backpack.extensions import KFLR
 
         if kind not in _KFLR_KINDS:
             raise NotImplementedError(f"BackPACK has no K-FAC of kind {kind!r}")
-        if approx != "expand":
-            raise NotImplementedError("dense layers only")
+        if approx != "expand" and not problem.dense_only:
+            raise NotImplementedError(f"BackPACK has no K-FAC approximation {approx!r} for "
+                                      f"convolutions (its KFLR is KFC's, expand)")
         return self._separate(self._backward(problem, KFLR()), "kflr")
 
     @staticmethod
     def _separate(setup: TorchModel, attribute: str):
         out = []
-        for module in setup.linears:
+        for module in setup.layer_modules:
             s_w, a_w = (x.detach().numpy() for x in getattr(module.weight, attribute))
             (s_b,) = (x.detach().numpy() for x in getattr(module.bias, attribute))
             one = np.ones((1, 1), dtype=a_w.dtype)

@@ -1,10 +1,12 @@
 """`curvlinops` (PyTorch): Hessian, GGN, EF and K-FAC operators behind the protocol.
 
 Translation (no numbers adjusted beyond the documented constant factors below): the problem
-becomes a float64 `torch.nn.Sequential` of `Linear` + activation modules (weights `(out,
-in)`, `ngd_ref.to_torch`); curvlinops' vectors are the concatenation of the flattened
-(row-major) parameter tensors `[W_1, b_1, W_2, b_2, ...]`, mapped to the canonical layout by
-`ngd_ref.from_torch` and its inverse.
+becomes a float64 `torch.nn.Sequential` of `Linear` / `Conv2d` + activation modules
+(`verify.adapters._torch_model.torch_sequential`: weights `(out, in)`, `ngd_ref.to_torch`; a
+convolution's kernel `(c_out, c_in, k_h, k_w)` is PROTOCOL s12's `W` reshaped, NCHW inputs,
+an `nn.Flatten` after the last convolution); curvlinops' vectors are the concatenation of the
+flattened (row-major) parameter tensors `[W_1, b_1, W_2, b_2, ...]`, mapped to the canonical
+layout by `torch_order`.
 
 Activations: `identity`, `tanh`, `sigmoid`, `relu`, `softplus` and (last layer) `softmax`
 (`nn.Softmax(dim=-1)`, e.g. mse on a softmax output); any other declines the problem
@@ -24,7 +26,9 @@ Capabilities: `hessian`, `ggn`, `empirical_fisher` (dense from `HessianLinearOpe
 `kfac_factors` (`KFACLinearOperator` with `separate_weight_and_bias=False`, fisher types
 `type-2` for kinds fisher/ggn -- exact for these natural-parameter losses -- and
 `empirical`), and `kfac_solve` (`KFACInverseLinearOperator` with `use_exact_damping=True`
-for "eigen" and `use_heuristic_damping=True` for "factored").
+for "eigen" and `use_heuristic_damping=True` for "factored"). Convolutions (PROTOCOL s12,
+`layer_kinds = ("dense", "conv2d")`): `approx` is curvlinops' `kfac_approx` ("expand",
+"reduce"); its expand puts the `1/T` into `A` rather than `S` (a split, docs/findings.md).
 
 Sampled (PROTOCOL s11), curvlinops' `fisher_type="mc"`: `mc_fisher_vp` is
 `FisherMCLinearOperator(..., seed=seed, mc_samples=S) @ v`, `mc_fisher` the same operator
@@ -41,7 +45,8 @@ import functools
 
 import numpy as np
 
-from ngd_ref import Problem, from_torch, layer_slices
+from ngd_ref import Problem
+from verify.adapters._torch_model import torch_inputs, torch_order, torch_sequential
 
 __all__ = ["Curvlinops"]
 
@@ -53,6 +58,7 @@ class Curvlinops:
 
     name = "curvlinops"
     dtype = "float64"
+    layer_kinds = ("dense", "conv2d")  # PROTOCOL s12: nn.Conv2d (verify.adapters._torch_model)
 
     def __init__(self) -> None:
         # torch's global default dtype is left alone: every tensor is built float64 explicitly,
@@ -69,24 +75,10 @@ class Curvlinops:
         if problem.loss not in _LOSSES:
             raise NotImplementedError(f"curvlinops has no loss for {problem.loss!r}")
         # softmax (last layer only, PROTOCOL s1) over the output features of a (B, C) batch
-        acts = {"identity": nn.Identity, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU,
-                "softplus": nn.Softplus, "softmax": functools.partial(nn.Softmax, dim=-1)}
-        unmapped = sorted({layer.activation for layer in problem.layers} - set(acts))
-        if unmapped:
-            raise NotImplementedError(f"no torch module mapped for activation(s) {unmapped}")
-        modules = []
-        for layer, (w, b) in zip(problem.layers, _unflatten(problem), strict=True):
-            linear = nn.Linear(layer.n_in, layer.n_out).double()
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(w))
-                linear.bias.copy_(torch.from_numpy(b))
-            modules.append(linear)
-            if layer.activation != "identity":
-                modules.append(acts[layer.activation]())
-        model = nn.Sequential(*modules).double()
+        model = torch_sequential(problem, softmax_output=True)
         loss_func = {"mse": nn.MSELoss, "softmax_cross_entropy": nn.CrossEntropyLoss,
                      "sigmoid_cross_entropy": nn.BCEWithLogitsLoss}[problem.loss](reduction="sum")
-        x = torch.from_numpy(np.array(problem.inputs))
+        x = torch_inputs(problem)
         y = torch.from_numpy(np.array(problem.targets))
         params = [p for p in model.parameters()]
         # H, G, S (fisher/ggn) are linear in the loss: k = c/2 for mse; EF and S (empirical)
@@ -95,22 +87,13 @@ class Curvlinops:
         return model, loss_func, params, [(x, y)], (problem.scale * half, problem.scale * half**2)
 
     def _to_torch_order(self, problem: Problem, v) -> np.ndarray:
-        """Canonical -> `[vec_row(W_1), b_1, ...]`."""
-        pieces = []
-        for layer, sl in zip(problem.layers, layer_slices(problem.layers), strict=True):
-            wbar = np.asarray(v)[sl].reshape((layer.n_out, layer.n_in + 1), order="F")
-            pieces += [wbar[:, :-1].reshape(-1), wbar[:, -1]]
-        return np.concatenate(pieces)
+        """Canonical -> `[vec_row(W_1), b_1, ...]` (`torch_order`)."""
+        return np.asarray(v, dtype=np.float64)[torch_order(problem)]
 
     def _from_torch_order(self, problem: Problem, flat) -> np.ndarray:
-        flat, out, start = np.asarray(flat, dtype=np.float64), [], 0
-        for layer in problem.layers:
-            w = flat[start: start + layer.n_in * layer.n_out].reshape(layer.n_out, layer.n_in)
-            start += layer.n_in * layer.n_out
-            b = flat[start: start + layer.n_out]
-            start += layer.n_out
-            out.append((w, b))
-        return from_torch(out)
+        out = np.empty(problem.n_params)
+        out[torch_order(problem)] = np.asarray(flat, dtype=np.float64)
+        return out
 
     def _operator(self, problem: Problem, which: str):
         import curvlinops
@@ -129,12 +112,25 @@ class Curvlinops:
         return factor * self._from_torch_order(problem, out.detach().numpy())
 
     def _dense(self, problem: Problem, which: str) -> np.ndarray:
+        """The operator on the identity, one matrix product (as `mc_fisher`)."""
+        import torch
+
+        op, factor = self._operator(problem, which)
+        return factor * self._columns(problem, op @ torch.from_numpy(self._basis(problem)))
+
+    def _basis(self, problem: Problem) -> np.ndarray:
+        """The canonical identity's columns in torch order, `(n, n)`."""
         n = problem.n_params
-        return np.stack([self._product(problem, which, e) for e in np.eye(n)], axis=1)
+        return np.stack([self._to_torch_order(problem, e) for e in np.eye(n)], axis=1)
+
+    def _columns(self, problem: Problem, out) -> np.ndarray:
+        """`(n, k)` torch-order columns -> canonical-order columns."""
+        return np.stack([self._from_torch_order(problem, col) for col in out.detach().numpy().T],
+                        axis=1)
 
     # -- capabilities ------------------------------------------------------------------------
     def hessian(self, problem: Problem):
-        """Dense H, one `HessianLinearOperator` product per basis vector."""
+        """Dense H, `HessianLinearOperator` applied to the identity."""
         return self._dense(problem, "hessian")
 
     def ggn(self, problem: Problem):
@@ -157,7 +153,7 @@ class Curvlinops:
         """`EF v`."""
         return self._product(problem, "empirical_fisher", v)
 
-    def _kfac(self, problem: Problem, kind: str):
+    def _kfac(self, problem: Problem, kind: str, approx: str = "expand"):
         import curvlinops
 
         model, loss_func, params, data, (linear, quadratic) = self._setup(problem)
@@ -165,33 +161,36 @@ class Curvlinops:
         # the constructor computes the factors; calling compute_kronecker_factors() again would
         # accumulate a second copy on top (docs/findings.md)
         kfac = curvlinops.KFACLinearOperator(model, loss_func, params, data,
-                                             fisher_type=fisher_type,
+                                             fisher_type=fisher_type, kfac_approx=approx,
                                              separate_weight_and_bias=False)
         return kfac, quadratic if kind == "empirical" else linear
 
-    def kfac_factors(self, problem: Problem, kind: str):
-        """`[(A_l, S_l)]` from curvlinops' input and gradient covariances (times the factor k)."""
-        kfac, factor = self._kfac(problem, kind)
+    def kfac_factors(self, problem: Problem, kind: str, approx: str = "expand"):
+        """`[(A_l, S_l)]` from curvlinops' input and gradient covariances (times the factor k).
+
+        `approx` is curvlinops' `kfac_approx` (PROTOCOL s12; both are s4's for a dense layer).
+        """
+        kfac, factor = self._kfac(problem, kind, approx)
         out = []
-        for name in kfac._mapping:  # one entry per Linear module, in order
+        for name in kfac._mapping:  # one entry per Linear / Conv2d module, in order
             a = kfac._input_covariances[name].detach().numpy()
             s = kfac._gradient_covariances[name].detach().numpy()
             out.append((a, factor * s))
         return out
 
-    def kfac_solve(self, problem: Problem, v, damping, method, kind="fisher"):
+    def kfac_solve(self, problem: Problem, v, damping, method, kind="fisher",
+                   approx: str = "expand"):
         """Damped K-FAC solve with `KFACInverseLinearOperator` (exact or heuristic damping)."""
         import curvlinops
         import torch
 
-        kfac, factor = self._kfac(problem, kind)
+        kfac, factor = self._kfac(problem, kind, approx)
         # curvlinops damps its own (unscaled) matrix: K-FAC of k^-1 C, so solve with damping/k.
         inverse = curvlinops.KFACInverseLinearOperator(
             kfac, damping=damping / factor, use_exact_damping=method == "eigen",
             use_heuristic_damping=method == "factored")
         out = inverse @ torch.from_numpy(self._to_torch_order(problem, v))
         return self._from_torch_order(problem, out.detach().numpy()) / factor
-
 
     # -- sampled (s11) ---------------------------------------------------------------------
     def _fisher_mc(self, problem: Problem, num_samples: int, seed: int):
@@ -215,11 +214,7 @@ class Curvlinops:
         import torch
 
         op, factor = self._fisher_mc(problem, num_samples, seed)
-        n = problem.n_params
-        basis = np.stack([self._to_torch_order(problem, e) for e in np.eye(n)], axis=1)
-        out = (op @ torch.from_numpy(basis)).detach().numpy()
-        return factor * np.stack([self._from_torch_order(problem, col) for col in out.T],
-                                 axis=1)
+        return factor * self._columns(problem, op @ torch.from_numpy(self._basis(problem)))
 
     def mc_kfac_factors(self, problem: Problem, num_samples: int, seed: int,
                         estimator: str = "targets"):
@@ -235,9 +230,3 @@ class Curvlinops:
         return [(kfac._input_covariances[name].detach().numpy(),
                  linear * kfac._gradient_covariances[name].detach().numpy())
                 for name in kfac._mapping]
-
-
-def _unflatten(problem: Problem):
-    from ngd_ref import unflatten
-
-    return [(np.array(w), np.array(b)) for w, b in unflatten(problem.layers, problem.params)]
