@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ngd_ref import Problem, from_torch, to_torch
+from ngd_ref import Conv2d, Problem, from_torch, to_torch
 
 __all__ = ["TORCH_LOSSES", "TorchModel", "seeded", "torch_inputs", "torch_model", "torch_order",
            "torch_sequential"]
@@ -51,11 +51,6 @@ TORCH_LOSSES = {"mse": "MSELoss", "softmax_cross_entropy": "CrossEntropyLoss",
                 "sigmoid_cross_entropy": "BCEWithLogitsLoss"}
 
 _ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "ReLU", "softplus": "Softplus"}
-
-
-def _is_convolution(layer: Any) -> bool:
-    """PROTOCOL s12: a port recognises a convolution by its `kernel` field."""
-    return getattr(layer, "kernel", None) is not None
 
 
 def torch_sequential(problem: Problem, *, softmax_output: bool = False) -> Any:
@@ -77,12 +72,12 @@ def torch_sequential(problem: Problem, *, softmax_output: bool = False) -> Any:
     from torch import nn
 
     modules: list[nn.Module] = []
-    last_conv = max((i for i, layer in enumerate(problem.layers) if _is_convolution(layer)),
+    last_conv = max((i for i, layer in enumerate(problem.layers) if isinstance(layer, Conv2d)),
                     default=-1)
     for index, (layer, (w, b)) in enumerate(zip(problem.layers,
                                                 to_torch(problem.layers, problem.params),
                                                 strict=True)):
-        if _is_convolution(layer):
+        if isinstance(layer, Conv2d):
             module: nn.Module = nn.Conv2d(layer.c_in, layer.c_out, tuple(layer.kernel),
                                           stride=tuple(layer.stride),
                                           padding=tuple(layer.padding), dtype=torch.float64)
