@@ -20,6 +20,7 @@ from ngd_ref.cg._dense import (
     cg,
     cg_iterates,
     cg_solve,
+    iterate_condition,
     krylov_optimal_iterate,
     krylov_optimal_iterates,
 )
@@ -131,6 +132,7 @@ __all__ = [
     "cg",
     "cg_iterates",
     "cg_solve",
+    "iterate_condition",
     "coupled_newton_inverse_root",
     "damped_factors",
     "dense",

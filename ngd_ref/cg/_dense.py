@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CGResult", "cg", "cg_iterates", "cg_solve", "krylov_optimal_iterate",
-           "krylov_optimal_iterates"]
+__all__ = ["CGResult", "cg", "cg_iterates", "cg_solve", "iterate_condition",
+           "krylov_optimal_iterate", "krylov_optimal_iterates"]
 
 Matvec = Callable[[np.ndarray], np.ndarray]
 
@@ -245,6 +245,41 @@ def cg_iterates(
                        keep_iterates=True).iterates
     assert iterates is not None  # keep_iterates=True records them
     return iterates
+
+
+def iterate_condition(
+    a: np.ndarray, r0: np.ndarray, diag_inv: np.ndarray | None, residuals: tuple[float, ...],
+    k: int,
+) -> tuple[float, float]:
+    """The condition of CG's k-th iterate: `(kappa(A_hat) ||r_0|| / ||r_{k-1}||, kappa(K_hat_k))`.
+
+    `A_hat = M^{1/2} A M^{1/2}` (`diag_inv`: a Jacobi `M`, or None for `A`), `r_j` the
+    residuals, `K_hat_k` the column-normalized Krylov basis of `A_hat` from `M^{1/2} r_0`.
+    The first term: iteration k builds its direction from `r_{k-1}`, so rounding of size
+    `u ||r_0||` is amplified by `||r_0|| / ||r_{k-1}||` (finite-precision CG is exact CG on a
+    nearby problem, Greenbaum 1989); the second: the k-th iterate minimizes over `span K_k`,
+    which a relative perturbation `u` of the Krylov vectors moves by up to `u kappa(K_hat_k)`
+    (Stewart & Sun 1990 thm II.4.11). The harness's CG check (`verify.harness._cg`) and
+    Hessian-free trajectory steps take the larger as the iterate's condition number.
+
+    `kappa(K_hat_k)` is computed from the Krylov vectors of `A_hat` built in float64 with
+    each column normalized before the next product (each is then accurate to `u` relative,
+    so condition numbers up to ~1/u are resolved; beyond that the iterate is undetermined).
+    """
+    root = np.ones_like(r0) if diag_inv is None else np.sqrt(diag_inv)
+    a_hat = root[:, None] * a * root[None, :]
+    w = r0 / root * (root**2)  # M^{-1/2} (M r0) = M^{1/2} r0: the start vector for A_hat
+    columns = []
+    for _ in range(k):
+        norm = float(np.linalg.norm(w))
+        if not norm > 0:
+            break
+        columns.append(w / norm)
+        w = a_hat @ columns[-1]
+    singular = np.linalg.svd(np.stack(columns, axis=1), compute_uv=False)
+    basis = float(singular[0] / singular[-1]) if singular[-1] > 0 else np.inf
+    growth = residuals[0] / residuals[k - 1]
+    return float(np.linalg.cond(a_hat)) * growth, basis
 
 
 def _nested_spd_solves(k: np.ndarray, f: np.ndarray) -> list[np.ndarray]:

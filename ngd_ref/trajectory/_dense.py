@@ -59,6 +59,7 @@ from ngd_ref.dense import (
     get_loss,
     inverse_bfgs_matrix,
     inverse_root,
+    iterate_condition,
     kfac_factors_of,
     kfac_solve_factors,
     lbfgs_direction,
@@ -144,7 +145,7 @@ class StepLog:
             (float64): a bound on every exponential's argument (a max-shifted softmax's
             spread included), for the harness's range test of the port's dtype.
         condition: condition number of the step's linear algebra (float64): `C_k + lambda_k I`
-            (Newton, HF), the damped K-FAC blocks in use, `L + eps I` and `R + eps I`
+            (Newton; for HF also its truncated CG iterate's, `iterate_condition`), the damped K-FAC blocks in use, `L + eps I` and `R + eps I`
             (Shampoo), the dense `H_k` (L-BFGS).
         min_eigenvalue: smallest eigenvalue of `C_k + lambda_k I` over its largest absolute
             one, where the step needs it positive definite (HF, `rescaled`, `momentum_qm`).
@@ -208,6 +209,25 @@ class Trajectory:
     def count(self, event: Event) -> int:
         """How many steps had `event`."""
         return sum(event in s.events for s in self.steps)
+
+
+def _truncated_cg_condition(a: np.ndarray, b: np.ndarray, x0: np.ndarray, iters: int) -> float:
+    """Condition of HF's step, `iters` CG iterations on `A x = b` from `x0` (float64).
+
+    The largest of `kappa(A)` and the terms of CG's iterate condition (`iterate_condition`):
+    a truncated CG iterate depends on the rounding of its Krylov basis and residuals, not
+    only on `A` (campaign seed 3: a correct float32 port 4x past a `kappa(A)` tolerance).
+    """
+    condition = _condition(a)
+    if not math.isfinite(condition):
+        return condition
+    run = cg_solve(a, b, x0, tol=0.0, maxiter=iters)
+    if run.iterations == 0:
+        return condition
+    residuals = tuple(float(r) for r in run.residual_norms)
+    if not residuals[run.iterations - 1] > 0:
+        return math.inf
+    return max(condition, *iterate_condition(a, b - a @ x0, None, residuals, run.iterations))
 
 
 def _condition(matrix: np.ndarray) -> float:
@@ -390,9 +410,10 @@ class _Runner:
     def _hessian_free(self, k, ref, g, events, log) -> np.ndarray:
         bk, hyper = self.bk, self.hyper
         system = self.damped(self.curvature(ref), self.lam)
-        log["condition"] = _condition(self.f64(system))
         log["min_eigenvalue"] = self.min_eigenvalue(system)
         start = bk.scalar(hyper["cg_warm_start"]) * self.p_prev
+        log["condition"] = _truncated_cg_condition(self.f64(system), self.f64(-g),
+                                                   self.f64(start), int(hyper["cg_iters"]))
         p = self._cg(system, -g, start, int(hyper["cg_iters"]))
         self.p_prev = p
         return bk.scalar(hyper["lr"]) * p

@@ -77,7 +77,7 @@ import functools
 import numpy as np
 
 from ngd_ref import Problem
-from ngd_ref.dense import krylov_optimal_iterates, mp_backend
+from ngd_ref.dense import iterate_condition, krylov_optimal_iterates, mp_backend
 from verify._report import Status
 from verify._tolerance import unit_roundoff
 from verify.harness._context import CheckContext
@@ -103,32 +103,6 @@ def cg_system(ctx: CheckContext) -> tuple[np.ndarray, np.ndarray]:
     g = -ctx.policy.ref.gradient
     b = g if np.any(g) else ctx.probe(g.shape[0])[0]
     return a, b
-
-
-def iterate_condition(
-    a: np.ndarray, r0: np.ndarray, diag_inv: np.ndarray | None, residuals: tuple[float, ...],
-    k: int,
-) -> tuple[float, float]:
-    """The two terms of `c_k` (module docstring) for iterate k (`diag_inv`: Jacobi `M`, or None).
-
-    `kappa(K_hat_k)` is computed from the Krylov vectors of `A_hat` built in float64 with
-    each column normalized before the next product (each is then accurate to `u` relative,
-    so condition numbers up to ~1/u are resolved; beyond that the iterate is undetermined).
-    """
-    root = np.ones_like(r0) if diag_inv is None else np.sqrt(diag_inv)
-    a_hat = root[:, None] * a * root[None, :]
-    w = r0 / root * (root**2)  # M^{-1/2} (M r0) = M^{1/2} r0: the start vector for A_hat
-    columns = []
-    for _ in range(k):
-        norm = float(np.linalg.norm(w))
-        if not norm > 0:
-            break
-        columns.append(w / norm)
-        w = a_hat @ columns[-1]
-    singular = np.linalg.svd(np.stack(columns, axis=1), compute_uv=False)
-    basis = float(singular[0] / singular[-1]) if singular[-1] > 0 else np.inf
-    growth = residuals[0] / residuals[k - 1]
-    return float(np.linalg.cond(a_hat)) * growth, basis
 
 
 #: The oracle's precision: numpy's extended `longdouble` where it is the x87 80-bit format
