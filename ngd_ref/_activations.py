@@ -7,6 +7,13 @@ direction of a tangent of `s`: `sum_k g_k d^2 phi_k(s)[ds]`, the term that makes
 hand-written forward-over-backward Hessian exact (no finite differences).
 
 ReLU uses the derivative 0 at s = 0 (the convention of JAX and PyTorch).
+
+`jacobian_magnitude_apply` is the Jacobian's closed form on absolute values, `MAG(J_phi)`: the
+scale of a correct port's rounding of `J_phi t` (the tolerance policy's magnitude model,
+`verify._policy`). Ports differentiate the textbook forms, which cancel where phi saturates:
+`1 - a^2` (tanh) and `a (1 - a)` (sigmoid) lose all relative accuracy as `|a| -> 1`, and
+`diag(p) - p p^T` (softmax) as `p -> e_k`, so their magnitudes are `1 + a^2`, `a + a^2` and
+`diag(p) + p p^T`, not the (accurately computed) derivatives themselves.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
+import scipy.special
 
 from ngd_ref._backend import Backend
 
@@ -30,11 +38,15 @@ class Activation:
         value: `phi(s)`.
         derivatives: for elementwise activations, `(s, a) -> (phi'(s), phi''(s))`;
             `None` for softmax, whose Jacobian is `diag(p) - p p^T`.
+        derivative_magnitude: for elementwise activations, `(s, a) -> MAG(phi'(s))` in float64,
+            the textbook form of `phi'` on absolute values (module docstring); `None` for
+            softmax (`diag(p) + p p^T`).
     """
 
     name: str
     value: Callable[[Backend, np.ndarray], np.ndarray]
     derivatives: Callable[[Backend, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None
+    derivative_magnitude: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     def jacobian_apply(self, backend: Backend, s: np.ndarray, a: np.ndarray,
                        t: np.ndarray) -> np.ndarray:
@@ -43,6 +55,17 @@ class Activation:
             return _col(a, t) * _centered(a, t)
         d1, _ = self.derivatives(backend, s, a)
         return _col(d1, t) * t
+
+    def jacobian_magnitude_apply(self, s: np.ndarray, a: np.ndarray,
+                                 t: np.ndarray) -> np.ndarray:
+        """`MAG(J_phi) @ t` for a nonnegative float64 `t` of shape `(k,)` or `(k, m)`.
+
+        `MAG(J_phi)` is `diag(MAG(phi'))` for an elementwise phi and `diag(p) + p p^T` for
+        softmax (module docstring).
+        """
+        if self.derivative_magnitude is None:
+            return _col(a, t) * (t + a @ t)
+        return _col(self.derivative_magnitude(s, a), t) * t
 
     def second_order_apply(self, backend: Backend, s: np.ndarray, a: np.ndarray,
                            ds: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -116,11 +139,16 @@ def _softplus_derivatives(backend: Backend, s: np.ndarray, a: np.ndarray):
 
 
 _ACTIVATIONS = {
-    "identity": Activation("identity", lambda bk, s: s, _identity_derivatives),
-    "tanh": Activation("tanh", lambda bk, s: bk.tanh(s), _tanh_derivatives),
-    "sigmoid": Activation("sigmoid", lambda bk, s: bk.sigmoid(s), _sigmoid_derivatives),
-    "relu": Activation("relu", _relu_value, _relu_derivatives),
-    "softplus": Activation("softplus", lambda bk, s: bk.softplus(s), _softplus_derivatives),
+    "identity": Activation("identity", lambda bk, s: s, _identity_derivatives,
+                           lambda s, a: np.ones(s.shape)),
+    "tanh": Activation("tanh", lambda bk, s: bk.tanh(s), _tanh_derivatives,
+                       lambda s, a: 1 + a * a),                        # of 1 - a^2
+    "sigmoid": Activation("sigmoid", lambda bk, s: bk.sigmoid(s), _sigmoid_derivatives,
+                          lambda s, a: a + a * a),                     # of a (1 - a)
+    "relu": Activation("relu", _relu_value, _relu_derivatives,
+                       lambda s, a: (s > 0).astype(np.float64)),
+    "softplus": Activation("softplus", lambda bk, s: bk.softplus(s), _softplus_derivatives,
+                           lambda s, a: scipy.special.expit(s)),       # sigmoid(s), no difference
     "softmax": Activation("softmax", lambda bk, s: bk.softmax(s), None),
 }
 

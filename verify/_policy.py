@@ -18,14 +18,21 @@ and one method per kind of check:
     values (`OutputLoss.grad_magnitude`: `p + e_y` for `p - e_y`, `p + y` for a sigmoid's
     `p - y`, `rate + y`, `|z| + |y|` for a residual), since the difference cancels where the
     loss saturates or fits (a saturated sigmoid at `y = 1`);
-  - `MAG(grad) = c sum_b |J_b|^T MAG(dL/dz_b)`, `MAG(G) = c sum_b |J_b|^T MAG(H_L,b) |J_b|`,
-    `MAG(F)` likewise with `MAG(F_R,b)`, `MAG(EF) = c sum_b m_b m_b^T` with
-    `m_b = |J_b|^T MAG(dL/dz_b)` (Martens s3, s5, s7 on absolute values), K-FAC factors the
+  - per example, the Jacobian: `MAG(J_b)` is the chain rule on absolute values
+    (`DenseCurvature.jacobian_magnitudes`: `|W_l|`, `|abar|` and each activation's
+    `MAG(J_phi)`, `1 + a^2` for tanh's `1 - a^2`, `diag(p) + p p^T` for softmax's
+    `diag(p) - p p^T`), not `|J_b|`: the chain cancels (two equal rows of `W_L` under a
+    softmax give `dz/ds_l = 0` exactly below the last layer, which a port computes as a
+    rounding-level residue) and so do saturated activations;
+  - `MAG(grad) = c sum_b MAG(J_b)^T MAG(dL/dz_b)`,
+    `MAG(G) = c sum_b MAG(J_b)^T MAG(H_L,b) MAG(J_b)`, `MAG(F)` likewise with `MAG(F_R,b)`,
+    `MAG(EF) = c sum_b m_b m_b^T` with `m_b = MAG(J_b)^T MAG(dL/dz_b)` (Martens s3, s5, s7
+    on absolute values), K-FAC factors the
     same way (`kfac_magnitudes`), and
     `MAG(H) = MAG(G) + |H - G|` (the second-order term of Martens s3's decomposition);
   - products use `MAG(C) |v|`, diagonals `diag(MAG(C))`;
   - scalar magnitudes of a sum of terms (the identities' two-sided comparisons) are the
-    Frobenius-norm bound `c sum_b ||J_b||_F^2 ||MAG(M_b)||_F` of the same model;
+    Frobenius-norm bound `c sum_b ||MAG(J_b)||_F^2 ||MAG(M_b)||_F` of the same model;
 * `solve_rtol(condition)`: the tolerance, relative to `||x||`, of a solve (or a matrix
   function such as an inverse root) whose inputs are known to the policy's rounding:
   Higham (2002) Thm 7.2, `||dx|| / ||x|| <= kappa (||dA|| / ||A|| + ||db|| / ||b||) /
@@ -74,7 +81,7 @@ class TolerancePolicy:
     # -- magnitudes ------------------------------------------------------------------------
     @functools.cached_property
     def _abs_pieces(self) -> tuple[np.ndarray, np.ndarray]:
-        jac = np.abs(np.asarray(self.ref.jacobians, dtype=np.float64))
+        jac = self.ref.jacobian_magnitudes
         return jac, np.einsum("bcn,bc->bn", jac, self.grad_magnitudes)
 
     @functools.cached_property
@@ -169,7 +176,7 @@ class TolerancePolicy:
                           np.linalg.norm(self.middle_magnitudes("fisher"), axis=(1, 2)))
 
     def gauss_newton_magnitude(self, middles: np.ndarray | None = None) -> float:
-        """Scalar `MAG(c sum_b J_b^T M_b J_b) <= c sum_b ||J_b||_F^2 ||MAG(M_b)||_F`.
+        """Scalar `MAG(c sum_b J_b^T M_b J_b) <= c sum_b ||MAG(J_b)||_F^2 ||MAG(M_b)||_F`.
 
         `MAG(M_b)` is `middle_norms`, or `||M_b||` for the given `middles` where larger.
         """
@@ -177,7 +184,7 @@ class TolerancePolicy:
         if middles is not None:
             mid = np.maximum(mid, np.linalg.norm(np.asarray(middles, dtype=np.float64),
                                                  axis=(1, 2)))
-        jac = np.linalg.norm(np.asarray(self.ref.jacobians, dtype=np.float64), axis=(1, 2)) ** 2
+        jac = np.linalg.norm(self.ref.jacobian_magnitudes, axis=(1, 2)) ** 2
         return float(self.problem.scale * np.sum(jac * mid))
 
     def kfac_magnitudes(self, kind: str, approx: str = "expand"

@@ -43,7 +43,7 @@ from ngd_ref._problem import Problem
 from ngd_ref._spec import Conv2d, Layer, Loss, Reduction
 
 __all__ = ["Curvature", "DenseCurvature", "ExampleTrace", "dense", "network_outputs",
-           "preactivation_jacobians"]
+           "preactivation_jacobian_magnitudes", "preactivation_jacobians"]
 
 
 class Curvature(str, enum.Enum):
@@ -232,13 +232,39 @@ def preactivation_jacobians(problem: Problem, theta: np.ndarray, tr: ExampleTrac
     PROTOCOL s12's K-FAC is `out[l].reshape(C, c_out, T)[:, :, t]`, and their sum over t is
     the Jacobian's bias columns of layer l.
     """
+    return _unit_backpropagation(problem, _weights(problem, theta), tr.s, tr.a, bk,
+                                 magnitude=False)
+
+
+def preactivation_jacobian_magnitudes(problem: Problem, theta: np.ndarray,
+                                      tr: ExampleTrace) -> list[np.ndarray]:
+    """`MAG(dz/ds_l)` per layer, float64: `preactivation_jacobians` on absolute values.
+
+    The same backpropagation with `|W_l|` and each activation's `MAG(J_phi)`
+    (`Activation.jacobian_magnitude_apply`): the product `MAG(J_phi,L) |W_L| ...
+    MAG(J_phi,l)` bounds a correct port's rounding of `dz/ds_l`, which cancels where the
+    chain does (two equal rows of `W_L` under a softmax make `dz/ds_l = 0` exactly for
+    `l < L`) and where an activation saturates.
+    """
+    f64 = np.float64
+    return _unit_backpropagation(
+        problem, [np.abs(np.asarray(w, dtype=f64)) for w in _weights(problem, theta)],
+        [np.asarray(s, dtype=f64) for s in tr.s], [np.asarray(a, dtype=f64) for a in tr.a],
+        FLOAT64, magnitude=True)
+
+
+def _unit_backpropagation(problem: Problem, weights: list[np.ndarray], s: list[np.ndarray],
+                          a: list[np.ndarray], bk: Backend, *,
+                          magnitude: bool) -> list[np.ndarray]:
+    """Backpropagate the C unit cotangents: `dz/ds_l` (or its `MAG`) per layer."""
     layers = problem.layers
-    weights = _weights(problem, theta)
     g_a = bk.eye(problem.output_dim)                  # column j: the cotangent e_j
     out: list[np.ndarray] = [bk.zeros((0, 0))] * len(layers)
     for index in reversed(range(len(layers))):
         layer, wbar = layers[index], weights[index]
-        g_s = get_activation(layer.activation).jacobian_apply(bk, tr.s[index], tr.a[index], g_a)
+        act = get_activation(layer.activation)
+        g_s = (act.jacobian_magnitude_apply(s[index], a[index], g_a) if magnitude
+               else act.jacobian_apply(bk, s[index], a[index], g_a))
         out[index] = g_s.T
         if index:
             rows, positions = wbar.shape[0], layer.n_positions
@@ -289,6 +315,30 @@ class DenseCurvature:
         with self.backend.precision():
             return [preactivation_jacobians(self.problem, self.theta, t, self.backend)
                     for t in self.traces]
+
+    @functools.cached_property
+    def preactivation_jacobian_magnitudes(self) -> list[list[np.ndarray]]:
+        """Per example, per layer: `MAG(dz/ds_l)`, float64 (`preactivation_jacobian_magnitudes`)."""
+        return [preactivation_jacobian_magnitudes(self.problem, self.theta, t)
+                for t in self.traces]
+
+    @functools.cached_property
+    def jacobian_magnitudes(self) -> np.ndarray:
+        """`MAG(J_b)`, `(B, C, n)` float64: the Jacobian's chain rule on absolute values.
+
+        Layer l's block of `J_b` is `sum_t Abar_t^T (x) J_{b,t}` (`T = 1` for a dense layer,
+        Grosse ch. 4 eq. 16), so its magnitude is `sum_t |Abar_t|^T (x) MAG(J_{b,t})` with the
+        chain's `MAG(J_{b,t})` (`preactivation_jacobian_magnitudes`); `>= |J_b|` entrywise.
+        """
+        out = np.zeros((self.problem.batch_size, self.problem.output_dim, self.theta.shape[0]))
+        slices = layer_slices(self.problem.layers)
+        for b, (trace, mags) in enumerate(zip(self.traces, self.preactivation_jacobian_magnitudes,
+                                              strict=True)):
+            for index, (layer, sl) in enumerate(zip(self.problem.layers, slices, strict=True)):
+                cols = np.abs(np.asarray(_patch_view(layer, trace.abar[index]), dtype=np.float64))
+                per_t = mags[index].reshape(-1, layer.weight_shape[0], layer.n_positions)
+                out[b, :, sl] = np.einsum("kt,cot->cko", cols, per_t).reshape(out.shape[1], -1)
+        return out
 
     @property
     def outputs(self) -> np.ndarray:

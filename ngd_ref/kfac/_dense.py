@@ -141,28 +141,30 @@ def _pieces(ref: DenseCurvature, kind: KfacKind, *, absolute: bool = False,
     block of `J_b` is `abar^T (x) dz/ds_l` and the last entry of `abar` is 1). Convolution
     (module docstring): expand `x_b = sum_t abar_t abar_t^T`, `M_b = (1/T) sum_t J_t^T middle
     J_t`; reduce `x_b = abar_b abar_b^T` with the mean patch, `M_b = Jb^T middle Jb`. With
-    `absolute`, every ingredient is replaced by its absolute value (the magnitude of the
-    computation).
+    `absolute`, the magnitude of the computation: absolute values of `abar` and the middles,
+    and the chain's `MAG(dz/ds_l)` (`DenseCurvature.preactivation_jacobian_magnitudes`, which
+    does not cancel where `dz/ds_l` does).
     """
     problem = ref.problem
     fix = np.abs if absolute else (lambda x: x)
     per_example = ([fix(m) for m in _middles(ref, kind)] if middles is None
                    else list(np.asarray(middles)))
+    chain = ref.preactivation_jacobian_magnitudes if absolute else ref.preactivation_jacobians
     xs, blocks = [], []
     with ref.backend.precision():
         for index, (layer, sl) in enumerate(zip(problem.layers, layer_slices(problem.layers),
                                                 strict=True)):
             if not layer.is_convolution:
-                dzds = fix(ref.jacobians[:, :, sl.stop - layer.n_out: sl.stop])
+                dzds = (np.stack([jacs[index] for jacs in chain]) if absolute
+                        else ref.jacobians[:, :, sl.stop - layer.n_out: sl.stop])
                 xs.append([np.multiply.outer(x, x)
                            for x in (fix(t.abar[index]) for t in ref.traces)])
                 blocks.append([d.T @ m @ d for d, m in zip(dzds, per_example, strict=True)])
                 continue
             x_l, m_l = [], []
-            for trace, jacs, middle in zip(ref.traces, ref.preactivation_jacobians, per_example,
-                                           strict=True):
+            for trace, jacs, middle in zip(ref.traces, chain, per_example, strict=True):
                 cols = fix(trace.abar[index])                           # (d + 1, T)
-                per_t = fix(jacs[index]).reshape(-1, layer.c_out, layer.n_positions)
+                per_t = jacs[index].reshape(-1, layer.c_out, layer.n_positions)
                 x, m = _conv_terms(cols, per_t, middle, layer, approx, ref.backend)
                 x_l.append(x)
                 m_l.append(m)
@@ -238,7 +240,8 @@ def kfac_magnitudes(problem: Problem, kind: KfacKind | str, *,
                     middle_magnitudes: np.ndarray | None = None) -> Factors:
     """Compute `kfac_factors` on absolute values: the `MAG` of the tolerance policy (float64).
 
-    `A_l` from `|abar|`, `S_l = c sum_b |dz/ds_l|^T MAG(middle_b) |dz/ds_l|`. Rounding errors of
+    `A_l` from `|abar|`, `S_l = c sum_b MAG(dz/ds_l)^T MAG(middle_b) MAG(dz/ds_l)`, with the
+    chain rule's `MAG(dz/ds_l)` (`preactivation_jacobian_magnitudes`). Rounding errors of
     a correct port are proportional to these (see `verify._tolerance`), not to the possibly
     cancelling factors themselves.
 

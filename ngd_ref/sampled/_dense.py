@@ -224,17 +224,19 @@ def _accumulate(estimator, problem, jacobian, rule: ScoreRule, v, projection):
     return mean, var, mu4, atom_features
 
 
-def _magnitude2(estimator, problem, jacobian, rule: ScoreRule, v, projection) -> np.ndarray:
-    """`E[MAG(X_b)^2]`: `X_b` on absolute values (`|J_b|`, the node's `MAG(dL/dz)`, `|v|`).
+def _magnitude2(estimator, problem, jacobian_magnitude, rule: ScoreRule, v,
+                projection) -> np.ndarray:
+    """`E[MAG(X_b)^2]`: `X_b` on absolute values (`MAG(J_b)`, the node's `MAG(dL/dz)`, `|v|`).
 
     The magnitude model of the tolerance policy (`verify._policy`: the same formula on
-    absolute values): a port's rounding of `Ds = J^T u` is relative to `|J|^T MAG(u)`, not to
+    absolute values): a port's rounding of `Ds = J^T u` is relative to `MAG(J)^T MAG(u)`
+    (`DenseCurvature.jacobian_magnitudes`, the chain rule on absolute values), not to
     `|Ds|`, which cancels where an entry's mean is near zero or the output saturates.
     """
     w = np.asarray(rule.weights, dtype=np.float64)
     mags = np.abs(np.asarray(rule.scores if rule.magnitudes is None else rule.magnitudes,
                              dtype=np.float64))
-    jac, vec = np.abs(jacobian), None if v is None else np.abs(v)
+    jac, vec = jacobian_magnitude, None if v is None else np.abs(v)
     proj = None if projection is None else np.abs(projection)
     m2: np.ndarray | float = 0.0
     for i in range(0, w.shape[0], _CHUNK):
@@ -267,7 +269,8 @@ def _moments(estimator: Estimator, problem: Problem, backend: Backend, v,
             else:
                 rule = magnitude_rule = loss.score_rule(backend, trace.a[-1], _DEGREE)
             m, var, mu4, feats = _accumulate(estimator, problem, jacobian, rule, v, projection)
-            sq = _magnitude2(estimator, problem, jacobian, magnitude_rule, v, projection)
+            sq = _magnitude2(estimator, problem, ref.jacobian_magnitudes[b], magnitude_rule, v,
+                             projection)
             mean, k2, k4, m2 = mean + c * m, k2 + c**2 * var, k4 + c**4 * (mu4 - 3 * var**2), \
                 m2 + c**2 * sq
             constant = bool(np.all(var <= _ZERO * (sq + np.finfo(float).tiny)))

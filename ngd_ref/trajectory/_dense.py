@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from ngd_ref import Problem, activation_spec, layer_slices
+from ngd_ref import Problem, layer_slices
 from ngd_ref.dense import (
     FLOAT64,
     Backend,
@@ -137,16 +137,16 @@ class StepLog:
         model: `M_k(d_k)`, on adaptation steps.
         loss_magnitude: `c sum_b (|L_b| + ||z_b||_1)` at `theta_k` on batch k (float64): the
             scale of the loss's rounding error (log-sum-exp cancellation grows with |z|).
-        gradient_cancellation: `||c sum_b |J_b|^T |dL/dz_b| || / ||g_k||` (>= 1): how much the
-            gradient cancels (its rounding error is relative to the numerator; through a
-            softmax output layer `|J_b|^T |dL/dz_b|` is `|ds_L/dtheta|^T (diag(p) + p p^T)
-            |dL/dz_b|`, see `magnitudes`).
+        gradient_cancellation: `||c sum_b MAG(J_b)^T |dL/dz_b| || / ||g_k||` (>= 1): how much
+            the gradient cancels (its rounding error is relative to the numerator; `MAG(J_b)`
+            is the chain rule on absolute values, see `magnitudes`).
         exponent_range: `2 max |s_l|` over layers and examples at `theta_k` on batch k
             (float64): a bound on every exponential's argument (a max-shifted softmax's
             spread included), for the harness's range test of the port's dtype.
         condition: condition number of the step's linear algebra (float64): `C_k + lambda_k I`
-            (Newton; for HF also its truncated CG iterate's, `iterate_condition`), the damped K-FAC blocks in use, `L + eps I` and `R + eps I`
-            (Shampoo), the dense `H_k` (L-BFGS).
+            (Newton; for HF also its truncated CG iterate's, `iterate_condition`), the damped
+            K-FAC blocks in use, `L + eps I` and `R + eps I` (Shampoo), the dense `H_k`
+            (L-BFGS).
         min_eigenvalue: smallest eigenvalue of `C_k + lambda_k I` over its largest absolute
             one, where the step needs it positive definite (HF, `rescaled`, `momentum_qm`).
         pair_curvature: `y_k^T s_k` (L-BFGS).
@@ -329,22 +329,15 @@ class _Runner:
     def magnitudes(self, ref: DenseCurvature) -> tuple[float, float, float]:
         """`(loss magnitude, ||MAG g||, ||g||)` in float64.
 
-        `MAG g = c sum_b |J_b|^T |dL/dz_b|`, except through a softmax output layer (not
-        elementwise, `ActivationSpec`): its cotangent `(diag(p) - p p^T) t` is a difference
-        whose rounding is relative to `(diag(p) + p p^T) |t|` (for `nll_probs`, `p + e_y`
-        against `p - e_y`: a saturated `p_y ~ 1` cancels by `1 - p_y`, as in the policy's
-        `saturation_floor`), so there `MAG g = c sum_b |ds_L,b/dtheta|^T (diag(p_b) + p_b
-        p_b^T) |dL/dz_b|`.
+        `MAG g = c sum_b MAG(J_b)^T |dL/dz_b|`, with the chain rule's `MAG(J_b)`
+        (`DenseCurvature.jacobian_magnitudes`): through a softmax output layer the cotangent
+        `(diag(p) - p p^T) t` is a difference whose rounding is relative to
+        `(diag(p) + p p^T) |t|` (for `nll_probs`, `p + e_y` against `p - e_y`: a saturated
+        `p_y ~ 1` cancels by `1 - p_y`, as in the policy's `saturation_floor`).
         """
         grads = np.abs(self.f64(ref.loss_grads))
         c = float(ref.c)
-        if activation_spec(self.problem.layers[-1].activation).elementwise:
-            mag_g = c * np.einsum("bcn,bc->n", np.abs(self.f64(ref.jacobians)), grads)
-        else:
-            p = np.abs(self.f64(ref.outputs))
-            cotangents = p * grads + p * np.sum(p * grads, axis=1, keepdims=True)
-            tangents = np.abs(np.stack([self.f64(t.ds[-1]) for t in ref.traces]))
-            mag_g = c * np.einsum("bcn,bc->n", tangents, cotangents)
+        mag_g = c * np.einsum("bcn,bc->n", ref.jacobian_magnitudes, grads)
         loss = get_loss(self.problem.loss)
         values = [abs(float(loss.value(self.bk, y, z))) for y, z in
                   zip(ref.targets, ref.outputs, strict=True)]
