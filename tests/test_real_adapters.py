@@ -598,11 +598,20 @@ def test_backpack_seeds_are_repeatable_and_leave_torchs_generator_alone():
 
 
 def test_backpack_diag_ggn_mc_is_unbiased_on_batched_mse():
-    """`DiagGGNMC` on the quick zoo's B = 4 deep-linear mse problem (`SqrtGGNMC` there: not
-    checked, ~10 s per call at the harness's S ~ 7500 in the adapter's column layout)."""
+    """`DiagGGNMC` on the quick zoo's B = 4 deep-linear mse problem."""
     pytest.importorskip("backpack", reason=BACKPACK_SKIP)
     statuses = _sampled("backpack", BATCHED_MSE, ["mc_fisher_diag"])
     assert _all_pass(statuses, [f"mc_fisher_diag_{c}" for c in SAMPLED_CHECKS]), statuses
+
+
+def test_backpack_sqrt_ggn_mc_is_unbiased_on_batched_mse():
+    """`SqrtGGNMC` (`mc_fisher`, `mc_fisher_vp`) on the same deep-linear problem: mean,
+    variance, repeatability, seed dependence and linearity in v all pass."""
+    pytest.importorskip("backpack", reason=BACKPACK_SKIP)
+    statuses = _sampled("backpack", BATCHED_MSE, ["mc_fisher", "mc_fisher_vp"])
+    checks = [f"{name}_{c}" for name in ("mc_fisher", "mc_fisher_vp") for c in SAMPLED_CHECKS]
+    assert _all_pass(statuses, checks + ["mc_fisher_vp_linear", "mc_fisher_seed_dependence"]), \
+        statuses
 
 
 def test_backpack_has_no_second_order_softplus():
