@@ -74,9 +74,11 @@ from ngd_ref.kfac._dense import (
     kfac_factors,
     kfac_factors_of,
     kfac_magnitudes,
+    kfac_magnitudes_of,
     kfac_matrix,
     kfac_solve,
     kfac_solve_factors,
+    kfac_trace_rounding_of,
 )
 from ngd_ref.lowrank._dense import block_diagonal, lowrank_ggn_update, unscaled_damping_ggn_update
 from ngd_ref.newton._dense import (
@@ -161,6 +163,8 @@ __all__ = [
     "kfac_factors",
     "kfac_factors_of",
     "kfac_magnitudes",
+    "kfac_magnitudes_of",
+    "kfac_trace_rounding_of",
     "kfac_matrix",
     "kfac_solve",
     "kfac_solve_factors",

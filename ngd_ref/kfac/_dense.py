@@ -74,6 +74,8 @@ __all__ = [
     "kfac_factors",
     "kfac_factors_of",
     "kfac_magnitudes",
+    "kfac_magnitudes_of",
+    "kfac_trace_rounding_of",
     "kfac_matrix",
     "kfac_solve",
     "kfac_solve_factors",
@@ -146,7 +148,7 @@ def _pieces(ref: DenseCurvature, kind: KfacKind, *, absolute: bool = False,
     does not cancel where `dz/ds_l` does).
     """
     problem = ref.problem
-    fix = np.abs if absolute else (lambda x: x)
+    fix = (lambda x: np.abs(ref.backend.to_float64(x))) if absolute else (lambda x: x)
     per_example = ([fix(m) for m in _middles(ref, kind)] if middles is None
                    else list(np.asarray(middles)))
     chain = ref.preactivation_jacobian_magnitudes if absolute else ref.preactivation_jacobians
@@ -253,10 +255,55 @@ def kfac_magnitudes(problem: Problem, kind: KfacKind | str, *,
             (the tolerance policy's, which know where a closed form cancels); default
             `|middle_b|`.
     """
-    ref = dense(problem)
+    return kfac_magnitudes_of(dense(problem), kind, approx=approx,
+                              middle_magnitudes=middle_magnitudes)
+
+
+def kfac_magnitudes_of(ref: DenseCurvature, kind: KfacKind | str, *,
+                       approx: KfacApprox | str = "expand",
+                       middle_magnitudes: np.ndarray | None = None) -> Factors:
+    """`kfac_magnitudes` of an existing `DenseCurvature` (any parameters, any backend; float64).
+
+    The optimizer trajectories need the factors' magnitudes at their iterates (eq. 24's pi
+    is determined only where a factor's trace is more than its rounding).
+    """
     pieces = _pieces(ref, as_member(KfacKind, kind, "kind"), absolute=True,
                      approx=as_member(KfacApprox, approx, "approx"), middles=middle_magnitudes)
-    return _assemble(*pieces, ref.c, FLOAT64)
+    return _assemble(*pieces, float(ref.c), FLOAT64)
+
+
+def kfac_trace_rounding_of(ref: DenseCurvature, kind: KfacKind | str, *,
+                           approx: KfacApprox | str = "expand") -> list[float]:
+    """Per layer, the first-order rounding bound of `tr(S_l)` in units of `rtol` (float64).
+
+    `S_l = c sum_b sum_t w_t J_t^T M_b J_t` (`J_t = dz/ds_{l,t}`; a dense layer has one
+    term, a convolution's expand `w_t = 1/T` per position, reduce one term with `J = sum_t
+    J_t`). With the port's `J + dJ`, `M + dM`, `|dJ| <= rtol MAG(J)` (the chain rule on absolute
+    values) and `|dM| <= rtol |M|`, `d tr(J^T M J) = 2 tr(dJ^T M J) + tr(J^T dM J)` is at most
+    `rtol (2 ||MAG(J)||_F ||M J||_F + tr(|J|^T |M| |J|))` (Cauchy-Schwarz): first order in
+    the Jacobian's cancellation, where `tr(MAG(S))` would square it. The bound is `>= 3 tr(S_l)`.
+    Eq. 24's pi is determined only where it is below `tr(S_l) / rtol`.
+    """
+    kind, approx = as_member(KfacKind, kind, "kind"), as_member(KfacApprox, approx, "approx")
+    f64 = ref.backend.to_float64
+    middles = [f64(m) for m in _middles(ref, kind)]
+    out = []
+    for index, layer in enumerate(ref.problem.layers):
+        total = 0.0
+        for jacs, mags, middle in zip(ref.preactivation_jacobians,
+                                      ref.preactivation_jacobian_magnitudes, middles,
+                                      strict=True):
+            per_t = f64(jacs[index]).reshape(-1, layer.weight_shape[0], layer.n_positions)
+            mag_t = mags[index].reshape(per_t.shape)
+            if approx is KfacApprox.REDUCE:
+                per_t, mag_t = per_t.sum(axis=2, keepdims=True), mag_t.sum(axis=2, keepdims=True)
+            weight = 1.0 / per_t.shape[2]
+            for t in range(per_t.shape[2]):
+                j, mag = per_t[:, :, t], mag_t[:, :, t]
+                total += weight * (2 * np.linalg.norm(mag) * np.linalg.norm(middle @ j)
+                                   + float(np.trace(np.abs(j).T @ np.abs(middle) @ np.abs(j))))
+        out.append(float(ref.c) * total)
+    return out
 
 
 def _block_diagonal(blocks: Sequence[np.ndarray], bk: Backend) -> np.ndarray:

@@ -56,12 +56,14 @@ from ngd_ref.dense import (
     cg_solve,
     damped_factors,
     ema_update,
+    factored_damping_pi,
     get_loss,
     inverse_bfgs_matrix,
     inverse_root,
     iterate_condition,
     kfac_factors_of,
     kfac_solve_factors,
+    kfac_trace_rounding_of,
     lbfgs_direction,
 )
 
@@ -155,6 +157,11 @@ class StepLog:
         det_ratio: `det / (a11 a22)` of the eq. 27 system (`momentum_qm`, when formed).
         alpha: the coefficient of `Delta_k` (K-FAC).
         beta: the coefficient of `d_{k-1}` (K-FAC).
+        trace_cancellation: with eq. 24's factored damping, the largest cancellation of a
+            K-FAC factor's trace in use (`_Runner._trace_cancellation`, >= 1; 1.0 otherwise):
+            pi's relative rounding is `(2 + 3 trace_cancellation) rtol / 2`.
+        pi_sensitivity: with eq. 24's factored damping, how much a relative change of pi
+            moves the step, relative (`_Runner._pi_sensitivity`, <= 1; 0.0 otherwise).
         undefined: why the step's linear algebra is undefined by PROTOCOL s4/s10 (e.g. eq.
             24's pi with a factor of zero trace), "" when it is defined.
     """
@@ -174,6 +181,8 @@ class StepLog:
     det_ratio: Any = None
     alpha: Any = None
     beta: Any = None
+    trace_cancellation: float = 1.0
+    pi_sensitivity: float = 0.0
     undefined: str = ""
 
     def describe(self) -> str:
@@ -272,8 +281,10 @@ class _Runner:
         self.lam = bk.scalar(hyper["damping"]) if "damping" in HYPER_KEYS[method] else None
         self.p_prev = bk.zeros(self.n)  # hessian_free's previous CG solution
         self.average: list | None = None  # kfac moving averages
+        self.average_trace_rounding: list | None = None  # tr(S_l)'s rounding, the same EMA
         self.updates = 0  # kfac statistics updates so far (m)
-        self.solver: tuple | None = None  # kfac (factors, lambda, condition) of the last rebuild
+        self.solver: tuple | None = None  # kfac (factors, lambda, condition, trace ratio) of
+        # the last rebuild
         self.left: list | None = None  # shampoo statistics
         self.roots: tuple | None = None  # shampoo (left roots, right roots, condition)
         self.pairs: list[tuple[np.ndarray, np.ndarray]] = []  # lbfgs, oldest first
@@ -325,6 +336,10 @@ class _Runner:
             return -math.inf
         values = np.linalg.eigvalsh(matrix)
         return float(values[0] / max(np.max(np.abs(values)), np.finfo(np.float64).tiny))
+
+    def trace_rounding(self, ref: DenseCurvature, kind: str) -> list | None:
+        """`tr(S_l)`'s rounding bound per layer, units of rtol (`kfac_trace_rounding_of`)."""
+        return kfac_trace_rounding_of(ref, kind, approx=self.hyper.get("approx", "expand"))
 
     def magnitudes(self, ref: DenseCurvature) -> tuple[float, float, float]:
         """`(loss magnitude, ||MAG g||, ||g||)` in float64.
@@ -418,6 +433,13 @@ class _Runner:
             if self.average is None:
                 self.average = [(a * 0, s * 0) for a, s in new]
             self.average = ema_update(self.average, new, hyper["ema"])
+            rounding = self.trace_rounding(ref, hyper["kind"])
+            if rounding is not None:
+                eta = float(hyper["ema"])
+                self.average_trace_rounding = [
+                    eta * old + (1 - eta) * new for old, new in
+                    zip(self.average_trace_rounding or [0.0] * len(rounding), rounding,
+                        strict=True)]
             self.updates += 1
             events.append(Event.STATISTICS)
         if k % int(hyper["inverse_every"]) == 0:
@@ -427,13 +449,17 @@ class _Runner:
                 factors = [(a / scale, s / scale) for a, s in self.average]
             else:
                 factors = list(self.average)
-            self.solver = (factors, self.lam, self._kfac_condition(factors, self.lam))
+            factored = DampingMethod(hyper["damping_method"]) is DampingMethod.FACTORED
+            self.solver = (factors, self.lam, self._kfac_condition(factors, self.lam),
+                           self._trace_cancellation(factors) if factored else 1.0,
+                           self._pi_sensitivity(factors, self.lam) if factored else 0.0)
             events.append(Event.INVERSE)
-            if DampingMethod(hyper["damping_method"]) is DampingMethod.FACTORED and not all(
+            if factored and not all(
                     np.trace(self.f64(a)) > 0 and np.trace(self.f64(s)) > 0 for a, s in factors):
                 log["undefined"] = "eq. 24's pi: a K-FAC factor has zero trace"
         assert self.solver is not None  # step 0 builds the inverses
-        factors, lam_solve, condition = self.solver
+        factors, lam_solve, condition, log["trace_cancellation"], log["pi_sensitivity"] = \
+            self.solver
         log["condition"] = condition
         delta = self._kfac_solve(factors, g, lam_solve, hyper["damping_method"])
         rule = StepRule(hyper["step_rule"])
@@ -468,6 +494,46 @@ class _Runner:
             return rescaled
         g_delta, g_prev = g @ delta, g @ prev
         return (-g_delta * a22 + g_prev * a12) / det, (-g_prev * a11 + g_delta * a12) / det
+
+    def _trace_cancellation(self, factors: list) -> float:
+        """Largest `B_l / (3 tr S_l)` over the averaged factors (>= 1; float64).
+
+        `B_l` is `tr(S_l)`'s first-order rounding bound in units of rtol
+        (`kfac_trace_rounding_of`, averaged like `S_l`; the bias correction cancels in the
+        ratio), `3 tr(S_l)` its value without cancellation. Eq. 24's
+        `pi = sqrt((tr A / dim A) / (tr S / dim S))` is known to a port only to
+        `(2 + 3 x) rtol / 2` relative (`tr A`, a mean of `||abar||^2`, to `2 rtol`): a factor
+        whose trace cancels to rounding (a reduce-approx convolution under a softmax, whose
+        summed output gradients are exactly zero) leaves pi undetermined. `inf` where a trace
+        is not positive; 1.0 where the bounds are not tracked (the JAX twin's runs).
+        """
+        if self.average_trace_rounding is None:
+            return 1.0
+        worst = 1.0
+        for (_, s), bound in zip(factors, self.average_trace_rounding, strict=True):
+            trace = float(np.trace(self.f64(s)))
+            worst = max(worst, bound / (3 * trace) if trace > 0 else math.inf)
+        return worst
+
+    def _pi_sensitivity(self, factors: list, lam: Any) -> float:
+        """Largest relative change of a damped block's eigenvalue per relative change of pi.
+
+        Eq. 24's block `(A + pi r I) (x) (S + r/pi I)`, `r = sqrt(lambda)`, has eigenvalues
+        `(a + pi r)(s + r/pi)`; with `alpha = a / (pi r)`, `sigma = s / (r/pi)` their
+        logarithmic derivative in `log pi` is `(sigma - alpha) / ((1 + alpha)(1 + sigma))`,
+        at most 1 in size and near 0 where the damping terms dominate both factors (the
+        Kronecker product is then `lambda I`, whatever pi). A relative rounding `delta` of
+        pi moves the step by at most `delta` times this (first order, float64).
+        """
+        root = math.sqrt(float(lam))
+        worst = 0.0
+        for a, s in factors:
+            pi = float(factored_damping_pi(self.f64(a), self.f64(s)))
+            alpha = np.clip(np.linalg.eigvalsh(self.f64(a)), 0.0, None) / (pi * root)
+            sigma = np.clip(np.linalg.eigvalsh(self.f64(s)), 0.0, None) * pi / root
+            ratio = np.abs(np.subtract.outer(sigma, alpha)) / np.outer(1 + sigma, 1 + alpha)
+            worst = max(worst, float(np.max(ratio)))
+        return worst
 
     def _kfac_condition(self, factors: list, lam: Any) -> float:
         """Largest condition number of a damped block `A (x) S + lambda I` or its eq. 24 form."""

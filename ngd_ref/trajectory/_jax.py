@@ -100,6 +100,10 @@ class _JaxRunner(_Runner):
                                      targets=np.asarray(y))
         return _Point(moved, self.dtype)
 
+    def trace_rounding(self, ref: Any, kind: str) -> None:
+        """Not needed by a port's trajectory (only by the harness's ambiguity test)."""
+        return None
+
     def magnitudes(self, ref: Any) -> tuple[float, float, float]:
         """Not needed by a port's trajectory (only by the harness's ambiguity test)."""
         return 0.0, 0.0, 1.0

@@ -174,6 +174,9 @@ def _ambiguity(nominal: StepLog, shifted: StepLog, factor: float, rtol: float,
         return f"undefined: {nominal.undefined}"
     if nominal.events != shifted.events:
         return "the events change between two starts a rounding apart"
+    if not 3 * rtol * nominal.trace_cancellation < 1:
+        return ("eq. 24's pi is not determined: a K-FAC factor's trace is within its "
+                f"rounding (cancellation {nominal.trace_cancellation:.1e})")
     if nominal.min_eigenvalue is not None and not nominal.min_eigenvalue > rtol:
         return "C + lambda I is not positive definite beyond rounding"
     if nominal.model is not None:
@@ -257,6 +260,22 @@ def pair_condition(steps: tuple[StepLog, ...], k: int, memory: int) -> float:
     return max([1.0, *ratios])
 
 
+def pi_excess(step: StepLog) -> float:
+    """What eq. 24's pi adds to the condition of a factored K-FAC step (0 otherwise).
+
+    `pi = sqrt((tr A / dim A) / (tr S / dim S))` is known to a port to a relative
+    `delta <= (2 + 3 x) rtol / 2`, `x = StepLog.trace_cancellation` (`tr A` to `2 rtol`,
+    `tr S` to `3 x rtol`), and moves the step by at most `delta` times
+    `StepLog.pi_sensitivity` (the damped blocks' eigenvalues' logarithmic derivative in
+    `log pi`, <= 1 and near 0 where the damping dominates): the excess
+    `pi_sensitivity (1 + 1.5 x)` is added to the step's condition. Campaign seed 8's
+    `gen-conv-1x4x2-c1k13s12p11relu-softmax_cross_entropy-b1-mean-k1-s26279` (`approx =
+    reduce`, an empirical `S` whose summed output gradients `sum_t (p - e_y)_t` are exactly
+    zero) has a `tr S` of rounding: pi is undetermined there (`_ambiguity`).
+    """
+    return step.pi_sensitivity * (1 + 1.5 * step.trace_cancellation)
+
+
 def trajectory_reference(problem: Problem, batches: list, method: str, hyper: dict,
                          dtype: str) -> tuple[Trajectory, Trajectory, list[float]]:
     """The reference run, its twin started `2u` apart, and the tolerances of a `dtype` port.
@@ -287,7 +306,8 @@ def trajectory_reference(problem: Problem, batches: list, method: str, hyper: di
         dtype, length=max(problem.n_params, problem.batch_size * problem.output_dim),
         depth=len(problem.layers) + 2, step_norms=np.linalg.norm(steps, axis=1),
         param_norms=np.linalg.norm(path[1:], axis=1),
-        conditions=[s.condition * s.gradient_cancellation * subspace_condition(s, d, p)
+        conditions=[(s.condition * s.gradient_cancellation + pi_excess(s))
+                    * subspace_condition(s, d, p)
                     * pair_condition(nominal.steps, k, int(hyper.get("memory", 0)))
                     for k, (s, d, p) in enumerate(zip(nominal.steps, steps, previous,
                                                       strict=True))],
