@@ -300,8 +300,8 @@ def kfac_trace_rounding_of(ref: DenseCurvature, kind: KfacKind | str, *,
             weight = 1.0 / per_t.shape[2]
             for t in range(per_t.shape[2]):
                 j, mag = per_t[:, :, t], mag_t[:, :, t]
-                total += weight * (2 * np.linalg.norm(mag) * np.linalg.norm(middle @ j)
-                                   + float(np.trace(np.abs(j).T @ np.abs(middle) @ np.abs(j))))
+                total += weight * float(2 * np.linalg.norm(mag) * np.linalg.norm(middle @ j)
+                                        + np.trace(np.abs(j).T @ np.abs(middle) @ np.abs(j)))
         out.append(float(ref.c) * total)
     return out
 
