@@ -37,10 +37,14 @@ def run_main_job(*, quick: bool, fuzz: int, seed: int, devices: int, show_progre
     if report is None:
         report = Report(adapter="ngd-ref", dtype="float64", devices=devices)
     prepared = prepare(problems, devices=devices)  # JAX compiles while the battery runs
-    with progress(len(problems), "identities", enabled=show_progress) as advance:
-        run_battery(problems, progress=advance, results=report.results)
-    with progress(count(problems, devices), "JAX cross-validation",
-                  enabled=show_progress) as advance:
-        crossvalidate(problems, devices=devices, seed=seed, progress=advance,
-                      prepared=prepared, results=report.results)
+    try:
+        with progress(len(problems), "identities", enabled=show_progress) as advance:
+            run_battery(problems, progress=advance, results=report.results)
+        with progress(count(problems, devices), "JAX cross-validation",
+                      enabled=show_progress) as advance:
+            crossvalidate(problems, devices=devices, seed=seed, progress=advance,
+                          prepared=prepared, results=report.results)
+    except KeyboardInterrupt:  # the compile threads stop so that the process can exit
+        prepared.cancel()
+        raise
     return report

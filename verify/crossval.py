@@ -33,6 +33,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,6 +79,7 @@ class Prepared:
 
     runs: list[tuple[Any, tuple[str, ...], str, str]]
     compiling: list[concurrent.futures.Future]
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     def wait(self) -> None:
         """Wait for the compilations.
@@ -86,6 +88,16 @@ class Prepared:
         outcome, contained.
         """
         concurrent.futures.wait(self.compiling)
+
+    def cancel(self) -> None:
+        """Stop compiling after the kernel in progress (an interrupt: the process can exit).
+
+        The compile threads are joined when the interpreter exits; without this a Ctrl-C
+        during the battery waited for every planned kernel to compile (minutes).
+        """
+        self.stop.set()
+        for future in self.compiling:
+            future.cancel()
 
 
 def prepare(problems: Sequence[Problem], *, devices: int = 1) -> Prepared:
@@ -107,10 +119,11 @@ def prepare(problems: Sequence[Problem], *, devices: int = 1) -> Prepared:
                          f"_sharded{devices}"))
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
                                                  thread_name_prefix="ngd-verify-compile")
-    compiling = [pool.submit(adapter.precompile, capabilities)
+    stop = threading.Event()
+    compiling = [pool.submit(adapter.precompile, capabilities, stop=stop)
                  for adapter, capabilities, _, _ in runs]
     pool.shutdown(wait=False)
-    return Prepared(runs, compiling)
+    return Prepared(runs, compiling, stop)
 
 
 def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 0,

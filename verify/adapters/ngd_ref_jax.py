@@ -381,15 +381,19 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
             return np.asarray(x)[:n]
 
     # -- not a capability ----------------------------------------------------------------------
-    def precompile(self, capabilities: Iterable[str]) -> None:
+    def precompile(self, capabilities: Iterable[str], *,
+                   stop: threading.Event | None = None) -> None:
         """Trace and compile, for every planned frame, the kernels behind `capabilities`.
 
         Not part of the protocol (the harness never calls it): `ngd-verify run` calls it in
         background threads, one adapter per thread, so that compilation overlaps other work.
         It calls the public methods once on one problem per frame; nothing else changes.
+        With `stop` set (an interrupt) it returns before the next frame.
         """
         wanted = set(capabilities)
         for problem in self._plan.representatives:
+            if stop is not None and stop.is_set():
+                return
             zeros = np.zeros(problem.n_params)
             if wanted & {"loss", "gradient", "ggn_diag", "fisher_diag", "empirical_fisher_diag"}:
                 self.loss(problem)
@@ -404,6 +408,8 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         if "cg" in wanted:
             buckets = {_bucket(n): n for n in self._plan.sizes}
             for n in buckets.values():
+                if stop is not None and stop.is_set():
+                    return
                 for precond in (None, np.asarray):
                     self.cg(np.asarray, np.ones(n), maxiter=1, precond=precond)
 
