@@ -263,3 +263,29 @@ def test_float32_sketch_allowance_is_normwise_in_the_root_of_the_output_fisher()
     mutant = MUTANTS["mc-sketch-no-root-float32"].adapter_class()
     bad = _statuses(mutant, "mc_kfac_factors", SOFTMAX_SUM)
     assert any(r.status is Status.FAIL and r.check == "mc_kfac_factors_sketch_mean" for r in bad)
+
+
+def _pairwise_atom(weights: np.ndarray, features: np.ndarray) -> float:
+    """The definition: the heaviest set of points within 1e-12 max|features| of one point."""
+    scale = max(float(np.max(np.abs(features))), np.finfo(float).tiny)
+    return min(max(float(np.sum(weights[np.all(np.abs(features - row) <= 1e-12 * scale,
+                                                axis=1)])) for row in features), 1.0)
+
+
+def test_support_atom_bounds_the_pairwise_definition():
+    # campaign seed 11: a conv net with 16 Bernoulli outputs (2^16 support points, 528
+    # entries) spent over half an hour in the former O(N^2 E) pairwise loop
+    from ngd_ref.sampled._dense import _support_atom
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, e = int(rng.integers(1, 40)), int(rng.integers(1, 6))
+        features = rng.integers(-2, 3, size=(n, e)) * float(rng.choice([1.0, 1e-13, 1e3]))
+        features = features + 1e-14 * rng.standard_normal((n, e)) * float(rng.random() < 0.5)
+        weights = rng.random(n)
+        weights /= weights.sum()
+        assert _support_atom(weights, features) >= _pairwise_atom(weights, features) - 1e-15
+    # equal points are one atom; distinct ones are not merged
+    features = np.array([[1.0, 2.0], [1.0, 2.0], [2.0, 1.0], [0.0, 0.0]])
+    weights = np.array([0.25, 0.25, 0.3, 0.2])
+    assert _support_atom(weights, features) == pytest.approx(0.5)

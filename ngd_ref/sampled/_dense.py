@@ -183,12 +183,25 @@ def _gaussian_rule(fisher: np.ndarray) -> ScoreRule:
 
 
 def _support_atom(weights: np.ndarray, features: np.ndarray) -> float:
-    """Largest total probability of support points with (numerically) the same entries."""
+    """Bound the largest total probability of support points with (numerically) equal entries.
+
+    Points within `delta = 1e-12 max|features|` of a point `x` in every entry project onto a
+    fixed generic direction `w` within `delta ||w||_1` of `x`'s projection, so the heaviest
+    window of width `2 delta ||w||_1` over the sorted projections is at least every such
+    group's probability (distinct points that happen to project close only raise it: the
+    seed test stays conservative). O(N log N) in the N support points; the pairwise
+    comparison it replaces was O(N^2 E) and took over half an hour on campaign seed 11 (a
+    Poisson support of thousands of points, E = 400 entries).
+    """
     scale = max(float(np.max(np.abs(features))), np.finfo(float).tiny)
-    best = 0.0
-    for row in features:
-        same = np.all(np.abs(features - row) <= 1e-12 * scale, axis=1)
-        best = max(best, float(np.sum(weights[same])))
+    direction = np.cos(np.arange(1, features.shape[1] + 1) * (1 + np.sqrt(5)))  # generic
+    projections = features @ direction
+    width = 2e-12 * scale * float(np.sum(np.abs(direction)))
+    order = np.argsort(projections)
+    sorted_projections = projections[order]
+    cumulative = np.concatenate([[0.0], np.cumsum(np.asarray(weights, dtype=float)[order])])
+    ends = np.searchsorted(sorted_projections, sorted_projections + width, side="right")
+    best = float(np.max(cumulative[ends] - cumulative[:-1]))
     return min(best, 1.0)
 
 
