@@ -164,3 +164,15 @@ def test_factored_kfac_with_a_trace_at_rounding_is_ambiguous_and_another_setting
     bad = _family_results(MUTANTS["eq27-previous-direction"].adapter_class, problem,
                           "kfac_momentum_qm", seed=8)
     assert [r.status for r in bad] == [Status.FAIL], [r.message for r in bad]
+
+
+def test_a_fitting_mse_net_sizes_its_gradient_by_the_residual_magnitude():
+    # seed 18 (float32): one mse example being fitted (|z - y| = 0.03 against |z| + |y| ~ 2)
+    # under a dead ReLU; the trajectory's MAG g used |dL/dz| = |z - y|, not the loss's
+    # grad_magnitude |z| + |y|, and a correct float32 kfac_fixed run left its tolerance 17-fold
+    problem = next(p for p in generate(25, 18) if p.name.endswith("s57321"))
+    results = _family_results(NumpyPort32, problem, "kfac_fixed", seed=18)
+    assert [r.status for r in results] == [Status.PASS], [r.message for r in results]
+    bad = _family_results(MUTANTS["kfac-inverse-every-step-float32"].adapter_class, problem,
+                          "kfac_fixed", seed=18)
+    assert [r.status for r in bad] == [Status.FAIL], [r.message for r in bad]

@@ -48,7 +48,8 @@ from verify.harness._context import CheckContext
 from verify.harness._faults import InputModified, NotClaimed, PortFault, readonly
 from verify.strategies import TRAJECTORY_FAMILIES, generate_trajectory_settings
 
-__all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory", "pair_condition",
+__all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory",
+           "pair_condition", "pi_excess",
            "schedule", "subspace_condition", "trajectory_batches", "trajectory_reference"]
 
 #: steps per trajectory: enough for two statistics updates, an inverse refresh between them,
@@ -273,6 +274,8 @@ def pi_excess(step: StepLog) -> float:
     reduce`, an empirical `S` whose summed output gradients `sum_t (p - e_y)_t` are exactly
     zero) has a `tr S` of rounding: pi is undetermined there (`_ambiguity`).
     """
+    if not step.pi_sensitivity > 0:  # eigen damping, or pi moves nothing (inf * 0)
+        return 0.0
     return step.pi_sensitivity * (1 + 1.5 * step.trace_cancellation)
 
 
