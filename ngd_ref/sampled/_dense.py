@@ -191,7 +191,7 @@ def _support_atom(weights: np.ndarray, features: np.ndarray) -> float:
     group's probability (distinct points that happen to project close only raise it: the
     seed test stays conservative). O(N log N) in the N support points; the pairwise
     comparison it replaces was O(N^2 E) and took over half an hour on campaign seed 11 (a
-    Poisson support of thousands of points, E = 400 entries).
+    convolution with 16 Bernoulli outputs: 2^16 support points, E = 528 entries).
     """
     scale = max(float(np.max(np.abs(features))), np.finfo(float).tiny)
     direction = np.cos(np.arange(1, features.shape[1] + 1) * (1 + np.sqrt(5)))  # generic

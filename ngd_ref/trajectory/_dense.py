@@ -139,9 +139,9 @@ class StepLog:
         model: `M_k(d_k)`, on adaptation steps.
         loss_magnitude: `c sum_b (|L_b| + ||z_b||_1)` at `theta_k` on batch k (float64): the
             scale of the loss's rounding error (log-sum-exp cancellation grows with |z|).
-        gradient_cancellation: `||c sum_b MAG(J_b)^T |dL/dz_b| || / ||g_k||` (>= 1): how much
-            the gradient cancels (its rounding error is relative to the numerator; `MAG(J_b)`
-            is the chain rule on absolute values, see `magnitudes`).
+        gradient_cancellation: `||c sum_b MAG(J_b)^T MAG(dL/dz_b)|| / ||g_k||` (>= 1): how
+            much the gradient cancels (its rounding error is relative to the numerator: the
+            chain rule and the loss's gradient on absolute values, see `magnitudes`).
         exponent_range: `2 max |s_l|` over layers and examples at `theta_k` on batch k
             (float64): a bound on every exponential's argument (a max-shifted softmax's
             spread included), for the harness's range test of the port's dtype.
@@ -283,8 +283,9 @@ class _Runner:
         self.average: list | None = None  # kfac moving averages
         self.average_trace_rounding: list | None = None  # tr(S_l)'s rounding, the same EMA
         self.updates = 0  # kfac statistics updates so far (m)
-        self.solver: tuple | None = None  # kfac (factors, lambda, condition, trace ratio) of
-        # the last rebuild
+        # kfac (factors, lambda, condition, trace cancellation, pi sensitivity) of the last
+        # rebuild
+        self.solver: tuple | None = None
         self.left: list | None = None  # shampoo statistics
         self.roots: tuple | None = None  # shampoo (left roots, right roots, condition)
         self.pairs: list[tuple[np.ndarray, np.ndarray]] = []  # lbfgs, oldest first
