@@ -509,14 +509,19 @@ class _Runner:
         `(2 + 3 x) rtol / 2` relative (`tr A`, a mean of `||abar||^2`, to `2 rtol`): a factor
         whose trace cancels to rounding (a reduce-approx convolution under a softmax, whose
         summed output gradients are exactly zero) leaves pi undetermined. `inf` where a trace
-        is not positive; 1.0 where the bounds are not tracked (the JAX twin's runs).
+        is not positive but has a rounding bound, 1 where both are zero (a dead layer's
+        `S_l = 0` has no rounding: every port computes it exactly, and eq. 24's pi falls back
+        to 1 alike); 1.0 where the bounds are not tracked (the JAX twin's runs).
         """
         if self.average_trace_rounding is None:
             return 1.0
         worst = 1.0
         for (_, s), bound in zip(factors, self.average_trace_rounding, strict=True):
             trace = float(np.trace(self.f64(s)))
-            worst = max(worst, bound / (3 * trace) if trace > 0 else math.inf)
+            if trace > 0:
+                worst = max(worst, bound / (3 * trace))
+            elif bound > 0:
+                worst = math.inf
         return worst
 
     def _pi_sensitivity(self, factors: list, lam: Any) -> float:
