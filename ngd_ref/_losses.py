@@ -110,6 +110,15 @@ class OutputLoss(abc.ABC):
         return np.abs(np.asarray(self.grad(FLOAT64, y, np.asarray(z, dtype=np.float64)),
                                  dtype=np.float64))
 
+    def log_range(self, y, z: np.ndarray) -> float:
+        """The largest `|log|` of a magnitude the loss's own derivatives form (float64).
+
+        A port's dtype must hold every intermediate of `L`, `dL/dz` and `d^2L/dz^2`; the
+        exponentials' arguments are bounded by the outputs (`exp(z)`, a softmax's spread) and
+        need no term here. Default 0: the derivatives form nothing beyond the outputs' range.
+        """
+        return 0.0
+
     @abc.abstractmethod
     def hessian(self, bk: Backend, y, z: np.ndarray) -> np.ndarray:
         """`d^2 L / dz^2`, shape `(C, C)`."""
@@ -237,6 +246,14 @@ class _NllProbs(CategoricalLoss):
         h = bk.zeros((z.shape[0], z.shape[0]))
         h[int(y), int(y)] = 1 / (z[int(y)] * z[int(y)])
         return h
+
+    def log_range(self, y, z):
+        """`2 |log z_y|`: the Hessian's `z_y^2` underflows (and `1 / z_y^2` overflows) beyond it.
+
+        Campaign seed 16's `gen-2x2-softmax-nll_probs-b3-mean-k0-s12339` reached `z_y ~ 1e-20`
+        on a damped-Newton trajectory: a correct float32 port's `z_y^2` is 0 there.
+        """
+        return 2 * abs(math.log(max(float(z[int(y)]), np.finfo(np.float64).tiny)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from verify._report import Status
 from verify._tolerance import rounding_rtol
 from verify.harness import load_adapter, run_checks
 from verify.harness._trajectory import (
+    _evaluate,
     pair_condition,
     pi_excess,
     schedule,
@@ -179,4 +180,26 @@ def test_a_fitting_mse_net_sizes_its_gradient_by_the_residual_magnitude():
     assert [r.status for r in results] == [Status.PASS], [r.message for r in results]
     bad = _family_results(MUTANTS["kfac-inverse-every-step-float32"].adapter_class, problem,
                           "kfac_fixed", seed=18)
+    assert [r.status for r in bad] == [Status.FAIL], [r.message for r in bad]
+
+
+#: seed 16's damped-Newton alarm (float32): the correct port's theta_5 was not finite
+NEWTON16 = ("nll_probs", (2, 2), (), 3, "mean", 0, 12339)
+NEWTON16_SETTING = {"curvature": "hessian", "lr": 1.0, "damping": 0.015625, "adapt_damping": True,
+                    "damping_every": 1, "damping_factor": 2.0}
+
+
+def test_nll_probs_whose_hessian_leaves_float32_is_not_run_in_float32():
+    # seed 16: the setting drove z_y to ~1e-20, where nll_probs' H_L = 1 / z_y^2 has a z_y^2
+    # below float32's tiny; the range test bounded the exponentials only (loss `log_range`)
+    problem = build(*NEWTON16)
+    batches = trajectory_batches(problem)
+    assert "leave the range of float32" in _evaluate(problem, "damped_newton", NEWTON16_SETTING,
+                                                     batches, "float32")
+    assert not isinstance(_evaluate(problem, "damped_newton", NEWTON16_SETTING, batches,
+                                    "float64"), str)
+    results = _family_results(NumpyPort32, problem, "damped_newton", seed=16)
+    assert [r.status for r in results] == [Status.PASS], [r.message for r in results]
+    bad = _family_results(MUTANTS["lm-direction-swapped-float32"].adapter_class, problem,
+                          "damped_newton", seed=16)
     assert [r.status for r in bad] == [Status.FAIL], [r.message for r in bad]

@@ -142,9 +142,10 @@ class StepLog:
         gradient_cancellation: `||c sum_b MAG(J_b)^T MAG(dL/dz_b)|| / ||g_k||` (>= 1): how
             much the gradient cancels (its rounding error is relative to the numerator: the
             chain rule and the loss's gradient on absolute values, see `magnitudes`).
-        exponent_range: `2 max |s_l|` over layers and examples at `theta_k` on batch k
-            (float64): a bound on every exponential's argument (a max-shifted softmax's
-            spread included), for the harness's range test of the port's dtype.
+        exponent_range: `2 max |s_l|` over layers and examples at `theta_k` on batch k, or
+            the loss's `log_range` where larger (float64): a bound on every exponential's
+            argument (a max-shifted softmax's spread included) and on the logarithm of the
+            loss's own intermediates (`nll_probs`' `z_y^2`), for the harness's range test.
         condition: condition number of the step's linear algebra (float64): `C_k + lambda_k I`
             (Newton; for HF also its truncated CG iterate's, `iterate_condition`), the damped
             K-FAC blocks in use, `L + eps I` and `R + eps I` (Shampoo), the dense `H_k`
@@ -364,8 +365,11 @@ class _Runner:
         return loss_mag, float(np.linalg.norm(mag_g)), float(np.linalg.norm(self.f64(ref.gradient)))
 
     def exponent_range(self, ref: DenseCurvature) -> float:
-        """`2 max |s_l|` over layers and examples (float64)."""
-        return 2 * max(float(np.max(np.abs(self.f64(s)))) for t in ref.traces for s in t.s)
+        """`2 max |s_l|` over layers and examples, or the loss's `log_range` (float64)."""
+        loss = get_loss(self.problem.loss)
+        return max([2 * max(float(np.max(np.abs(self.f64(s)))) for t in ref.traces for s in t.s),
+                    *(loss.log_range(y, self.f64(z))
+                      for y, z in zip(ref.targets, ref.outputs, strict=True))])
 
     # -- the step --------------------------------------------------------------------------
     def step(self, k: int) -> StepLog:

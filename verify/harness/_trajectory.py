@@ -333,6 +333,10 @@ def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
     exponent_range = -math.log(float(np.finfo(np.dtype(dtype)).tiny))
     if any(max(s.loss_magnitude / c, s.exponent_range) > exponent_range for s in nominal.steps):
         return f"the exponentials leave the range of {dtype}"
+    for k, tol in enumerate(tolerances):
+        if not math.isfinite(tol):  # an unbounded condition (a singular CG basis, C + lambda I)
+            return (f"step {k}: the tolerance is not finite (condition "
+                    f"{nominal.steps[k].condition:.1e})")
     rtol = rounding_rtol(dtype, length=max(problem.n_params, problem.batch_size
                                            * problem.output_dim), depth=len(problem.layers) + 2)
     divergences = np.linalg.norm(nominal.float64() - shifted.float64(), axis=1)
