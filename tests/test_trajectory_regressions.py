@@ -1,4 +1,4 @@
-"""Campaign trajectory false alarms (`campaign --first-seed 6`, `3` and `8`).
+"""Campaign trajectory false alarms (`campaign --first-seed 6`, `3`, `8`, `16` and `18`).
 
 Each case is a generated problem (stored by its `verify.strategies.build` arguments) where a
 correct float32 port left a tolerance that under-modelled a step's conditioning; here the
@@ -18,6 +18,9 @@ from verify._tolerance import rounding_rtol
 from verify.harness import load_adapter, run_checks
 from verify.harness._trajectory import (
     _evaluate,
+    _restart_growth,
+    _runs,
+    _tolerances,
     pair_condition,
     pi_excess,
     schedule,
@@ -203,3 +206,38 @@ def test_nll_probs_whose_hessian_leaves_float32_is_not_run_in_float32():
     bad = _family_results(MUTANTS["lm-direction-swapped-float32"].adapter_class, problem,
                           "damped_newton", seed=16)
     assert [r.status for r in bad] == [Status.FAIL], [r.message for r in bad]
+
+
+#: seed 18's kfac_rescaled alarm (float32, error 1.46e-2 > tol 7.88e-3 at theta_5)
+RESCALED18_SETTING = {"kind": "empirical", "ema": 0.5, "ema_bias_correction": True,
+                      "stats_every": 2, "inverse_every": 3, "damping": 0.125,
+                      "damping_method": "eigen", "step_rule": "rescaled", "lr": 0.5,
+                      "momentum": 0.5, "adapt_damping": True, "damping_every": 1,
+                      "damping_factor": 2.0}
+
+
+def test_an_error_in_theta_alone_grows_where_the_shifted_start_does_not():
+    # seed 18: dead ReLUs leave the output bias b fitting one mse target; the stale rank-1
+    # statistics S ~ r r^T divide an error of b off the residual r by lambda, while the twin
+    # started a rounding apart rotates S along with r and does not grow. The restarts (theta_k
+    # alone shifted, the state kept) measure it.
+    problem = next(p for p in generate(25, 18) if p.name.endswith("s57321"))
+    batches = trajectory_batches(problem)
+    runs = _runs(problem, batches, "kfac", RESCALED18_SETTING, "float32")
+    growth = _restart_growth(runs)
+    divergences = np.linalg.norm(np.vstack([runs.nominal.start, runs.nominal.float64()])
+                                 - np.vstack([runs.start, runs.shifted.float64()]), axis=1)
+    assert divergences[6] / divergences[2] < 2 < 1e3 < growth[(2, 6)]
+    twin_only = _tolerances(problem, runs, RESCALED18_SETTING, "float32", None)
+    tolerances = _tolerances(problem, runs, RESCALED18_SETTING, "float32", growth)
+    correct = np.asarray(NumpyPort32().optimizer_trajectory(problem, batches, "kfac",
+                                                            dict(RESCALED18_SETTING)))
+    errors = np.linalg.norm(correct - runs.nominal.float64(), axis=1)
+    assert errors[4] > twin_only[4] and np.all(errors <= np.asarray(tolerances))
+    stray = np.asarray(MUTANTS["eq26-stray-half-float32"].adapter_class().optimizer_trajectory(
+        problem, batches, "kfac", dict(RESCALED18_SETTING)))
+    assert np.any(np.linalg.norm(stray - runs.nominal.float64(), axis=1)
+                  > np.asarray(tolerances))
+    # so large a growth leaves no informative float32 setting of the family here
+    assert _family_results(NumpyPort32, problem, "kfac_rescaled", seed=18)[0].status \
+        is not Status.FAIL

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -91,7 +92,9 @@ def solve_rtol(dtype: str, *, length: int, depth: int, condition: float) -> floa
 
 
 def trajectory_tolerances(dtype: str, *, length: int, depth: int, step_norms, param_norms,
-                          conditions, divergences) -> list[float]:
+                          conditions, divergences,
+                          restart_growth: Mapping[tuple[int, int], float] | None = None
+                          ) -> list[float]:
     """Absolute tolerances on `theta_1 .. theta_K` of an optimizer trajectory (PROTOCOL s10).
 
     A correct port makes at step j an error of at most (the policy of `solve_rtol`: the
@@ -104,9 +107,13 @@ def trajectory_tolerances(dtype: str, *, length: int, depth: int, step_norms, pa
     assumed: `divergences[k] = ||theta'_k - theta_k||` of two reference runs started a rounding
     of `dtype` apart (`divergences[0]` the start's distance), so `a_k = D_k / D_0` is the
     reference's own amplification from the start and `a_k / a_{j+1}` from step j + 1 to k
-    (at least 1: an error is never assumed to shrink). Hence
+    (at least 1: an error is never assumed to shrink). That run's state (moving averages,
+    stale inverses, damping, pairs) stays consistent with its parameters; a port's error in
+    `theta_{j+1}` does not move the state with it, so where given, `R_{j+1,k} =
+    restart_growth[(j + 1, k)]`, measured by the reference restarted from `theta_{j+1}` alone
+    shifted (`ngd_ref.trajectory.restarted_trajectories`), bounds that growth too. Hence
 
-        tol_k = sum_{j < k} e_j max(1, a_k / a_{j+1}),     k = 1..K.
+        tol_k = sum_{j < k} e_j max(1, a_k / a_{j+1}, R_{j+1,k}),     k = 1..K.
 
     Args:
         dtype: the port's precision.
@@ -119,13 +126,21 @@ def trajectory_tolerances(dtype: str, *, length: int, depth: int, step_norms, pa
             pairs: `verify.harness._trajectory.subspace_condition`, `pair_condition`),
             j = 0..K-1.
         divergences: `D_0 .. D_K` of the two reference runs.
+        restart_growth: `R_{i,k}` for `1 <= i < k <= K` (missing pairs count as 1); a value
+            that is not finite makes the tolerance infinite.
     """
     tiny = np.finfo(np.float64).tiny
     growth = [max(float(d), tiny) / max(float(divergences[0]), tiny) for d in divergences]
+    restart = {} if restart_growth is None else restart_growth
     errors = [solve_rtol(dtype, length=length, depth=depth, condition=float(c)) * float(s)
               + rounding_rtol(dtype, length=1) * float(p)
               for s, p, c in zip(step_norms, param_norms, conditions, strict=True)]
-    return [sum(errors[j] * max(1.0, growth[k] / growth[j + 1]) for j in range(k))
+
+    def amplification(i: int, k: int) -> float:
+        measured = float(restart.get((i, k), 1.0))
+        return max(1.0, growth[k] / growth[i], measured if not math.isnan(measured) else math.inf)
+
+    return [sum(errors[j] * amplification(j + 1, k) for j in range(k))
             for k in range(1, len(errors) + 1)]
 
 

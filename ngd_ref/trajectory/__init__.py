@@ -3,6 +3,9 @@
 * `trajectory(problem, batches, method, hyper, backend=FLOAT64)` -- the dense exact reference
   (numpy float64, or mpmath through the same code), built on `ngd_ref.dense`; returns a
   `Trajectory`: `theta_1 .. theta_K` and one `StepLog` of `Event`s per step.
+* `restartable_trajectory(...)` -- the float64 reference and its `Restarts`: reruns from each
+  `theta_k` shifted, the state kept (how far an error in `theta_k` alone travels: the
+  harness's tolerances).
 * `ngd_ref.jax.trajectory_jax` -- the JAX twin (same recurrences, every numerical piece in
   JAX; module `_jax`, not imported here so that this package never imports JAX).
 
@@ -20,10 +23,13 @@ from ngd_ref.trajectory._dense import (
     HYPER_KEYS,
     Event,
     Method,
+    Restarts,
     StepLog,
     StepRule,
     Trajectory,
+    restartable_trajectory,
     trajectory,
 )
 
-__all__ = ["HYPER_KEYS", "Event", "Method", "StepLog", "StepRule", "Trajectory", "trajectory"]
+__all__ = ["HYPER_KEYS", "Event", "Method", "StepLog", "StepRule", "Restarts", "Trajectory",
+           "restartable_trajectory", "trajectory"]

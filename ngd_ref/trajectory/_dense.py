@@ -38,6 +38,7 @@ sensitive the step's linear algebra is (its condition number).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import math
@@ -271,9 +272,7 @@ class _Runner:
     """The state of one run; `step(k)` advances `theta` by one step of the method."""
 
     def __init__(self, problem: Problem, batches: Sequence, method: Method,
-                 hyper: Mapping[str, Any], bk: Backend, eps: float, theta: np.ndarray,
-                 perturb: Callable[[int, np.ndarray], np.ndarray] | None = None) -> None:
-        self.perturb = perturb
+                 hyper: Mapping[str, Any], bk: Backend, eps: float, theta: np.ndarray) -> None:
         self.problem, self.batches, self.method, self.hyper = problem, batches, method, hyper
         self.bk, self.eps = bk, eps
         self.theta = theta
@@ -382,8 +381,6 @@ class _Runner:
                                "exponent_range": self.exponent_range(ref)}
         events: list[Event] = []
         d = getattr(self, f"_{self.method.value}")(k, ref, g, events, log)
-        if self.perturb is not None:
-            d = self.bk.asarray(self.perturb(k, d))
         new_theta = self.theta + d
         after = None
         if self.method is Method.LBFGS:
@@ -628,8 +625,7 @@ class _Runner:
 
 def trajectory(problem: Problem, batches: Sequence[tuple[Any, Any]], method: Method | str,
                hyper: Mapping[str, Any], *, backend: Backend = FLOAT64, eps: float | None = None,
-               start: np.ndarray | None = None,
-               perturb: Callable[[int, np.ndarray], np.ndarray] | None = None) -> Trajectory:
+               start: np.ndarray | None = None) -> Trajectory:
     """Run the reference trajectory of PROTOCOL s10 (module docstring).
 
     Args:
@@ -642,8 +638,6 @@ def trajectory(problem: Problem, batches: Sequence[tuple[Any, Any]], method: Met
         eps: machine epsilon of the eq. 27 singularity test `det <= 64 eps a11 a22` (the
             port's dtype; default float64's).
         start: override `theta_0` (the harness's sensitivity runs start a rounding apart).
-        perturb: optional `(k, d_k) -> d_k'` applied to each step before it is taken (to
-            measure how an error in one step propagates; None for the reference itself).
 
     Returns:
         The `Trajectory`.
@@ -657,14 +651,62 @@ def trajectory(problem: Problem, batches: Sequence[tuple[Any, Any]], method: Met
     eps = float(np.finfo(np.float64).eps) if eps is None else float(eps)
     with backend.precision():
         theta = backend.asarray(problem.params if start is None else start)
-        return drive(_Runner(problem, batches, method, hyper, backend, eps, theta, perturb))
+        return drive(_Runner(problem, batches, method, hyper, backend, eps, theta))
 
 
-def drive(run: _Runner) -> Trajectory:
-    """Take every step of a runner (inside its backend's precision) and collect the result."""
+def drive(run: _Runner, *, first: int = 0) -> Trajectory:
+    """Take every step of a runner from step `first` on (inside its backend's precision)."""
     start = run.bk.to_float64(run.theta)
     params, steps = [], []
-    for k in range(len(run.batches)):
+    for k in range(first, len(run.batches)):
         steps.append(run.step(k))
         params.append(run.theta)
     return Trajectory(run.method, tuple(params), tuple(steps), run.bk.name, start)
+
+
+class Restarts:
+    """A float64 reference run's whole state before each step k = 1..K-1, to restart it from.
+
+    A restart copies the state after step k - 1 (moving averages, stale inverses, damping,
+    previous steps, L-BFGS pairs), moves `theta_k` alone and takes steps k..K-1: how an error
+    a port makes in `theta_k` travels. A run started a rounding apart does not show this,
+    because its state stays consistent with its parameters. Campaign seed 18's
+    `gen-3x1x2-relu-identity-mse-b1-mean-k1-s57321` is an example: stale rank-1 K-FAC
+    statistics divide an error off the residual's direction by `lambda`, while a shifted start
+    rotates the statistics along with the residual.
+    """
+
+    def __init__(self, states: list[_Runner]) -> None:
+        self._states = states
+
+    def run(self, shift: Callable[[np.ndarray], np.ndarray]) -> list[Trajectory]:
+        """Restart k = 1..K-1 from `theta_k + shift(theta_k)` (float64).
+
+        Returns:
+            Restart k's `theta_{k+1} .. theta_K`, its `start` the shifted `theta_k`.
+        """
+        out = []
+        for k, state in enumerate(self._states, start=1):
+            branch = copy.deepcopy(state)
+            branch.theta = branch.theta + shift(branch.theta)
+            out.append(drive(branch, first=k))
+        return out
+
+
+def restartable_trajectory(problem: Problem, batches: Sequence[tuple[Any, Any]],
+                           method: Method | str, hyper: Mapping[str, Any], *,
+                           eps: float | None = None) -> tuple[Trajectory, Restarts]:
+    """The float64 reference trajectory (as `trajectory`) and its `Restarts`."""
+    method = Method(method)
+    _check_hyper(method, hyper)
+    eps = float(np.finfo(np.float64).eps) if eps is None else float(eps)
+    run = _Runner(problem, batches, method, hyper, FLOAT64, eps, FLOAT64.asarray(problem.params))
+    start = run.theta
+    params, steps, states = [], [], []
+    for k in range(len(batches)):
+        if k:
+            states.append(copy.deepcopy(run))
+        steps.append(run.step(k))
+        params.append(run.theta)
+    return (Trajectory(run.method, tuple(params), tuple(steps), run.bk.name, start),
+            Restarts(states))

@@ -35,13 +35,21 @@ import functools
 import itertools
 import math
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ngd_ref import Loss, Problem
 from ngd_ref.dense import DenseCurvature
-from ngd_ref.trajectory import Event, StepLog, Trajectory, trajectory
+from ngd_ref.trajectory import (
+    Event,
+    Restarts,
+    StepLog,
+    Trajectory,
+    restartable_trajectory,
+    trajectory,
+)
 from verify._report import Status
 from verify._tolerance import rounding_rtol, trajectory_tolerances, unit_roundoff
 from verify.harness._context import CheckContext
@@ -279,33 +287,73 @@ def pi_excess(step: StepLog) -> float:
     return step.pi_sensitivity * (1 + 1.5 * step.trace_cancellation)
 
 
-def trajectory_reference(problem: Problem, batches: list, method: str, hyper: dict,
-                         dtype: str) -> tuple[Trajectory, Trajectory, list[float]]:
-    """The reference run, its twin started `2u` apart, and the tolerances of a `dtype` port.
+@dataclasses.dataclass(frozen=True)
+class _Runs:
+    """The float64 reference runs of one setting for a port of `dtype`.
 
-    Raises:
-        ValueError: where the reference cannot run the setting (e.g. CG on a matrix that is
-            not positive definite), or the trajectory is not finite.
+    Attributes:
+        nominal: the reference trajectory.
+        shifted: its twin started `start` (a rounding of `dtype` from `theta_0`).
+        restarts: the nominal run's `Restarts` (its state before each step).
+        shift: `theta -> ` a rounding of `dtype`, every entry moved (the twin's and the
+            restarts' shift).
+        start: the twin's `theta_0`.
     """
+
+    nominal: Trajectory
+    shifted: Trajectory
+    restarts: Restarts
+    shift: Callable[[np.ndarray], np.ndarray]
+    start: np.ndarray
+
+
+def _runs(problem: Problem, batches: list, method: str, hyper: dict, dtype: str) -> _Runs:
+    """Run the reference and its twin (`ValueError` where the reference cannot run them)."""
     u = unit_roundoff(dtype)
     eps = float(np.finfo(np.dtype(dtype)).eps)
     theta0 = problem.params
     signs = np.where(np.random.default_rng(zlib.crc32(problem.name.encode())).random(
         theta0.shape) < 0.5, -1.0, 1.0)
-    start = theta0 + 2 * u * np.maximum(np.abs(theta0), np.mean(np.abs(theta0))) * signs
+
+    def shift(theta: np.ndarray) -> np.ndarray:
+        return 2 * u * np.maximum(np.abs(theta), np.mean(np.abs(theta))) * signs
+
+    start = theta0 + shift(theta0)
     try:
         with np.errstate(all="ignore"):
-            nominal = trajectory(problem, batches, method, hyper, eps=eps)
+            nominal, restarts = restartable_trajectory(problem, batches, method, hyper, eps=eps)
             shifted = trajectory(problem, batches, method, hyper, eps=eps, start=start)
     except (np.linalg.LinAlgError, FloatingPointError) as exc:
         raise ValueError(str(exc)) from exc
     if not (_finite(nominal) and _finite(shifted)):
         raise ValueError("the reference trajectory is not finite")
-    path = np.vstack([theta0, nominal.float64()])
-    divergences = np.linalg.norm(path - np.vstack([start, shifted.float64()]), axis=1)
+    return _Runs(nominal, shifted, restarts, shift, start)
+
+
+def _restart_growth(runs: _Runs) -> dict[tuple[int, int], float]:
+    """`R_{i,k} = ||theta'_k - theta_k|| / ||theta'_i - theta_i||` of restart i (i < k)."""
+    try:
+        with np.errstate(all="ignore"):
+            restarts = runs.restarts.run(runs.shift)
+    except (np.linalg.LinAlgError, FloatingPointError):
+        return {(i, len(runs.nominal.steps)): math.inf for i in range(1, len(runs.nominal.steps))}
+    path = np.vstack([runs.nominal.start, runs.nominal.float64()])
+    growth = {}
+    for i, run in enumerate(restarts, start=1):
+        moved = max(float(np.linalg.norm(run.start - path[i])), np.finfo(np.float64).tiny)
+        apart = np.linalg.norm(run.float64() - path[i + 1:], axis=1) / moved
+        growth.update({(i, k): float(a) if np.isfinite(a) else math.inf
+                       for k, a in enumerate(apart, start=i + 1)})
+    return growth
+
+
+def _tolerances(problem: Problem, runs: _Runs, hyper: dict, dtype: str,
+                restart_growth: dict[tuple[int, int], float] | None) -> list[float]:
+    nominal = runs.nominal
+    path = np.vstack([nominal.start, nominal.float64()])
     steps = np.diff(path, axis=0)
-    previous = np.vstack([np.zeros_like(theta0), steps[:-1]])
-    tolerances = trajectory_tolerances(
+    previous = np.vstack([np.zeros_like(nominal.start), steps[:-1]])
+    return trajectory_tolerances(
         dtype, length=max(problem.n_params, problem.batch_size * problem.output_dim),
         depth=len(problem.layers) + 2, step_norms=np.linalg.norm(steps, axis=1),
         param_norms=np.linalg.norm(path[1:], axis=1),
@@ -314,25 +362,30 @@ def trajectory_reference(problem: Problem, batches: list, method: str, hyper: di
                     * pair_condition(nominal.steps, k, int(hyper.get("memory", 0)))
                     for k, (s, d, p) in enumerate(zip(nominal.steps, steps, previous,
                                                       strict=True))],
-        divergences=divergences)
-    return nominal, shifted, tolerances
+        divergences=np.linalg.norm(path - np.vstack([runs.start, runs.shifted.float64()]),
+                                   axis=1),
+        restart_growth=restart_growth)
 
 
-def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
-              dtype: str) -> tuple[Trajectory, list[float]] | str:
-    """The reference run and its tolerances, or why the setting is not usable."""
-    try:
-        nominal, shifted, tolerances = trajectory_reference(problem, batches, method, hyper,
-                                                            dtype)
-    except ValueError as exc:
-        return f"the reference cannot run it ({exc})"
-    # every exp and log must stay inside the port's range (a softmax probability underflows to
-    # 0, exp(z) overflows): the losses' summed magnitudes c^-1 sum_b (|L_b| + ||z_b||_1) and
-    # twice the largest pre-activation bound their arguments; -log(tiny) is the smaller end
-    c = 1.0 / problem.batch_size if problem.reduction == "mean" else 1.0
-    exponent_range = -math.log(float(np.finfo(np.dtype(dtype)).tiny))
-    if any(max(s.loss_magnitude / c, s.exponent_range) > exponent_range for s in nominal.steps):
-        return f"the exponentials leave the range of {dtype}"
+def trajectory_reference(problem: Problem, batches: list, method: str, hyper: dict,
+                         dtype: str) -> tuple[Trajectory, Trajectory, list[float]]:
+    """The reference run, its twin started `2u` apart, and the tolerances of a `dtype` port.
+
+    The tolerances' growth is the twin's and the restarts' (`ngd_ref.trajectory.Restarts`:
+    each `theta_k` shifted alone by the twin's rounding, the state kept).
+
+    Raises:
+        ValueError: where the reference cannot run the setting (e.g. CG on a matrix that is
+            not positive definite), or the trajectory is not finite.
+    """
+    runs = _runs(problem, batches, method, hyper, dtype)
+    return runs.nominal, runs.shifted, _tolerances(problem, runs, hyper, dtype,
+                                                   _restart_growth(runs))
+
+
+def _unusable(problem: Problem, runs: _Runs, tolerances: list[float], dtype: str) -> str:
+    """Why a setting's decisions are not resolvable at these tolerances (empty when usable)."""
+    nominal, shifted = runs.nominal, runs.shifted
     for k, tol in enumerate(tolerances):
         if not math.isfinite(tol):  # an unbounded condition (a singular CG basis, C + lambda I)
             return (f"step {k}: the tolerance is not finite (condition "
@@ -347,7 +400,33 @@ def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
         why = _ambiguity(a, b, max(1.0, factors[k], factors[k + 1]), rtol, eps)
         if why:
             return f"step {k}: {why}"
-    return nominal, tolerances
+    return ""
+
+
+def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
+              dtype: str) -> tuple[Trajectory, list[float]] | str:
+    """The reference run and its tolerances, or why the setting is not usable.
+
+    The restarts are run only for a setting usable at the twin's tolerances: theirs are at
+    least as large, and every margin of `_ambiguity` only shrinks as they grow.
+    """
+    try:
+        runs = _runs(problem, batches, method, hyper, dtype)
+    except ValueError as exc:
+        return f"the reference cannot run it ({exc})"
+    # every exp and log must stay inside the port's range (a softmax probability underflows to
+    # 0, exp(z) overflows): the losses' summed magnitudes c^-1 sum_b (|L_b| + ||z_b||_1) and
+    # twice the largest pre-activation bound their arguments; -log(tiny) is the smaller end
+    c = 1.0 / problem.batch_size if problem.reduction == "mean" else 1.0
+    exponent_range = -math.log(float(np.finfo(np.dtype(dtype)).tiny))
+    if any(max(s.loss_magnitude / c, s.exponent_range) > exponent_range
+           for s in runs.nominal.steps):
+        return f"the exponentials leave the range of {dtype}"
+    why = _unusable(problem, runs, _tolerances(problem, runs, hyper, dtype, None), dtype)
+    if why:
+        return why
+    tolerances = _tolerances(problem, runs, hyper, dtype, _restart_growth(runs))
+    return _unusable(problem, runs, tolerances, dtype) or (runs.nominal, tolerances)
 
 
 def _score(run: Trajectory, tolerances: list[float]) -> tuple:
