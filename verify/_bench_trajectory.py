@@ -39,12 +39,12 @@ def trajectory_section(quick: bool) -> dict[str, Any]:
         quick: time the float64 numpy port only (otherwise also its float32 twin and
             `ngd-ref-jax`, whose runs include JAX compilation).
     """
-    from verify.harness import load_adapter, run_checks
+    from verify.harness import clear_trajectory_schedules, load_adapter, run_checks
     from verify.harness import trajectory_schedule as schedule
     from verify.strategies import TRAJECTORY_FAMILIES as FAMILIES
 
     problems = zoo.problems(quick=True)
-    schedule.cache_clear()
+    clear_trajectory_schedules()
     per_family: dict[str, float] = {}
     for family in FAMILIES:
         start = time.perf_counter()

@@ -385,10 +385,11 @@ class DenseCurvature:
     # -- the objective ---------------------------------------------------------------------
     @functools.cached_property
     def loss(self):
-        """`h(theta) = c sum_b L(y_b, z_b)`."""
+        """`h(theta) = c sum_b L(y_b, z_b)` (the forward pass only: no tangents needed)."""
         with self.backend.precision():
-            return self.c * sum(self._loss.value(self.backend, y, t.a[-1])
-                                for y, t in zip(self.targets, self.traces, strict=True))
+            outputs = network_outputs(self.problem, self.theta, self.backend)
+            return self.c * sum(self._loss.value(self.backend, y, z)
+                                for y, z in zip(self.targets, outputs, strict=True))
 
     @functools.cached_property
     def gradient(self) -> np.ndarray:

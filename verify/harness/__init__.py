@@ -30,6 +30,7 @@ from verify.harness._run import (
     run_capability,
     run_checks,
 )
+from verify.harness._trajectory import clear_schedules as clear_trajectory_schedules
 from verify.harness._trajectory import schedule as trajectory_schedule
 from verify.harness._trajectory import trajectory_batches, trajectory_reference
 
@@ -50,5 +51,6 @@ __all__ = [
     "run_checks",
     "trajectory_batches",
     "trajectory_reference",
+    "clear_trajectory_schedules",
     "trajectory_schedule",
 ]

@@ -47,10 +47,11 @@ from verify.harness._loading import CAPABILITIES, LoadedAdapter, load_adapter
 from verify.harness._matrices import check_gradient, check_loss, check_matrix
 from verify.harness._method_inputs import INPUT_CHECKS
 from verify.harness._methods import METHOD_CHECKS
+from verify.harness._prefetch import prefetch_worthwhile, prefetching
 from verify.harness._products import PRODUCTS, check_product
 from verify.harness._s13 import S13_CHECKS
 from verify.harness._sampled import SAMPLED_CHECKS
-from verify.harness._trajectory import check_optimizer_trajectory
+from verify.harness._trajectory import FAMILIES, check_optimizer_trajectory, scheduled
 from verify.harness._updates import check_damped_update
 
 __all__ = [
@@ -195,6 +196,20 @@ def run_checks(
                     message="capability not claimed by the adapter",
                 )
             )
+    ahead = [p for p in problems if not scheduled(p, loaded.dtype)]
+    trajectories = "optimizer_trajectory" in wanted and prefetch_worthwhile(ahead)
+    if trajectories:  # last, so that the prefetch has the other capabilities' time
+        wanted = (*(c for c in wanted if c != "optimizer_trajectory"), "optimizer_trajectory")
+    with prefetching(ahead if trajectories else (), FAMILIES, loaded.dtype):
+        return _run_capabilities(loaded, problems, wanted, seed=seed, advance=advance,
+                                 stop_at_first_failure=stop_at_first_failure,
+                                 timeout=timeout, report=report)
+
+
+def _run_capabilities(loaded: LoadedAdapter, problems: Sequence[Problem],
+                      wanted: tuple[str, ...], *, seed: int, advance: Callable[[str], None],
+                      stop_at_first_failure: bool, timeout: float | None,
+                      report: Report) -> Report:
     for capability in wanted:
         hung: str | None = None
         for problem in problems:

@@ -31,9 +31,9 @@ names it with its events.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
+import weakref
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -54,11 +54,12 @@ from verify._report import Status
 from verify._tolerance import rounding_rtol, trajectory_tolerances, unit_roundoff
 from verify.harness._context import CheckContext
 from verify.harness._faults import InputModified, NotClaimed, PortFault, readonly
+from verify.harness._prefetch import lookup
 from verify.strategies import TRAJECTORY_FAMILIES, generate_trajectory_settings
 
-__all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory",
-           "pair_condition", "pi_excess",
-           "schedule", "subspace_condition", "trajectory_batches", "trajectory_reference"]
+__all__ = ["FAMILIES", "STEPS", "Schedule", "check_optimizer_trajectory", "clear_schedules",
+           "compute_schedule", "pair_condition", "pi_excess", "schedule", "scheduled",
+           "subspace_condition", "trajectory_batches", "trajectory_reference"]
 
 #: steps per trajectory: enough for two statistics updates, an inverse refresh between them,
 #: two root refreshes, an eviction with memory 2
@@ -403,13 +404,9 @@ def _unusable(problem: Problem, runs: _Runs, tolerances: list[float], dtype: str
     return ""
 
 
-def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
-              dtype: str) -> tuple[Trajectory, list[float]] | str:
-    """The reference run and its tolerances, or why the setting is not usable.
-
-    The restarts are run only for a setting usable at the twin's tolerances: theirs are at
-    least as large, and every margin of `_ambiguity` only shrinks as they grow.
-    """
+def _screen(problem: Problem, method: str, hyper: dict, batches: list,
+            dtype: str) -> tuple[_Runs, list[float]] | str:
+    """The reference runs and the twin's tolerances, or why the setting is not usable."""
     try:
         runs = _runs(problem, batches, method, hyper, dtype)
     except ValueError as exc:
@@ -422,11 +419,27 @@ def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
     if any(max(s.loss_magnitude / c, s.exponent_range) > exponent_range
            for s in runs.nominal.steps):
         return f"the exponentials leave the range of {dtype}"
-    why = _unusable(problem, runs, _tolerances(problem, runs, hyper, dtype, None), dtype)
-    if why:
-        return why
+    tolerances = _tolerances(problem, runs, hyper, dtype, None)
+    return _unusable(problem, runs, tolerances, dtype) or (runs, tolerances)
+
+
+def _finish(problem: Problem, runs: _Runs, hyper: dict, dtype: str) -> list[float] | str:
+    """The tolerances with the restarts' growth, or why the setting is not usable with them."""
     tolerances = _tolerances(problem, runs, hyper, dtype, _restart_growth(runs))
-    return _unusable(problem, runs, tolerances, dtype) or (runs.nominal, tolerances)
+    return _unusable(problem, runs, tolerances, dtype) or tolerances
+
+
+def _evaluate(problem: Problem, method: str, hyper: dict, batches: list,
+              dtype: str) -> tuple[Trajectory, list[float]] | str:
+    """The reference run and its final tolerances, or why the setting is not usable."""
+    screened = _screen(problem, method, hyper, batches, dtype)
+    if isinstance(screened, str):
+        return screened
+    final = _finish(problem, screened[0], hyper, dtype)
+    return final if isinstance(final, str) else (screened[0].nominal, final)
+
+
+_NOT_INFORMATIVE = "a tolerance exceeds the distance travelled (not informative)"
 
 
 def _score(run: Trajectory, tolerances: list[float]) -> tuple:
@@ -444,32 +457,86 @@ def _score(run: Trajectory, tolerances: list[float]) -> tuple:
     return (informative, sum(c > 0 for c in counts), sum(min(c, 2) for c in counts), -relative)
 
 
-@functools.lru_cache(maxsize=512)
+#: the schedules computed so far, per problem object (a frozen `Problem`; freed with it)
+_SCHEDULES: weakref.WeakKeyDictionary[Problem, dict[tuple[str, str], Schedule | str]] = (
+    weakref.WeakKeyDictionary())
+
+
 def schedule(problem: Problem, family: str, dtype: str) -> Schedule | str:
+    """`compute_schedule`'s result, computed once per (problem, family, dtype).
+
+    From a running prefetch where there is one (`verify.harness._prefetch`: a worker process
+    computes the schedules of a run's problems while the parent checks other capabilities;
+    the result is the same).
+    """
+    known = _SCHEDULES.setdefault(problem, {})
+    if (family, dtype) not in known:
+        found = lookup(problem, family, dtype)
+        known[family, dtype] = (found if found is not None
+                                else compute_schedule(problem, family, dtype))
+    return known[family, dtype]
+
+
+def scheduled(problem: Problem, dtype: str) -> bool:
+    """Whether every family's schedule of `problem` for `dtype` is already known."""
+    return all((family, dtype) in _SCHEDULES.get(problem, {}) for family in FAMILIES)
+
+
+def clear_schedules() -> None:
+    """Forget the schedules computed so far (the benchmark times them afresh)."""
+    _SCHEDULES.clear()
+
+
+def compute_schedule(problem: Problem, family: str, dtype: str) -> Schedule | str:
     """The schedule of one family on one problem for a port of `dtype` (module docstring).
+
+    Candidates are screened at the twin's tolerances (`_screen`), up to the first with every
+    event of the family, and the survivors are finished with the restarts (`_finish`) best
+    screened score first: the restarts only raise tolerances, so a finished score never
+    exceeds its screened one and the search stops at the first screened score no better than
+    the best finished. When no finished candidate has every event, screening goes on.
 
     Returns:
         The `Schedule`, or a sentence saying why no candidate setting is unambiguous.
     """
     batches = trajectory_batches(problem)
-    ref = DenseCurvature(problem)
-    best, reasons = None, []
-    for method, hyper in _candidates(problem, family, ref):
-        outcome = _evaluate(problem, method, hyper, batches, dtype)
-        if isinstance(outcome, str):
-            reasons.append(outcome)
-            continue
-        score = _score(*outcome)
-        if not score[0]:
-            reasons.append("a tolerance exceeds the distance travelled (not informative)")
-        elif best is None or score > best[0]:
-            best = (score, method, hyper, outcome)
+    pending = enumerate(_candidates(problem, family, DenseCurvature(problem)))
+    best: tuple | None = None
+    reasons: list[str] = []
+    while True:
+        screened, exhausted = [], True
+        for order, (method, hyper) in pending:
+            outcome = _screen(problem, method, hyper, batches, dtype)
+            if isinstance(outcome, str):
+                reasons.append(outcome)
+                continue
+            score = _score(outcome[0].nominal, outcome[1])
+            if not score[0]:
+                reasons.append(_NOT_INFORMATIVE)
+                continue
+            screened.append(((score, -order), method, hyper, outcome[0]))
             if score[1] == _POSSIBLE[family]:  # every event of the family: good enough
+                exhausted = False
                 break
+        for (score, _), method, hyper, runs in sorted(screened, key=lambda c: c[0],
+                                                      reverse=True):
+            if best is not None and not score > best[0]:
+                break
+            final = _finish(problem, runs, hyper, dtype)
+            if isinstance(final, str):
+                reasons.append(final)
+                continue
+            finished = _score(runs.nominal, final)
+            if not finished[0]:
+                reasons.append(_NOT_INFORMATIVE)
+            elif best is None or finished > best[0]:
+                best = (finished, method, hyper, runs.nominal, final)
+        if exhausted or (best is not None and best[0][1] == _POSSIBLE[family]):
+            break
     if best is None:
         return (f"no unambiguous, informative setting among {len(reasons)} candidates "
                 f"(first: {reasons[0]})")
-    _, method, hyper, (run, tolerances) = best
+    _, method, hyper, run, tolerances = best
     return Schedule(family, method, hyper, batches, run, tolerances)
 
 

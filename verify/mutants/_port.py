@@ -557,10 +557,8 @@ class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
 
     def hutchinson_diag(self, matvec, n, num_samples, seed):
         """Mean over Rademacher `z` of `z * matvec(z)`."""
-        rng = np.random.default_rng(seed)
         total = np.zeros(n, self._dt)
-        for _ in range(num_samples):
-            z = self._probe(rng, n)
+        for z in self._probes(self._rng(seed), n, num_samples):
             total = total + z * self._cast(matvec(z))
         return total / self._dt(num_samples)
 

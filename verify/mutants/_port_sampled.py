@@ -146,16 +146,14 @@ class SampledPortMixin(PortPrimitives):
         scale = self._mc_scale(problem, num_samples)
         return [(a / batch, scale * s) for a, s in factors]
 
-    def _probe(self, rng, n: int) -> np.ndarray:
-        """A Rademacher vector: entries -1 or 1 with probability 1/2 each."""
-        return (2 * rng.integers(0, 2, size=n) - 1).astype(self._dt)
+    def _probes(self, rng, n: int, count: int) -> np.ndarray:
+        """`(count, n)` Rademacher vectors: entries -1 or 1 with probability 1/2 each."""
+        return (2 * rng.integers(0, 2, size=(count, n)) - 1).astype(self._dt)
 
     def hutchinson_trace(self, matvec, n, num_samples, seed):
         """Mean over Rademacher `z` of `z^T matvec(z)`."""
-        rng = self._rng(seed)
         total = self._dt(0)
-        for _ in range(num_samples):
-            z = self._probe(rng, n)
+        for z in self._probes(self._rng(seed), n, num_samples):
             total = total + z @ self._cast(matvec(z))
         return total / self._dt(num_samples)
 

@@ -148,12 +148,12 @@ class HutchinsonSingleProbe(NumpyPort):
 
     def hutchinson_trace(self, matvec, n, num_samples, seed):
         """The first probe, S times."""
-        z = self._probe(self._rng(seed), n)
+        z = self._probes(self._rng(seed), n, 1)[0]
         total = sum(z @ self._cast(matvec(z)) for _ in range(num_samples))
         return total / self._dt(num_samples)
 
     def hutchinson_diag(self, matvec, n, num_samples, seed):
         """The first probe, S times."""
-        z = self._probe(self._rng(seed), n)
+        z = self._probes(self._rng(seed), n, 1)[0]
         total = sum(z * self._cast(matvec(z)) for _ in range(num_samples))
         return total / self._dt(num_samples)
