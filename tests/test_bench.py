@@ -37,7 +37,7 @@ def test_trajectory_section_times_every_family_and_the_port(monkeypatch):
     """The bench's trajectory rows (timings not tested): every family's schedule search, the
     port's run, their sum against the 60 s goal; on one problem and one family to stay
     fast."""
-    import functools
+    import weakref
 
     import verify.harness
     import verify.strategies
@@ -50,9 +50,7 @@ def test_trajectory_section_times_every_family_and_the_port(monkeypatch):
     monkeypatch.setattr(verify.strategies, "TRAJECTORY_FAMILIES", families)
     monkeypatch.setattr(verify.harness._trajectory, "FAMILIES", families)
     # a private cache for the section to clear: the suite's cached schedules stay
-    private = functools.lru_cache(maxsize=64)(verify.harness.trajectory_schedule.__wrapped__)
-    monkeypatch.setattr(verify.harness, "trajectory_schedule", private)
-    monkeypatch.setattr(verify.harness._trajectory, "schedule", private)  # the port's run
+    monkeypatch.setattr(verify.harness._trajectory, "_SCHEDULES", weakref.WeakKeyDictionary())
     rows = _bench_trajectory.trajectory_section(quick=True)["trajectory"]
     reference = rows["trajectory_reference_seconds"]
     assert set(reference) == {"total", *families} and rows["families"] == list(families)
