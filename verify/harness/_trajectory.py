@@ -377,20 +377,31 @@ def trajectory_reference(problem: Problem, batches: list, method: str, hyper: di
 
     Raises:
         ValueError: where the reference cannot run the setting (e.g. CG on a matrix that is
-            not positive definite), or the trajectory is not finite.
+            not positive definite), the trajectory is not finite, or a tolerance is not
+            (nothing could fail against it).
     """
     runs = _runs(problem, batches, method, hyper, dtype)
-    return runs.nominal, runs.shifted, _tolerances(problem, runs, hyper, dtype,
-                                                   _restart_growth(runs))
+    tolerances = _tolerances(problem, runs, hyper, dtype, _restart_growth(runs))
+    if not all(math.isfinite(t) for t in tolerances):
+        raise ValueError(_unbounded(runs, tolerances))
+    return runs.nominal, runs.shifted, tolerances
+
+
+def _unbounded(runs: _Runs, tolerances: list[float]) -> str:
+    """The first step whose tolerance is not finite, as a reason (empty when all are)."""
+    for k, tol in enumerate(tolerances):
+        if not math.isfinite(tol):  # an unbounded condition or growth
+            return (f"step {k}: the tolerance is not finite (condition "
+                    f"{runs.nominal.steps[k].condition:.1e}, or a restart that cannot run)")
+    return ""
 
 
 def _unusable(problem: Problem, runs: _Runs, tolerances: list[float], dtype: str) -> str:
     """Why a setting's decisions are not resolvable at these tolerances (empty when usable)."""
     nominal, shifted = runs.nominal, runs.shifted
-    for k, tol in enumerate(tolerances):
-        if not math.isfinite(tol):  # an unbounded condition (a singular CG basis, C + lambda I)
-            return (f"step {k}: the tolerance is not finite (condition "
-                    f"{nominal.steps[k].condition:.1e})")
+    unbounded = _unbounded(runs, tolerances)
+    if unbounded:
+        return unbounded
     rtol = rounding_rtol(dtype, length=max(problem.n_params, problem.batch_size
                                            * problem.output_dim), depth=len(problem.layers) + 2)
     divergences = np.linalg.norm(nominal.float64() - shifted.float64(), axis=1)
