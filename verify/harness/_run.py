@@ -5,7 +5,10 @@ run); `check_adapter` adds loading, the problem sources and progress. For each c
 capability and each problem the capability's check function (one module per family) runs in
 a `CheckContext`; a fault in the port (exception, modified input) is recorded as that
 check's `error`/`fail` and the run goes on with the next (capability, problem). Capabilities
-the adapter does not claim are reported once each as `skip`, never as passed.
+the adapter does not claim are reported once each as `skip`, never as passed. With a
+schedule prefetch (`verify.harness._prefetch`: two or more CPUs, three or more problems),
+`optimizer_trajectory` runs after the other capabilities, so that the worker computing its
+schedules has their time.
 
 A call that exceeds the timeout (`--timeout`, default `DEFAULT_TIMEOUT`) is abandoned and
 recorded as `error`; the capability's remaining problems are then recorded as `error` ("not
