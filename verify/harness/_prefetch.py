@@ -45,7 +45,15 @@ _ACTIVE: list[SchedulePrefetch] = []
 
 def prefetch_worthwhile(problems: Sequence[Problem]) -> bool:
     """Whether a worker would run beside the parent: two or more CPUs and enough problems."""
-    return len(problems) >= MIN_PROBLEMS and len(os.sched_getaffinity(0)) >= 2
+    return len(problems) >= MIN_PROBLEMS and _cpus() >= 2
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (all of the machine's where that is not known)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @contextmanager
@@ -90,17 +98,19 @@ class SchedulePrefetch:
                 pickle.dump((list(problems), families, dtype), job)
         except (OSError, pickle.PicklingError):  # no worker: the parent schedules everything
             return
+        read, write = os.pipe()
         try:
-            read, write = os.pipe()
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "verify.harness._prefetch", job.name, str(write)],
                 pass_fds=(write,), env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            os.close(write)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: no pass_fds (not POSIX)
+            os.close(read)
             os.unlink(job.name)
             return
+        finally:
+            os.close(write)
         self._conn = Connection(read, writable=False)
         self._ended = False
         self._reader = threading.Thread(target=self._drain, name="ngd-verify prefetch",
