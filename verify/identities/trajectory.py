@@ -34,6 +34,7 @@ import numpy as np
 
 from ngd_ref import Loss, Problem
 from ngd_ref.dense import DenseCurvature, exact_diagonal_blocks
+from ngd_ref.trajectory import Trajectory
 from verify._report import CheckResult, Status
 from verify._tolerance import Comparison, compare, trajectory_tolerances
 from verify.harness import trajectory_batches, trajectory_reference
@@ -63,9 +64,21 @@ def _damping(problem: Problem, curvature: str) -> float:
     return float(2.0 ** round(np.log2(max(norm, 1e-3) / 4)))
 
 
-def _compare_runs(problem: Problem, batches: list, first: tuple[str, dict],
-                  second: tuple[str, dict]) -> list[Comparison] | str:
-    """Compare two trajectories step by step: one Comparison per step.
+#: a reference run and its float64 tolerances, or why the reference cannot run it
+Reference = tuple[Trajectory, list[float]] | str
+
+
+def _reference(problem: Problem, batches: list, method: str, hyper: dict) -> Reference:
+    """`trajectory_reference` in float64, or the reason it refuses the setting."""
+    try:
+        run, _, tolerances = trajectory_reference(problem, batches, method, hyper, "float64")
+    except ValueError as exc:
+        return str(exc)
+    return run, tolerances
+
+
+def _compare_runs(first: Reference, second: Reference) -> list[Comparison] | str:
+    """Compare two reference runs step by step: one Comparison per step.
 
     Step k's tolerance is the sum of both runs' tolerances at that step, relative to the
     second run's `||theta_{k+1}||`.
@@ -74,11 +87,9 @@ def _compare_runs(problem: Problem, batches: list, first: tuple[str, dict],
         The per-step comparisons (`theta_1 .. theta_K`), or the reason the reference cannot
         run them.
     """
-    try:
-        a, _, tol_a = trajectory_reference(problem, batches, *first, "float64")
-        b, _, tol_b = trajectory_reference(problem, batches, *second, "float64")
-    except ValueError as exc:
-        return str(exc)
+    if isinstance(first, str) or isinstance(second, str):
+        return first if isinstance(first, str) else str(second)
+    (a, tol_a), (b, tol_b) = first, second
     out = []
     for k, (x, y) in enumerate(zip(a.float64(), b.float64(), strict=True)):
         scale = max(float(np.linalg.norm(y)), np.finfo(np.float64).tiny)
@@ -128,20 +139,18 @@ def kfac_block_natural_gradient(problem: Problem) -> list[CheckResult]:
     name = "trajectory_kfac_one_example_is_block_natural_gradient"
     batches = trajectory_batches(problem, STEPS)
     damping, lr = _damping(problem, "fisher"), 0.5
-    try:
-        run, _, tolerances = trajectory_reference(problem, batches, "kfac",
-                                                  _fisher_kfac(problem, 0.0, lr, damping),
-                                                  "float64")
-    except ValueError as exc:
-        return [_skip(name, problem, str(exc))]
+    fresh = _reference(problem, batches, "kfac", _fisher_kfac(problem, 0.0, lr, damping))
+    if isinstance(fresh, str):
+        return [_skip(name, problem, fresh)]
+    run, tolerances = fresh
     direct = _block_natural_gradient(problem, batches, lr, damping)
     final = run.float64()[-1]
     comparison = compare(final, direct[-1], tolerance=2 * tolerances[-1] / max(
         float(np.linalg.norm(direct[-1])), np.finfo(np.float64).tiny))
     out = [result(name, problem, comparison, f"theta_{STEPS} of K-FAC = block natural gradient",
                   SOURCE_KFAC)]
-    stale = _compare_runs(problem, batches, ("kfac", _fisher_kfac(problem, 0.875, lr, damping)),
-                          ("kfac", _fisher_kfac(problem, 0.0, lr, damping)))
+    stale = _compare_runs(_reference(problem, batches, "kfac",
+                                     _fisher_kfac(problem, 0.875, lr, damping)), fresh)
     if not isinstance(stale, str):
         out.append(separated("trajectory_kfac_stale_average_differs", problem, _worst(stale),
                              "ema = 7/8 leaves the block natural gradient trajectory",
@@ -166,16 +175,16 @@ def hf_full_cg_is_newton(problem: Problem) -> list[CheckResult]:
     curvature = "fisher" if not Loss(problem.loss).outputs_are_natural_parameters else "ggn"
     damping = _damping(problem, curvature)
     batches = trajectory_batches(problem, STEPS)
-    full = _compare_runs(problem, batches, ("hessian_free", _hf(curvature, problem.n_params,
-                                                                damping)),
-                         ("damped_newton", _newton(curvature, damping)))
+    newton = _reference(problem, batches, "damped_newton", _newton(curvature, damping))
+    full = _compare_runs(_reference(problem, batches, "hessian_free",
+                                    _hf(curvature, problem.n_params, damping)), newton)
     if isinstance(full, str):
         return [_skip(name, problem, full)]
     out = [result(name, problem, _worst(full),
                   f"HF with n CG iterations = damped Newton ({curvature})",
                   SOURCE_HF)]
-    one = _compare_runs(problem, batches, ("hessian_free", _hf(curvature, 1, damping)),
-                        ("damped_newton", _newton(curvature, damping)))
+    one = _compare_runs(_reference(problem, batches, "hessian_free", _hf(curvature, 1, damping)),
+                        newton)
     # the predicted gap is theta_1's, so it is weighed against step 0's tolerance
     if not isinstance(one, str) and detectable(_one_cg_step_gap(problem, batches, curvature,
                                                                 damping), one[0].tolerance):
@@ -235,13 +244,11 @@ def momentum_qm_first_step(problem: Problem) -> list[CheckResult]:
     name = "trajectory_momentum_qm_first_step_is_rescaled"
     damping = _damping(problem, "fisher")
     batches = trajectory_batches(problem, 2)
-    try:
-        qm, _, tol_qm = trajectory_reference(problem, batches, "kfac", _qm("momentum_qm", damping),
-                                             "float64")
-        rs, _, tol_rs = trajectory_reference(problem, batches, "kfac", _qm("rescaled", damping),
-                                             "float64")
-    except ValueError as exc:
-        return [_skip(name, problem, str(exc))]
+    momentum = _reference(problem, batches, "kfac", _qm("momentum_qm", damping))
+    rescaled = _reference(problem, batches, "kfac", _qm("rescaled", damping))
+    if isinstance(momentum, str) or isinstance(rescaled, str):
+        return [_skip(name, problem, momentum if isinstance(momentum, str) else str(rescaled))]
+    (qm, tol_qm), (rs, tol_rs) = momentum, rescaled
     a, b = qm.float64(), rs.float64()
     scale = [max(float(np.linalg.norm(x)), np.finfo(np.float64).tiny) for x in b]
     first = compare(a[0], b[0], tolerance=(tol_qm[0] + tol_rs[0]) / scale[0])
@@ -268,14 +275,15 @@ def bias_corrected_constant_statistics(problem: Problem) -> list[CheckResult]:
     twin = quadratic_twin(problem)
     batches = [(twin.inputs, twin.targets)] * STEPS
     damping = _damping(twin, "ggn")
-    same = _compare_runs(twin, batches, ("kfac", _constant_statistics(0.875, True, damping)),
-                         ("kfac", _constant_statistics(0.0, True, damping)))
+    fresh = _reference(twin, batches, "kfac", _constant_statistics(0.0, True, damping))
+    same = _compare_runs(_reference(twin, batches, "kfac",
+                                    _constant_statistics(0.875, True, damping)), fresh)
     if isinstance(same, str):
         return [_skip(name, problem, same)]
     out = [result(name, problem, _worst(same), "ema 7/8 with bias correction = ema 0 on constant "
                   "statistics (linear mse twin)", SOURCE_KFAC)]
-    raw = _compare_runs(twin, batches, ("kfac", _constant_statistics(0.875, False, damping)),
-                        ("kfac", _constant_statistics(0.0, True, damping)))
+    raw = _compare_runs(_reference(twin, batches, "kfac",
+                                   _constant_statistics(0.875, False, damping)), fresh)
     if not isinstance(raw, str):
         out.append(separated("trajectory_uncorrected_average_differs", problem, _worst(raw),
                              "without bias correction the averages are (1 - eta^m) A",
