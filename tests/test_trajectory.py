@@ -273,6 +273,40 @@ def test_numpy_port_follows_the_reference_on_drawn_settings(data):
     assert np.all(errors <= tolerances), (family, hyper, errors, tolerances)
 
 
+def _exhaustive_schedule(problem, family, dtype):
+    """The search without screening: every candidate finished, the first best score kept."""
+    from ngd_ref.dense import DenseCurvature
+    from verify.harness._trajectory import _POSSIBLE, _candidates, _score
+
+    batches, best = trajectory_batches(problem), None
+    for method, hyper in _candidates(problem, family, DenseCurvature(problem)):
+        outcome = _evaluate(problem, method, hyper, batches, dtype)
+        if isinstance(outcome, str):
+            continue
+        score = _score(*outcome)
+        if score[0] and (best is None or score > best[0]):
+            best = (score, method, hyper, outcome[1])
+            if score[1] == _POSSIBLE[family]:
+                break
+    return best
+
+
+@pytest.mark.parametrize("name", ["mlp-3x4x3-tanh-mse-b1"])
+def test_screened_search_picks_what_the_exhaustive_search_picks(name):
+    # screening at the twin's tolerances and finishing with the restarts best-first is a
+    # shortcut of the same search: the same setting and tolerances per family
+    problem = zoo.get(name)
+    for family in FAMILIES:
+        for dtype in ("float64", "float32"):
+            sched, best = schedule(problem, family, dtype), _exhaustive_schedule(problem, family,
+                                                                                 dtype)
+            if best is None:
+                assert isinstance(sched, str), (family, dtype)
+                continue
+            assert not isinstance(sched, str), (family, dtype, sched)
+            assert (sched.method, sched.hyper, sched.tolerances) == best[1:], (family, dtype)
+
+
 # -- the JAX twin and ngd-ref-jax -------------------------------------------------------------
 @pytest.mark.slow
 def test_ngd_ref_jax_claims_and_passes_trajectories():
