@@ -48,7 +48,9 @@ def test_comparison_is_asymmetric():
 
 def test_solve_tolerance_grows_with_condition_and_hoeffding_shrinks_with_samples():
     base = rounding_rtol("float64", length=10, depth=2)
-    assert solve_rtol("float64", length=10, depth=2, condition=1e3) == pytest.approx(1e3 * base)
+    assert solve_rtol("float64", length=10, depth=2, condition=1e3) == pytest.approx(1e3 * base,
+                                                                                     rel=1e-12,
+                                                                                     abs=0)
     assert hoeffding_bound(1.0, 400) < hoeffding_bound(1.0, 100)
     # the union bound over more simultaneous tests asks for a larger threshold
     assert hoeffding_bound(1.0, 100, tests=10) > hoeffding_bound(1.0, 100)

@@ -95,6 +95,11 @@ def test_missing_hyper_key_names_it():
                                                                   damping=1.0, **ADAPT))
 
 
+def _same(value: float) -> object:
+    """`pytest.approx` relative only (its default absolute 1e-12 would pass any tolerance)."""
+    return pytest.approx(value, rel=1e-12, abs=0)
+
+
 def test_trajectory_tolerances_follow_the_measured_growth():
     flat = trajectory_tolerances("float64", length=4, depth=3, step_norms=[1.0, 1.0],
                                  param_norms=[0.0, 0.0], conditions=[1.0, 1.0],
@@ -102,11 +107,26 @@ def test_trajectory_tolerances_follow_the_measured_growth():
     grown = trajectory_tolerances("float64", length=4, depth=3, step_norms=[1.0, 1.0],
                                   param_norms=[0.0, 0.0], conditions=[1.0, 1.0],
                                   divergences=[1.0, 1.0, 100.0])
-    assert flat[1] == pytest.approx(2 * flat[0]) and grown[1] == pytest.approx(101 * grown[0])
+    assert flat[1] == _same(2 * flat[0]) and grown[1] == _same(101 * grown[0])
     f32 = trajectory_tolerances("float32", length=4, depth=3, step_norms=[1.0, 1.0],
                                 param_norms=[0.0, 0.0], conditions=[1.0, 1.0],
                                 divergences=[1.0, 1.0, 1.0])
-    assert f32[1] / flat[1] == pytest.approx(2.0**29)
+    assert f32[1] / flat[1] == _same(2.0**29)
+
+
+def test_trajectory_tolerances_take_the_restarts_growth_where_larger():
+    def tolerances(restart_growth):
+        return trajectory_tolerances("float64", length=4, depth=3, step_norms=[1.0] * 3,
+                                     param_norms=[0.0] * 3, conditions=[1.0] * 3,
+                                     divergences=[1.0, 1.0, 2.0, 2.0],
+                                     restart_growth=restart_growth)
+
+    twin = tolerances(None)  # e_j = e; theta_1's error grows 2-fold to theta_2 (a_2 / a_1)
+    assert twin == [_same(twin[0]), _same(3 * twin[0]), _same(4 * twin[0])]
+    assert tolerances({(1, 2): 50.0})[1] == _same(51 * twin[0])  # restart 1 grows more
+    assert tolerances({(1, 2): 0.5})[1] == _same(twin[1])  # never below the twin's
+    assert tolerances({(1, 3): 10.0})[2] == _same(12 * twin[0])  # 10 e + e + e
+    assert tolerances({(1, 2): float("nan")})[1] == float("inf")  # unknown growth: unbounded
 
 
 # -- the harness check ------------------------------------------------------------------------
