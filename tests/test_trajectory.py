@@ -226,14 +226,17 @@ def test_trajectory_identities_and_controls_pass(problem):
 def test_trajectory_controls_fail_where_the_identity_holds():
     batches = trajectory_batches(TINY, 2)
     newton = ("damped_newton", trajectory_ids._newton("ggn", 0.5))
-    same = trajectory_ids._compare_runs(TINY, batches, newton, newton)
+    run = trajectory_ids._reference(TINY, batches, *newton)
+    same = trajectory_ids._compare_runs(run, run)
     assert len(same) == 2  # one comparison per step
     assert separated("control", TINY, trajectory_ids._worst(same), "x", "y").status is Status.FAIL
     twin = trajectory_ids.quadratic_twin(TINY)
     constant = [(twin.inputs, twin.targets)] * 2
     raw = trajectory_ids._compare_runs(
-        twin, constant, ("kfac", trajectory_ids._constant_statistics(0.875, False, 0.5)),
-        ("kfac", trajectory_ids._constant_statistics(0.0, True, 0.5)))
+        trajectory_ids._reference(twin, constant, "kfac",
+                                  trajectory_ids._constant_statistics(0.875, False, 0.5)),
+        trajectory_ids._reference(twin, constant, "kfac",
+                                  trajectory_ids._constant_statistics(0.0, True, 0.5)))
     assert result("identity", twin, trajectory_ids._worst(raw), "x", "y").status is Status.FAIL
 
 
@@ -243,8 +246,10 @@ def test_hf_one_cg_step_control_is_weighed_against_step_0s_tolerance():
     curvature, damping = "ggn", trajectory_ids._damping(TINY, "ggn")
     batches = trajectory_batches(TINY, trajectory_ids.STEPS)
     one = trajectory_ids._compare_runs(
-        TINY, batches, ("hessian_free", trajectory_ids._hf(curvature, 1, damping)),
-        ("damped_newton", trajectory_ids._newton(curvature, damping)))
+        trajectory_ids._reference(TINY, batches, "hessian_free",
+                                  trajectory_ids._hf(curvature, 1, damping)),
+        trajectory_ids._reference(TINY, batches, "damped_newton",
+                                  trajectory_ids._newton(curvature, damping)))
     assert len(one) == trajectory_ids.STEPS
     assert one[0].tolerance <= trajectory_ids._worst(one).tolerance
 
