@@ -23,9 +23,11 @@ most events, then the smallest tolerance, is used.
 
 Tolerances: `verify._tolerance.trajectory_tolerances`, from each step's condition number (with
 eq. 27's 2 x 2 solve, `subspace_condition`, and L-BFGS's stored pairs, `pair_condition`) and
-the measured divergence of the two reference runs (never a fixed schedule). The first step
-whose parameters leave the tolerance -- or turn non-finite -- fails the check, and the message
-names it with its events.
+the measured growth of an error (never a fixed schedule): the divergence of the two reference
+runs, and of restarts from each `theta_k` shifted alone with the run's state kept
+(`ngd_ref.trajectory.Restarts`; run only for candidates usable at the twin's tolerances).
+The first step whose parameters leave the tolerance -- or turn non-finite -- fails the check,
+and the message names it with its events.
 """
 
 from __future__ import annotations
