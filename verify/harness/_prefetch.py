@@ -18,6 +18,7 @@ schedule to the parent, which computes it itself (and contains its own errors as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -93,10 +94,13 @@ class SchedulePrefetch:
         self._conn: Connection | None = None
         self._process: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
+        self._job: str | None = None
         try:
             with tempfile.NamedTemporaryFile("wb", suffix=".pkl", delete=False) as job:
+                self._job = job.name
                 pickle.dump((list(problems), families, dtype), job)
         except (OSError, pickle.PicklingError):  # no worker: the parent schedules everything
+            self._remove_job()
             return
         read, write = os.pipe()
         try:
@@ -107,7 +111,7 @@ class SchedulePrefetch:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         except (OSError, ValueError):  # ValueError: no pass_fds (not POSIX)
             os.close(read)
-            os.unlink(job.name)
+            self._remove_job()
             return
         finally:
             os.close(write)
@@ -151,6 +155,13 @@ class SchedulePrefetch:
             self._reader.join(timeout=5)
         if self._conn is not None:
             self._conn.close()
+        self._remove_job()
+
+    def _remove_job(self) -> None:
+        """Delete the job file (the worker deletes it once read; not when killed before)."""
+        if self._job is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._job)
 
 
 def _main(job: str, fd: int) -> None:
@@ -163,7 +174,8 @@ def _main(job: str, fd: int) -> None:
 
     with open(job, "rb") as f:
         problems, families, dtype = pickle.load(f)
-    os.unlink(job)
+    with contextlib.suppress(FileNotFoundError):  # the parent may have closed already
+        os.unlink(job)
     conn = Connection(fd, readable=False)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
