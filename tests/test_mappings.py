@@ -1,0 +1,67 @@
+"""The harness keeps a JIT-compiling port from exhausting the process's memory mappings.
+
+Regression: `ngd-verify check --adapter ngd-ref-jax --quick` died with SIGSEGV after about
+11 minutes ("LLVM compilation error: Cannot allocate memory"), with no report: every compiled
+kernel keeps its code mapped, and the count reached `vm.max_map_count`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ngd_ref import zoo
+from verify._report import Status
+from verify.harness import _run as harness_run
+from verify.harness import load_adapter, run_checks
+from verify.harness._mappings import MappingGuard, mapping_count
+
+pytestmark = pytest.mark.skipif(mapping_count() is None, reason="no /proc/self/maps here")
+
+
+def _compile_distinct(count: int, guard: MappingGuard) -> int:
+    """Compile `count` kernels of distinct shapes, calling `guard` after each; the peak count."""
+    kernel = jax.jit(lambda x: jnp.sin(x) * 2 + jnp.cos(x) ** 2)
+    peak = 0
+    for size in range(count):
+        kernel(jnp.ones(size + 1)).block_until_ready()
+        guard()
+        peak = max(peak, mapping_count() or 0)
+    return peak
+
+
+def test_compilations_without_the_guard_keep_their_mappings():
+    """The control: without clearing, 40 compilations leave over 100 mappings behind."""
+    jax.clear_caches()
+    start = mapping_count()
+    assert _compile_distinct(40, MappingGuard(limit=None)) > start + 100
+
+
+def test_the_guard_clears_jax_caches_past_its_threshold():
+    jax.clear_caches()
+    start = mapping_count()
+    guard = MappingGuard(limit=2 * (start + 100), fraction=0.5, interval=0.0)
+    peak = _compile_distinct(40, guard)
+    assert guard.clears >= 1
+    assert peak < start + 100 + 30  # one look per compilation: at most one kernel over
+
+
+def test_checks_pass_across_clears_of_the_adapters_compilations(monkeypatch):
+    """`ngd-ref-jax` recompiles what it needs after a clear: the checks still pass."""
+    jax.clear_caches()
+    start = mapping_count()
+    guards: list[MappingGuard] = []
+
+    def low_guard() -> MappingGuard:
+        guards.append(MappingGuard(limit=2 * (start + 200), interval=0.0))
+        return guards[-1]
+
+    monkeypatch.setattr(harness_run, "MappingGuard", low_guard)
+    problems = zoo.problems(quick=True)[:3]
+    report = run_checks(load_adapter("ngd-ref-jax"), problems,
+                        capabilities=["loss", "gradient", "hvp", "hessian_diag"])
+    statuses = {r.status for r in report.results if r.problem != "*"}
+    assert statuses == {Status.PASS}, [r for r in report.results if r.status != Status.PASS]
+    assert guards[0].clears >= 1
+
