@@ -13,8 +13,7 @@ import pytest
 
 from ngd_ref import zoo
 from verify._report import Status
-from verify.harness import _run as harness_run
-from verify.harness import load_adapter, run_checks
+from verify.harness import _mappings, load_adapter, run_checks
 from verify.harness._mappings import MappingGuard, mapping_count
 
 pytestmark = pytest.mark.skipif(mapping_count() is None, reason="no /proc/self/maps here")
@@ -51,17 +50,24 @@ def test_checks_pass_across_clears_of_the_adapters_compilations(monkeypatch):
     """`ngd-ref-jax` recompiles what it needs after a clear: the checks still pass."""
     jax.clear_caches()
     start = mapping_count()
-    guards: list[MappingGuard] = []
-
-    def low_guard() -> MappingGuard:
-        guards.append(MappingGuard(limit=2 * (start + 200), interval=0.0))
-        return guards[-1]
-
-    monkeypatch.setattr(harness_run, "MappingGuard", low_guard)
+    guard = MappingGuard(limit=2 * (start + 200), interval=0.0)
+    monkeypatch.setattr(_mappings, "GUARD", guard)
     problems = zoo.problems(quick=True)[:3]
     report = run_checks(load_adapter("ngd-ref-jax"), problems,
                         capabilities=["loss", "gradient", "hvp", "hessian_diag"])
     statuses = {r.status for r in report.results if r.problem != "*"}
     assert statuses == {Status.PASS}, [r for r in report.results if r.status != Status.PASS]
-    assert guards[0].clears >= 1
+    assert guard.clears >= 1
 
+
+
+def test_ngd_ref_jax_hutchinson_compiles_once_per_shape():
+    """Regression: a closure per call made `hutchinson_diag` compile (~50 mappings) per call."""
+    from verify.adapters.ngd_ref_jax import NgdRefJax
+
+    port, matrix = NgdRefJax(), jnp.diag(jnp.arange(1.0, 6.0))
+    port.hutchinson_diag(lambda v: matrix @ v, 5, 16, 0)
+    before = mapping_count()
+    for seed in range(1, 21):
+        port.hutchinson_diag(lambda v, seed=seed: matrix @ v, 5, 16, seed)
+    assert mapping_count() - before < 20

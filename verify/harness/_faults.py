@@ -32,7 +32,10 @@ Every call into the port goes through `call_port`:
 * the result is turned into plain float64 numpy arrays (lists and tuples kept as such)
   *inside* the contained call: an `__array__` that raises, a deleted JAX array, a complex,
   boolean, string or object result is `BadResult` (status `fail`, naming what came back),
-  never a crash of the harness's own code nor a silently dropped imaginary part.
+  never a crash of the harness's own code nor a silently dropped imaginary part;
+* before the call, `verify.harness._mappings.GUARD` clears JAX's compilation caches if the
+  process nears its limit on memory mappings (a port compiling a kernel per call would
+  otherwise kill the process with SIGSEGV within minutes).
 
 Wrong shapes, wrong types and NaNs in *results* are caught by `verify._tolerance.compare`
 and the structural checks, which turn them into failures with a reason. In every case the
@@ -49,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from ngd_ref import Problem
+from verify.harness import _mappings
 from verify.harness._isolation import DEFAULT_TIMEOUT, CallTimedOut, Outcome, run_isolated
 
 __all__ = [
@@ -232,6 +236,7 @@ def _invoke(
     def call() -> Any:
         return real_result(getattr(instance, method)(*args, **kwargs))
 
+    _mappings.GUARD()  # a port's JIT compilations must not exhaust the process's mappings
     try:
         with warnings.catch_warnings():  # a port's warnings.simplefilter("error") stays its own
             return run_isolated(call, timeout)

@@ -6,12 +6,12 @@ caches for the life of the process. A port that compiles new kernels per problem
 capability -- the project's own `ngd-ref-jax` under `check --quick` does, about 4,000
 mappings a minute -- reaches Linux's `vm.max_map_count` (65,530 by default) within minutes;
 then LLVM fails ("Cannot allocate memory") and the process dies with SIGSEGV, with no
-report. Threads cannot contain that, so the harness watches the count between checks
-(`MappingGuard`, at most once per `interval` seconds: reading `/proc/self/maps` costs a few
-milliseconds) and, once it passes `fraction` of the limit, clears JAX's compilation caches
-(`jax.clear_caches()`). That is a cache, not a setting: no result and no configuration
-changes, and a port recompiles what it calls next. Off Linux (no `/proc`), and in a process
-that has not imported JAX, the guard does nothing.
+report. Threads cannot contain that, so the harness looks at the count before every port
+call (`GUARD`, a `MappingGuard`; at most once per `interval` seconds, since reading
+`/proc/self/maps` costs a few milliseconds) and, once it passes `fraction` of the limit,
+clears JAX's compilation caches (`jax.clear_caches()`). That is a cache, not a setting: no
+result and no configuration changes, and a port recompiles what it calls next. Off Linux (no
+`/proc`), and in a process that has not imported JAX, the guard does nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["MappingGuard", "mapping_count", "mapping_limit"]
+__all__ = ["GUARD", "MappingGuard", "mapping_count", "mapping_limit"]
 
 _MAPS = Path("/proc/self/maps")
 _LIMIT = Path("/proc/sys/vm/max_map_count")
@@ -83,3 +83,7 @@ class MappingGuard:
         after = mapping_count()
         if after is not None and self._limit is not None and after > self._threshold:
             self._threshold = (after + self._limit) / 2
+
+
+#: the harness's guard, called before every port call (`verify.harness._faults`)
+GUARD = MappingGuard()

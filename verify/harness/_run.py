@@ -8,8 +8,7 @@ check's `error`/`fail` and the run goes on with the next (capability, problem). 
 the adapter does not claim are reported once each as `skip`, never as passed. With a
 schedule prefetch (`verify.harness._prefetch`: two or more CPUs, three or more problems),
 `optimizer_trajectory` runs after the other capabilities, so that the worker computing its
-schedules has their time. Between checks a `MappingGuard` (`verify.harness._mappings`)
-keeps a port's JIT compilations from exhausting the process's memory mappings.
+schedules has their time.
 
 A call that exceeds the timeout (`--timeout`, default `DEFAULT_TIMEOUT`) is abandoned and
 recorded as `error`; the capability's remaining problems are then recorded as `error` ("not
@@ -48,7 +47,6 @@ from verify.harness._isolation import DEFAULT_TIMEOUT
 from verify.harness._kfac import check_kfac_factors, check_kfac_solve
 from verify.harness._layer_kinds import PROBLEM_FREE, declared_layer_kinds, unsupported_kinds
 from verify.harness._loading import CAPABILITIES, LoadedAdapter, load_adapter
-from verify.harness._mappings import MappingGuard
 from verify.harness._matrices import check_gradient, check_loss, check_matrix
 from verify.harness._method_inputs import INPUT_CHECKS
 from verify.harness._methods import METHOD_CHECKS
@@ -215,7 +213,6 @@ def _run_capabilities(loaded: LoadedAdapter, problems: Sequence[Problem],
                       wanted: tuple[str, ...], *, seed: int, advance: Callable[[str], None],
                       stop_at_first_failure: bool, timeout: float | None,
                       report: Report) -> Report:
-    guard = MappingGuard()
     for capability in wanted:
         hung: str | None = None
         for problem in problems:
@@ -230,7 +227,6 @@ def _run_capabilities(loaded: LoadedAdapter, problems: Sequence[Problem],
                 )
                 hung = problem.name if timed_out else None
             report.extend(results)
-            guard()
             advance(f"{capability} {problem.name}")
             if stop_at_first_failure and any(
                 r.status in (Status.FAIL, Status.ERROR) for r in results
