@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _real_cases import (  # tests/, on pytest's path
+    BATCHED,
+    BATCHED_MSE,
+    KFAC_JAX_SKIP,
+    ONE_EXAMPLE,
+    SIGMOID_CE,
+    f64_tolerance,
+    reference_tolerance,
+)
 
 from ngd_ref import zoo
-from ngd_ref.trajectory import Event
 from verify import Status
 from verify.harness import load_adapter, run_checks
-
-ONE_EXAMPLE = zoo.get("mlp-3x4x3-tanh-mse-b1")
-BATCHED = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3")
-BATCHED_MSE = zoo.get("deep-linear-2x3x3x2-mse-b4")
 
 
 def _statuses(target, problems, capabilities):
@@ -176,18 +180,11 @@ def test_curvlinops_compute_kronecker_factors_accumulates():
 
 
 # -- kfac-jax ---------------------------------------------------------------------------------
-KFAC_JAX_SKIP = "kfac_jax not installed (tox -e kfac-jax: kfac-jax 0.0.8 needs jax 0.9.0)"
 KFAC_JAX_CAPABILITIES = ["loss", "hessian", "ggn", "fisher", "empirical_fisher", "hvp", "ggn_vp",
                          "fisher_vp", "kfac_factors", "kfac_solve"]
 SUM_REDUCTION = zoo.get("mlp-3x4x3-sigmoid-softmax_cross_entropy-b3-sum")
 SAME_INPUTS = zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3-same_inputs")
 NLL_PROBS = zoo.get("mlp-3x4x3-tanh-nll_probs-b3-out_softmax")
-
-
-def _f64_tolerance(problem, depth: int) -> float:
-    from verify._tolerance import rounding_rtol
-
-    return rounding_rtol("float64", length=problem.n_params, depth=depth)
 
 
 KFAC_JAX_AGREEMENT = {
@@ -284,7 +281,7 @@ def test_kfac_jax_nll_probs_fisher_passes_and_its_ggn_is_the_logit_ggn():
     assert statuses[("ggn", NLL_PROBS.name)] is Status.SKIP
     logit_ggn = KfacJax()._explicit(NLL_PROBS, "ggn_exact")
     ref = dense(NLL_PROBS)
-    tol = _f64_tolerance(NLL_PROBS, depth=len(NLL_PROBS.layers) + 2)
+    tol = f64_tolerance(NLL_PROBS, depth=len(NLL_PROBS.layers) + 2)
     assert compare(logit_ggn, ref.fisher, tolerance=tol).passed
     assert compare(logit_ggn, ref.ggn, tolerance=tol).error > 100 * tol
 
@@ -304,7 +301,7 @@ def test_kfac_jax_empirical_kfac_is_batch_size_times_smaller_than_its_exact_empi
     port, batch = KfacJax(), SAME_INPUTS.batch_size
     setup, factors, *_ = port._kfac(SAME_INPUTS, "empirical")
     exact = port._explicit(SAME_INPUTS, "fisher_empirical")  # raw: w = 1 for a mean
-    tol = _f64_tolerance(SAME_INPUTS, depth=len(SAME_INPUTS.layers) + 2)
+    tol = f64_tolerance(SAME_INPUTS, depth=len(SAME_INPUTS.layers) + 2)
     for sl, (a, s) in zip(layer_slices(SAME_INPUTS.layers), factors(setup.args), strict=True):
         block = np.kron(np.asarray(a), np.asarray(s))
         assert compare(batch * block, exact[sl, sl], tolerance=tol).passed
@@ -348,7 +345,7 @@ def test_kfac_jax_cached_pi_adjusted_inverse_ignores_per_block_damping_scale():
                                          pmap_axis_name=None, **option)
         return setup.model.canonical(out)
 
-    tol = _f64_tolerance(BATCHED, depth=len(BATCHED.layers) + 2)
+    tol = f64_tolerance(BATCHED, depth=len(BATCHED.layers) + 2)
     # pi-adjusted: the cached inverse is the unscaled one, not the scaled one
     assert compare(inverse(False, True, True), inverse(False, False, False), tolerance=tol).passed
     assert compare(inverse(False, True, True), inverse(False, False, True),
@@ -359,155 +356,11 @@ def test_kfac_jax_cached_pi_adjusted_inverse_ignores_per_block_damping_scale():
                    tolerance=tol).error > 100 * tol
 
 
-# -- kfac-jax's Optimizer (PROTOCOL s10 `kfac`) -------------------------------------------------
-#: the harness's kfac setting on BATCHED (`kfac_fixed`'s first candidate there, but kind fisher)
-KFAC_JAX_HYPER = dict(kind="fisher", ema=0.5, ema_bias_correction=True, stats_every=2,
-                      inverse_every=3, damping=1 / 32, damping_method="eigen", step_rule="fixed",
-                      lr=0.5, momentum=0.5, adapt_damping=True, damping_every=1,
-                      damping_factor=2.0)
-
-
-def _kfac_jax_optimizer(problem, **changes):
-    """kfac-jax's trajectory on the harness's batches against the s10 reference, with the
-    harness's float64 tolerances: `(error / tol per step, reference Trajectory)`."""
-    from verify.adapters.kfac_jax_adapter import KfacJax
-    from verify.harness import trajectory_batches, trajectory_reference
-
-    hyper = dict(KFAC_JAX_HYPER, **changes)
-    batches = trajectory_batches(problem)
-    ref, _, tols = trajectory_reference(problem, batches, "kfac", hyper, "float64")
-    got = KfacJax().optimizer_trajectory(problem, batches, "kfac", dict(hyper))
-    errors = np.linalg.norm(np.asarray(got) - ref.float64(), axis=1)
-    return [float(e / t) for e, t in zip(errors, tols, strict=True)], ref
-
-
-@pytest.mark.parametrize("changes", [
-    dict(damping_method="factored"),  # cached pi-adjusted inverses, stale damping: as s10
-    dict(damping_method="factored", step_rule="rescaled"),
-    dict(damping_method="factored", step_rule="momentum_qm", kind="ggn", damping_every=2,
-         damping_factor=1.5),
-    dict(adapt_damping=False),  # eigen with a constant damping
-    dict(stats_every=1, inverse_every=1, step_rule="momentum_qm"),  # eigen, fresh inverses
-], ids=["factored-fixed", "factored-rescaled", "factored-qm-ggn", "eigen-constant-damping",
-        "eigen-fresh-inverses"])
-def test_kfac_jax_optimizer_follows_s10_where_its_options_map(changes):
-    """`kfac_jax.Optimizer` with the options of `verify/adapters/_kfac_jax_optimizer.py`
-    follows s10's `kfac` within the harness's tolerances on all 6 steps."""
-    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
-    ratios, ref = _kfac_jax_optimizer(BATCHED, **changes)
-    assert max(ratios) <= 1, ratios
-    assert ref.count(Event.INVERSE) >= 2 and ref.count(Event.STATISTICS) >= 2
-
-
-def test_kfac_jax_optimizer_eigen_cache_applies_the_current_damping():
-    """Finding: with `use_exact_inverses=True` kfac-jax caches the factors' eigenbases and adds
-    the *current* damping at every step; s10 (Grosse Algorithm 1) keeps the damping of the
-    rebuild until the next one. The trajectories agree until the first step whose damping
-    differs from the rebuild's (step 2 here: lambda changed after step 1, the inverse is from
-    step 0) and part there by orders of magnitude beyond the tolerance."""
-    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
-    ratios, ref = _kfac_jax_optimizer(BATCHED)
-    lam = [float(s.damping) for s in ref.steps]
-    rebuilt = [max(j for j in range(k + 1) if Event.INVERSE in ref.steps[j].events)
-               for k in range(len(lam))]
-    stale = [k for k in range(len(lam)) if lam[k] != lam[rebuilt[k]]]
-    first = next(k for k, r in enumerate(ratios) if not r <= 1)
-    assert stale and first == stale[0] == 2, (ratios, lam)
-    assert ratios[first] > 1e6
-    assert max(ratios[:first]) <= 1
-
-
-def test_kfac_jax_harness_verdict_on_a_quick_zoo_problem():
-    """`ngd-verify check --adapter kfac-jax` on the sigmoid problem: the pi-adjusted schedule
-    (`kfac_rescaled`) passes, the eigen schedule with adapted damping (`kfac_momentum_qm`)
-    fails at theta_3 (finding above), `kfac_fixed`'s schedule has no bias correction (skip)."""
-    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
-    report = run_checks(load_adapter("kfac-jax"), [SIGMOID_CE],
-                        capabilities=["optimizer_trajectory"])
-    verdict = {r.check: r for r in report.results
-               if r.check.startswith("optimizer_trajectory_kfac")}
-    assert Status(verdict["optimizer_trajectory_kfac_rescaled"].status) is Status.PASS
-    failed = verdict["optimizer_trajectory_kfac_momentum_qm"]
-    assert Status(failed.status) is Status.FAIL
-    assert "damping_method=eigen" in failed.message and "theta_3 leaves" in failed.message
-    assert "bias-corrected" in verdict["optimizer_trajectory_kfac_fixed"].message
-    others = {Status(r.status) for r in report.results if r.check.startswith(
-        "optimizer_trajectory_") and "kfac" not in r.check}
-    assert others == {Status.SKIP}  # K-FAC only
-
-
-def test_kfac_jax_optimizer_default_rho_is_the_undamped_model_mutant():
-    """Finding 10: with its default `include_damping_in_quad_change=False` kfac-jax's rho is
-    measured against the undamped model -- exactly the corpus mutant `rho-undamped-model`:
-    off s10 by far more than the tolerance, on the mutant's trajectory within it."""
-    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
-    from verify.adapters._x64 import x64
-    from verify.adapters.kfac_jax_adapter import KfacJax
-    from verify.harness import trajectory_batches, trajectory_reference
-    from verify.mutants import load_corpus
-
-    # without the damping term |M_0| is larger and rho_0 smaller: step 0's damping decision
-    # changes, so lambda_1 and with it theta_2 leave s10
-    hyper = dict(KFAC_JAX_HYPER, damping_method="factored", step_rule="momentum_qm")
-    batches = trajectory_batches(BATCHED)
-    ref, _, tols = trajectory_reference(BATCHED, batches, "kfac", hyper, "float64")
-    with x64():
-        got = np.asarray(KfacJax()._optimizer_run(BATCHED, batches, hyper,
-                                                  include_damping_in_quad_change=False))
-    mutant = load_corpus()["rho-undamped-model"].adapter_class()
-    bugged = np.asarray(mutant.optimizer_trajectory(BATCHED, batches, "kfac", dict(hyper)))
-    off = np.linalg.norm(got - ref.float64(), axis=1) / np.asarray(tols)
-    assert off[0] <= 1 and min(off[1:]) > 1e6, off  # theta_2 leaves s10
-    assert np.all(np.linalg.norm(got - bugged, axis=1) <= np.asarray(tols))
-
-
-@pytest.mark.parametrize("changes", [dict(kind="empirical"), dict(ema_bias_correction=False),
-                                     dict(stats_every=3, inverse_every=2)])
-def test_kfac_jax_optimizer_declines_settings_it_has_no_option_for(changes):
-    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
-    from verify.adapters.kfac_jax_adapter import KfacJax
-
-    batches = [(BATCHED.inputs, BATCHED.targets)] * 2
-    with pytest.raises(NotImplementedError):
-        KfacJax().optimizer_trajectory(BATCHED, batches, "kfac", dict(KFAC_JAX_HYPER, **changes))
-    with pytest.raises(NotImplementedError):
-        KfacJax().optimizer_trajectory(BATCHED, batches, "lbfgs",
-                                       {"lr": 1.0, "memory": 1, "gamma": 1.0})
-
-
-def test_kfac_jax_optimizer_cached_pi_adjusted_step_ignores_per_block_damping_scale():
-    """Finding 8 through the optimizer's own step: with
-    `norm_to_scale_identity_weight_per_block="avg_diag"` the first step with cached inverses
-    (`inverse_update_period=2`) is the step without the option, and not the uncached one."""
-    pytest.importorskip("kfac_jax", reason=KFAC_JAX_SKIP)
-    from verify._tolerance import compare
-    from verify.adapters._x64 import x64
-    from verify.adapters.kfac_jax_adapter import KfacJax
-
-    port, batches = KfacJax(), [(BATCHED.inputs, BATCHED.targets)]
-    hyper = dict(KFAC_JAX_HYPER, damping=0.1, damping_method="factored", adapt_damping=False,
-                 momentum=0.0, stats_every=1)
-    option = dict(norm_to_scale_identity_weight_per_block="avg_diag")
-    with x64():
-        cached = port._optimizer_run(BATCHED, batches, dict(hyper, inverse_every=2), **option)[0]
-        fresh = port._optimizer_run(BATCHED, batches, dict(hyper, inverse_every=1), **option)[0]
-        plain = port._optimizer_run(BATCHED, batches, dict(hyper, inverse_every=2))[0]
-    cached, fresh, plain = (theta - BATCHED.params for theta in (cached, fresh, plain))
-    tol = _f64_tolerance(BATCHED, depth=len(BATCHED.layers) + 2)
-    assert compare(cached, plain, tolerance=tol).passed  # the steps d_0
-    assert np.linalg.norm(cached - fresh) > 0.1 * np.linalg.norm(fresh)
-
-
 # -- BackPACK ---------------------------------------------------------------------------------
 BACKPACK_SKIP = "backpack not installed (tox -e backpack)"
 BACKPACK_CAPABILITIES = ["loss", "gradient", "hessian_diag", "ggn_diag", "ggn", "ggn_vp",
                          "fisher", "fisher_vp", "empirical_fisher", "empirical_fisher_vp",
                          "empirical_fisher_diag"]
-SIGMOID_CE = zoo.get("mlp-3x4x3-relu-sigmoid_cross_entropy-b3")
-
-
-def _reference_tolerance(problem) -> float:
-    return _f64_tolerance(problem, depth=len(problem.layers) + 2)
 
 
 def test_backpack_passes_every_capability_it_expresses():
@@ -539,7 +392,7 @@ def test_backpack_kflr_blocks_and_batch_grad_match_the_reference(problem):
     from verify._tolerance import compare
     from verify.adapters.backpack_adapter import Backpack
 
-    port, tol = Backpack(), _reference_tolerance(problem)
+    port, tol = Backpack(), reference_tolerance(problem)
     for kind in ("fisher", "ggn"):
         blocks = port.kfac_factors_separate(problem, kind)
         for ((a_w, s_w), (a_b, s_b)), (a, s) in zip(blocks, kfac_factors(problem, kind),
@@ -715,7 +568,7 @@ def test_nngeometry_classif_logits_crashes_in_float64():
     from verify._tolerance import compare
 
     ref = dense(SUM_REDUCTION).fisher
-    assert compare(value, ref, tolerance=_reference_tolerance(SUM_REDUCTION)).passed
+    assert compare(value, ref, tolerance=reference_tolerance(SUM_REDUCTION)).passed
 
 
 @pytest.mark.parametrize("problem", [ONE_EXAMPLE, BATCHED_MSE], ids=lambda p: p.name)
@@ -727,7 +580,7 @@ def test_nngeometry_kfac_splits_sqrt_n_out_into_a(problem):
     from verify._tolerance import compare
     from verify.adapters.nngeometry_adapter import Nngeometry
 
-    tol, root = _reference_tolerance(problem), np.sqrt(problem.layers[-1].n_out)
+    tol, root = reference_tolerance(problem), np.sqrt(problem.layers[-1].n_out)
     for (a, s), (a_ref, s_ref) in zip(Nngeometry().kfac_factors(problem, "fisher"),
                                       kfac_factors(problem, "fisher"), strict=True):
         assert compare(np.kron(a, s), np.kron(a_ref, s_ref), tolerance=tol).passed
@@ -761,136 +614,3 @@ def test_nngeometry_damped_solves_lose_float64_precision():
     report = run_checks(load_adapter("nngeometry"), [problem], capabilities=["kfac_solve"])
     factored = {Status(r.status) for r in report.results if "factored" in r.check}
     assert Status.FAIL in factored
-
-
-# -- torch.optim.LBFGS (PROTOCOL s10 `lbfgs`) ---------------------------------------------------
-def _s10_lbfgs(problem, steps: int, lr: float, memory: int, first: float = 1.0,
-               batches=None, mixed: bool = False) -> list[np.ndarray]:
-    """PROTOCOL s10 `lbfgs` with `gamma="scaled"`, float64 numpy; the first step times `first`
-    (torch's `min(1, 1/||g_0||_1)` when given). `batches` default to the problem's own batch
-    every step; `mixed` takes torch's pair `y_k = grad h_{k+1}(theta_{k+1}) - g_k` instead of
-    s10's `grad h_k(theta_{k+1}) - g_k`."""
-    from ngd_ref.dense import dense, lbfgs_direction
-
-    batches = batches or [(problem.inputs, problem.targets)] * steps
-
-    def grad(theta, k):
-        x, y = batches[min(k, len(batches) - 1)]
-        return dense(problem.replace(params=theta, inputs=x, targets=y)).gradient
-
-    theta, pairs, out = np.array(problem.params), [], []
-    for k in range(steps):
-        g = grad(theta, k)
-        gamma = float(pairs[-1][0] @ pairs[-1][1] / (pairs[-1][1] @ pairs[-1][1])) if pairs else 1.0
-        d = -lr * lbfgs_direction(g, [s for s, _ in pairs], [y for _, y in pairs], gamma)
-        d = d * (first if not out else 1.0)
-        theta = theta + d
-        y = grad(theta, k + 1 if mixed else k) - g
-        if y @ d > 0:
-            pairs = (pairs + [(d, y)])[-memory:]
-        out.append(theta)
-    return out
-
-
-def _lbfgs_bounds(problem, want, **run) -> list[float]:
-    """Per-step relative tolerance of an `_s10_lbfgs` run from its own sensitivity (s10):
-    k + 1 steps' rounding plus how far a start one rounding apart has drifted by step k."""
-    tol = _reference_tolerance(problem)
-    signs = np.where(np.arange(problem.n_params) % 2, 1.0, -1.0)
-    drift = _s10_lbfgs(problem.replace(params=problem.params * (1 + tol * signs)), **run)
-    return [(k + 1) * tol + np.linalg.norm(d - w) / np.linalg.norm(w)
-            for k, (d, w) in enumerate(zip(drift, want, strict=True))]
-
-
-def test_torch_lbfgs_follows_the_s10_recurrence_but_for_its_first_step():
-    """`torch.optim.LBFGS(max_iter=1, line_search_fn=None)` step by step against s10's `lbfgs`
-    (gamma "scaled", memory 2 < 6 steps so pairs are evicted), repeated batch, t = 1.
-
-    Convention (torch's code, not its docs): the first step is `-lr min(1, 1/||g_0||_1) g_0`.
-    With that first step the trajectory is s10's; without it, it is not (negative control).
-    """
-    pytest.importorskip("torch", reason="torch not installed (tox -e backpack)")
-    from ngd_ref.dense import dense
-    from verify._tolerance import compare
-    from verify.adapters.torch_lbfgs_adapter import TorchLbfgs
-
-    problem, steps, lr, memory = BATCHED, 6, 0.5, 2
-    got = TorchLbfgs.trajectory(problem, steps, lr, memory)
-    first = min(1.0, 1.0 / float(np.abs(dense(problem).gradient).sum()))
-    want = _s10_lbfgs(problem, steps, lr, memory, first)
-    bounds = _lbfgs_bounds(problem, want, steps=steps, lr=lr, memory=memory, first=first)
-    for k, (a, b) in enumerate(zip(got, want, strict=True)):
-        assert compare(a, b, tolerance=bounds[k]).passed, k
-    for control in (_s10_lbfgs(problem, steps, lr, memory),  # s10's own first step
-                    _s10_lbfgs(problem, steps, lr, memory + 1, first)):  # one more pair
-        assert not compare(got[-1], control[-1], tolerance=bounds[-1]).passed
-    batches = [(problem.inputs, problem.targets)] * steps
-    with pytest.raises(NotImplementedError, match="first step"):
-        TorchLbfgs().optimizer_trajectory(problem, batches, "lbfgs",
-                                          {"lr": lr, "memory": memory, "gamma": "scaled"})
-
-
-def test_torch_lbfgs_on_changing_batches_mixes_two_batches_in_its_pair():
-    """Not checked under the harness, measured here: with one closure per step on that step's
-    batch (the harness's batches), torch's trajectory is the recurrence whose pair is
-    `y_k = grad h_{k+1}(theta_{k+1}) - g_k` (to rounding), and leaves s10's (pair on batch k)
-    at `theta_2`, the first step that uses a pair, by far more than its tolerance."""
-    pytest.importorskip("torch", reason="torch not installed (tox -e backpack)")
-    from ngd_ref.dense import dense
-    from verify._tolerance import compare
-    from verify.adapters.torch_lbfgs_adapter import TorchLbfgs
-    from verify.harness import trajectory_batches
-
-    problem, steps, lr, memory = BATCHED, 6, 0.5, 2
-    batches = trajectory_batches(problem)[:steps]
-    got = TorchLbfgs.trajectory(problem, steps, lr, memory, batches=batches)
-    first = min(1.0, 1.0 / float(np.abs(dense(problem).gradient).sum()))
-    run = dict(steps=steps, lr=lr, memory=memory, first=first, batches=batches)
-    mixed = _s10_lbfgs(problem, mixed=True, **run)
-    s10 = _s10_lbfgs(problem, **run)
-    bounds = _lbfgs_bounds(problem, mixed, mixed=True, **run)
-    for k, (a, b) in enumerate(zip(got, mixed, strict=True)):
-        assert compare(a, b, tolerance=bounds[k]).passed, k
-    s10_bounds = _lbfgs_bounds(problem, s10, **run)
-    deviation = [float(np.linalg.norm(a - b) / np.linalg.norm(b))
-                 for a, b in zip(got, s10, strict=True)]
-    assert deviation[0] <= s10_bounds[0]  # theta_1 uses no pair
-    assert all(d > 1e3 * t for d, t in zip(deviation[1:], s10_bounds[1:], strict=True))
-    assert min(deviation[1:]) > 1e-2  # docs/findings.md: measured relative 0.30 .. 0.44
-    with pytest.raises(NotImplementedError, match="not checked.*mixes two batches"):
-        TorchLbfgs().optimizer_trajectory(problem, batches, "lbfgs",
-                                          {"lr": lr, "memory": memory, "gamma": "scaled"})
-
-
-def test_torch_lbfgs_declines_what_it_cannot_map():
-    pytest.importorskip("torch", reason="torch not installed (tox -e backpack)")
-    from verify.adapters.torch_lbfgs_adapter import TorchLbfgs
-
-    port, batches = TorchLbfgs(), [(BATCHED.inputs, BATCHED.targets)] * 3
-    for hyper in ({"lr": 0.5, "memory": 2, "gamma": 1.0}, {"lr": 0.5, "memory": 0,
-                                                          "gamma": "scaled"}):
-        with pytest.raises(NotImplementedError):
-            port.optimizer_trajectory(BATCHED, batches, "lbfgs", hyper)
-    with pytest.raises(NotImplementedError):  # MSELoss: t = 2/C
-        port.optimizer_trajectory(BATCHED_MSE, [(BATCHED_MSE.inputs, BATCHED_MSE.targets)] * 3,
-                                  "lbfgs", {"lr": 0.5, "memory": 2, "gamma": "scaled"})
-
-
-def test_torch_lbfgs_history_size_zero_raises_index_error():
-    """Bug: `history_size=0` pops from an empty history on the first stored pair."""
-    torch = pytest.importorskip("torch", reason="torch not installed (tox -e backpack)")
-    from verify.adapters._torch_model import torch_model
-
-    setup = torch_model(BATCHED)
-    optimizer = torch.optim.LBFGS(setup.model.parameters(), lr=0.5, max_iter=1, history_size=0,
-                                  line_search_fn=None)
-
-    def closure():
-        optimizer.zero_grad()
-        loss = setup.loss_func(setup.model(setup.inputs), setup.targets)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    with pytest.raises(IndexError):
-        optimizer.step(closure)
