@@ -389,17 +389,19 @@ def krylov_optimal_iterates(
     r0 = b - a @ x0
     basis: list[np.ndarray] = []
     u = _unit_roundoff_of(r0.flat[0]) if r0.size else 0.0
+    squares: list[Any] = []  # _dot(v, v) of each basis vector, computed once
     images: list[np.ndarray] = []  # a @ basis[j]
     w = apply_m(r0)
     for _ in range(int(k)):
         before = _dot(w, w)
         for _ in range(2):
-            for v in basis:
-                w = w - (_dot(v, w) / _dot(v, v)) * v
+            for v, square in zip(basis, squares, strict=True):
+                w = w - (_dot(v, w) / square) * v
         noise = (len(basis) + 1) * u
         if not _dot(w, w) > noise * noise * before:
             break
         basis.append(w / np.max(np.abs(w)))  # rescaled: powers of M A neither overflow nor vanish
+        squares.append(_dot(basis[-1], basis[-1]))
         images.append(a @ basis[-1])
         w = apply_m(images[-1])
     iterates = [x0]
