@@ -94,3 +94,11 @@ def test_tie_groups_chain_neighbours_and_the_order_sorts_each_run_by_value():
         (0, 1), (1, 4), (4, 5)]
     values = np.array([-3.0, 3.0 + 1e-16, 5.0, -3.0 + 1e-16])
     assert list(values[eigen_order(values, 1e-12)]) == [5.0, 3.0 + 1e-16, -3.0 + 1e-16, -3.0]
+
+
+def test_ngd_ref_jax_top_eigenpairs_on_a_convolutional_problem():
+    """Regression: its Lanczos sized the space by `n_in` (`AttributeError` on a `Conv2d`)."""
+    from ngd_ref import zoo
+
+    results = _top("ngd-ref-jax", zoo.get("conv-1x1-stride2-3x3x3-poisson-b2"), 0)
+    assert results and {r.status for r in results} == {Status.PASS}, results

@@ -335,8 +335,10 @@ class FramePlan:
     def __init__(self, problems: Sequence[Problem] = ()) -> None:
         self._frames: dict[tuple[Any, ...], Frame] = {}
         groups = _groups([problem for problem in problems if problem.dense_only])
-        #: one planned problem per frame (e.g. to compile each frame's programs early)
-        self.representatives: list[Problem] = [group[0] for group in groups]
+        #: one planned problem per frame (e.g. to compile each frame's programs early); a
+        #: convolutional problem is its own frame (`own_embedding`)
+        self.representatives: list[Problem] = [group[0] for group in groups] + [
+            problem for problem in problems if not problem.dense_only]
         #: the parameter counts n of the planned problems
         self.sizes: set[int] = {problem.n_params for problem in problems}
         for group in groups:

@@ -114,7 +114,7 @@ class SampledJaxMixin:
 @functools.lru_cache(maxsize=64)
 def _lanczos(objective, layers, curvature: str, dtype: str):
     """A jitted `(params, batch, key) -> all Ritz pairs` of one curvature (compiled once)."""
-    n = sum((layer.n_in + 1) * layer.n_out for layer in layers)
+    n = sum(layer.n_params for layer in layers)  # any layer kind (PROTOCOL s12)
 
     @jax.jit
     def run(params, batch, key):
