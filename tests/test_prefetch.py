@@ -42,8 +42,8 @@ def test_what_the_worker_was_not_given_is_left_to_the_parent():
 
 def test_a_dead_worker_leaves_every_schedule_to_the_parent():
     prefetch = SchedulePrefetch(PROBLEMS, FAMILIES, "float64")
-    assert prefetch._process is not None
-    prefetch._process.kill()
+    assert prefetch._worker._process is not None
+    prefetch._worker._process.kill()
     assert prefetch.get(PROBLEMS[-1], "lbfgs", "float64") is None  # returns, does not hang
     prefetch.close()
 

@@ -8,19 +8,26 @@ registration order of the identities.
 BLAS runs single-threaded during the battery (`threadpoolctl`): its matrices are at most
 n ~ 100 on a side, where a multithreaded BLAS only adds synchronization, and on a loaded
 machine oversubscription made the zoo's battery twice as slow (30 s vs 16 s measured).
+
+`BatteryWorker` runs the battery in a second process (`verify._worker`), so that `ngd-verify
+run` checks the JAX twin meanwhile: both hold the GIL for most of their time, and in one
+process they took turns (the battery alone 50 s, the cross-validation's compilations alone 63 s,
+together 130 s). The worker runs the same code on pickled copies of the problems.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 
 from threadpoolctl import threadpool_limits
 
 from ngd_ref import Problem
 from verify._report import CheckResult, Status
+from verify._worker import Worker, cpus, serve
 from verify.identities import IDENTITIES, Identity
 
-__all__ = ["run_battery", "run_identity"]
+__all__ = ["BatteryWorker", "run_battery", "run_identity"]
 
 
 def run_identity(ident: Identity, problem: Problem) -> list[CheckResult]:
@@ -69,3 +76,56 @@ def run_battery(problems: Sequence[Problem], *, progress: Callable[[str], None] 
             if progress is not None:
                 progress(problem.name)
     return results
+
+
+class BatteryWorker:
+    """The battery on `problems`, computed by a second process while the caller works.
+
+    Args:
+        problems: the problems, in report order.
+    """
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self._problems = list(problems)
+        self._worker = Worker("verify.battery", self._problems, name="ngd-verify battery")
+
+    @staticmethod
+    def worthwhile(problems: Sequence[Problem]) -> bool:
+        """Whether a worker would run beside the caller: two or more CPUs, three+ problems."""
+        return len(problems) >= 3 and cpus() >= 2
+
+    def collect(self, progress: Callable[[str], None] | None = None) -> list[CheckResult]:
+        """Every problem's results in order, waiting for them.
+
+        A problem the worker did not finish (it died, or could not start) is run here.
+        """
+        results: list[CheckResult] = []
+        for index, problem in enumerate(self._problems):
+            got = self._worker.get(index)
+            results.extend(run_battery([problem]) if got is None else got)
+            if progress is not None:
+                progress(problem.name)
+        return results
+
+    def arrived(self) -> list[CheckResult]:
+        """The results of the leading problems that have arrived (an interrupted run)."""
+        done = self._worker.received()
+        results: list[CheckResult] = []
+        for index in range(len(self._problems)):
+            if index not in done:
+                break
+            results.extend(done[index])
+        return results
+
+    def close(self) -> None:
+        """Stop the worker."""
+        self._worker.close()
+
+
+def _battery(problems: list[Problem]) -> Iterator[tuple[int, list[CheckResult]]]:
+    for index, problem in enumerate(problems):
+        yield index, run_battery([problem])
+
+
+if __name__ == "__main__":
+    serve(sys.argv, _battery)
