@@ -23,8 +23,8 @@ The kernels, called once per problem (per vector for the products):
 * `_damped`: `-(C + lambda I)^{-1} grad h` by `ngd_ref.jax.cg_solve` on the restricted,
   linearized operator `P C P^T` (`curvature_operator`; `curvature_vp` on the mesh), the
   curvature chosen at run time (`lax.switch`); where CG does not converge (an indefinite,
-  nonsingular `H + lambda I`, or the indefinite GGN of `gaussian_logvar`), by LU on the
-  operator materialized with n products.
+  nonsingular `H + lambda I`, or the indefinite GGN of `gaussian_logvar`), the adapter
+  solves by LU on the operator materialized with n `_products` calls.
 
 `cg` runs the jitted `ngd_ref.jax.cg_solve` with the caller's numpy `matvec`/`precond`
 reached through `jax.pure_callback`, on vectors padded to a length bucket (the padding is an
@@ -129,15 +129,15 @@ def _products(objective, params, batch, v, *, mesh) -> dict[str, jax.Array]:
 
 
 @_kernel
-def _damped(objective, params, batch, mask, which, damping, *, mesh) -> jax.Array:
-    """`-(P C P^T + lambda I)^{-1} P grad h` by CG (LU where CG fails), `C = _KINDS[which]`.
+def _damped(objective, params, batch, mask, which, damping, *, mesh
+            ) -> tuple[jax.Array, jax.Array]:
+    """`-(P C P^T + lambda I)^{-1} P grad h` by CG, `C = _KINDS[which]`, and whether CG converged.
 
     One CG loop whose product switches (`lax.switch`, at run time) among the four operators,
-    each linearized once before the loop. CG needs a positive definite system; the protocol's
-    formula holds for any nonsingular one, so where CG does not converge the same operator is
-    materialized (n products) and solved by LU. (`jax.scipy.sparse.linalg.gmres` cannot
-    serve: its `custom_linear_solve` transposes the operator, and the sharded curvature
-    products contain `stop_gradient`, which has no transpose rule.)
+    each linearized once before the loop. CG needs a positive definite system; where it does
+    not converge, `NgdRefJax.damped_update` solves the same system by LU (`_solved_directly`).
+    The fallback is not in this program: inside a `lax.cond` it made the program half as
+    large again to compile (59 s -> 40 s of XLA compilation over the zoo's 24 programs).
     """
     unravel = ravel_pytree(params)[1]
     neg_g = -mask * _flat(nj.gradient(objective, params, batch, mesh=mesh))
@@ -148,17 +148,8 @@ def _damped(objective, params, batch, mask, which, damping, *, mesh) -> jax.Arra
         return mask * jax.lax.switch(which, products, unravel(mask * v)) + damping * v
 
     tol = 10 * unit_roundoff(str(neg_g.dtype))
-    n = neg_g.shape[0]
-    result = nj.cg_solve(matvec, neg_g, tol=tol, maxiter=10 * n)
-
-    def direct(_: None) -> jax.Array:
-        # an indefinite but nonsingular system (PROTOCOL s5 asks for any nonsingular one):
-        # CG breaks down; the operator is materialized by n products (the zoo's n is small)
-        # and solved by LU with partial pivoting
-        matrix = jax.vmap(matvec, out_axes=1)(jnp.eye(n, dtype=neg_g.dtype))
-        return jnp.linalg.solve(matrix, neg_g)
-
-    return jax.lax.cond(result.converged, lambda _: result.x, direct, None)
+    result = nj.cg_solve(matvec, neg_g, tol=tol, maxiter=10 * neg_g.shape[0])
+    return result.x, result.converged
 
 
 # -- cg with host callables ----------------------------------------------------------------------
@@ -366,12 +357,25 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         return self._own(problem, _quantities, "empirical_fisher_diag")
 
     def damped_update(self, problem: Problem, curvature: str, damping: float) -> np.ndarray:
-        """`-(C + damping I)^{-1} grad h` by `cg_solve` on the linearized operator."""
+        """`-(C + damping I)^{-1} grad h` by `cg_solve` (LU where CG does not converge)."""
         e, params, batch = self._framed(problem)
-        x = self._run(_damped, e.frame.objective, params, batch, e.mask.astype(self.dtype),
-                      jnp.asarray(_KINDS.index(curvature), jnp.int32),
-                      jnp.asarray(damping, self.dtype), mesh=self._mesh)
-        return e.own(x)
+        x, converged = self._run(_damped, e.frame.objective, params, batch,
+                                 e.mask.astype(self.dtype),
+                                 jnp.asarray(_KINDS.index(curvature), jnp.int32),
+                                 jnp.asarray(damping, self.dtype), mesh=self._mesh)
+        return e.own(x) if converged else self._solved_directly(problem, curvature, damping)
+
+    def _solved_directly(self, problem: Problem, curvature: str, damping: float) -> np.ndarray:
+        """The damped system materialized by n products and solved by LU (partial pivoting).
+
+        For an indefinite but nonsingular system (PROTOCOL s5 asks for any nonsingular one),
+        where CG breaks down; the zoo's n is small.
+        """
+        basis = np.eye(problem.n_params)
+        matrix = np.stack([self._product(curvature, problem, column) for column in basis], axis=1)
+        dtype = np.dtype(self.dtype)
+        system = matrix + dtype.type(damping) * basis.astype(dtype)
+        return np.linalg.solve(system, -self.gradient(problem).astype(dtype))
 
     def cg(self, matvec: Callable, b: Any, x0: Any = None, tol: float = 1e-10,
            maxiter: int | None = None, precond: Callable | None = None) -> np.ndarray:
