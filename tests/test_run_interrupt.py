@@ -11,44 +11,56 @@ import textwrap
 import time
 from pathlib import Path
 
-#: The CLI in a subprocess whose 12th identity blocks after telling the parent (a marker
-#: file): the parent's SIGINT then arrives in the middle of the battery, as a user's Ctrl-C.
+import pytest
+
+#: The CLI in a subprocess whose 12th call of `TARGET` blocks after telling the parent (a
+#: marker file): the parent's SIGINT then arrives in the middle of the run, as a user's Ctrl-C.
+#: With one CPU the battery runs in-process first (its 12th identity blocks); with two, a
+#: worker runs it while the cross-validation (its 12th harness run blocks) goes on.
 DRIVER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     from pathlib import Path
 
     import verify.battery as battery
+    import verify.crossval as crossval
 
-    marker, original, calls = Path(sys.argv[1]), battery.run_identity, []
+    marker, module, name, cpus = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    if cpus == 1:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    owner = {"battery": battery, "crossval": crossval}[module]
+    original, calls = getattr(owner, name), []
 
-    def blocking(ident, problem):
-        calls.append(ident.name)
+    def blocking(*args, **kwargs):
+        calls.append(1)
         if len(calls) == 12:
             marker.write_text("ready")
             while True:
                 time.sleep(0.05)
-        return original(ident, problem)
+        return original(*args, **kwargs)
 
-    battery.run_identity = blocking
+    setattr(owner, name, blocking)
     from verify.cli import main
-    sys.exit(main(sys.argv[2:]))
+    sys.exit(main(sys.argv[5:]))
 """)
 
 
-def test_sigint_during_run_writes_the_results_so_far(tmp_path):
+@pytest.mark.parametrize("target", [("battery", "run_identity", "1"),
+                                    ("crossval", "run_checks", "2")],
+                         ids=["battery-in-process", "crossval-with-battery-worker"])
+def test_sigint_during_run_writes_the_results_so_far(tmp_path, target):
     driver, marker = tmp_path / "driver.py", tmp_path / "ready"
     report, junit = tmp_path / "run.json", tmp_path / "run.xml"
     driver.write_text(DRIVER)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
     proc = subprocess.Popen(
-        [sys.executable, str(driver), str(marker), "run", "--quick", "--no-progress",
+        [sys.executable, str(driver), str(marker), *target, "run", "--quick", "--no-progress",
          "--json", str(report), "--junit", str(junit)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while not marker.exists():
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the battery never reached its 12th identity"
+            assert time.monotonic() < deadline, f"{target[1]} was never called 12 times"
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
@@ -59,6 +71,6 @@ def test_sigint_during_run_writes_the_results_so_far(tmp_path):
     assert "Traceback" not in err, err
     data = json.loads(report.read_text())
     assert data["partial"] is True
-    assert len(data["results"]) > 0  # the 11 identities before the interrupt
+    assert len(data["results"]) > 0  # what came before the interrupt
     assert {r["problem"] for r in data["results"]}  # real results, named by problem
     assert "interrupted" in junit.read_text()

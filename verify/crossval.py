@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -68,7 +69,6 @@ def count(problems: Sequence[Problem], devices: int = 1) -> int:
     return len(DTYPES) * per_dtype * len(problems)
 
 
-@dataclasses.dataclass
 class Prepared:
     """The adapters of a cross-validation, compiling in background threads (`prepare`).
 
@@ -77,17 +77,35 @@ class Prepared:
         compiling: one future per adapter (`NgdRefJax.precompile`).
     """
 
-    runs: list[tuple[Any, tuple[str, ...], str, str]]
-    compiling: list[concurrent.futures.Future]
-    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    def __init__(self, runs: list[tuple[Any, tuple[str, ...], str, str]]) -> None:
+        self.runs = runs
+        self.compiling: list[concurrent.futures.Future] = []
+        self.stop = threading.Event()
+        self._ready = [-1] * len(runs)  # per run: the last problem whose kernels are compiled
+        self._changed = threading.Condition()
 
-    def wait(self) -> None:
-        """Wait for the compilations.
+    def advance(self, run: int, index: int) -> None:
+        """Run `run`'s adapter has compiled every kernel problem `index` needs."""
+        with self._changed:
+            self._ready[run] = index
+            self._changed.notify_all()
 
-        A failure there is no result: the harness makes the same calls and reports their
-        outcome, contained.
+    def _ended(self, _: concurrent.futures.Future) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait(self, index: int | None = None) -> None:
+        """Wait until every adapter has compiled problem `index`'s kernels (None: all).
+
+        A compilation that failed or was cancelled counts as done: it is no result, and the
+        harness makes the same calls and reports their outcome, contained.
         """
-        concurrent.futures.wait(self.compiling)
+        def ready() -> bool:
+            return all(future.done() or (index is not None and done >= index)
+                       for future, done in zip(self.compiling, self._ready, strict=True))
+
+        with self._changed:
+            self._changed.wait_for(ready)
 
     def cancel(self) -> None:
         """Stop compiling after the kernel in progress (an interrupt: the process can exit).
@@ -103,9 +121,10 @@ class Prepared:
 def prepare(problems: Sequence[Problem], *, devices: int = 1) -> Prepared:
     """Build the adapters (frames planned over `problems`) and start compiling their kernels.
 
-    Two threads, one adapter each at a time: XLA compiles without the GIL, so compilation
-    overlaps whatever the caller does meanwhile (`ngd-verify run`: the identity battery)
-    and the tracing of the other thread. The results do not depend on it.
+    Two threads, one adapter each at a time, in the order of `problems`: XLA compiles without
+    the GIL, so compilation overlaps whatever the caller does meanwhile (`ngd-verify run`:
+    the cross-validation of the problems already compiled) and the tracing of the other
+    thread. The results do not depend on it.
     """
     from verify.adapters.ngd_ref_jax import NgdRefJax, NgdRefJaxFloat32
 
@@ -117,13 +136,16 @@ def prepare(problems: Sequence[Problem], *, devices: int = 1) -> Prepared:
         for cls in (NgdRefJax, NgdRefJaxFloat32):
             runs.append((cls(problems, devices=devices), SHARDED_CAPABILITIES, cls.dtype,
                          f"_sharded{devices}"))
+    prepared = Prepared(runs)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
                                                  thread_name_prefix="ngd-verify-compile")
-    stop = threading.Event()
-    compiling = [pool.submit(adapter.precompile, capabilities, stop=stop)
-                 for adapter, capabilities, _, _ in runs]
+    for run, (adapter, capabilities, _, _) in enumerate(runs):
+        future = pool.submit(adapter.precompile, capabilities, stop=prepared.stop,
+                             progress=functools.partial(prepared.advance, run))
+        future.add_done_callback(prepared._ended)
+        prepared.compiling.append(future)
     pool.shutdown(wait=False)
-    return Prepared(runs, compiling, stop)
+    return prepared
 
 
 def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 0,
@@ -145,12 +167,12 @@ def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 
         `results`: the harness's results, checks renamed `jax_<check>_<dtype>[_sharded<N>]`.
     """
     prepared = prepared or prepare(problems, devices=devices)
-    prepared.wait()
     advance = progress or (lambda label: None)
     loaded = [(load_adapter(adapter), capabilities, dtype, suffix)
               for adapter, capabilities, dtype, suffix in prepared.runs]
     results = [] if results is None else results
-    for problem in problems:  # problem-major: the reference is built once per problem
+    for index, problem in enumerate(problems):  # problem-major: one reference per problem
+        prepared.wait(index)
         for adapter, capabilities, dtype, suffix in loaded:
             report = run_checks(adapter, [problem], seed=seed, capabilities=capabilities,
                                 advance=advance)

@@ -335,12 +335,8 @@ class FramePlan:
     def __init__(self, problems: Sequence[Problem] = ()) -> None:
         self._frames: dict[tuple[Any, ...], Frame] = {}
         groups = _groups([problem for problem in problems if problem.dense_only])
-        #: one planned problem per frame (e.g. to compile each frame's programs early); a
-        #: convolutional problem is its own frame (`own_embedding`)
-        self.representatives: list[Problem] = [group[0] for group in groups] + [
-            problem for problem in problems if not problem.dense_only]
-        #: the parameter counts n of the planned problems
-        self.sizes: set[int] = {problem.n_params for problem in problems}
+        #: the planned problems, in the caller's order (e.g. to compile their programs early)
+        self.problems: list[Problem] = list(problems)
         for group in groups:
             frame = Frame.of(group)
             self._frames.update({_key(problem): frame for problem in group})

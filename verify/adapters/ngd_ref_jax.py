@@ -396,37 +396,47 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
             return np.asarray(x)[:n]
 
     # -- not a capability ----------------------------------------------------------------------
-    def precompile(self, capabilities: Iterable[str], *,
-                   stop: threading.Event | None = None) -> None:
-        """Trace and compile, for every planned frame, the kernels behind `capabilities`.
+    def precompile(self, capabilities: Iterable[str], *, stop: threading.Event | None = None,
+                   progress: Callable[[int], None] | None = None) -> None:
+        """Trace and compile the kernels behind `capabilities` for the planned problems, in order.
 
         Not part of the protocol (the harness never calls it): `ngd-verify run` calls it in
         background threads, one adapter per thread, so that compilation overlaps other work.
-        It calls the public methods once on one problem per frame; nothing else changes.
-        With `stop` set (an interrupt) it returns before the next frame.
+        For each planned problem whose frame (and batch shape) is new it calls the public
+        methods once (and `cg` once per new length bucket); nothing else changes. After
+        problem i, `progress(i)` says that every kernel problem i needs is compiled. With
+        `stop` set (an interrupt) it returns before the next problem.
         """
         wanted = set(capabilities)
-        for problem in self._plan.representatives:
+        compiled: set[Any] = set()
+        buckets: set[int] = set()
+        for index, problem in enumerate(self._plan.problems):
             if stop is not None and stop.is_set():
                 return
-            zeros = np.zeros(problem.n_params)
-            if wanted & {"loss", "gradient", "ggn_diag", "fisher_diag", "empirical_fisher_diag"}:
-                self.loss(problem)
-            if wanted & {"hvp", "ggn_vp", "fisher_vp", "empirical_fisher_vp"}:
-                self.hvp(problem, zeros)
-            if wanted & {"hessian", "ggn", "fisher", "empirical_fisher"}:
-                self.hessian(problem)
-            if "hessian_diag" in wanted:
-                self.hessian_diag(problem)
-            if "damped_update" in wanted:
-                self.damped_update(problem, "ggn", 1.0)
-        if "cg" in wanted:
-            buckets = {_bucket(n): n for n in self._plan.sizes}
-            for n in buckets.values():
-                if stop is not None and stop.is_set():
-                    return
+            e = self._plan.embedded(problem)
+            if (e.frame, e.inputs.shape) not in compiled:
+                compiled.add((e.frame, e.inputs.shape))
+                self._compile_for(problem, wanted)
+            if "cg" in wanted and _bucket(problem.n_params) not in buckets:
+                buckets.add(_bucket(problem.n_params))
                 for precond in (None, np.asarray):
-                    self.cg(np.asarray, np.ones(n), maxiter=1, precond=precond)
+                    self.cg(np.asarray, np.ones(problem.n_params), maxiter=1, precond=precond)
+            if progress is not None:
+                progress(index)
+
+    def _compile_for(self, problem: Problem, wanted: set[str]) -> None:
+        """Call the public methods behind `wanted` once on `problem` (compiling its kernels)."""
+        zeros = np.zeros(problem.n_params)
+        if wanted & {"loss", "gradient", "ggn_diag", "fisher_diag", "empirical_fisher_diag"}:
+            self.loss(problem)
+        if wanted & {"hvp", "ggn_vp", "fisher_vp", "empirical_fisher_vp"}:
+            self.hvp(problem, zeros)
+        if wanted & {"hessian", "ggn", "fisher", "empirical_fisher"}:
+            self.hessian(problem)
+        if "hessian_diag" in wanted:
+            self.hessian_diag(problem)
+        if "damped_update" in wanted:
+            self.damped_update(problem, "ggn", 1.0)
 
     # -- PROTOCOL s9 (the seeds' other second-order methods; ngd_ref.{newton,quasi_newton,...}) --
     def _matrix(self, m: Any) -> jax.Array:
