@@ -31,19 +31,19 @@ def _compile_distinct(count: int, guard: MappingGuard) -> int:
 
 
 def test_compilations_without_the_guard_keep_their_mappings():
-    """The control: without clearing, 40 compilations leave over 100 mappings behind."""
+    """The control: without clearing, 25 compilations leave over 75 mappings behind."""
     jax.clear_caches()
     start = mapping_count()
-    assert _compile_distinct(40, MappingGuard(limit=None)) > start + 100
+    assert _compile_distinct(25, MappingGuard(limit=None)) > start + 75
 
 
 def test_the_guard_clears_jax_caches_past_its_threshold():
     jax.clear_caches()
     start = mapping_count()
-    guard = MappingGuard(limit=2 * (start + 100), fraction=0.5, interval=0.0)
-    peak = _compile_distinct(40, guard)
+    guard = MappingGuard(limit=2 * (start + 75), fraction=0.5, interval=0.0)
+    peak = _compile_distinct(25, guard)
     assert guard.clears >= 1
-    assert peak < start + 100 + 30  # one look per compilation: at most one kernel over
+    assert peak < start + 75 + 30  # one look per compilation: at most one kernel over
 
 
 def test_checks_pass_across_clears_of_the_adapters_compilations(monkeypatch):
@@ -52,9 +52,9 @@ def test_checks_pass_across_clears_of_the_adapters_compilations(monkeypatch):
     start = mapping_count()
     guard = MappingGuard(limit=2 * (start + 200), interval=0.0)
     monkeypatch.setattr(_mappings, "GUARD", guard)
-    problems = zoo.problems(quick=True)[:3]
+    problems = zoo.problems(quick=True)[:1]
     report = run_checks(load_adapter("ngd-ref-jax"), problems,
-                        capabilities=["loss", "gradient", "hvp", "hessian_diag"])
+                        capabilities=["loss", "hvp"])
     statuses = {r.status for r in report.results if r.problem != "*"}
     assert statuses == {Status.PASS}, [r for r in report.results if r.status != Status.PASS]
     assert guard.clears >= 1
