@@ -50,11 +50,10 @@ def test_checks_pass_across_clears_of_the_adapters_compilations(monkeypatch):
     """`ngd-ref-jax` recompiles what it needs after a clear: the checks still pass."""
     jax.clear_caches()
     start = mapping_count()
-    guard = MappingGuard(limit=2 * (start + 200), interval=0.0)
+    guard = MappingGuard(limit=2 * (start + 10), interval=0.0)  # any compilation crosses it
     monkeypatch.setattr(_mappings, "GUARD", guard)
     problems = zoo.problems(quick=True)[:1]
-    report = run_checks(load_adapter("ngd-ref-jax"), problems,
-                        capabilities=["loss", "hvp"])
+    report = run_checks(load_adapter("ngd-ref-jax"), problems, capabilities=["loss"])
     statuses = {r.status for r in report.results if r.problem != "*"}
     assert statuses == {Status.PASS}, [r for r in report.results if r.status != Status.PASS]
     assert guard.clears >= 1
