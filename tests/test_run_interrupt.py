@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-#: The CLI in a subprocess whose 12th call of `TARGET` blocks after telling the parent (a
+#: The CLI in a subprocess whose N-th call of a target blocks after telling the parent (a
 #: marker file): the parent's SIGINT then arrives in the middle of the run, as a user's Ctrl-C.
 #: With one CPU the battery runs in-process first (its 12th identity blocks); with two, a
-#: worker runs it while the cross-validation (its 12th harness run blocks) goes on.
+#: worker runs it while the cross-validation (its 3rd harness run blocks) goes on.
 DRIVER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
@@ -24,7 +24,8 @@ DRIVER = textwrap.dedent("""
     import verify.battery as battery
     import verify.crossval as crossval
 
-    marker, module, name, cpus = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    marker, module, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    cpus, blocked = int(sys.argv[4]), int(sys.argv[5])
     if cpus == 1:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     owner = {"battery": battery, "crossval": crossval}[module]
@@ -32,7 +33,7 @@ DRIVER = textwrap.dedent("""
 
     def blocking(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 12:
+        if len(calls) == blocked:
             marker.write_text("ready")
             while True:
                 time.sleep(0.05)
@@ -40,12 +41,12 @@ DRIVER = textwrap.dedent("""
 
     setattr(owner, name, blocking)
     from verify.cli import main
-    sys.exit(main(sys.argv[5:]))
+    sys.exit(main(sys.argv[6:]))
 """)
 
 
-@pytest.mark.parametrize("target", [("battery", "run_identity", "1"),
-                                    ("crossval", "run_checks", "2")],
+@pytest.mark.parametrize("target", [("battery", "run_identity", "1", "12"),
+                                    ("crossval", "run_checks", "2", "3")],
                          ids=["battery-in-process", "crossval-with-battery-worker"])
 def test_sigint_during_run_writes_the_results_so_far(tmp_path, target):
     driver, marker = tmp_path / "driver.py", tmp_path / "ready"
@@ -60,7 +61,7 @@ def test_sigint_during_run_writes_the_results_so_far(tmp_path, target):
         deadline = time.monotonic() + 300
         while not marker.exists():
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, f"{target[1]} was never called 12 times"
+            assert time.monotonic() < deadline, f"{target[1]} was never called {target[3]} times"
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
