@@ -301,10 +301,10 @@ def _nested_spd_solves(k: np.ndarray, f: np.ndarray) -> list[np.ndarray]:
     for j in range(m):  # forward elimination; SPD guarantees positive pivots
         if not a[j, j] > 0:
             raise ValueError(f"K: not positive definite (pivot {j} is {a[j, j]})")
-        for i in range(j + 1, m):
-            factor = a[i, j] / a[j, j]
-            a[i, j:] = a[i, j:] - factor * a[j, j:]
-            y[i] = y[i] - factor * y[j]
+        # every row below at once: entry for entry the operations of a row-by-row loop
+        factors = a[j + 1:, j] / a[j, j]
+        a[j + 1:, j:] = a[j + 1:, j:] - factors[:, None] * a[j, j:]
+        y[j + 1:] = y[j + 1:] - factors * y[j]
     solutions = []
     for size in range(1, m + 1):
         x = y[:size] * 1
