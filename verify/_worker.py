@@ -25,10 +25,18 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["Worker", "cpus", "serve"]
+__all__ = ["MIN_ITEMS", "Worker", "serve", "worthwhile"]
+
+#: fewer items than this are computed by the caller (a worker costs ~1 s to start)
+MIN_ITEMS = 3
 
 
-def cpus() -> int:
+def worthwhile(items: int) -> bool:
+    """Whether a worker would run beside the caller: two or more CPUs and `MIN_ITEMS` items."""
+    return items >= MIN_ITEMS and _cpus() >= 2
+
+
+def _cpus() -> int:
     """The CPUs this process may run on (all of the machine's where that is not known)."""
     try:
         return len(os.sched_getaffinity(0))

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from ngd_ref import Problem
 from verify._report import CheckResult, Status
-from verify._worker import Worker, cpus, serve
+from verify._worker import Worker, serve, worthwhile
 from verify.identities import IDENTITIES, Identity
 
 __all__ = ["BatteryWorker", "run_battery", "run_identity"]
@@ -91,8 +91,8 @@ class BatteryWorker:
 
     @staticmethod
     def worthwhile(problems: Sequence[Problem]) -> bool:
-        """Whether a worker would run beside the caller: two or more CPUs, three+ problems."""
-        return len(problems) >= 3 and cpus() >= 2
+        """Whether a worker would run beside the caller (`verify._worker.worthwhile`)."""
+        return worthwhile(len(problems))
 
     def collect(self, progress: Callable[[str], None] | None = None) -> list[CheckResult]:
         """Every problem's results in order, waiting for them.

@@ -159,7 +159,8 @@ def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 
         devices: with N > 1, also check the adapters with the batch sharded over N devices.
         seed: seed of the probe vectors.
         progress: called once per finished (capability, problem) of each adapter.
-        prepared: from `prepare(problems, devices=devices)` (default: prepared here).
+        prepared: from `prepare(problems, devices=devices)` with the same problems in the
+            same order (it waits for problem i's kernels by index; default: prepared here).
         results: the list to append to as each (problem, adapter) finishes (default: a new
             one); what it holds survives an interrupt (Ctrl-C), for a partial report.
 

@@ -369,7 +369,9 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         """The damped system materialized by n products and solved by LU (partial pivoting).
 
         For an indefinite but nonsingular system (PROTOCOL s5 asks for any nonsingular one),
-        where CG breaks down; the zoo's n is small.
+        where CG breaks down; the zoo's n is small. (`jax.scipy.sparse.linalg.gmres` cannot
+        serve: its `custom_linear_solve` transposes the operator, and the sharded curvature
+        products contain `stop_gradient`, which has no transpose rule.)
         """
         basis = np.eye(problem.n_params)
         matrix = np.stack([self._product(curvature, problem, column) for column in basis], axis=1)

@@ -27,19 +27,17 @@ from typing import Any
 import numpy as np
 
 from ngd_ref import Problem
-from verify._worker import Worker, cpus, serve
+from verify._worker import Worker, serve, worthwhile
 
 __all__ = ["SchedulePrefetch", "lookup", "prefetching", "prefetch_worthwhile"]
 
-#: fewer problems than this are scheduled in the parent (a worker costs ~1 s to start)
-MIN_PROBLEMS = 3
 #: the prefetches of the runs in progress (`prefetching`)
 _ACTIVE: list[SchedulePrefetch] = []
 
 
 def prefetch_worthwhile(problems: Sequence[Problem]) -> bool:
     """Whether a worker would run beside the parent: two or more CPUs and enough problems."""
-    return len(problems) >= MIN_PROBLEMS and cpus() >= 2
+    return worthwhile(len(problems))
 
 
 @contextmanager
