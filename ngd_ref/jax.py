@@ -16,6 +16,7 @@ Example:
     >>> step, info = nj.damped_update(obj, params, batch, 1e-3)
 """
 
+from ngd_ref._activations_jax import ACTIVATIONS_JAX
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
 from ngd_ref._sharding import batch_mesh
 from ngd_ref.cg._jax import CGResult, CGStatus, cg, cg_iterates, cg_solve
@@ -86,6 +87,7 @@ from ngd_ref.shampoo._jax import (
 from ngd_ref.trajectory._jax import trajectory_jax
 
 __all__ = [
+    "ACTIVATIONS_JAX",
     "Batch",
     "DenseNetwork",
     "Estimator",

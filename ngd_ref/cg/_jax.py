@@ -134,27 +134,32 @@ def _select(flag: jax.Array, a: Params, b: Params) -> Params:
     return jax.tree.map(lambda u, v: jnp.where(flag, u, v), a, b)
 
 
-def _cg_step(matvec: Operator, apply_m: Operator, x: Params, r: Params, p: Params, rho,
-             restart):
-    """One step of the PCG recurrence (Grosse ch. 4 s4, seed 002), shared by both loops.
+def _direction(apply_m: Operator, r: Params, p: Params, rho, restart):
+    """The next search direction of the PCG recurrence (Grosse ch. 4 s4, seed 002).
 
-    `z = M r`, `rho' = r^T z`, `p' = z` on a (re)start else `z + (rho'/rho) p`,
-    `alpha = rho' / p'^T A p'` (0 when `p'^T A p' <= 0`), `x' = x + alpha p'`,
-    `r' = r - alpha A p'`. `rho` is carried as `_scaled_vdot`'s `(value, exponent)` pair, and
-    both dot products are scaled (no underflow after convergence).
+    `z = M r`, `rho' = r^T z`, `p' = z` on a (re)start else `z + (rho'/rho) p`. `rho` is
+    carried as `_scaled_vdot`'s `(value, exponent)` pair (no underflow after convergence).
 
     Returns:
-        `(x', r', p', rho', p'^T A p' > 0)`.
+        `(p', rho')`.
     """
     z = apply_m(r)
     rho_new = _scaled_vdot(r, z)
     one = (jnp.ones_like(rho_new[0]), jnp.zeros_like(rho_new[1]))
-    p = _select(restart, z, _axpy(_ratio(rho_new, _select(restart, one, rho)), p, z))
-    ap = matvec(p)
+    return _select(restart, z, _axpy(_ratio(rho_new, _select(restart, one, rho)), p, z)), rho_new
+
+
+def _advance(x: Params, r: Params, p: Params, ap: Params, rho):
+    """The step along `p` given `ap = A p`: `alpha = rho / p^T A p` (0 when `p^T A p <= 0`).
+
+    Returns:
+        `(x + alpha p, r - alpha A p, p^T A p > 0)` (the curvature's dot product scaled).
+    """
     curvature = _scaled_vdot(p, ap)
     positive = curvature[0] > 0
-    alpha = jnp.where(positive, _ratio(rho_new, _select(positive, curvature, one)), 0)
-    return _axpy(alpha, p, x), _axpy(-alpha, ap, r), p, rho_new, positive
+    one = (jnp.ones_like(curvature[0]), jnp.zeros_like(curvature[1]))
+    alpha = jnp.where(positive, _ratio(rho, _select(positive, curvature, one)), 0)
+    return _axpy(alpha, p, x), _axpy(-alpha, ap, r), positive
 
 
 def cg_solve(
@@ -169,6 +174,14 @@ def cg_solve(
     history: int | None = None,
 ) -> CGResult:
     """Preconditioned CG for `A x = b`, `A` symmetric positive definite, on pytrees.
+
+    The loop applies `matvec` in one place: each pass computes either the true residual
+    `b - A x` (to confirm the recurrence's claim of convergence, and for the final
+    `residual_norm`) or the product with the next search direction. With `x0` omitted the
+    first residual is `b` itself (`A 0 = 0`), so the program holds one copy of the operator,
+    not four (the start, the step, the confirmation and the end): a quarter of the code to
+    trace and compile when the operator is a network's curvature product. The operations,
+    and so the iterates, are those of the straight-line recurrence (`ngd_ref.cg._dense`).
 
     Args:
         matvec: `v -> A v` (e.g. a `curvature_operator` plus damping).
@@ -199,48 +212,74 @@ def cg_solve(
         raise ValueError(f"tol/atol: expected non-negative numbers, got tol={tol!r}, atol={atol!r}")
     dtype = flat_b.dtype
     apply_m = precond if precond is not None else (lambda r: r)
+    r0 = b if x0 is None else _sub(b, matvec(x0))  # b - A 0 is b exactly
     x0 = jax.tree.map(jnp.zeros_like, b) if x0 is None else x0
     bb = tree_vdot(b, b)
     threshold_sq = jnp.maximum(jnp.asarray(tol, dtype) ** 2 * bb, jnp.asarray(atol, dtype) ** 2)
-    r0 = _sub(b, matvec(x0))
-    norms0 = jnp.full((history,), jnp.nan, dtype)
 
-    def true_residual(x, r):
-        tr = _sub(b, matvec(x))
-        return tr, tree_vdot(tr, tr) <= threshold_sq
-
-    def body(state):
-        k, x, r, p, rho, restart, _, _, norms = state
-        small = tree_vdot(r, r) <= threshold_sq
-        r, confirmed = jax.lax.cond(small, true_residual,
-                                    lambda x, r: (r, jnp.asarray(False)), x, r)
-        converged = small & confirmed
-        restart = restart | (small & ~confirmed)  # residual replacement
-        norms = norms.at[k].set(jnp.sqrt(tree_vdot(r, r)))
-        stop = converged | (k >= maxiter)
-
-        def step(args):
-            k, x, r, p, rho, restart = args
-            x, r, p, rho, positive = _cg_step(matvec, apply_m, x, r, p, rho, restart)
-            return (k + 1, x, r, p, rho, jnp.asarray(False)), ~positive
-
-        (k, x, r, p, rho, restart), indefinite = jax.lax.cond(
-            stop, lambda args: (args, jnp.asarray(False)), step, (k, x, r, p, rho, restart))
+    def body(state: _Pass) -> _Pass:
+        s = state
+        rr = tree_vdot(s.r, s.r)
+        small = rr <= threshold_sq
+        norms = jnp.where(s.indefinite, s.norms, s.norms.at[s.k].set(jnp.sqrt(rr)))
+        converged = small & s.r_true
+        stop = converged | (s.k >= maxiter) | s.indefinite
+        # a pass either replaces r by b - A x (a recurrence residual that claims convergence;
+        # the end, for `residual_norm` only) or takes one CG step
+        replace = ~s.r_true & ~s.indefinite & small
+        final = stop & ~replace
+        step = ~stop & ~replace
+        p, rho = jax.lax.cond(step, lambda: _direction(apply_m, s.r, s.p, s.rho, s.restart),
+                              lambda: (s.p, s.rho))
+        need = replace | (final & ~s.r_true)
+        u = _select(step, p, s.x)
+        au = jax.lax.cond(need | step, matvec, lambda u: u, u)
+        x, r, positive = jax.lax.cond(step, lambda: _advance(s.x, s.r, p, au, rho),
+                                      lambda: (s.x, s.r, jnp.asarray(True)))
+        r = _select(replace, _sub(b, au), r)
+        end_r = _select(s.r_true, s.r, _sub(b, au))
         status = jnp.where(converged, CGStatus.CONVERGED,
-                           jnp.where(indefinite, CGStatus.NOT_POSITIVE_DEFINITE,
-                                     CGStatus.MAX_ITERATIONS))
-        return k, x, r, p, rho, restart, stop | indefinite, status.astype(jnp.int32), norms
-
-    def cond(state):
-        return ~state[6]
+                           jnp.where(s.indefinite, CGStatus.NOT_POSITIVE_DEFINITE,
+                                     CGStatus.MAX_ITERATIONS)).astype(jnp.int32)
+        return _Pass(k=s.k + step.astype(jnp.int32), x=x, r=r, p=p, rho=rho,
+                     restart=jnp.where(step, False, s.restart | replace),
+                     r_true=replace | (s.r_true & ~step),
+                     indefinite=step & ~positive, done=final, status=status, norms=norms,
+                     residual_norm=jnp.where(final, jnp.sqrt(tree_vdot(end_r, end_r)),
+                                             s.residual_norm))
 
     zero = (jnp.zeros((), dtype), jnp.zeros((), jnp.int32))  # rho as (value, exponent)
-    state = (jnp.asarray(0, jnp.int32), x0, r0, r0, zero, jnp.asarray(True), jnp.asarray(False),
-             jnp.asarray(CGStatus.MAX_ITERATIONS, jnp.int32), norms0)
-    k, x, _, _, _, _, _, status, norms = jax.lax.while_loop(cond, body, state)
-    final = _sub(b, matvec(x))
-    return CGResult(x, k, status == CGStatus.CONVERGED, status, norms,
-                    jnp.sqrt(tree_vdot(final, final)))
+    false = jnp.asarray(False)
+    state = _Pass(k=jnp.asarray(0, jnp.int32), x=x0, r=r0, p=r0, rho=zero,
+                  restart=jnp.asarray(True), r_true=jnp.asarray(True), indefinite=false, done=false,
+                  status=jnp.asarray(CGStatus.MAX_ITERATIONS, jnp.int32),
+                  norms=jnp.full((history,), jnp.nan, dtype),
+                  residual_norm=jnp.asarray(jnp.nan, dtype))
+    s = jax.lax.while_loop(lambda s: ~s.done, body, state)
+    return CGResult(s.x, s.k, s.status == CGStatus.CONVERGED, s.status, s.norms, s.residual_norm)
+
+
+class _Pass(NamedTuple):
+    """The state of `cg_solve`'s loop between passes.
+
+    Attributes:
+        r_true: `r` is `b - A x` computed from the product (not the recurrence's update).
+        indefinite: the last step found `p^T A p <= 0`.
+        done: the loop ends (`status` and `residual_norm` are set).
+    """
+
+    k: jax.Array
+    x: Params
+    r: Params
+    p: Params
+    rho: tuple[jax.Array, jax.Array]
+    restart: jax.Array
+    r_true: jax.Array
+    indefinite: jax.Array
+    done: jax.Array
+    status: jax.Array
+    norms: jax.Array
+    residual_norm: jax.Array
 
 
 def cg(matvec: Operator, b: Params, x0: Params | None = None, tol: float = 1e-10,
@@ -281,9 +320,10 @@ def cg_iterates(matvec: Operator, b: Params, x0: Params | None = None, *, maxite
 
     def step(state, _):
         x, r, p, rho, first, done = state
-        *new, positive = _cg_step(matvec, apply_m, x, r, p, rho, first)
+        p_new, rho_new = _direction(apply_m, r, p, rho, first)
+        x_new, r_new, positive = _advance(x, r, p_new, matvec(p_new), rho_new)
         done = done | ~positive
-        x, r, p, rho = _select(done, (x, r, p, rho), tuple(new))
+        x, r, p, rho = _select(done, (x, r, p, rho), (x_new, r_new, p_new, rho_new))
         return (x, r, p, rho, jnp.asarray(False), done), x
 
     state = (x0, r0, r0, (jnp.zeros((), dtype), jnp.zeros((), jnp.int32)), jnp.asarray(True),

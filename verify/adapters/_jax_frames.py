@@ -46,17 +46,22 @@ def _universal_apply(activations: tuple[tuple[str, ...], ...]) -> Callable[..., 
     """MLP whose layer-l activation is `sum_k mix_l[k] phi_k` over `activations[l]`.
 
     With a one-hot `mix_l` this is exactly the chosen `phi` (a layer with one candidate
-    applies it directly). The last input column (the loss index) is copied to an extra last
-    output column. Only the activations that occur at a layer in the frame are candidates
-    there: every candidate enlarges the compiled programs.
+    applies it directly). The affine map is the library's layer (`ngd_ref.jax.mlp_apply`
+    with the identity), computed once per layer, and each candidate is the library's
+    activation (`ngd_ref.jax.ACTIVATIONS_JAX`) of it: the same operations as the library's
+    layer with that activation. The last input column (the loss index) is copied to an
+    extra last output column. Only the activations that occur at a layer in the frame are
+    candidates there: every candidate enlarges the compiled programs.
     """
-    layers = [[nj.mlp_apply((name,)) for name in names] for names in activations]
+    affine = nj.mlp_apply(("identity",))
+    layers = [[nj.ACTIVATIONS_JAX[name] for name in names] for names in activations]
 
     def apply(params: dict[str, Any], inputs: jax.Array) -> jax.Array:
         a = inputs[:, :-1]
         for pair, mix, candidates in zip(params["layers"], params["mix"], layers, strict=True):
-            a = (candidates[0]([pair], a) if len(candidates) == 1 else
-                 sum(mix[k] * layer([pair], a) for k, layer in enumerate(candidates)))
+            s = affine([pair], a)
+            a = (candidates[0](s) if len(candidates) == 1 else
+                 sum(mix[k] * phi(s) for k, phi in enumerate(candidates)))
         return jnp.concatenate([a, inputs[:, -1:]], axis=1)
 
     return apply

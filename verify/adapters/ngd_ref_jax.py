@@ -26,10 +26,13 @@ The kernels, called once per problem (per vector for the products):
   nonsingular `H + lambda I`, or the indefinite GGN of `gaussian_logvar`), the adapter
   solves by LU on the operator materialized with n `_products` calls.
 
-`cg` runs the jitted `ngd_ref.jax.cg_solve` with the caller's numpy `matvec`/`precond`
-reached through `jax.pure_callback`, on vectors padded to a length bucket (the padding is an
-identity block with zero right-hand side: exact zeros, so the iterates are unchanged),
-compiled once per (bucket, dtype, preconditioned).
+`cg` runs the jitted `ngd_ref.jax.cg_solve` on the caller's operator materialized: the
+columns `matvec(e_i)` (and `precond(e_i)`), n host calls, then `v -> A v` inside the
+program. PROTOCOL s5's operators are linear (CG needs it), so this is the same operator; a
+product through `jax.pure_callback` instead cost ~0.2 ms per CG iteration in JAX's callback
+machinery, against microseconds for the columns. The system is padded to a length bucket
+(an identity block with zero right-hand side: exact zeros, so the iterates are unchanged)
+and compiled once per (bucket, dtype, preconditioned).
 
 JAX's global state is left alone: every method runs inside `jax.enable_x64(True)` (a
 thread-local context, `verify.adapters._x64`), so float64 works without flipping the global
@@ -152,11 +155,12 @@ def _damped(objective, params, batch, mask, which, damping, *, mesh
     return result.x, result.converged
 
 
-# -- cg with host callables ----------------------------------------------------------------------
+# -- host callables ------------------------------------------------------------------------------
 _HOST: dict[str, Callable[[np.ndarray], Any]] = {}
+#: the smallest padded `cg` length (`_bucket`)
 _MIN_BUCKET = 64
-#: one `cg` at a time across threads: the host operators are module state, called back
-#: from XLA's threads
+#: one `hutchinson_diag` at a time across threads: the host operator is module state, called
+#: back from XLA's threads
 _HOST_LOCK = threading.Lock()
 #: one sharded program at a time across threads: XLA's in-process CPU collectives deadlock
 #: (a rendezvous missing a thread) when several are in flight at once
@@ -168,19 +172,19 @@ def _bucket(n: int) -> int:
     return max(_MIN_BUCKET, 1 << (n - 1).bit_length())
 
 
-@contextlib.contextmanager
-def _host_operators(matvec: Callable, precond: Callable | None, n: int) -> Iterator[None]:
-    """Expose the caller's operators on padded vectors: an identity block beyond `n`."""
-    def padded(function: Callable) -> Callable[[np.ndarray], np.ndarray]:
-        def apply(v: np.ndarray) -> np.ndarray:
-            out = np.array(v, dtype=np.float64)  # an owned copy: the caller may keep `v[:n]`
-            out[:n] = np.asarray(function(out[:n]), dtype=np.float64)
-            return out
-        return apply
+def _padded_columns(function: Callable, n: int, size: int) -> np.ndarray:
+    """`[f(e_1) ... f(e_n)]` of a linear operator on R^n, then an identity block to `size`."""
+    out = np.eye(size)
+    for i, column in enumerate(np.eye(n)):
+        out[:n, i] = np.asarray(function(column), dtype=np.float64)
+    return out
 
+
+@contextlib.contextmanager
+def _host_matvec(matvec: Callable) -> Iterator[None]:
+    """Expose the caller's `matvec` to `_hutchinson_host`'s callback, one caller at a time."""
     with _HOST_LOCK:
-        _HOST["matvec"] = padded(matvec)
-        _HOST["precond"] = padded(precond or (lambda r: r))
+        _HOST["matvec"] = matvec
         try:
             yield
         finally:
@@ -188,19 +192,16 @@ def _host_operators(matvec: Callable, precond: Callable | None, n: int) -> Itera
 
 
 def _host_call(name: str, v: np.ndarray) -> np.ndarray:
-    return np.asarray(_HOST[name](v), dtype=v.dtype)
+    # an owned float64 copy: the caller may keep its argument
+    return np.asarray(_HOST[name](np.array(v, dtype=np.float64)), dtype=v.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("history", "preconditioned"),
                    compiler_options=_COMPILER_OPTIONS)
-def _cg_host(b, x0, tol, maxiter, *, history: int, preconditioned: bool):
-    shape = jax.ShapeDtypeStruct(b.shape, b.dtype)
-
-    def via_host(name):
-        return lambda v: jax.pure_callback(functools.partial(_host_call, name), shape, v)
-
-    precond = via_host("precond") if preconditioned else None
-    return nj.cg_solve(via_host("matvec"), b, x0, tol=tol, maxiter=maxiter, precond=precond,
+def _cg_dense(a, m, b, x0, tol, maxiter, *, history: int, preconditioned: bool):
+    """`ngd_ref.jax.cg_solve` on `v -> A v` (and `r -> M r`) for materialized `A`, `M`."""
+    precond = (lambda r: m @ r) if preconditioned else None
+    return nj.cg_solve(lambda v: a @ v, b, x0, tol=tol, maxiter=maxiter, precond=precond,
                        history=history).x
 
 
@@ -381,7 +382,7 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
 
     def cg(self, matvec: Callable, b: Any, x0: Any = None, tol: float = 1e-10,
            maxiter: int | None = None, precond: Callable | None = None) -> np.ndarray:
-        """`ngd_ref.jax.cg_solve` on the caller's operator (PROTOCOL s5 signature)."""
+        """`ngd_ref.jax.cg_solve` on the caller's operator, materialized (PROTOCOL s5 signature)."""
         b = np.asarray(b, dtype=np.float64)
         n = b.shape[0]
         size = _bucket(n)
@@ -391,11 +392,13 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         if x0 is not None:
             padded_x0[:n] = np.asarray(x0, dtype=np.float64)
         maxiter = 10 * n if maxiter is None else int(maxiter)
-        with _host_operators(matvec, precond, n):
-            x = _cg_host(self._vector(padded_b), self._vector(padded_x0),
-                         jnp.asarray(tol, self.dtype), jnp.asarray(maxiter, jnp.int32),
-                         history=10 * size + 1, preconditioned=precond is not None)
-            return np.asarray(x)[:n]
+        dtype = np.dtype(self.dtype)  # numpy arguments: jit transfers them in its fast path
+        a = _padded_columns(matvec, n, size).astype(dtype)
+        m = a if precond is None else _padded_columns(precond, n, size).astype(dtype)
+        x = _cg_dense(a, m, padded_b.astype(dtype), padded_x0.astype(dtype), dtype.type(tol),
+                      np.int32(maxiter), history=10 * size + 1,
+                      preconditioned=precond is not None)
+        return np.asarray(x)[:n]
 
     # -- not a capability ----------------------------------------------------------------------
     def precompile(self, capabilities: Iterable[str], *, stop: threading.Event | None = None,
@@ -480,11 +483,11 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         """`ngd_ref.jax.hutchinson_diag` on the caller's numpy `matvec` (host callback).
 
         Compiled once per (n, S, dtype) (`_hutchinson_host`): the operator is reached
-        through the host-operator table, as `cg`'s is, not closed over (a closure per call
+        through the host-operator table (`_host_matvec`), not closed over (a closure per call
         compiled a new program per call: 0.6 s and ~50 memory mappings each).
         """
         n = int(n)
-        with _host_operators(matvec, None, n):
+        with _host_matvec(matvec):
             return np.asarray(_hutchinson_host(jnp.zeros(n, self.dtype), jax.random.PRNGKey(seed),
                                                num_samples=int(num_samples)))
 
