@@ -107,8 +107,8 @@ def _scaled_ggn_vp(monkeypatch, *, sharded_only: bool):
 
 
 def test_crossvalidate_catches_a_wrong_product(monkeypatch):
-    """Negative control: `ggn_vp` off by a relative 2^-10 fails (also on the reused-name twin),
-    everything else passes."""
+    """Negative control: `ggn_vp` off by a relative 2^-10 fails, and so does the damped GGN
+    update built from it (also on the reused-name twin); everything else passes."""
     _scaled_ggn_vp(monkeypatch, sharded_only=False)
     jax.clear_caches()  # the kernels must be traced again with the wrong product
     try:
@@ -116,8 +116,10 @@ def test_crossvalidate_catches_a_wrong_product(monkeypatch):
     finally:
         jax.clear_caches()
     assert _failing(results) == sorted(
-        ("ggn_vp", f"jax_ggn_vp_matches_reference{twin}_{dtype}")
-        for dtype in crossval.DTYPES for twin in ("", TWIN_SUFFIX))
+        [("ggn_vp", f"jax_ggn_vp_matches_reference{twin}_{dtype}")
+         for dtype in crossval.DTYPES for twin in ("", TWIN_SUFFIX)]
+        + [("damped_update", f"jax_damped_update_ggn{twin}_{dtype}")
+           for dtype in crossval.DTYPES for twin in ("", TWIN_SUFFIX)])
 
 
 def test_sharded_crossvalidation_and_its_negative_control(monkeypatch):

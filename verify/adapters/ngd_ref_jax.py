@@ -20,11 +20,17 @@ The kernels, called once per problem (per vector for the products):
 * `_hessian_diag`: the exact `diag(H)` by n HVPs;
 * `_matrices`: H, G, F, EF from products with the basis vectors;
 * `_products`: the four curvature-vector products of one vector;
-* `_damped`: `-(C + lambda I)^{-1} grad h` by `ngd_ref.jax.cg_solve` on the restricted,
-  linearized operator `P C P^T` (`curvature_operator`; `curvature_vp` on the mesh), the
-  curvature chosen at run time (`lax.switch`); where CG does not converge (an indefinite,
-  nonsingular `H + lambda I`, or the indefinite GGN of `gaussian_logvar`), the adapter
-  solves by LU on the operator materialized with n `_products` calls.
+* `_cg_dense`: `ngd_ref.jax.cg_solve` on a materialized operator `v -> A v`, for `cg` and
+  `damped_update`.
+
+`damped_update` solves `(C + lambda I) x = -grad h` by `_cg_dense` on `C` materialized from n
+`_products` calls (the columns `C e_i`, cached per problem, computed once for all four
+curvatures and every damping); where CG does not converge (an indefinite, nonsingular
+`H + lambda I`, or the indefinite GGN of `gaussian_logvar`) by LU on the same matrix. A CG
+program per frame on the linearized operator (`curvature_operator`, the curvature chosen by
+`lax.switch`) cost 33 s of tracing and compilation over the zoo's 24 frames and dtypes,
+against ~2 s for the products; `curvature_operator` itself is checked by the matrix
+capabilities (`_matrices`) and the Hessian-free trajectories of `ngd-verify check`.
 
 `cg` runs the jitted `ngd_ref.jax.cg_solve` on the caller's operator materialized: the
 columns `matvec(e_i)` (and `precond(e_i)`), n host calls, then `v -> A v` inside the
@@ -131,30 +137,6 @@ def _products(objective, params, batch, v, *, mesh) -> dict[str, jax.Array]:
             for kind in _KINDS}
 
 
-@_kernel
-def _damped(objective, params, batch, mask, which, damping, *, mesh
-            ) -> tuple[jax.Array, jax.Array]:
-    """`-(P C P^T + lambda I)^{-1} P grad h` by CG, `C = _KINDS[which]`, and whether CG converged.
-
-    One CG loop whose product switches (`lax.switch`, at run time) among the four operators,
-    each linearized once before the loop. CG needs a positive definite system; where it does
-    not converge, `NgdRefJax.damped_update` solves the same system by LU (`_solved_directly`).
-    The fallback is not in this program: inside a `lax.cond` it made the program half as
-    large again to compile (59 s -> 40 s of XLA compilation over the zoo's 24 programs).
-    """
-    unravel = ravel_pytree(params)[1]
-    neg_g = -mask * _flat(nj.gradient(objective, params, batch, mesh=mesh))
-    operators = [_operator(objective, params, batch, kind, mesh) for kind in _KINDS]
-    products = [lambda u, op=op: _flat(op(u)) for op in operators]
-
-    def matvec(v: jax.Array) -> jax.Array:
-        return mask * jax.lax.switch(which, products, unravel(mask * v)) + damping * v
-
-    tol = 10 * unit_roundoff(str(neg_g.dtype))
-    result = nj.cg_solve(matvec, neg_g, tol=tol, maxiter=10 * neg_g.shape[0])
-    return result.x, result.converged
-
-
 # -- host callables ------------------------------------------------------------------------------
 _HOST: dict[str, Callable[[np.ndarray], Any]] = {}
 #: the smallest padded `cg` length (`_bucket`)
@@ -172,12 +154,39 @@ def _bucket(n: int) -> int:
     return max(_MIN_BUCKET, 1 << (n - 1).bit_length())
 
 
-def _padded_columns(function: Callable, n: int, size: int) -> np.ndarray:
-    """`[f(e_1) ... f(e_n)]` of a linear operator on R^n, then an identity block to `size`."""
-    out = np.eye(size)
-    for i, column in enumerate(np.eye(n)):
-        out[:n, i] = np.asarray(function(column), dtype=np.float64)
+def _columns(function: Callable, n: int) -> np.ndarray:
+    """`[f(e_1) ... f(e_n)]` of a linear operator on R^n (n host calls), in float64."""
+    return np.stack([np.asarray(function(column), dtype=np.float64) for column in np.eye(n)],
+                    axis=1)
+
+
+def _padded(matrix: np.ndarray, size: int) -> np.ndarray:
+    """`matrix` with an identity block to `size x size`."""
+    out = np.eye(size, dtype=matrix.dtype)
+    n = matrix.shape[0]
+    out[:n, :n] = matrix
     return out
+
+
+def _solve_dense(a: np.ndarray, m: np.ndarray | None, b: np.ndarray, x0: np.ndarray | None,
+                 tol: float, maxiter: int) -> tuple[np.ndarray, bool]:
+    """`(x, converged)` of `_cg_dense` on `A x = b` (preconditioner `M`), in `a`'s dtype.
+
+    The system is padded to `_bucket(n)` (an identity block, zero right-hand side and start:
+    exact zeros, so the iterates are unchanged) so that one program serves every length up
+    to the bucket. Numpy arguments: jit transfers them in its fast path.
+    """
+    n, dtype = b.shape[0], a.dtype
+    size = _bucket(n)
+    vectors = np.zeros((2, size), dtype=dtype)
+    vectors[0, :n] = b
+    if x0 is not None:
+        vectors[1, :n] = x0
+    padded_a = _padded(a, size)
+    x, converged = _cg_dense(padded_a, padded_a if m is None else _padded(m, size),
+                             vectors[0], vectors[1], dtype.type(tol), np.int32(maxiter),
+                             history=10 * size + 1, preconditioned=m is not None)
+    return np.asarray(x)[:n], bool(converged)
 
 
 @contextlib.contextmanager
@@ -201,8 +210,9 @@ def _host_call(name: str, v: np.ndarray) -> np.ndarray:
 def _cg_dense(a, m, b, x0, tol, maxiter, *, history: int, preconditioned: bool):
     """`ngd_ref.jax.cg_solve` on `v -> A v` (and `r -> M r`) for materialized `A`, `M`."""
     precond = (lambda r: m @ r) if preconditioned else None
-    return nj.cg_solve(lambda v: a @ v, b, x0, tol=tol, maxiter=maxiter, precond=precond,
-                       history=history).x
+    result = nj.cg_solve(lambda v: a @ v, b, x0, tol=tol, maxiter=maxiter, precond=precond,
+                         history=history)
+    return result.x, result.converged
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples",),
@@ -358,47 +368,42 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         return self._own(problem, _quantities, "empirical_fisher_diag")
 
     def damped_update(self, problem: Problem, curvature: str, damping: float) -> np.ndarray:
-        """`-(C + damping I)^{-1} grad h` by `cg_solve` (LU where CG does not converge)."""
-        e, params, batch = self._framed(problem)
-        x, converged = self._run(_damped, e.frame.objective, params, batch,
-                                 e.mask.astype(self.dtype),
-                                 jnp.asarray(_KINDS.index(curvature), jnp.int32),
-                                 jnp.asarray(damping, self.dtype), mesh=self._mesh)
-        return e.own(x) if converged else self._solved_directly(problem, curvature, damping)
+        """`-(C + damping I)^{-1} grad h` by `cg_solve` on C from n products (else by LU).
 
-    def _solved_directly(self, problem: Problem, curvature: str, damping: float) -> np.ndarray:
-        """The damped system materialized by n products and solved by LU (partial pivoting).
-
-        For an indefinite but nonsingular system (PROTOCOL s5 asks for any nonsingular one),
-        where CG breaks down; the zoo's n is small. (`jax.scipy.sparse.linalg.gmres` cannot
-        serve: its `custom_linear_solve` transposes the operator, and the sharded curvature
-        products contain `stop_gradient`, which has no transpose rule.)
+        LU (partial pivoting) serves an indefinite but nonsingular system (PROTOCOL s5 asks
+        for any nonsingular one), where CG breaks down.
         """
-        basis = np.eye(problem.n_params)
-        matrix = np.stack([self._product(curvature, problem, column) for column in basis], axis=1)
         dtype = np.dtype(self.dtype)
-        system = matrix + dtype.type(damping) * basis.astype(dtype)
-        return np.linalg.solve(system, -self.gradient(problem).astype(dtype))
+        system = self._curvature_matrix(problem, curvature) + dtype.type(damping) * np.eye(
+            problem.n_params, dtype=dtype)
+        neg_g = -self.gradient(problem).astype(dtype)
+        x, converged = _solve_dense(system, None, neg_g, None, 10 * unit_roundoff(self.dtype),
+                                    10 * problem.n_params)
+        return x if converged else np.linalg.solve(system, neg_g)
+
+    def _curvature_matrix(self, problem: Problem, curvature: str) -> np.ndarray:
+        """`[C e_1 ... C e_n]` from n `_products` calls (all four curvatures cached at once)."""
+        e, params, batch = self._framed(problem)
+        key = (id(e), "columns", self._mesh is not None)
+        if key not in self._cache:
+            columns = [self._run(_products, e.frame.objective, params, batch,
+                                 e.flat(column).astype(self.dtype), mesh=self._mesh)
+                       for column in np.eye(problem.n_params)]
+            self._cache[key] = {kind: np.stack([e.own(c[kind]) for c in columns], axis=1)
+                                for kind in _KINDS}
+        return self._cache[key][curvature]
 
     def cg(self, matvec: Callable, b: Any, x0: Any = None, tol: float = 1e-10,
            maxiter: int | None = None, precond: Callable | None = None) -> np.ndarray:
         """`ngd_ref.jax.cg_solve` on the caller's operator, materialized (PROTOCOL s5 signature)."""
         b = np.asarray(b, dtype=np.float64)
         n = b.shape[0]
-        size = _bucket(n)
-        padded_b = np.zeros(size)
-        padded_b[:n] = b
-        padded_x0 = np.zeros(size)
-        if x0 is not None:
-            padded_x0[:n] = np.asarray(x0, dtype=np.float64)
-        maxiter = 10 * n if maxiter is None else int(maxiter)
-        dtype = np.dtype(self.dtype)  # numpy arguments: jit transfers them in its fast path
-        a = _padded_columns(matvec, n, size).astype(dtype)
-        m = a if precond is None else _padded_columns(precond, n, size).astype(dtype)
-        x = _cg_dense(a, m, padded_b.astype(dtype), padded_x0.astype(dtype), dtype.type(tol),
-                      np.int32(maxiter), history=10 * size + 1,
-                      preconditioned=precond is not None)
-        return np.asarray(x)[:n]
+        dtype = np.dtype(self.dtype)
+        a = _columns(matvec, n).astype(dtype)
+        m = None if precond is None else _columns(precond, n).astype(dtype)
+        start = None if x0 is None else np.asarray(x0, dtype=np.float64).astype(dtype)
+        return _solve_dense(a, m, b.astype(dtype), start, tol,
+                            10 * n if maxiter is None else int(maxiter))[0]
 
     # -- not a capability ----------------------------------------------------------------------
     def precompile(self, capabilities: Iterable[str], *, stop: threading.Event | None = None,
