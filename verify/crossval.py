@@ -10,7 +10,7 @@ anyone's port (`ngd-verify check --adapter ngd-ref-jax`), restricted to `CAPABIL
   (`diag(H)` is n HVPs in `ngd_ref.jax`, covered by the `hvp` checks and by `ngd-verify
   check --adapter ngd-ref-jax`);
 * `damped_update`: `-(C + lambda I)^{-1} grad h` for C in H, G, F, EF and two dampings, which
-  the adapter computes by `ngd_ref.jax.cg_solve` on the linearized operator;
+  the adapter computes by `ngd_ref.jax.cg_solve` on `C` materialized from n products;
 * `cg`: iterate by iterate (plain, Jacobi-preconditioned, from a nonzero `x0`) against the
   A-norm-optimal points of the Krylov spaces, `maxiter=0`, convergence;
 * repeated calls identical, for every capability.
