@@ -217,8 +217,7 @@ def cg_solve(
     bb = tree_vdot(b, b)
     threshold_sq = jnp.maximum(jnp.asarray(tol, dtype) ** 2 * bb, jnp.asarray(atol, dtype) ** 2)
 
-    def body(state: _Pass) -> _Pass:
-        s = state
+    def body(s: _Pass) -> _Pass:
         rr = tree_vdot(s.r, s.r)
         small = rr <= threshold_sq
         norms = jnp.where(s.indefinite, s.norms, s.norms.at[s.k].set(jnp.sqrt(rr)))
