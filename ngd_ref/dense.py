@@ -21,6 +21,7 @@ from ngd_ref.cg._dense import (
     cg_iterates,
     cg_solve,
     iterate_condition,
+    iterate_conditions,
     krylov_optimal_iterate,
     krylov_optimal_iterates,
 )
@@ -135,6 +136,7 @@ __all__ = [
     "cg_iterates",
     "cg_solve",
     "iterate_condition",
+    "iterate_conditions",
     "coupled_newton_inverse_root",
     "damped_factors",
     "dense",

@@ -32,14 +32,15 @@ float64 arrays and on numpy object arrays of `mpmath.mpf` (use it inside
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 __all__ = ["CGResult", "cg", "cg_iterates", "cg_solve", "iterate_condition",
-           "krylov_optimal_iterate", "krylov_optimal_iterates"]
+           "iterate_conditions", "krylov_optimal_iterate", "krylov_optimal_iterates"]
 
 Matvec = Callable[[np.ndarray], np.ndarray]
 
@@ -266,20 +267,30 @@ def iterate_condition(
     each column normalized before the next product (each is then accurate to `u` relative,
     so condition numbers up to ~1/u are resolved; beyond that the iterate is undetermined).
     """
+    return next(itertools.islice(iterate_conditions(a, r0, diag_inv, residuals), k - 1, None))
+
+
+def iterate_conditions(
+    a: np.ndarray, r0: np.ndarray, diag_inv: np.ndarray | None, residuals: tuple[float, ...]
+) -> Iterator[tuple[float, float]]:
+    """`iterate_condition` for k = 1, 2, ..., `len(residuals)`, in turn.
+
+    One `kappa(A_hat)` and one Krylov basis, extended by a column per k: the same operations
+    as `iterate_condition` for each k (bit for bit), for the cost of the largest k.
+    """
     root = np.ones_like(r0) if diag_inv is None else np.sqrt(diag_inv)
     a_hat = root[:, None] * a * root[None, :]
+    condition = float(np.linalg.cond(a_hat))
     w = r0 / root * (root**2)  # M^{-1/2} (M r0) = M^{1/2} r0: the start vector for A_hat
-    columns = []
-    for _ in range(k):
-        norm = float(np.linalg.norm(w))
-        if not norm > 0:
-            break
-        columns.append(w / norm)
-        w = a_hat @ columns[-1]
-    singular = np.linalg.svd(np.stack(columns, axis=1), compute_uv=False)
-    basis = float(singular[0] / singular[-1]) if singular[-1] > 0 else np.inf
-    growth = residuals[0] / residuals[k - 1]
-    return float(np.linalg.cond(a_hat)) * growth, basis
+    columns: list[np.ndarray] = []
+    for k in range(1, len(residuals) + 1):
+        norm = float(np.linalg.norm(w)) if len(columns) == k - 1 else 0.0
+        if norm > 0:
+            columns.append(w / norm)
+            w = a_hat @ columns[-1]
+        singular = np.linalg.svd(np.stack(columns, axis=1), compute_uv=False)
+        basis = float(singular[0] / singular[-1]) if singular[-1] > 0 else np.inf
+        yield condition * (residuals[0] / residuals[k - 1]), basis
 
 
 def _nested_spd_solves(k: np.ndarray, f: np.ndarray) -> list[np.ndarray]:
@@ -287,9 +298,9 @@ def _nested_spd_solves(k: np.ndarray, f: np.ndarray) -> list[np.ndarray]:
 
     No square roots, no pivoting. Elimination without pivoting is nested: the factor of a
     leading block is the leading block of the factor, entry for entry the same operations,
-    so one elimination serves every j (then one back substitution per j), and each solution
-    is bit for bit the one of eliminating `K[:j, :j]` alone, in O(m^2) operations on rows
-    instead of O(m^3).
+    so one elimination serves every j, in O(m^2) operations on rows instead of O(m^3). The
+    back substitutions of all j then run together, one vector-matrix product per row (m
+    steps instead of m^2 / 2).
 
     Raises:
         ValueError: when a pivot is not positive, i.e. `K` is not positive definite in the
@@ -305,13 +316,13 @@ def _nested_spd_solves(k: np.ndarray, f: np.ndarray) -> list[np.ndarray]:
         factors = a[j + 1:, j] / a[j, j]
         a[j + 1:, j:] = a[j + 1:, j:] - factors[:, None] * a[j, j:]
         y[j + 1:] = y[j + 1:] - factors * y[j]
-    solutions = []
-    for size in range(1, m + 1):
-        x = y[:size] * 1
-        for j in reversed(range(size)):
-            x[j] = (x[j] - np.sum(a[j, j + 1:size] * x[j + 1:size])) / a[j, j]
-        solutions.append(x)
-    return solutions
+    # back substitution for every size at once: column j of `x` solves the leading
+    # (j+1) x (j+1) system, with exact zeros below its last row, so each row's sum runs over
+    # that system's entries (and zeros) only
+    x = a * 0
+    for j in reversed(range(m)):
+        x[j, j:] = (y[j] - a[j, j + 1:] @ x[j + 1:, j:]) / a[j, j]
+    return [x[:size, size - 1] for size in range(1, m + 1)]
 
 
 def _unit_roundoff_of(sample: Any) -> Any:
@@ -337,7 +348,7 @@ def krylov_optimal_iterate(
     """Compute the A-norm-optimal point of `x0 + K_k(M A, M r0)`: CG's k-th iterate.
 
     Computed directly, independently of the CG recurrences: the Krylov vectors
-    `w_1 = M r0, w_{j+1} = M A v_j` are orthogonalized by Gram-Schmidt (twice, for
+    `w_1 = M r0, w_{j+1} = M A v_j` are orthogonalized by classical Gram-Schmidt (twice, for
     stability), giving a basis V of the space, and the Galerkin condition
     `V^T (b - A (x0 + V y)) = 0` -- the normal equations of `min_y ||x0 + V y - A^{-1}b||_A` --
     is solved, `y = (V^T A V)^{-1} V^T r0` (seed 002, Grosse ch. 4 s4: CG's k-th iterate is
@@ -394,9 +405,10 @@ def krylov_optimal_iterates(
     w = apply_m(r0)
     for _ in range(int(k)):
         before = _dot(w, w)
-        for _ in range(2):
-            for v, square in zip(basis, squares, strict=True):
-                w = w - (_dot(v, w) / square) * v
+        if basis:  # classical Gram-Schmidt, twice: one product with the basis per pass
+            v, square = np.stack(basis, axis=1), np.array(squares)
+            for _ in range(2):
+                w = w - v @ ((v.T @ w) / square)
         noise = (len(basis) + 1) * u
         if not _dot(w, w) > noise * noise * before:
             break

@@ -303,8 +303,8 @@ def _pads(problem: Problem) -> bool:
     True for `mse` (a zero term, a block `H_L = F_R = I` uncoupled from the own outputs)
     when the last activation maps 0 to 0 elementwise (the padded rows get `phi(0)`).
     """
-    return Loss(problem.loss) is Loss.MSE and problem.layers[-1].activation in (
-        "identity", "tanh", "relu")
+    phi = problem.layers[-1].phi
+    return Loss(problem.loss) is Loss.MSE and phi.elementwise and phi.zero_at_zero
 
 
 def _groups(problems: Sequence[Problem]) -> list[list[Problem]]:

@@ -77,7 +77,7 @@ import functools
 import numpy as np
 
 from ngd_ref import Problem
-from ngd_ref.dense import iterate_condition, krylov_optimal_iterates, mp_backend
+from ngd_ref.dense import iterate_conditions, krylov_optimal_iterates, mp_backend
 from verify._report import Status
 from verify._tolerance import unit_roundoff
 from verify.harness._context import CheckContext
@@ -270,12 +270,12 @@ def _check_variant(
     )
     start_norm = 0.0 if start is None else float(np.linalg.norm(start))
     r0 = b if start is None else b - a @ start
+    conditions = iterate_conditions(a, r0, diag_inv if variant.preconditioned else None,
+                                    residuals)
     for k in range(1, len(optimal) + 1):
         if residuals[k - 1] <= _INFORMATIVE[ctx.dtype] * residuals[0]:
             break  # CG has (nearly) converged: later iterates are not determined by the data
-        amplified, basis = iterate_condition(
-            a, r0, diag_inv if variant.preconditioned else None, residuals, k
-        )
+        amplified, basis = next(conditions)
         if variant.spread:
             basis = 1.0  # see spread_system: the basis bound is not attained there
         if basis > 1.0 / _INFORMATIVE[ctx.dtype]:
