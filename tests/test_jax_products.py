@@ -49,6 +49,19 @@ def test_exact_diagonals(problem):
         comparison = compare(actual, np.diag(b.ref.matrix(kind)), tolerance=b.rtol,
                              magnitude=float(np.linalg.norm(np.diag(b.matrix_magnitude(kind)))))
         assert comparison.passed, f"{kind}: {comparison.describe()}"
+    together = nj.exact_diagonals(objective, params, batch)  # one pass serves all three
+    for kind, fn in (("ggn", nj.ggn_diag), ("fisher", nj.fisher_diag),
+                     ("empirical_fisher", nj.empirical_fisher_diag)):
+        alone = np.asarray(nj.canonical_vector(fn(objective, params, batch)))
+        # the same operations in one program or another: equal up to XLA's contractions
+        np.testing.assert_allclose(nj.canonical_vector(together[kind]), alone, rtol=0,
+                                   atol=8 * np.finfo(np.float64).eps * np.abs(alone).max())
+
+
+def test_exact_diagonals_of_the_hessian_is_refused():
+    objective, params, batch = nj.from_problem(zoo.get("mlp-3x4x3-tanh-softmax_cross_entropy-b3"))
+    with pytest.raises(ValueError, match="hessian_diag"):
+        nj.exact_diagonals(objective, params, batch, ("ggn", "hessian"))
 
 
 def test_ggn_vp_without_reduction_constant_fails():

@@ -342,52 +342,77 @@ def _eigen_factor(product: Callable[[Array, Array, Array], Array]):
     return factor
 
 
-def _local_diagonal(objective: Objective, factor, axis, params, inputs, aux, weights):
-    """`sum_b w_b sum_k lam_bk (J_b^T q_bk)^2`, one example at a time (O(n) memory)."""
+def _local_diagonals(objective: Objective, factors, axis, params, inputs, aux, weights):
+    """`sum_b w_b sum_k lam_bk (J_b^T q_bk)^2` per factor, one example at a time (O(n) memory).
 
-    def one(total, example):
+    One forward pass and one pullback per example serve every factor.
+    """
+
+    def one(totals, example):
         x, a, w = example
         z, pullback = jax.vjp(lambda p: objective.apply(p, x[None])[0], params)
-        lam, q = factor(a, z)
-        rows = jax.vmap(lambda col: pullback(col)[0], in_axes=1)(q)  # leaves (K, ...)
-        return jax.tree.map(lambda t, r: t + w * jnp.tensordot(lam, r * r, axes=1), total,
-                            rows), None
+        out = []
+        for total, factor in zip(totals, factors, strict=True):
+            lam, q = factor(a, z)
+            rows = jax.vmap(lambda col: pullback(col)[0], in_axes=1)(q)  # leaves (K, ...)
+            out.append(jax.tree.map(lambda t, r, lam=lam: t + w * jnp.tensordot(lam, r * r,
+                                                                               axes=1),
+                                    total, rows))
+        return tuple(out), None
 
     zero = jax.tree.map(jnp.zeros_like, params)
-    total, _ = jax.lax.scan(one, zero, (inputs, aux, weights))
-    return allsum(total, axis)
+    totals, _ = jax.lax.scan(one, (zero,) * len(factors), (inputs, aux, weights))
+    return allsum(totals, axis)
 
 
-@functools.partial(jax.jit, static_argnames=("objective", "curvature", "mesh"))
-def _exact_diagonal(objective: Objective, params: Params, batch: Batch, curvature: str, *,
-                    mesh: Mesh | None = None) -> Params:
-    loss = objective.loss
-    kind = Curvature(curvature)
-    if kind is Curvature.EMPIRICAL_FISHER:
+def _diagonal_factor(loss: JaxLoss, kind: Curvature):
+    """`(y, z) -> (lam, Q)` with `Q diag(lam) Q^T` the curvature's output-space matrix."""
+    if kind is Curvature.EMPIRICAL_FISHER:  # g g^T: one rank-one term
         def factor(y, z):
             return jnp.ones((1,), z.dtype), loss.grad(y, z)[:, None]
-    else:
-        factor = _eigen_factor(_middle(loss, kind))
-    return run_objective(objective, mesh, functools.partial(_local_diagonal, objective, factor),
-                (params,), batch)
+
+        return factor
+    return _eigen_factor(_middle(loss, kind))
+
+
+@functools.partial(jax.jit, static_argnames=("objective", "curvatures", "mesh"))
+def exact_diagonals(objective: Objective, params: Params, batch: Batch,
+                    curvatures: tuple[str, ...] = ("ggn", "fisher", "empirical_fisher"), *,
+                    mesh: Mesh | None = None) -> dict[str, Params]:
+    """The exact diagonals of several of G, F and EF in one pass over the examples.
+
+    Each is `c sum_b sum_k lam_bk (J_b^T q_bk)^2` with `Q diag(lam) Q^T` the example's
+    output-space matrix (`H_L`, `F_R`, or `g g^T` for EF); one forward pass and one pullback
+    per example serve them all (`ggn_diag`, `fisher_diag`, `empirical_fisher_diag` are this
+    with one curvature).
+    """
+    kinds = [Curvature(name) for name in curvatures]
+    if Curvature.HESSIAN in kinds:
+        raise ValueError("curvatures: the exact diagonal of H is hessian_diag (n HVPs)")
+    factors = tuple(_diagonal_factor(objective.loss, kind) for kind in kinds)
+    diagonals = run_objective(objective, mesh,
+                              functools.partial(_local_diagonals, objective, factors),
+                              (params,), batch)
+    return {kind.value: diagonal for kind, diagonal in zip(kinds, diagonals, strict=True)}
 
 
 def ggn_diag(objective: Objective, params: Params, batch: Batch, *,
              mesh: Mesh | None = None) -> Params:
     """Exact diagonal of `G`: `c sum_b sum_k lam_bk (J_b^T q_bk)^2`, `H_L,b = Q diag(lam) Q^T`."""
-    return _exact_diagonal(objective, params, batch, Curvature.GGN.value, mesh=mesh)
+    return exact_diagonals(objective, params, batch, ("ggn",), mesh=mesh)["ggn"]
 
 
 def fisher_diag(objective: Objective, params: Params, batch: Batch, *,
                 mesh: Mesh | None = None) -> Params:
     """Exact diagonal of the true Fisher `F`, as `ggn_diag` with `F_R` for `H_L`."""
-    return _exact_diagonal(objective, params, batch, Curvature.FISHER.value, mesh=mesh)
+    return exact_diagonals(objective, params, batch, ("fisher",), mesh=mesh)["fisher"]
 
 
 def empirical_fisher_diag(objective: Objective, params: Params, batch: Batch, *,
                           mesh: Mesh | None = None) -> Params:
     """Exact diagonal of `EF`: `c sum_b g_b^2` from per-example gradients."""
-    return _exact_diagonal(objective, params, batch, Curvature.EMPIRICAL_FISHER.value, mesh=mesh)
+    return exact_diagonals(objective, params, batch, ("empirical_fisher",),
+                           mesh=mesh)["empirical_fisher"]
 
 
 @functools.partial(jax.jit, static_argnames=("objective",))

@@ -102,12 +102,9 @@ def _operator(objective, params, batch, kind: str, mesh) -> Callable[[Any], Any]
 def _quantities(objective, params, batch, *, mesh) -> dict[str, jax.Array]:
     """`h`, `grad h` and the exact diagonals of G, F and EF."""
     loss, grad = nj.value_and_gradient(objective, params, batch, mesh=mesh)
-    out = {"loss": loss, "gradient": _flat(grad),
-           "ggn_diag": _flat(nj.ggn_diag(objective, params, batch, mesh=mesh)),
-           "fisher_diag": _flat(nj.fisher_diag(objective, params, batch, mesh=mesh)),
-           "empirical_fisher_diag": _flat(nj.empirical_fisher_diag(objective, params, batch,
-                                                                   mesh=mesh))}
-    return out
+    diagonals = nj.exact_diagonals(objective, params, batch, mesh=mesh)
+    return {"loss": loss, "gradient": _flat(grad),
+            **{f"{kind}_diag": _flat(diagonal) for kind, diagonal in diagonals.items()}}
 
 
 @_kernel
