@@ -160,6 +160,11 @@ def test_hutchinson_is_deterministic_given_the_seed_and_exact_for_diagonal_matri
     one = ref.hutchinson_diag(lambda v: B @ v, 4, 10, seed=3)
     np.testing.assert_array_equal(one, ref.hutchinson_diag(lambda v: B @ v, 4, 10, seed=3))
     assert not np.array_equal(one, ref.hutchinson_diag(lambda v: B @ v, 4, 10, seed=4))
+    # given the matrix, the same probes in one product: the same estimate up to summation order
+    np.testing.assert_allclose(ref.hutchinson_diag(B, 4, 10, seed=3), one, rtol=0,
+                               atol=1e-15 * np.abs(B).sum())
+    with pytest.raises(ValueError, match=r"\(4, 4\) matrix"):
+        ref.hutchinson_diag(B[:3], 4, 10, seed=3)
 
 
 @pytest.mark.parametrize("kwargs, match", [

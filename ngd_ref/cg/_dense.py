@@ -32,7 +32,6 @@ float64 arrays and on numpy object arrays of `mpmath.mpf` (use it inside
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -267,13 +266,14 @@ def iterate_condition(
     each column normalized before the next product (each is then accurate to `u` relative,
     so condition numbers up to ~1/u are resolved; beyond that the iterate is undetermined).
     """
-    return next(itertools.islice(iterate_conditions(a, r0, diag_inv, residuals), k - 1, None))
+    return next(iterate_conditions(a, r0, diag_inv, residuals, first=k))
 
 
 def iterate_conditions(
-    a: np.ndarray, r0: np.ndarray, diag_inv: np.ndarray | None, residuals: tuple[float, ...]
+    a: np.ndarray, r0: np.ndarray, diag_inv: np.ndarray | None, residuals: tuple[float, ...],
+    first: int = 1,
 ) -> Iterator[tuple[float, float]]:
-    """`iterate_condition` for k = 1, 2, ..., `len(residuals)`, in turn.
+    """`iterate_condition` for k = `first`, `first + 1`, ..., `len(residuals)`, in turn.
 
     One `kappa(A_hat)` and one Krylov basis, extended by a column per k: the same operations
     as `iterate_condition` for each k (bit for bit), for the cost of the largest k.
@@ -288,6 +288,8 @@ def iterate_conditions(
         if norm > 0:
             columns.append(w / norm)
             w = a_hat @ columns[-1]
+        if k < first:
+            continue
         singular = np.linalg.svd(np.stack(columns, axis=1), compute_uv=False)
         basis = float(singular[0] / singular[-1]) if singular[-1] > 0 else np.inf
         yield condition * (residuals[0] / residuals[k - 1]), basis

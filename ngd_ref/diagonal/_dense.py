@@ -86,12 +86,14 @@ def squared_gradient(problem: Problem, *, backend: Backend = FLOAT64) -> np.ndar
 
 
 def hutchinson_diag(
-    matvec: Callable[[np.ndarray], np.ndarray], n: int, num_samples: int, seed: int
+    matvec: Callable[[np.ndarray], np.ndarray] | np.ndarray, n: int, num_samples: int, seed: int
 ) -> np.ndarray:
     """Mean over `num_samples` Rademacher probes `z` of `z * matvec(z)` (PROTOCOL s9).
 
     Args:
-        matvec: `v -> A v` for a square `A` of size `n` (float64).
+        matvec: `v -> A v` for a square `A` of size `n` (float64), called once per probe;
+            or the matrix `A` itself, then applied to all probes in one product (the same
+            estimate up to the order of the sums).
         n: the dimension.
         num_samples: number of probes (>= 1).
         seed: seed of `numpy.random.default_rng`; the probes are its
@@ -104,6 +106,12 @@ def hutchinson_diag(
         if not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{label}: expected an integer >= {least}, got {value!r}")
     probes = np.random.default_rng(seed).integers(0, 2, size=(num_samples, n)) * 2.0 - 1.0
+    if not callable(matvec):
+        matrix = np.asarray(matvec, dtype=np.float64)
+        if matrix.shape != (n, n):
+            raise ValueError(f"matvec: expected a callable or an ({n}, {n}) matrix, got shape "
+                             f"{matrix.shape}")
+        return np.sum(probes * (probes @ matrix.T), axis=0) / num_samples
     total = np.zeros(n)
     for z in probes:
         az = np.asarray(matvec(z), dtype=np.float64)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -298,12 +299,12 @@ def hutchinson_test(problem: Problem) -> tuple[np.ndarray, SampledTest]:
 
 
 def hutchinson_results(problem: Problem, name: str,
-                       estimator: Callable[[Callable, int, int, int], np.ndarray]
+                       estimator: Callable[[Any, int, int, int], np.ndarray]
                        ) -> list[CheckResult]:
-    """`estimator(matvec, n, S, seed)` (s9's `hutchinson_diag`) on `A = H`, tested with power."""
+    """`estimator(H, n, S, seed)` (s9's `hutchinson_diag`, given the matrix), tested with power."""
     a, test = hutchinson_test(problem)
     n = problem.n_params
-    rows = np.stack([np.asarray(estimator(lambda x: a @ x, n, test.samples, seed), dtype=float)
+    rows = np.stack([np.asarray(estimator(a, n, test.samples, seed), dtype=float)
                      for seed in test.seeds(problem, "hutchinson")])
     return _results(name, problem, test, rows,
                     "mean over Rademacher z of z * (H z), unbiased for diag H", _HUTCHINSON)
