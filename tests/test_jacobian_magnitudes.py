@@ -2,7 +2,8 @@
 
 Campaign seed 25 (`campaign --first-seed 25 --fuzz 25`) flagged both correct ports on 42
 checks of one problem: a softmax output whose last weight matrix `W_L` (2 x 1) has equal
-rows, so `dz/ds_l = (diag(p) - p p^T) W_L ... = 0` exactly below the last layer. The
+rows, so `dz/ds_l = (diag(p) - p p^T) W_L ... = 0` below the last layer (exactly, or up to one
+rounding, depending on the BLAS kernel). The
 reference's K-FAC factors `S_0`, `S_1` are exactly zero; a port's are rounding residues
 (1e-34), and the old magnitude `|dz/ds_l| = 0` left no room for them (`MAG` 2.2e-308). The
 chain rule on absolute values, `MAG(J_phi,L) |W_L| ...`, does not cancel.
@@ -30,7 +31,11 @@ def test_the_seed25_problem_cancels_exactly_below_the_softmax():
     ref = dense(build(*SEED25))
     for jacobians, magnitudes in zip(ref.preactivation_jacobians,
                                      ref.preactivation_jacobian_magnitudes, strict=True):
-        assert not np.any(jacobians[0]) and not np.any(jacobians[1])  # exactly zero
+        # zero in exact arithmetic; in float64 zero or the residue of one rounding, by BLAS
+        # kernel (exactly 0 where it was found, 3.6e-17 MAG on an AMD EPYC's OpenBLAS)
+        unit = np.finfo(np.float64).eps / 2
+        for k in (0, 1):
+            assert np.all(np.abs(jacobians[k]) <= unit * magnitudes[k])
         assert np.all(magnitudes[0] > 1e-6) and np.all(magnitudes[1] > 1e-4)
 
 

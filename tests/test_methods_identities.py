@@ -78,7 +78,7 @@ BUGS = [
     ("lbfgs_inverts_quadratic_on_span", SOFTMAX_B3, "lbfgs_direction",
      lambda g, s, y, gamma=1.0, **kw: _real_lbfgs(g, s[1:], y[1:], gamma, **kw)),
     ("hutchinson_unbiased", SOFTMAX_B3, "hutchinson_diag",
-     lambda matvec, n, num_samples, seed: matvec(np.ones(n))),
+     lambda matrix, n, num_samples, seed: np.asarray(matrix) @ np.ones(n)),
     ("trust_region_step_is_descent", NEWTON_ASCENDS, "trust_region_update",
      lambda problem, damping, **kw: ref.newton_update(problem, damping * 1e-3, **kw)),
     ("bfgs_secant_and_symmetry", SOFTMAX_B3, "bfgs_update",
