@@ -95,15 +95,16 @@ def test_crossvalidate_passes_on_a_subset():
 
 
 def _scaled_ggn_vp(monkeypatch, *, sharded_only: bool):
-    honest = nj.curvature_vp
+    """`ngd_ref.jax.curvature_products` (the adapters' products) with `G v` off by 2^-10."""
+    honest = nj.curvature_products
 
-    def wrong(objective, params, batch, v, curvature, *, mesh=None):
-        out = honest(objective, params, batch, v, curvature, mesh=mesh)
-        if curvature != "ggn" or (sharded_only and mesh is None):
+    def wrong(objective, params, batch, v, curvatures, *, mesh=None):
+        out = honest(objective, params, batch, v, curvatures, mesh=mesh)
+        if "ggn" not in out or (sharded_only and mesh is None):
             return out
-        return jax.tree.map(lambda t: t * (1 + 2.0**-10), out)
+        return {**out, "ggn": jax.tree.map(lambda t: t * (1 + 2.0**-10), out["ggn"])}
 
-    monkeypatch.setattr(nj, "curvature_vp", wrong)
+    monkeypatch.setattr(nj, "curvature_products", wrong)
 
 
 def test_crossvalidate_catches_a_wrong_product(monkeypatch):

@@ -30,13 +30,15 @@ def test_products_match_dense_reference(problem, dtype):
     b = tolerance_policy(problem, dtype)
     v = _probe(problem)
     tree = nj.mlp_params(problem.layers, v, dtype)
+    together = nj.curvature_products(objective, params, batch, tree)  # all four in one program
     for kind, product in KINDS.items():
-        actual = np.asarray(nj.canonical_vector(product(objective, params, batch, tree)))
-        assert actual.dtype == np.dtype(dtype)
         desired = b.ref.matrix(kind) @ v
-        comparison = compare(actual, desired, tolerance=b.rtol,
-                             magnitude=float(np.linalg.norm(b.matrix_magnitude(kind) @ np.abs(v))))
-        assert comparison.passed, f"{kind}: {comparison.describe()}"
+        magnitude = float(np.linalg.norm(b.matrix_magnitude(kind) @ np.abs(v)))
+        for actual in (product(objective, params, batch, tree), together[kind]):
+            actual = np.asarray(nj.canonical_vector(actual))
+            assert actual.dtype == np.dtype(dtype)
+            comparison = compare(actual, desired, tolerance=b.rtol, magnitude=magnitude)
+            assert comparison.passed, f"{kind}: {comparison.describe()}"
 
 
 @pytest.mark.parametrize("problem", PROBLEMS[:4], ids=lambda p: p.name)

@@ -151,13 +151,28 @@ def local_loss(obj: Objective, params, inputs, targets, weights):
 def _gauss_newton_operator(obj: Objective, params, inputs, aux, weights,
                            middle: Callable[[Array, Array, Array], Array]) -> Operator:
     """`v -> sum_b w_b J_b^T M_b J_b v` with `M_b u = middle(aux_b, z_b, u)`, linearized once."""
+    products = _gauss_newton_products(obj, params, inputs, aux, weights, (middle,))
+    return lambda v: products(v)[0]
+
+
+def _gauss_newton_products(obj: Objective, params, inputs, aux, weights,
+                           middles: tuple[Callable[[Array, Array, Array], Array], ...]
+                           ) -> Callable[[Params], tuple[Params, ...]]:
+    """`v -> (sum_b w_b J_b^T M_b J_b v for each middle)`: one linearization, one `J v`.
+
+    With several middles the transposed JVP is applied to all their cotangents at once.
+    """
     z, jvp_fn = jax.linearize(lambda p: obj.apply(p, inputs), params)
     transpose = jax.linear_transpose(jvp_fn, params)
 
     def apply(v):
         u = jvp_fn(v)
-        (out,) = transpose(weights[:, None] * jax.vmap(middle)(aux, z, u))
-        return out
+        cotangents = [weights[:, None] * jax.vmap(middle)(aux, z, u) for middle in middles]
+        if len(cotangents) == 1:
+            return (transpose(cotangents[0])[0],)
+        stacked = jax.vmap(lambda c: transpose(c)[0])(jnp.stack(cotangents))
+        return tuple(jax.tree.map(lambda leaf, i=i: leaf[i], stacked)
+                     for i in range(len(cotangents)))
 
     return apply
 
@@ -280,6 +295,35 @@ def curvature_vp(objective: Objective, params: Params, batch: Batch, v: Params,
 
     def local(axis, params, v, inputs, targets, weights):
         return local_operator(objective, kind, axis, params, inputs, targets, weights)(v)
+
+    return run_objective(objective, mesh, local, (params, v), batch)
+
+
+@functools.partial(jax.jit, static_argnames=("objective", "curvatures", "mesh"))
+def curvature_products(objective: Objective, params: Params, batch: Batch, v: Params,
+                       curvatures: tuple[str, ...] = ("hessian", "ggn", "fisher",
+                                                      "empirical_fisher"), *,
+                       mesh: Mesh | None = None) -> dict[str, Params]:
+    """`C v` for several curvatures at once: `{name: C v}`.
+
+    The Gauss-Newton-type products (G, F, EF: `c sum_b J_b^T M_b J_b v`) share one
+    linearization of the network and one `J v`, and their transposed JVPs run together; `H v`
+    is `curvature_vp`'s forward-over-reverse product.
+    """
+    kinds = [Curvature(name) for name in curvatures]
+    outer = [kind for kind in kinds if kind is not Curvature.HESSIAN]
+
+    def local(axis, params, v, inputs, targets, weights):
+        out = {}
+        if Curvature.HESSIAN in kinds:
+            out[Curvature.HESSIAN.value] = local_operator(objective, Curvature.HESSIAN, axis,
+                                                          params, inputs, targets, weights)(v)
+        if outer:
+            products = _gauss_newton_products(objective, params, inputs, targets, weights,
+                                              tuple(_middle(objective.loss, k) for k in outer))
+            out.update({kind.value: allsum(product, axis)
+                        for kind, product in zip(outer, products(v), strict=True)})
+        return out
 
     return run_objective(objective, mesh, local, (params, v), batch)
 

@@ -130,8 +130,8 @@ def _matrices(objective, params, batch, *, mesh) -> dict[str, jax.Array]:
 def _products(objective, params, batch, v, *, mesh) -> dict[str, jax.Array]:
     """`C v` for the four curvatures."""
     tree = ravel_pytree(params)[1](v)
-    return {kind: _flat(nj.curvature_vp(objective, params, batch, tree, kind, mesh=mesh))
-            for kind in _KINDS}
+    products = nj.curvature_products(objective, params, batch, tree, _KINDS, mesh=mesh)
+    return {kind: _flat(products[kind]) for kind in _KINDS}
 
 
 # -- host callables ------------------------------------------------------------------------------

@@ -29,9 +29,11 @@ condition number of the system solved.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from ngd_ref import layer_slices
+from ngd_ref import Problem, layer_slices
 from ngd_ref.dense import (
     absolute_hessian,
     bfgs_update,
@@ -64,45 +66,40 @@ def _spd_pair(ctx: CheckContext) -> tuple[np.ndarray, np.ndarray]:
     return fisher + eye, fisher + 0.5 * eye
 
 
-def check_trust_region_update(ctx: CheckContext) -> None:
-    """`-(|H| + lambda I)^{-1} grad h` against the reference."""
+def _check_damped_solves(ctx: CheckContext, capability: str, matrix: np.ndarray, kind: str,
+                         reference: Callable[[Problem, float], np.ndarray], what: str) -> None:
+    """`capability(problem, lambda)` = `-(matrix + lambda I)^{-1} grad h` for each damping.
+
+    `kind` names the curvature whose magnitude bounds `matrix`'s rounding; `what` is the
+    statement, with `{damping}` where lambda goes.
+    """
     b = ctx.policy
-    abs_h = absolute_hessian(b.matrix("hessian"))
     for damping in _DAMPINGS:
         tolerance, kappa = b.solve_tolerance(
-            abs_h, b.matrix_magnitude("hessian"), damping, b.ref.gradient, b.gradient_magnitude
+            matrix, b.matrix_magnitude(kind), damping, b.ref.gradient, b.gradient_magnitude
         )
-        ctx.begin("trust_region_update")
-        value = ctx.port("trust_region_update", ctx.problem, damping)
+        ctx.begin(capability)
+        value = ctx.port(capability, ctx.problem, damping)
         ctx.compare(
-            "trust_region_update",
+            capability,
             value,
-            trust_region_update(ctx.problem, damping),
+            reference(ctx.problem, damping),
             tolerance=tolerance,
-            what=f"-(|H| + {damping:g} I)^-1 grad h (PROTOCOL s9; kappa {kappa:.1e})",
+            what=f"{what.format(damping=f'{damping:g}')} (PROTOCOL s9; kappa {kappa:.1e})",
         )
+
+
+def check_trust_region_update(ctx: CheckContext) -> None:
+    """`-(|H| + lambda I)^{-1} grad h` against the reference."""
+    _check_damped_solves(ctx, "trust_region_update",
+                         absolute_hessian(ctx.policy.matrix("hessian")), "hessian",
+                         trust_region_update, "-(|H| + {damping} I)^-1 grad h")
 
 
 def check_lowrank_ggn_update(ctx: CheckContext) -> None:
     """`-(G + lambda I)^{-1} grad h` in output space, against the reference."""
-    b = ctx.policy
-    for damping in _DAMPINGS:
-        tolerance, kappa = b.solve_tolerance(
-            b.matrix("ggn"),
-            b.matrix_magnitude("ggn"),
-            damping,
-            b.ref.gradient,
-            b.gradient_magnitude,
-        )
-        ctx.begin("lowrank_ggn_update")
-        value = ctx.port("lowrank_ggn_update", ctx.problem, damping)
-        ctx.compare(
-            "lowrank_ggn_update",
-            value,
-            lowrank_ggn_update(ctx.problem, damping),
-            tolerance=tolerance,
-            what=f"-(G + {damping:g} I)^-1 grad h by push-through (PROTOCOL s9; kappa {kappa:.1e})",
-        )
+    _check_damped_solves(ctx, "lowrank_ggn_update", ctx.policy.matrix("ggn"), "ggn",
+                         lowrank_ggn_update, "-(G + {damping} I)^-1 grad h by push-through")
 
 
 def check_bfgs_update(ctx: CheckContext) -> None:
