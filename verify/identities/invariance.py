@@ -43,7 +43,7 @@ from verify.identities._common import (
     smooth_along,
     solve_tolerance,
 )
-from verify.identities._registry import identity, result, separated
+from verify.identities._registry import detectable, identity, result, separated
 
 __all__ = [
     "affine_invariance",
@@ -338,10 +338,13 @@ def hessian_not_pullback(problem: Problem, *, direction: np.ndarray | None = Non
     mag += abs(extra)
     tol = exact_rtol(problem)
     with_term = compare(second, pulled + extra, tolerance=tol, magnitude=mag)
-    without = compare(second, pulled, tolerance=tol, magnitude=mag)
-    return [
-        result("hessian_not_pullback", problem, with_term,
-               "v^T H_gamma v = (J_g v)^T H (J_g v) + sum_j g_j theta_j v_j^2", MARTENS),
-        separated("hessian_not_pullback", problem, without,
-                  "v^T H_gamma v != (J_g v)^T H (J_g v)", MARTENS),
-    ]
+    out = [result("hessian_not_pullback", problem, with_term,
+                  "v^T H_gamma v = (J_g v)^T H (J_g v) + sum_j g_j theta_j v_j^2", MARTENS)]
+    # the control's predicted gap is the extra term itself, in the comparison's units (a
+    # generated problem's gradient term was 2.5e-12 against 100 x tol = 5.9e-12: seed 7)
+    scale = max(abs(pulled), mag, np.finfo(np.float64).tiny)
+    if detectable(abs(extra) / scale, tol):
+        out.append(separated("hessian_not_pullback", problem,
+                             compare(second, pulled, tolerance=tol, magnitude=mag),
+                             "v^T H_gamma v != (J_g v)^T H (J_g v)", MARTENS))
+    return out
