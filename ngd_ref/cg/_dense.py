@@ -79,12 +79,12 @@ def _as_callable(operator: Any, name: str) -> Matvec:
 
 
 def _dot(u: np.ndarray, v: np.ndarray) -> Any:
-    return np.sum(u * v)
+    return (u * v).sum()  # the method: np.sum's reduction without its Python dispatch
 
 
 def _exponent(u: np.ndarray) -> int:
     """`e` with `2^e` near `max |u_i|` (0 where that is 0 or not a positive float64)."""
-    largest = float(np.max(np.abs(u))) if u.size else 0.0
+    largest = float(np.abs(u).max()) if u.size else 0.0
     return math.frexp(largest)[1] if largest > 0 and math.isfinite(largest) else 0
 
 
@@ -170,21 +170,23 @@ def _run_cg(matvec: Matvec | np.ndarray, b: np.ndarray, x0: np.ndarray | None, *
     apply_m = (lambda r: r) if precond is None else _as_callable(precond, "precond")
     threshold_sq = max(tol * tol * _dot(b, b), atol * atol)
     r = b - apply_a(x)
+    rr = _dot(r, r)  # of the current r, computed once
     iterates = [x] if keep_iterates else None
-    norms = [_sqrt(_dot(r, r))]
+    norms = [_sqrt(rr)]
     restart = True
     converged = False
     iterations = 0
     p: np.ndarray | None = None
     rho: tuple[Any, int] | None = None  # the scaled r^T z of `_scaled_dot`
     while True:
-        if _dot(r, r) <= threshold_sq:
+        if rr <= threshold_sq:
             true_r = b - apply_a(x)
-            if _dot(true_r, true_r) <= threshold_sq:
+            true_rr = _dot(true_r, true_r)
+            if true_rr <= threshold_sq:
                 converged = True
                 break
-            r, restart = true_r, True  # residual replacement: the recurrence had drifted
-            norms[-1] = _sqrt(_dot(r, r))
+            r, rr, restart = true_r, true_rr, True  # residual replacement: it had drifted
+            norms[-1] = _sqrt(rr)
         if iterations >= maxiter:
             break
         z = apply_m(r)
@@ -203,8 +205,9 @@ def _run_cg(matvec: Matvec | np.ndarray, b: np.ndarray, x0: np.ndarray | None, *
         alpha = _ratio(rho, curvature)
         x = x + alpha * p
         r = r - alpha * ap
+        rr = _dot(r, r)
         iterations += 1
-        norms.append(_sqrt(_dot(r, r)))
+        norms.append(_sqrt(rr))
         if iterates is not None:
             iterates.append(x)
     final = b - apply_a(x)
