@@ -322,7 +322,8 @@ def pullback_curvatures(problem: Problem, *, direction: np.ndarray | None = None
 
 @identity("hessian_not_pullback", source=MARTENS,
           hypotheses=(GRADIENT_NOT_DEGENERATE,),
-          statement="H_gamma = J_g^T H J_g + sum_j [grad h]_j H_[g]_j, not J_g^T H J_g",
+          statement="H_gamma = J_g^T H J_g + sum_j [grad h]_j H_[g]_j, not J_g^T H J_g "
+                    "(where that gradient term is detectable)",
           applies=lambda p: _differences_smooth(p))
 def hessian_not_pullback(problem: Problem, *, direction: np.ndarray | None = None):
     """Martens s10's Hessian transformation, measured by a second difference in mpmath.
