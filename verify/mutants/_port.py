@@ -43,6 +43,9 @@ from verify.mutants._port_trajectory import TrajectoryPort
 
 __all__ = ["NumpyPort", "NumpyPort32"]
 
+#: `np.dtype(name).type` of the usual names (`_dt` is read on every cast)
+_SCALAR_TYPES: dict[str, type[np.floating[Any]]] = {"float64": np.float64, "float32": np.float32}
+
 
 class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
     """A correct port in numpy at precision `dtype` (PROTOCOL s5, s9 and the extensions).
@@ -58,7 +61,7 @@ class NumpyPort(TrajectoryPort, SampledPortMixin, ConvHessianMixin):
     # -- precision and data ----------------------------------------------------------------
     @property
     def _dt(self) -> type[np.floating[Any]]:
-        return np.dtype(self.dtype).type
+        return _SCALAR_TYPES.get(self.dtype) or np.dtype(self.dtype).type
 
     def _cast(self, array) -> np.ndarray:
         return np.asarray(array, dtype=self._dt)

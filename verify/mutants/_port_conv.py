@@ -108,7 +108,13 @@ def geometry(problem) -> tuple[Geometry, ...]:
     """Every layer's `Geometry` (a function of the shapes only, never of values or names)."""
     shape = problem.input_shape
     key = None if shape is None else tuple(int(v) for v in shape)
-    return _geometry(key, tuple(_describe(layer) for layer in problem.layers))
+    return _layers_geometry(key, tuple(problem.layers))
+
+
+@functools.lru_cache(maxsize=256)
+def _layers_geometry(input_shape: tuple | None, layers: tuple) -> tuple[Geometry, ...]:
+    # the port asks for it several times per call: describe each layer once per architecture
+    return _geometry(input_shape, tuple(_describe(layer) for layer in layers))
 
 
 def patch_matrix(g: Geometry, a: np.ndarray) -> np.ndarray:
