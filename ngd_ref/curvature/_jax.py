@@ -25,13 +25,17 @@ Products (all matrix-free, `v` and results are pytrees like `params`):
   `e_b = dL(y_b, z_b)/dz` (Martens s7). Computed in the same J^T M J form with the rank-one
   middle `M_b = e_b e_b^T`: one JVP gives every `g_b^T v = e_b^T J_b v` at once, so no
   `(B, n)` matrix of per-example gradients is ever formed.
+* `curvature_products`: several of these in one program; G, F and EF share one
+  linearization and one `J v`, and their transposed JVPs run batched.
 
 Diagonals: `ggn_diag`, `fisher_diag`, `empirical_fisher_diag` are exact: with the per-example
 middle factored as `M_b = Q_b diag(lam_b) Q_b^T` (a `C x C` eigendecomposition; `Q_b = e_b`
 for EF), `diag(J_b^T M_b J_b) = sum_k lam_bk (J_b^T q_bk)^2` -- `C` per-example VJPs
 (per-example gradients of `q_bk^T z_b`), accumulated by `lax.scan` over examples in O(n)
-memory. `hessian_diag` is exact by n HVPs (small models only). `hutchinson_diag` is the
-unbiased Rademacher estimator `E[z * (C z)] = diag(C)` for any product.
+memory; `exact_diagonals` computes several in one such pass (one forward pass and one
+pullback per example for all). `hessian_diag` is exact by n HVPs (small models only).
+`hutchinson_diag` is the unbiased Rademacher estimator `E[z * (C z)] = diag(C)` for any
+product.
 
 Every product accepts `mesh=`: the batch is then sharded over the mesh and partial sums are
 all-reduced (`ngd_ref._sharding`), giving the one-device result.
