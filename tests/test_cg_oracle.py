@@ -10,6 +10,7 @@ disagreement with mpmath is ~2^11 times larger (the ratio of unit roundoffs).
 import numpy as np
 import pytest
 
+from ngd_ref import dense as ref_dense
 from ngd_ref import zoo
 from ngd_ref.dense import krylov_optimal_iterates
 from verify._tolerance import solve_rtol
@@ -59,3 +60,37 @@ def test_float64_oracle_is_not_good_enough():
     ratios = [np.linalg.norm(p - e) / np.linalg.norm(e) / tol
               for p, e, tol in zip(plain, exact, _tolerances(problem, a, residuals), strict=True)]
     assert max(ratios) > 1e-5
+
+
+def _iterate_condition_alone(a, r0, diag_inv, residuals, k):
+    """The per-k computation as written before `iterate_conditions` (its own basis and kappa)."""
+    root = np.ones_like(r0) if diag_inv is None else np.sqrt(diag_inv)
+    a_hat = root[:, None] * a * root[None, :]
+    w, columns = r0 / root * (root**2), []
+    for _ in range(k):
+        norm = float(np.linalg.norm(w))
+        if not norm > 0:
+            break
+        columns.append(w / norm)
+        w = a_hat @ columns[-1]
+    singular = np.linalg.svd(np.stack(columns, axis=1), compute_uv=False)
+    basis = float(singular[0] / singular[-1]) if singular[-1] > 0 else np.inf
+    return float(np.linalg.cond(a_hat)) * (residuals[0] / residuals[k - 1]), basis
+
+
+@pytest.mark.parametrize("rank", [7, 3], ids=["full", "invariant-after-3"])
+def test_iterate_conditions_equal_the_per_iterate_computation(rank):
+    """One basis for every k gives exactly the numbers of one basis per k (also once the
+    Krylov space stops growing), with and without a Jacobi preconditioner."""
+    rng = np.random.default_rng(3)
+    q = np.linalg.qr(rng.standard_normal((7, 7)))[0]
+    a = q @ np.diag(np.linspace(1.0, 50.0, 7)) @ q.T
+    r0 = q[:, :rank] @ rng.standard_normal(rank)  # in an invariant subspace of dimension rank
+    residuals = tuple(float(v) for v in 0.5 ** np.arange(8))
+    for diag_inv in (None, 1.0 / np.diag(a)):
+        if diag_inv is not None and rank < 7:
+            continue  # the subspace is invariant for A, not for M^{1/2} A M^{1/2}
+        together = list(ref_dense.iterate_conditions(a, r0, diag_inv, residuals))
+        assert together == [_iterate_condition_alone(a, r0, diag_inv, residuals, k)
+                            for k in range(1, 9)]
+        assert together[4] == ref_dense.iterate_condition(a, r0, diag_inv, residuals, 5)
