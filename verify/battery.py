@@ -79,29 +79,41 @@ def run_battery(problems: Sequence[Problem], *, progress: Callable[[str], None] 
 
 
 class BatteryWorker:
-    """The battery on `problems`, computed by a second process while the caller works.
+    """The battery on `problems`, computed by worker processes while the caller works.
+
+    Problem i goes to worker `i mod processes`. Two workers, beside `ngd-verify run`'s two
+    cross-validation processes, keep both cores busy to the end: with one, the battery ran
+    alone on one core for its last ~10 s (the full zoo on the 2-core machine of
+    docs/bench.md).
 
     Args:
         problems: the problems, in report order.
+        processes: the number of worker processes.
     """
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], processes: int = 2) -> None:
         self._problems = list(problems)
-        self._worker = Worker("verify.battery", self._problems, name="ngd-verify battery")
+        self._workers = [Worker("verify.battery", self._problems[k::processes],
+                                name=f"ngd-verify battery {k}") for k in range(processes)]
 
     @staticmethod
     def worthwhile(problems: Sequence[Problem]) -> bool:
         """Whether a worker would run beside the caller (`verify._worker.worthwhile`)."""
         return worthwhile(len(problems))
 
+    def _holder(self, index: int) -> tuple[Worker, int]:
+        """The worker computing problem `index`, and the problem's index in its job."""
+        return self._workers[index % len(self._workers)], index // len(self._workers)
+
     def collect(self, progress: Callable[[str], None] | None = None) -> list[CheckResult]:
         """Every problem's results in order, waiting for them.
 
-        A problem the worker did not finish (it died, or could not start) is run here.
+        A problem a worker did not finish (it died, or could not start) is run here.
         """
         results: list[CheckResult] = []
         for index, problem in enumerate(self._problems):
-            got = self._worker.get(index)
+            worker, position = self._holder(index)
+            got = worker.get(position)
             results.extend(run_battery([problem]) if got is None else got)
             if progress is not None:
                 progress(problem.name)
@@ -109,17 +121,19 @@ class BatteryWorker:
 
     def arrived(self) -> list[CheckResult]:
         """The results of the leading problems that have arrived (an interrupted run)."""
-        done = self._worker.received()
+        done = {id(worker): worker.received() for worker in self._workers}
         results: list[CheckResult] = []
         for index in range(len(self._problems)):
-            if index not in done:
+            worker, position = self._holder(index)
+            if position not in done[id(worker)]:
                 break
-            results.extend(done[index])
+            results.extend(done[id(worker)][position])
         return results
 
     def close(self) -> None:
-        """Stop the worker."""
-        self._worker.close()
+        """Stop the workers."""
+        for worker in self._workers:
+            worker.close()
 
 
 def _battery(problems: list[Problem]) -> Iterator[tuple[int, list[CheckResult]]]:
