@@ -22,9 +22,8 @@ def test_the_worker_computes_what_the_caller_would():
 
 def test_a_dead_worker_leaves_the_battery_to_the_caller():
     worker = BatteryWorker(PROBLEMS)
-    for process in worker._workers:  # one of them would do
-        assert process._process is not None
-        process._process.kill()
+    assert worker._worker._process is not None
+    worker._worker._process.kill()
     try:
         assert _rows(worker.collect()) == _rows(run_battery(PROBLEMS))
     finally:

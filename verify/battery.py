@@ -79,41 +79,29 @@ def run_battery(problems: Sequence[Problem], *, progress: Callable[[str], None] 
 
 
 class BatteryWorker:
-    """The battery on `problems`, computed by worker processes while the caller works.
-
-    Problem i goes to worker `i mod processes`. Two workers, beside `ngd-verify run`'s two
-    cross-validation processes, keep both cores busy to the end: with one, the battery ran
-    alone on one core for its last ~10 s (the full zoo on the 2-core machine of
-    docs/bench.md).
+    """The battery on `problems`, computed by a second process while the caller works.
 
     Args:
         problems: the problems, in report order.
-        processes: the number of worker processes.
     """
 
-    def __init__(self, problems: Sequence[Problem], processes: int = 2) -> None:
+    def __init__(self, problems: Sequence[Problem]) -> None:
         self._problems = list(problems)
-        self._workers = [Worker("verify.battery", self._problems[k::processes],
-                                name=f"ngd-verify battery {k}") for k in range(processes)]
+        self._worker = Worker("verify.battery", self._problems, name="ngd-verify battery")
 
     @staticmethod
     def worthwhile(problems: Sequence[Problem]) -> bool:
         """Whether a worker would run beside the caller (`verify._worker.worthwhile`)."""
         return worthwhile(len(problems))
 
-    def _holder(self, index: int) -> tuple[Worker, int]:
-        """The worker computing problem `index`, and the problem's index in its job."""
-        return self._workers[index % len(self._workers)], index // len(self._workers)
-
     def collect(self, progress: Callable[[str], None] | None = None) -> list[CheckResult]:
         """Every problem's results in order, waiting for them.
 
-        A problem a worker did not finish (it died, or could not start) is run here.
+        A problem the worker did not finish (it died, or could not start) is run here.
         """
         results: list[CheckResult] = []
         for index, problem in enumerate(self._problems):
-            worker, position = self._holder(index)
-            got = worker.get(position)
+            got = self._worker.get(index)
             results.extend(run_battery([problem]) if got is None else got)
             if progress is not None:
                 progress(problem.name)
@@ -121,19 +109,17 @@ class BatteryWorker:
 
     def arrived(self) -> list[CheckResult]:
         """The results of the leading problems that have arrived (an interrupted run)."""
-        done = {id(worker): worker.received() for worker in self._workers}
+        done = self._worker.received()
         results: list[CheckResult] = []
         for index in range(len(self._problems)):
-            worker, position = self._holder(index)
-            if position not in done[id(worker)]:
+            if index not in done:
                 break
-            results.extend(done[id(worker)][position])
+            results.extend(done[index])
         return results
 
     def close(self) -> None:
-        """Stop the workers."""
-        for worker in self._workers:
-            worker.close()
+        """Stop the worker."""
+        self._worker.close()
 
 
 def _battery(problems: list[Problem]) -> Iterator[tuple[int, list[CheckResult]]]:
