@@ -8,8 +8,6 @@
 * With `devices=2` the sharded adapters are checked too; a product wrong only when sharded
   fails exactly the sharded checks.
 * The adapters share compilations across the problems of a frame.
-* The float32 runs in a second process (`crossval.Beside`) give the report of one process,
-  also when the worker dies (the caller checks what it left).
 """
 
 import threading
@@ -107,28 +105,6 @@ def _scaled_ggn_vp(monkeypatch, *, sharded_only: bool):
         return {**out, "ggn": jax.tree.map(lambda t: t * (1 + 2.0**-10), out["ggn"])}
 
     monkeypatch.setattr(nj, "curvature_products", wrong)
-
-
-@pytest.fixture(scope="module")
-def one_process_report():
-    problems = [zoo.get(_PROBLEMS[0])]
-    return problems, [repr(r) for r in crossval.crossvalidate(problems, seed=3)]
-
-
-@pytest.mark.parametrize("worker", ["alive", "killed"])
-def test_float32_runs_beside_give_the_one_process_report(one_process_report, worker):
-    problems, expected = one_process_report
-    beside = crossval.Beside(problems, seed=3)
-    try:
-        if worker == "killed":
-            beside._worker._process.kill()
-        prepared = crossval.prepare(problems, dtypes=("float64",))
-        results = crossval.crossvalidate(problems, seed=3, prepared=prepared, beside=beside)
-        computed_beside = bool(beside._worker.received())
-    finally:
-        beside.close()
-    assert [repr(r) for r in results] == expected
-    assert computed_beside == (worker == "alive")
 
 
 def test_crossvalidate_catches_a_wrong_product(monkeypatch):

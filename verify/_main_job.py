@@ -5,10 +5,8 @@ Problems: the zoo (`--quick`: its small subset) plus `--fuzz N` problems from
 (`verify.battery`); the cross-validation (`verify.crossval.crossvalidate`) is the port
 harness checking the project's JAX adapters against it on the same problems, and with
 `devices > 1` the same adapters with the batch sharded over `devices` devices. With two or
-more CPUs the battery runs in a second process (`verify.battery.BatteryWorker`) and the
-float32 cross-validation in a third (`verify.crossval.Beside`) while this one checks float64;
-the report is the same as from one process (the battery's results first, then the
-cross-validation problem by problem).
+more CPUs the battery runs in a second process (`verify.battery.BatteryWorker`) during the
+cross-validation; its results still come first in the report.
 """
 
 from __future__ import annotations
@@ -35,16 +33,13 @@ def run_main_job(*, quick: bool, fuzz: int, seed: int, devices: int, show_progre
             (Ctrl-C) it holds every result so far, as `check_adapter`'s does.
     """
     from ngd_ref import zoo
-    from verify.crossval import DTYPES, Beside, count, crossvalidate, prepare
+    from verify.crossval import count, crossvalidate, prepare
 
     problems = list(zoo.problems(quick)) + generate(fuzz, seed, quick=quick)
     if report is None:
         report = Report(adapter="ngd-ref", dtype="float64", devices=devices)
     beside = BatteryWorker(problems) if BatteryWorker.worthwhile(problems) else None
-    float32 = (Beside(problems, devices=devices, seed=seed) if Beside.worthwhile(problems)
-               else None)
-    dtypes = [d for d in DTYPES if float32 is None or d not in Beside.DTYPES]
-    prepared = prepare(problems, devices=devices, dtypes=dtypes)  # compiles during the battery
+    prepared = prepare(problems, devices=devices)  # JAX compiles while the battery runs
     try:
         if beside is None:
             with progress(len(problems), "identities", enabled=show_progress) as advance:
@@ -52,7 +47,7 @@ def run_main_job(*, quick: bool, fuzz: int, seed: int, devices: int, show_progre
         with progress(count(problems, devices), "JAX cross-validation",
                       enabled=show_progress) as advance:
             crossvalidate(problems, devices=devices, seed=seed, progress=advance,
-                          prepared=prepared, beside=float32, results=report.results)
+                          prepared=prepared, results=report.results)
         if beside is not None:  # the battery's results come first, as without a worker
             with progress(len(problems), "identities", enabled=show_progress) as advance:
                 report.results[:0] = beside.collect(advance)
@@ -62,7 +57,6 @@ def run_main_job(*, quick: bool, fuzz: int, seed: int, devices: int, show_progre
             report.results[:0] = beside.arrived()
         raise
     finally:
-        for worker in (beside, float32):
-            if worker is not None:
-                worker.close()
+        if beside is not None:
+            beside.close()
     return report

@@ -34,18 +34,15 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
-import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ngd_ref import Problem
 from verify._report import CheckResult
-from verify._worker import Worker, serve, worthwhile
 from verify.harness import load_adapter, run_checks
 
 __all__ = [
-    "Beside",
     "CAPABILITIES",
     "DTYPES",
     "SHARDED_CAPABILITIES",
@@ -121,35 +118,24 @@ class Prepared:
             future.cancel()
 
 
-def _runs(devices: int, dtypes: Sequence[str]) -> list[tuple[Any, tuple[str, ...], str, int]]:
-    """`(adapter class, capabilities, suffix, devices)` of each harness run, in report order."""
-    from verify.adapters.ngd_ref_jax import NgdRefJax, NgdRefJaxFloat32
-
-    classes = [cls for cls in (NgdRefJax, NgdRefJaxFloat32) if cls.dtype in dtypes]
-    runs: list[tuple[Any, tuple[str, ...], str, int]] = [
-        (cls, CAPABILITIES, "", 1) for cls in classes]
-    if devices > 1:
-        runs += [(cls, SHARDED_CAPABILITIES, f"_sharded{devices}", devices) for cls in classes]
-    return runs
-
-
-def prepare(problems: Sequence[Problem], *, devices: int = 1,
-            dtypes: Sequence[str] = DTYPES) -> Prepared:
+def prepare(problems: Sequence[Problem], *, devices: int = 1) -> Prepared:
     """Build the adapters (frames planned over `problems`) and start compiling their kernels.
 
     Two threads, one adapter each at a time, in the order of `problems`: XLA compiles without
     the GIL, so compilation overlaps whatever the caller does meanwhile (`ngd-verify run`:
     the cross-validation of the problems already compiled) and the tracing of the other
     thread. The results do not depend on it.
-
-    Args:
-        problems: the problems, in the order they will be checked.
-        devices: with N > 1, also the adapters with the batch sharded over N devices.
-        dtypes: the precisions whose adapters are built (default: both).
     """
+    from verify.adapters.ngd_ref_jax import NgdRefJax, NgdRefJaxFloat32
+
     _enable_compilation_cache()
-    runs = [(cls(problems, devices=count), capabilities, cls.dtype, suffix)
-            for cls, capabilities, suffix, count in _runs(devices, dtypes)]
+    runs: list[tuple[Any, tuple[str, ...], str, str]] = []
+    for cls in (NgdRefJax, NgdRefJaxFloat32):
+        runs.append((cls(problems), CAPABILITIES, cls.dtype, ""))
+    if devices > 1:
+        for cls in (NgdRefJax, NgdRefJaxFloat32):
+            runs.append((cls(problems, devices=devices), SHARDED_CAPABILITIES, cls.dtype,
+                         f"_sharded{devices}"))
     prepared = Prepared(runs)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
                                                  thread_name_prefix="ngd-verify-compile")
@@ -162,84 +148,9 @@ def prepare(problems: Sequence[Problem], *, devices: int = 1,
     return prepared
 
 
-def _check_problem(prepared: Prepared, loaded: list[tuple[Any, tuple[str, ...], str, str]],
-                   index: int, problem: Problem, seed: int,
-                   advance: Callable[[str], None]) -> dict[str, list[CheckResult]]:
-    """Every run's results on problem `index`, once its kernels are compiled.
-
-    Keyed by check suffix (`_<dtype>[_sharded<N>]`), checks renamed `jax_<check><suffix>`.
-    """
-    prepared.wait(index)
-    out = {}
-    for adapter, capabilities, dtype, suffix in loaded:
-        report = run_checks(adapter, [problem], seed=seed, capabilities=capabilities,
-                            advance=advance)
-        out[f"_{dtype}{suffix}"] = [dataclasses.replace(r, check=f"jax_{r.check}_{dtype}{suffix}")
-                                    for r in report.results if r.capability in capabilities]
-    return out
-
-
-def _loaded(prepared: Prepared) -> list[tuple[Any, tuple[str, ...], str, str]]:
-    return [(load_adapter(adapter), capabilities, dtype, suffix)
-            for adapter, capabilities, dtype, suffix in prepared.runs]
-
-
-class Beside:
-    """The float32 runs of a cross-validation, checked by a second process (`verify._worker`).
-
-    `ngd-verify run` is CPU-bound: with the battery in one worker process, the float64 runs
-    here and the float32 runs in another, the three share two cores without waiting for each
-    other's GIL (the full zoo, cold: 67 s in two processes, 61 s in three, measured on the
-    2-core machine of docs/bench.md). The worker builds and compiles its own adapters and runs
-    the same harness on pickled copies of the problems, so its results are those this
-    process would compute; a problem it did not finish (it died or could not start) is checked
-    here, on adapters prepared on first need.
-
-    Args:
-        problems: the problems, in the order they will be checked.
-        devices: as for `crossvalidate`.
-        seed: as for `crossvalidate`.
-    """
-
-    DTYPES = ("float32",)
-
-    def __init__(self, problems: Sequence[Problem], *, devices: int = 1, seed: int = 0) -> None:
-        self._problems = list(problems)
-        self._devices, self._seed = devices, seed
-        self._fallback: tuple[Prepared, list] | None = None
-        self._worker = Worker("verify.crossval", (self._problems, devices, seed),
-                              name="ngd-verify float32 cross-validation")
-
-    @staticmethod
-    def worthwhile(problems: Sequence[Problem]) -> bool:
-        """Whether a worker would run beside the caller (`verify._worker.worthwhile`)."""
-        return worthwhile(len(problems))
-
-    def get(self, index: int, advance: Callable[[str], None]) -> dict[str, list[CheckResult]]:
-        """Problem `index`'s float32 results (as `_check_problem`), waiting for them."""
-        got = self._worker.get(index)
-        if got is None:
-            if self._fallback is None:
-                prepared = prepare(self._problems, devices=self._devices, dtypes=self.DTYPES)
-                self._fallback = prepared, _loaded(prepared)
-            prepared, loaded = self._fallback
-            return _check_problem(prepared, loaded, index, self._problems[index], self._seed,
-                                  advance)
-        for _, capabilities, _, _ in _runs(self._devices, self.DTYPES):
-            for capability in capabilities:
-                advance(f"{capability} {self._problems[index].name}")
-        return got
-
-    def close(self) -> None:
-        """Stop the worker (and any fallback compilation)."""
-        self._worker.close()
-        if self._fallback is not None:
-            self._fallback[0].cancel()
-
-
 def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 0,
                   progress: Callable[[str], None] | None = None,
-                  prepared: Prepared | None = None, beside: Beside | None = None,
+                  prepared: Prepared | None = None,
                   results: list[CheckResult] | None = None) -> list[CheckResult]:
     """Check `ngd_ref.jax` (through its adapters) against the dense reference on `problems`.
 
@@ -250,38 +161,25 @@ def crossvalidate(problems: Sequence[Problem], *, devices: int = 1, seed: int = 
         progress: called once per finished (capability, problem) of each adapter.
         prepared: from `prepare(problems, devices=devices)` with the same problems in the
             same order (it waits for problem i's kernels by index; default: prepared here).
-            With `beside`, it holds the other precisions' adapters (`dtypes=("float64",)`).
-        beside: the float32 runs in a second process (`Beside(problems, devices=devices,
-            seed=seed)`); default: every run in this process.
-        results: the list to append to as each problem finishes (default: a new one); what
-            it holds survives an interrupt (Ctrl-C), for a partial report.
+        results: the list to append to as each (problem, adapter) finishes (default: a new
+            one); what it holds survives an interrupt (Ctrl-C), for a partial report.
 
     Returns:
-        `results`: the harness's results, checks renamed `jax_<check>_<dtype>[_sharded<N>]`,
-        problem by problem, each problem's runs in `_runs` order (the same with or without
-        `beside`).
+        `results`: the harness's results, checks renamed `jax_<check>_<dtype>[_sharded<N>]`.
     """
-    dtypes = [d for d in DTYPES if beside is None or d not in Beside.DTYPES]
-    prepared = prepared or prepare(problems, devices=devices, dtypes=dtypes)
+    prepared = prepared or prepare(problems, devices=devices)
     advance = progress or (lambda label: None)
-    loaded = _loaded(prepared)
-    order = [f"_{cls.dtype}{suffix}" for cls, _, suffix, _ in _runs(devices, DTYPES)]
+    loaded = [(load_adapter(adapter), capabilities, dtype, suffix)
+              for adapter, capabilities, dtype, suffix in prepared.runs]
     results = [] if results is None else results
     for index, problem in enumerate(problems):  # problem-major: one reference per problem
-        runs = _check_problem(prepared, loaded, index, problem, seed, advance)
-        if beside is not None:
-            runs.update(beside.get(index, advance))
-        results += [r for key in order for r in runs[key]]
+        prepared.wait(index)
+        for adapter, capabilities, dtype, suffix in loaded:
+            report = run_checks(adapter, [problem], seed=seed, capabilities=capabilities,
+                                advance=advance)
+            results += [dataclasses.replace(r, check=f"jax_{r.check}_{dtype}{suffix}")
+                        for r in report.results if r.capability in capabilities]
     return results
-
-
-def _serve(job: tuple[list[Problem], int, int]) -> Iterator[tuple[int, dict]]:
-    """The worker's side of `Beside`: each problem's float32 results as they are computed."""
-    problems, devices, seed = job
-    prepared = prepare(problems, devices=devices, dtypes=Beside.DTYPES)
-    loaded = _loaded(prepared)
-    for index, problem in enumerate(problems):
-        yield index, _check_problem(prepared, loaded, index, problem, seed, lambda label: None)
 
 
 def _enable_compilation_cache() -> None:
@@ -297,7 +195,3 @@ def _enable_compilation_cache() -> None:
         return
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-if __name__ == "__main__":
-    serve(sys.argv, _serve)
