@@ -55,7 +55,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
 from ngd_ref._activations_jax import ACTIVATIONS_JAX
-from ngd_ref._layout import layer_slices
+from ngd_ref._layout import layer_slices, unflatten
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
 from ngd_ref._problem import Problem
 from ngd_ref._sharding import allsum, run_sharded
@@ -601,6 +601,13 @@ def from_problem(problem: Problem, dtype: str = "float64") -> tuple[Objective, l
         raise ValueError("dtype: float64 needs jax.config.update('jax_enable_x64', True) first")
     objective = Objective(network_apply(problem.layers), problem.loss, problem.reduction)
     labels = Loss(problem.loss).has_class_labels
-    targets = jnp.asarray(problem.targets, jnp.int32 if labels else dtype)
-    batch = Batch(jnp.asarray(problem.inputs, dtype), targets)
-    return objective, mlp_params(problem.layers, np.asarray(problem.params), dtype), batch
+
+    def device(array: Any, kind: Any = dtype) -> Array:
+        # cast and unstacked on the host: `jnp.asarray(x, dtype)` and `mlp_params` on a device
+        # array compile a conversion and each slice eagerly
+        return jnp.asarray(np.asarray(array, kind))
+
+    targets = device(problem.targets, np.int32 if labels else dtype)
+    batch = Batch(device(problem.inputs), targets)
+    params = [(device(w), device(b)) for w, b in unflatten(problem.layers, problem.params)]
+    return objective, params, batch

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ngd_ref import Problem
+from ngd_ref import Problem, flatten, unflatten
 from ngd_ref import jax as nj
 
 __all__ = ["SampledJaxMixin"]
@@ -32,15 +32,23 @@ class SampledJaxMixin:
 
         def _prepared(self, problem: Problem) -> tuple[nj.Objective, Any, nj.Batch]: ...
 
-        def _vector(self, v: Any) -> jax.Array: ...
+        def _cast(self, tree: Any) -> Any: ...
 
         def kfac_factors(
             self, problem: Problem, kind: str, approx: str = "expand"
         ) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
     def _flat(self, problem: Problem):
-        objective, params, batch = self._prepared(problem)
-        return objective, nj.canonical_vector(params), batch
+        """`(objective, theta, batch)`, the canonical `theta` cast on the host.
+
+        (`nj.canonical_vector` on the device params would compile its concatenation eagerly.)
+        """
+        objective, _, batch = self._prepared(problem)
+        return objective, self._cast(np.asarray(problem.params)), batch
+
+    def _host_vector(self, tree: Any) -> np.ndarray:
+        """A params-like device tree -> canonical vector of this dtype, flattened on the host."""
+        return flatten(jax.tree.map(np.asarray, tree)).astype(self.dtype)
 
     def mc_fisher(self, problem: Problem, num_samples: int, seed: int) -> np.ndarray:
         """`c sum_b (1/S) sum_s gh gh^T`."""
@@ -57,9 +65,9 @@ class SampledJaxMixin:
     def mc_fisher_vp(self, problem: Problem, v: Any, num_samples: int, seed: int) -> np.ndarray:
         """`ngd_ref.jax.mc_fisher_vp` (scalable: no Jacobian is formed)."""
         objective, params, batch = self._prepared(problem)
-        tree = nj.mlp_params(problem.layers, self._vector(v))
-        return np.asarray(nj.canonical_vector(nj.mc_fisher_vp(
-            objective, params, batch, tree, jax.random.PRNGKey(seed), int(num_samples))))
+        tree = self._cast(unflatten(problem.layers, np.asarray(v, dtype=np.float64)))
+        return self._host_vector(nj.mc_fisher_vp(objective, params, batch, tree,
+                                                 jax.random.PRNGKey(seed), int(num_samples)))
 
     def mc_kfac_factors(self, problem: Problem, num_samples: int, seed: int,
                         estimator: str = "targets") -> list[tuple[np.ndarray, np.ndarray]]:
@@ -84,7 +92,7 @@ class SampledJaxMixin:
     def fisher_diag(self, problem: Problem) -> np.ndarray:
         """Exact `diag(F)` (`ngd_ref.jax.fisher_diag`)."""
         objective, params, batch = self._prepared(problem)
-        return np.asarray(nj.canonical_vector(nj.fisher_diag(objective, params, batch)))
+        return self._host_vector(nj.fisher_diag(objective, params, batch))
 
     def per_example_gradients(self, problem: Problem) -> np.ndarray:
         """Rows `grad_theta L(y_b, f(x_b))` (vmapped gradients)."""
