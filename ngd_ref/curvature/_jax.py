@@ -68,6 +68,7 @@ __all__ = [
     "canonical_vector",
     "curvature_operator",
     "curvature_vp",
+    "device_params",
     "empirical_fisher_diag",
     "empirical_fisher_vp",
     "fisher_diag",
@@ -84,6 +85,7 @@ __all__ = [
     "mlp_apply",
     "network_apply",
     "mlp_params",
+    "to_device",
     "value_and_gradient",
 ]
 
@@ -601,13 +603,23 @@ def from_problem(problem: Problem, dtype: str = "float64") -> tuple[Objective, l
         raise ValueError("dtype: float64 needs jax.config.update('jax_enable_x64', True) first")
     objective = Objective(network_apply(problem.layers), problem.loss, problem.reduction)
     labels = Loss(problem.loss).has_class_labels
+    targets = to_device(problem.targets, np.int32 if labels else dtype)
+    batch = Batch(to_device(problem.inputs, dtype), targets)
+    return objective, device_params(problem.layers, problem.params, dtype), batch
 
-    def device(array: Any, kind: Any = dtype) -> Array:
-        # cast and unstacked on the host: `jnp.asarray(x, dtype)` and `mlp_params` on a device
-        # array compile a conversion and each slice eagerly
-        return jnp.asarray(np.asarray(array, kind))
 
-    targets = device(problem.targets, np.int32 if labels else dtype)
-    batch = Batch(device(problem.inputs), targets)
-    params = [(device(w), device(b)) for w, b in unflatten(problem.layers, problem.params)]
-    return objective, params, batch
+def to_device(array: Any, dtype: Any) -> Array:
+    """A host array as a device array of `dtype`, cast on the host.
+
+    Outside a trace, `jnp.asarray(x, dtype)` compiles a conversion (in JAX 0.10 a `stage`) per
+    shape and dtype; `jax.device_put` of the cast array compiles nothing.
+    """
+    return jax.device_put(np.asarray(array, dtype))
+
+
+def device_params(layers: Sequence[Layer], theta: Any, dtype: Any) -> list[tuple[Array, Array]]:
+    """Canonical host `theta` -> `[(W, b), ...]` on the device, unstacked on the host.
+
+    The same as `mlp_params`, which is for traced `theta`: eagerly its slices compile each.
+    """
+    return [(to_device(w, dtype), to_device(b, dtype)) for w, b in unflatten(layers, theta)]

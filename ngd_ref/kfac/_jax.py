@@ -35,13 +35,15 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ngd_ref._activations_jax import ACTIVATIONS_JAX
+from ngd_ref._layout import flatten, unflatten
 from ngd_ref._losses_jax import JaxLoss, get_jax_loss
 from ngd_ref._problem import Problem
 from ngd_ref._spec import Loss
 from ngd_ref._validation import as_member, check_damping
-from ngd_ref.curvature._jax import canonical_vector, mlp_params
+from ngd_ref.curvature._jax import device_params, to_device
 from ngd_ref.kfac._dense import DampingMethod, KfacApprox, KfacKind
 from ngd_ref.kfac._jax_conv import conv_kfac_factors
 
@@ -122,7 +124,7 @@ def mlp_network(activations: Sequence[str]) -> DenseNetwork:
 def problem_network(problem: Problem, dtype=jnp.float64) -> tuple[DenseNetwork, Layers]:
     """Return the protocol MLP of `problem` and its parameters as JAX arrays of `dtype`."""
     return (mlp_network([layer.activation for layer in problem.layers]),
-            mlp_params(problem.layers, problem.params, dtype))
+            device_params(problem.layers, problem.params, dtype))
 
 
 def flax_network(module) -> DenseNetwork:
@@ -320,13 +322,12 @@ def kfac_factors(problem: Problem, kind: KfacKind | str, *, dtype=jnp.float64,
     if estimator is Estimator.SAMPLED and kind is not KfacKind.EMPIRICAL and key is None:
         raise ValueError("key: the sampled estimator needs a PRNG key")
     _, params = problem_network(problem, dtype)
-    x = jnp.asarray(problem.inputs, dtype)
-    y = problem.targets if Loss(problem.loss).has_class_labels else problem.targets.astype(
-        jnp.dtype(dtype).name)
+    x = to_device(problem.inputs, dtype)
+    y = to_device(problem.targets, np.int32 if Loss(problem.loss).has_class_labels else dtype)
     fn = _jitted_statistics(tuple(layer.activation for layer in problem.layers), problem.loss,
                             kind, estimator)
     key = jax.random.PRNGKey(0) if key is None else key
-    return fn(params, x, jnp.asarray(y), key, jnp.asarray(problem.scale, dtype))
+    return fn(params, x, y, key, to_device(problem.scale, dtype))
 
 
 @functools.lru_cache(maxsize=128)
@@ -351,6 +352,7 @@ def factored_pi(a: Array, s: Array) -> Array:
     return jnp.where(ok, jnp.sqrt(jnp.where(ok, ta / jnp.where(ok, ts, 1), 1)), 1)
 
 
+@functools.partial(jax.jit, static_argnames=("method",))
 def damped_solve_layers(factors: Sequence[tuple[Array, Array]], v_layers: Sequence[Array],
                         damping: float | Array, method: DampingMethod | str) -> list[Array]:
     """Per layer `V -> (A (x) S + l I)^{-1} vec(V)` (eq. 23) or its factored form (eq. 24).
@@ -377,23 +379,17 @@ def damped_solve_layers(factors: Sequence[tuple[Array, Array]], v_layers: Sequen
     return out
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_solve(method: DampingMethod):
-    return jax.jit(lambda factors, v_layers, damping: damped_solve_layers(
-        factors, v_layers, damping, method))
-
-
 def kfac_solve(problem: Problem, v, damping: float, method: DampingMethod | str,
                kind: KfacKind | str = "fisher", *, dtype=jnp.float64,
                approx: KfacApprox | str = "expand") -> Array:
     """Block-diagonal damped K-FAC solve of canonical `v` (PROTOCOL s4), exact factors."""
     damping = check_damping(damping, positive=True)
-    v = jnp.asarray(v, dtype)
+    v = np.asarray(v)
     if v.shape != (problem.n_params,):
         raise ValueError(f"v: expected shape ({problem.n_params},), got {v.shape}")
     factors = kfac_factors(problem, kind, dtype=dtype, approx=approx)
-    v_layers = [jnp.concatenate([w, b[:, None]], axis=1) for w, b in
-                mlp_params(problem.layers, v, dtype)]
-    solve = _jitted_solve(as_member(DampingMethod, method, "method"))
-    solved = solve(factors, v_layers, jnp.asarray(damping, dtype))
-    return canonical_vector([(x[:, :-1], x[:, -1]) for x in solved])
+    # `[dW db]` blocks and the result's canonical vector assembled on the host
+    v_layers = [to_device(np.column_stack([w, b]), dtype) for w, b in unflatten(problem.layers, v)]
+    solved = damped_solve_layers(factors, v_layers, to_device(damping, dtype),
+                                 as_member(DampingMethod, method, "method"))
+    return to_device(flatten([(x[:, :-1], x[:, -1]) for x in map(np.asarray, solved)]), dtype)

@@ -24,7 +24,7 @@ from ngd_ref._losses_jax import get_jax_loss
 from ngd_ref._problem import Problem
 from ngd_ref._spec import Conv2d, Layer, Loss
 from ngd_ref._validation import as_member
-from ngd_ref.curvature._jax import mlp_params
+from ngd_ref.curvature._jax import device_params, to_device
 from ngd_ref.kfac._dense import KfacApprox, KfacKind
 
 __all__ = ["conv_kfac_factors"]
@@ -109,8 +109,8 @@ def conv_kfac_factors(problem: Problem, kind: KfacKind | str, *,
     kind = as_member(KfacKind, kind, "kind")
     approx = as_member(KfacApprox, approx, "approx")
     key = tuple((tuple(layer), getattr(layer, "input_hw", None)) for layer in problem.layers)
-    params = mlp_params(problem.layers, problem.params, dtype)
+    params = device_params(problem.layers, problem.params, dtype)
     labels = Loss(problem.loss).has_class_labels
-    y = jnp.asarray(problem.targets, jnp.int32 if labels else dtype)
+    y = to_device(problem.targets, np.int32 if labels else dtype)
     return _jitted(key, kind, approx, problem.loss)(
-        params, jnp.asarray(problem.inputs, dtype), y, jnp.asarray(problem.scale, dtype))
+        params, to_device(problem.inputs, dtype), y, to_device(problem.scale, dtype))

@@ -36,6 +36,7 @@ from ngd_ref.curvature._jax import (
     curvature_operator,
     from_problem,
     mlp_params,
+    to_device,
     value_and_gradient,
 )
 from ngd_ref.dense import FLOAT64, Curvature
@@ -64,6 +65,15 @@ def _quantities(objective: Objective, layers, params, batch) -> dict[str, jax.Ar
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("iters",))
+def _cg_on_matrix(matrix: jax.Array, rhs: jax.Array, start: jax.Array, iters: int) -> jax.Array:
+    """`iters` CG iterations (`tol=0`) on `v -> matrix v`, compiled once per (n, dtype, iters).
+
+    (Eagerly, `cg_solve` on a new closure compiled its loop at every call.)
+    """
+    return cg_solve(lambda v: matrix @ v, rhs, start, tol=0.0, maxiter=iters).x
+
+
 class _Point:
     """The JAX quantities of one (parameters, batch): what `_Runner` reads of a reference."""
 
@@ -87,7 +97,7 @@ class _JaxRunner(_Runner):
         self.dtype = dtype
 
     def _jnp(self, x: Any) -> jax.Array:
-        return jnp.asarray(np.asarray(x, dtype=np.float64), self.dtype)
+        return to_device(x, self.dtype)
 
     def _host(self, x: Any) -> np.ndarray:
         return np.asarray(x, dtype=np.float64)
@@ -116,10 +126,8 @@ class _JaxRunner(_Runner):
         return self._host(jnp.linalg.solve(self._jnp(system), self._jnp(rhs)))
 
     def _cg(self, system, rhs, start, iters):
-        matrix = self._jnp(system)
-        result = cg_solve(lambda v: matrix @ v, self._jnp(rhs), self._jnp(start), tol=0.0,
-                             maxiter=iters)
-        return self._host(result.x)
+        return self._host(_cg_on_matrix(self._jnp(system), self._jnp(rhs), self._jnp(start),
+                                        iters=int(iters)))
 
     def _factors(self, ref: Any, kind: str) -> list:  # ref: the `_Point` of `at`
         return [(self._host(a), self._host(s))
@@ -144,7 +152,7 @@ class _JaxRunner(_Runner):
         n = g.shape[0]
 
         def stack(vectors: list) -> jax.Array:
-            return self._jnp(np.stack(vectors)) if vectors else jnp.zeros((0, n), self.dtype)
+            return self._jnp(np.stack(vectors) if vectors else np.zeros((0, n)))
 
         return self._host(lbfgs_direction(self._jnp(g), stack(s_list), stack(y_list),
                                              float(gamma)))

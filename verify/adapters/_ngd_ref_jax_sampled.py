@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ngd_ref import Problem, flatten, unflatten
+from ngd_ref import Problem, unflatten
 from ngd_ref import jax as nj
 
 __all__ = ["SampledJaxMixin"]
@@ -34,6 +34,8 @@ class SampledJaxMixin:
 
         def _cast(self, tree: Any) -> Any: ...
 
+        def _host_vector(self, tree: Any) -> np.ndarray: ...
+
         def kfac_factors(
             self, problem: Problem, kind: str, approx: str = "expand"
         ) -> list[tuple[np.ndarray, np.ndarray]]: ...
@@ -45,10 +47,6 @@ class SampledJaxMixin:
         """
         objective, _, batch = self._prepared(problem)
         return objective, self._cast(np.asarray(problem.params)), batch
-
-    def _host_vector(self, tree: Any) -> np.ndarray:
-        """A params-like device tree -> canonical vector of this dtype, flattened on the host."""
-        return flatten(jax.tree.map(np.asarray, tree)).astype(self.dtype)
 
     def mc_fisher(self, problem: Problem, num_samples: int, seed: int) -> np.ndarray:
         """`c sum_b (1/S) sum_s gh gh^T`."""

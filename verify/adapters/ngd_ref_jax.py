@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ngd_ref import Problem
+from ngd_ref import Problem, flatten
 from ngd_ref import jax as nj
 from verify._tolerance import unit_roundoff
 from verify.adapters._jax_frames import Embedded, FramePlan
@@ -246,6 +246,13 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         (`jnp.asarray` compiles a conversion, or in JAX 0.10 a `stage`, per shape.)
         """
         return jax.tree.map(lambda leaf: jax.device_put(np.asarray(leaf, self.dtype)), tree)
+
+    def _host_vector(self, tree: Any) -> np.ndarray:
+        """A params-like device tree -> canonical vector of this dtype, flattened on the host.
+
+        (`nj.canonical_vector` outside a trace compiles its reshapes and concatenation.)
+        """
+        return flatten(jax.tree.map(np.asarray, tree)).astype(self.dtype)
 
     def _framed(self, problem: Problem) -> tuple[Embedded, Any, nj.Batch]:
         """The problem's embedding and its universal params and batch in this dtype (cached)."""
@@ -436,8 +443,7 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
     def trust_region_update(self, problem: Problem, damping: float) -> np.ndarray:
         """`-(|H| + damping I)^{-1} grad h` (`ngd_ref.jax.trust_region_update`)."""
         objective, params, batch = self._prepared(problem)
-        return np.asarray(nj.canonical_vector(
-            nj.trust_region_update(objective, params, batch, damping)))
+        return self._host_vector(nj.trust_region_update(objective, params, batch, damping))
 
     def bfgs_update(self, B: Any, s: Any, y: Any) -> np.ndarray:
         """BFGS update of the Hessian approximation (`ngd_ref.jax.bfgs_update`)."""
@@ -501,8 +507,7 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
     def lowrank_ggn_update(self, problem: Problem, damping: float) -> np.ndarray:
         """`-(G + damping I)^{-1} grad h` in output space (`ngd_ref.jax.lowrank_ggn_update`)."""
         objective, params, batch = self._prepared(problem)
-        return np.asarray(nj.canonical_vector(
-            nj.lowrank_ggn_update(objective, params, batch, damping)))
+        return self._host_vector(nj.lowrank_ggn_update(objective, params, batch, damping))
 
 
 class NgdRefJaxFloat32(NgdRefJax):
