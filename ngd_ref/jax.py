@@ -27,6 +27,7 @@ from ngd_ref.curvature._jax import (
     curvature_operator,
     curvature_products,
     curvature_vp,
+    device_params,
     empirical_fisher_diag,
     empirical_fisher_vp,
     exact_diagonals,
@@ -44,6 +45,7 @@ from ngd_ref.curvature._jax import (
     mlp_apply,
     mlp_params,
     network_apply,
+    to_device,
     value_and_gradient,
 )
 from ngd_ref.hf._jax import (
@@ -113,6 +115,7 @@ __all__ = [
     "curvature_vp",
     "damped_solve_layers",
     "damped_update",
+    "device_params",
     "empirical_fisher_diag",
     "exact_diagonals",
     "empirical_fisher_vp",
@@ -149,6 +152,7 @@ __all__ = [
     "mlp_network",
     "mlp_params",
     "reduction_ratio",
+    "to_device",
     "value_and_gradient",
     "InverseRootResult",
     "bfgs_update",

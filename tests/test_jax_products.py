@@ -1,5 +1,7 @@
 """ngd_ref.jax products and diagonals against the dense reference (float64 and float32)."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,6 +89,44 @@ def test_jitted_products_do_not_recompile():
         objective2, params2, batch2 = nj.from_problem(problem)  # equal objective, new arrays
         nj.ggn_vp(objective2, params2, batch2, v)
     assert nj.curvature_vp._cache_size() == before
+
+
+def _compilations(run) -> int:
+    """XLA compilations while `run()` executes (JAX's compile log)."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler, logger = Collect(logging.DEBUG), logging.getLogger("jax")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with jax.log_compiles(True):
+            run()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return sum("Finished XLA compilation" in m for m in messages)
+
+
+def test_host_conversions_compile_nothing():
+    """Regression: `from_problem`, K-FAC's and the trajectory twin's inputs were converted by
+    eager `jnp.asarray(x, dtype)` and `mlp_params` (a program per slice, shape and dtype: half
+    of `check --adapter ngd-ref-jax --quick`'s 926 compilations)."""
+    problem = zoo.get("mlp-3x4x3-tanh-mse-b3")
+
+    def convert():
+        nj.from_problem(problem, "float32")
+        nj.device_params(problem.layers, problem.params, "float32")
+        nj.to_device(problem.inputs, "float32")
+
+    assert _compilations(convert) == 0
+    # the control: the log sees a compilation (a new jitted function always compiles)
+    theta = nj.to_device(problem.params, "float32")
+    assert _compilations(lambda: jax.jit(lambda x: x * 3)(theta)) >= 1
 
 
 def test_strict_dtype_promotion_float32():

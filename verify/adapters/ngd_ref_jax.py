@@ -21,7 +21,8 @@ The kernels, called once per problem (per vector for the products):
 * `_matrices`: H, G, F, EF from products with the basis vectors;
 * `_products`: the four curvature-vector products of one vector;
 * `_cg_dense`: `ngd_ref.jax.cg_solve` on a materialized operator `v -> A v`, for `cg` and
-  `damped_update`.
+  `damped_update`;
+* `_hutchinson_dense`: `ngd_ref.jax.hutchinson_diag` on a materialized operator.
 
 `damped_update` solves `(C + lambda I) x = -grad h` by `_cg_dense` on `C` materialized from n
 `_products` calls (the columns `C e_i`, cached per problem, computed once for all four
