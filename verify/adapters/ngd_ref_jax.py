@@ -242,11 +242,8 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         return _prepare(problem, self.dtype)
 
     def _cast(self, tree: Any) -> Any:
-        """The tree's leaves as device arrays of this dtype, converted on the host.
-
-        (`jnp.asarray` compiles a conversion, or in JAX 0.10 a `stage`, per shape.)
-        """
-        return jax.tree.map(lambda leaf: jax.device_put(np.asarray(leaf, self.dtype)), tree)
+        """The tree's leaves as device arrays of this dtype, cast on the host (`nj.to_device`)."""
+        return jax.tree.map(lambda leaf: nj.to_device(leaf, self.dtype), tree)
 
     def _host_vector(self, tree: Any) -> np.ndarray:
         """A params-like device tree -> canonical vector of this dtype, flattened on the host.
@@ -260,7 +257,7 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
         e = self._plan.embedded(problem)
         if id(e) not in self._device:
             labels = e.targets.dtype.kind == "i"  # int32 labels, as `nj.from_problem` gives
-            targets = (jax.device_put(np.asarray(e.targets, np.int32)) if labels
+            targets = (nj.to_device(e.targets, np.int32) if labels
                        else self._cast(e.targets))
             batch = nj.Batch(self._cast(e.inputs), targets, self._cast(e.weights))
             self._device[id(e)] = (e, self._cast(e.params), batch)
