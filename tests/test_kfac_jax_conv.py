@@ -219,7 +219,11 @@ CONV_HYPER = dict(kind="fisher", ema=0.5, ema_bias_correction=True, stats_every=
                   approx="expand")
 
 
-@pytest.mark.parametrize("changes", [dict(), dict(adapt_damping=False, damping_method="eigen")],
+#: constant damping 1/2: at the adapted run's initial 1/32 the eigen run diverges (|theta| ~ 1e4
+#: by step 5) into saturated softmaxes whose gradient is pure rounding, and the reference
+#: refuses the setting (an infinite tolerance; `trajectory_reference`)
+@pytest.mark.parametrize("changes", [dict(), dict(adapt_damping=False, damping_method="eigen",
+                                                  damping=0.5)],
                          ids=["factored-adapted", "eigen-constant-damping"])
 def test_kfac_jax_optimizer_follows_s10_on_a_convolution(changes):
     """No extra code: the registered conv blocks drive `kfac_jax.Optimizer`, 6 steps within
@@ -231,6 +235,13 @@ def test_kfac_jax_optimizer_follows_s10_on_a_convolution(changes):
     got = port.optimizer_trajectory(CE, batches, "kfac", dict(hyper))
     errors = np.linalg.norm(np.asarray(got) - ref.float64(), axis=1)
     assert np.all(errors <= np.asarray(tols)), errors / np.asarray(tols)
+
+
+def test_the_diverging_constant_damping_setting_is_refused():
+    """Why the eigen run above uses damping 1/2: at 1/32 the reference cannot bound step 3."""
+    hyper = dict(CONV_HYPER, adapt_damping=False, damping_method="eigen")
+    with pytest.raises(ValueError, match="step 3: the tolerance is not finite"):
+        trajectory_reference(CE, trajectory_batches(CE), "kfac", hyper, "float64")
 
 
 def test_kfac_jax_optimizer_declines_reduce():
