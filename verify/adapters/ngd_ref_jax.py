@@ -474,8 +474,8 @@ class NgdRefJax(TrajectoryJax, SampledJaxMixin):
 
         As in `cg`: the columns `matvec(e_i)` (n host calls; PROTOCOL s5's operators are
         linear), then `v -> A v` inside one program compiled per (n, S, dtype)
-        (`_hutchinson_dense`). A `jax.pure_callback` per probe instead took 45% of
-        `ngd-verify check --adapter ngd-ref-jax --quick` (up to 2^16 probes per check).
+        (`_hutchinson_dense`). A `jax.pure_callback` per probe instead paid JAX's callback
+        machinery up to 2^16 times per check (docs/bench.md, session 14).
         """
         a = _columns(matvec, int(n)).astype(self.dtype)
         return np.asarray(_hutchinson_dense(a, jax.random.PRNGKey(seed),
